@@ -1,0 +1,2 @@
+/** coordinator/: receives statistics, sums, solves and writes the merged model. Public entry. */
+export {};

@@ -1,0 +1,72 @@
+// Lint rules that enforce DESIGN.md §7: who may import whom, one entry per folder, no cycles,
+// onnxruntime-node in one place, process.exit only in the CLI entry; plus typed safety rules.
+import importX from 'eslint-plugin-import-x';
+import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescript';
+import tseslint from 'typescript-eslint';
+
+const onlyEntry = (folder) => [`**/${folder}/**`, `!**/${folder}/index.js`];
+const restrict = (groups, message) => ({ group: groups, message });
+
+const boundaries = {
+  agent: [
+    restrict(['**/coordinator/**', '**/cli/**'], 'agent/ never imports coordinator/ or cli/ (DESIGN.md §7).'),
+    restrict(onlyEntry('shared'), 'import shared/ only through shared/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  coordinator: [
+    restrict(['**/agent/**', '**/cli/**'], 'coordinator/ never imports agent/ or cli/ (DESIGN.md §7).'),
+    restrict(onlyEntry('shared'), 'import shared/ only through shared/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  shared: [
+    restrict(['**/agent/**', '**/coordinator/**', '**/cli/**'], 'shared/ is the base: it imports neither side.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  outside: [
+    restrict(onlyEntry('shared'), 'import shared/ only through shared/index.js.'),
+    restrict(onlyEntry('agent'), 'import agent/ only through agent/index.js.'),
+    restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+};
+
+const noOrt = { name: 'onnxruntime-node', message: 'onnxruntime-node is imported only in shared/onnx/runtime.ts (and the agent worker).' };
+
+export default tseslint.config(
+  { ignores: ['node_modules/**', 'dist/**', 'proto/gen/**', 'scratch/**', 'eslint.config.mjs', 'scripts/*.mjs'] },
+  ...tseslint.configs.recommendedTypeChecked,
+  {
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    plugins: { 'import-x': importX },
+    settings: { 'import-x/resolver-next': [createTypeScriptImportResolver({ project: './tsconfig.json' })] },
+    rules: {
+      'import-x/no-cycle': 'error',
+      'import-x/no-self-import': 'error',
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/consistent-type-imports': 'error',
+      '@typescript-eslint/no-non-null-assertion': 'off',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      'no-restricted-properties': ['error', { object: 'process', property: 'exit', message: 'process.exit only in cli/main.ts.' }],
+    },
+  },
+  { files: ['agent/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.agent }] } },
+  { files: ['coordinator/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.coordinator }] } },
+  {
+    files: ['shared/**/*.ts'],
+    ignores: ['shared/onnx/runtime.ts'],
+    rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.shared }] },
+  },
+  {
+    files: ['cli/**/*.ts', 'bench/**/*.ts', 'test/**/*.ts', 'scripts/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: boundaries.outside }] },
+  },
+  { files: ['cli/main.ts'], rules: { 'no-restricted-properties': 'off' } },
+  {
+    files: ['test/**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-unsafe-assignment': 'off',
+      '@typescript-eslint/no-unsafe-member-access': 'off',
+      '@typescript-eslint/no-unsafe-argument': 'off',
+    },
+  },
+);

@@ -1,0 +1,115 @@
+/**
+ * gramfuse's one error family. Every error a user can meet is a {@link GramfuseError} with a stable
+ * `code` from {@link ErrorCode}; the message names the thing, the value found, what was expected, and
+ * the next step. Codes map to gRPC statuses and CLI exit codes in exactly one table each (below).
+ */
+
+/** Stable error codes. Never rename one: scripts and operators match on them. */
+export const ErrorCode = {
+  /** A file or directory the user named does not exist. */
+  FileNotFound: 'FILE_NOT_FOUND',
+  /** A path cannot be read or written (permissions, missing parent directory, disk full). */
+  FileAccess: 'FILE_ACCESS',
+  /** Bytes that should be an ONNX model do not decode as one. */
+  OnnxMalformed: 'ONNX_MALFORMED',
+  /** A tensor's external data file is missing or shorter than the tensor needs. */
+  OnnxExternalData: 'ONNX_EXTERNAL_DATA',
+  /** The graph uses a construct gramfuse cannot analyse safely; it is reported, never guessed. */
+  OnnxUnsupportedGraph: 'ONNX_UNSUPPORTED_GRAPH',
+  /** The model has no linear layer that RegMean could merge. */
+  OnnxNoLinearLayers: 'ONNX_NO_LINEAR_LAYERS',
+  /** A tensor uses an element type gramfuse has no entry for. */
+  UnsupportedDtype: 'UNSUPPORTED_DTYPE',
+  /** onnxruntime failed to create a session or run the model. */
+  RuntimeFailed: 'RUNTIME_FAILED',
+  /** Command-line flags or a config file failed validation. */
+  InvalidArgument: 'INVALID_ARGUMENT',
+  /** Models that must share an architecture do not (fingerprints differ). */
+  FingerprintMismatch: 'FINGERPRINT_MISMATCH',
+  /** A number that must be finite is NaN or infinite. */
+  NonFinite: 'NON_FINITE',
+  /** A linear system could not be solved even with the maximum diagonal jitter. */
+  SolveFailed: 'SOLVE_FAILED',
+  /** Something that should never happen did; a bug in gramfuse. */
+  Internal: 'INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Facts attached to an error, for programs (JSON output, gRPC trailers, audit records). */
+export type ErrorFacts = Readonly<Record<string, string | number | boolean | null>>;
+
+export interface GramfuseErrorOptions {
+  /** Structured facts: the path, the tensor, the value found. */
+  readonly facts?: ErrorFacts;
+  /** The lower-level error this one explains. */
+  readonly cause?: unknown;
+}
+
+export class GramfuseError extends Error {
+  readonly code: ErrorCode;
+  readonly facts: ErrorFacts;
+
+  constructor(code: ErrorCode, message: string, options: GramfuseErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'GramfuseError';
+    this.code = code;
+    this.facts = options.facts ?? {};
+  }
+
+  /** One line for a terminal: `CODE: message`. */
+  toLine(): string {
+    return `${this.code}: ${this.message}`;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; facts: ErrorFacts } {
+    return { code: this.code, message: this.message, facts: this.facts };
+  }
+}
+
+/** True for any gramfuse error, optionally of one code. */
+export function isGramfuseError(value: unknown, code?: ErrorCode): value is GramfuseError {
+  return value instanceof GramfuseError && (code === undefined || value.code === code);
+}
+
+/** Wraps anything thrown into a GramfuseError; unknown errors become INTERNAL, never a leaked stack. */
+export function toGramfuseError(value: unknown): GramfuseError {
+  if (value instanceof GramfuseError) return value;
+  const message = value instanceof Error ? value.message : String(value);
+  return new GramfuseError(ErrorCode.Internal, `unexpected error: ${message}; please report it`, {
+    cause: value,
+  });
+}
+
+/** CLI exit code per error code: the one table. 0 is success, 1 is reserved for INTERNAL. */
+export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
+  INTERNAL: 1,
+  INVALID_ARGUMENT: 2,
+  FILE_NOT_FOUND: 3,
+  FILE_ACCESS: 4,
+  ONNX_MALFORMED: 10,
+  ONNX_EXTERNAL_DATA: 11,
+  ONNX_UNSUPPORTED_GRAPH: 12,
+  ONNX_NO_LINEAR_LAYERS: 13,
+  UNSUPPORTED_DTYPE: 14,
+  RUNTIME_FAILED: 15,
+  FINGERPRINT_MISMATCH: 20,
+  NON_FINITE: 21,
+  SOLVE_FAILED: 22,
+};
+
+/** Node's filesystem errors, translated for the person who has to fix the path. */
+export function fileError(error: unknown, path: string, doing: string): GramfuseError {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT') {
+    return new GramfuseError(ErrorCode.FileNotFound, `${path}: no such file or directory (while ${doing}); check the path`, {
+      facts: { path },
+      cause: error,
+    });
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return new GramfuseError(ErrorCode.FileAccess, `${path}: cannot ${doing}: ${reason}`, {
+    facts: { path, errno: code ?? null },
+    cause: error,
+  });
+}

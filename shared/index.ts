@@ -1,0 +1,21 @@
+/** shared/: code both the agent and the coordinator use. The only entry other folders import. */
+export {
+  bytesToFloat32,
+  bytesToFloat64,
+  type Dtype,
+  dtypeFromOnnx,
+  dtypeInfo,
+  type DtypeInfo,
+  isDtype,
+  typedArrayBytes,
+} from './dtypes.js';
+export {
+  ErrorCode,
+  type ErrorFacts,
+  exitCodeByErrorCode,
+  fileError,
+  GramfuseError,
+  type GramfuseErrorOptions,
+  isGramfuseError,
+  toGramfuseError,
+} from './errors.js';
