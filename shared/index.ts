@@ -19,3 +19,4 @@ export {
   isGramfuseError,
   toGramfuseError,
 } from './errors.js';
+export * from './onnx/index.js';

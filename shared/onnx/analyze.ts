@@ -1,0 +1,100 @@
+import { ErrorCode, GramfuseError } from '../errors.js';
+import { indexGraph } from './graph-index.js';
+import { formGramGroups, type GramGroup } from './gram-groups.js';
+import { type AnalysisNote, findLinearLayers, type LinearLayer } from './linear-layers.js';
+import type { OnnxModel } from './model-io.js';
+import { fingerprint, listParameters, type Parameter } from './parameters.js';
+import { maskInputs, type ModelInput, modelInputs, probeRowRules, type RowRule } from './probe.js';
+
+/** Everything gramfuse needs to know about a model's structure to collect statistics and merge it. */
+export interface ModelAnalysis {
+  readonly fingerprint: string;
+  readonly inputs: readonly ModelInput[];
+  /** Attention-mask inputs (may be empty). */
+  readonly masks: readonly string[];
+  readonly parameters: readonly Parameter[];
+  readonly linearLayers: readonly LinearLayer[];
+  readonly gramGroups: readonly GramGroup[];
+  /** Row rule per Gram group input tensor. */
+  readonly rowRules: ReadonlyMap<string, RowRule>;
+  /** Parameters averaged instead of solved, and why. */
+  readonly notes: readonly AnalysisNote[];
+}
+
+/** Analyses a model: parameters, fingerprint, linear layers, Gram groups, and (by a probe run) row rules. */
+export async function analyzeModel(model: OnnxModel): Promise<ModelAnalysis> {
+  const graph = model.proto.graph!;
+  const index = indexGraph(graph);
+  const { layers, notes } = findLinearLayers(index);
+  if (layers.length === 0) {
+    throw new GramfuseError(
+      ErrorCode.OnnxNoLinearLayers,
+      `${model.source}: no linear layer found (a MatMul or Gemm whose weight is a rank-2 float initializer); RegMean has nothing to merge in this model`,
+      { facts: { path: model.source, nodes: graph.node.length } },
+    );
+  }
+  const gramGroups = formGramGroups(layers);
+  const inputs = modelInputs(index);
+  const rowRules = await probeRowRules(model, index, gramGroups);
+  return {
+    fingerprint: fingerprint(model),
+    inputs,
+    masks: maskInputs(inputs).map((m) => m.name),
+    parameters: listParameters(model),
+    linearLayers: layers,
+    gramGroups,
+    rowRules,
+    notes,
+  };
+}
+
+/** The `gramfuse inspect --json` object (its shape is a public contract: issue #2). */
+export interface InspectReport {
+  readonly fingerprint: string;
+  readonly parameters: { readonly count: number; readonly bytes: number };
+  readonly linearLayers: readonly {
+    readonly weight: string;
+    readonly input: string;
+    readonly inDim: number;
+    readonly outDim: number;
+    readonly orientation: 'in_out' | 'out_in';
+    readonly bias: string | null;
+  }[];
+  readonly gramGroups: readonly {
+    readonly id: string;
+    readonly inputs: readonly { readonly tensor: string; readonly rows: 'tokens' | 'all'; readonly mask: string | null }[];
+    readonly inDim: number;
+    readonly weights: readonly string[];
+  }[];
+  readonly averaged: readonly AnalysisNote[];
+  readonly statistics: { readonly gramBytesFloat32Packed: number; readonly rhsBytesFloat32: number };
+}
+
+export function inspectReport(analysis: ModelAnalysis): InspectReport {
+  return {
+    fingerprint: analysis.fingerprint,
+    parameters: { count: analysis.parameters.length, bytes: analysis.parameters.reduce((sum, p) => sum + p.bytes, 0) },
+    linearLayers: analysis.linearLayers.map((layer) => ({
+      weight: layer.weight,
+      input: layer.uses[0]!.input,
+      inDim: layer.inDim,
+      outDim: layer.outDim,
+      orientation: layer.orientation,
+      bias: layer.bias,
+    })),
+    gramGroups: analysis.gramGroups.map((group) => ({
+      id: group.id,
+      inputs: group.inputs.map((tensor) => {
+        const rule = analysis.rowRules.get(tensor);
+        return { tensor, rows: rule?.rows ?? 'all', mask: rule?.mask ?? null };
+      }),
+      inDim: group.inDim,
+      weights: group.weights,
+    })),
+    averaged: analysis.notes,
+    statistics: {
+      gramBytesFloat32Packed: analysis.gramGroups.reduce((sum, g) => sum + ((g.inDim * (g.inDim + 1)) / 2) * 4, 0),
+      rhsBytesFloat32: analysis.linearLayers.reduce((sum, l) => sum + l.inDim * l.outDim * 4, 0),
+    },
+  };
+}

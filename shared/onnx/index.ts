@@ -1,0 +1,22 @@
+export { analyzeModel, inspectReport, type InspectReport, type ModelAnalysis } from './analyze.js';
+export { formGramGroups, type GramGroup } from './gram-groups.js';
+export { indexGraph, type GraphIndex } from './graph-index.js';
+export { instrumentGrams, type GramOutputs, type InstrumentedModel, type InstrumentOptions } from './instrument.js';
+export { type AnalysisNote, findLinearLayers, type LinearLayer, type LinearUse, type Orientation } from './linear-layers.js';
+export {
+  inlineSizeEstimate,
+  isExternal,
+  loadModel,
+  type LoadModelOptions,
+  type OnnxModel,
+  PROTOBUF_LIMIT_BYTES,
+  saveModel,
+  type SaveModelOptions,
+  tensorBytes,
+  tensorElementCount,
+  tensorShape,
+  tensorWithBytes,
+} from './model-io.js';
+export { fingerprint, isParameterTensor, listParameters, type Parameter } from './parameters.js';
+export { maskInputs, type ModelInput, modelInputs, probeFeeds, probeRowRules, type RowRule, withExtraOutputs } from './probe.js';
+export { createSession, type InferenceSession, OrtTensor, runSession, type SessionOptions, type Tensor } from './runtime.js';

@@ -1,0 +1,344 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
+
+import { ModelProto, type TensorProto } from '../../proto/index.js';
+import { dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
+import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+
+/** An ONNX model in memory, with where its external data lives. */
+export interface OnnxModel {
+  readonly proto: ModelProto;
+  /** Directory that external-data `location`s are relative to (the model file's directory). */
+  readonly baseDir: string | undefined;
+  /** Where it was loaded from, for messages; `<bytes>` when loaded from memory. */
+  readonly source: string;
+}
+
+export interface LoadModelOptions {
+  /** Directory for external data when loading from bytes. Default: none (external tensors fail to read). */
+  readonly baseDir?: string;
+}
+
+/** Protobuf's hard limit for one message; models past it must keep tensors in external data. */
+export const PROTOBUF_LIMIT_BYTES = 2 ** 31 - 1;
+
+/** Loads an ONNX model from a path or from bytes. External tensor data stays on disk until read. */
+export async function loadModel(source: string | Uint8Array, options: LoadModelOptions = {}): Promise<OnnxModel> {
+  let bytes: Uint8Array;
+  let label: string;
+  let baseDir = options.baseDir;
+  if (typeof source === 'string') {
+    label = source;
+    try {
+      bytes = await readFile(source);
+    } catch (error) {
+      throw fileError(error, source, 'reading the model');
+    }
+    baseDir ??= dirname(resolve(source));
+  } else {
+    label = '<bytes>';
+    bytes = source;
+  }
+  return { proto: decodeModel(bytes, label), baseDir, source: label };
+}
+
+function decodeModel(bytes: Uint8Array, label: string): ModelProto {
+  const notOnnx = (reason: string, cause?: unknown): GramfuseError =>
+    new GramfuseError(ErrorCode.OnnxMalformed, `${label}: not a valid ONNX model (${reason}); export it again or check the path`, {
+      facts: { path: label, bytes: bytes.byteLength },
+      cause,
+    });
+  if (bytes.byteLength === 0) throw notOnnx('the file is empty');
+  let proto: ModelProto;
+  try {
+    proto = ModelProto.decode(bytes);
+  } catch (error) {
+    throw notOnnx(`protobuf decoding failed: ${(error as Error).message}; the file may be truncated`, error);
+  }
+  if (proto.irVersion === undefined || proto.graph === undefined) {
+    throw notOnnx('no IR version or no graph');
+  }
+  if (proto.opsetImport.length === 0) throw notOnnx('no opset import');
+  for (const tensor of proto.graph.initializer) {
+    if (tensor.name === undefined || tensor.dataType === undefined) throw notOnnx('an initializer without name or type');
+  }
+  return proto;
+}
+
+/** Element count of a tensor from its dims. */
+export function tensorElementCount(tensor: TensorProto): number {
+  let count = 1;
+  for (const dim of tensor.dims) count *= Number(dim);
+  return count;
+}
+
+export function tensorShape(tensor: TensorProto): number[] {
+  return tensor.dims.map(Number);
+}
+
+export function isExternal(tensor: TensorProto): boolean {
+  return tensor.dataLocation === 1;
+}
+
+interface ExternalLocation {
+  readonly location: string;
+  readonly offset: number;
+  readonly length: number | undefined;
+}
+
+function externalLocation(tensor: TensorProto): ExternalLocation {
+  const entries = new Map(tensor.externalData.map((entry) => [entry.key ?? '', entry.value ?? '']));
+  const location = entries.get('location');
+  if (location === undefined || location === '') {
+    throw new GramfuseError(ErrorCode.OnnxExternalData, `tensor ${tensor.name ?? '?'}: external data without a location`, {
+      facts: { tensor: tensor.name ?? null },
+    });
+  }
+  const offset = Number(entries.get('offset') ?? '0');
+  const lengthText = entries.get('length');
+  return { location, offset, length: lengthText === undefined ? undefined : Number(lengthText) };
+}
+
+/**
+ * The tensor's value as little-endian bytes, wherever it is stored: `raw_data`, a typed field, or an
+ * external file (read for this tensor alone). Checks the byte count against dims × element width.
+ */
+export function tensorBytes(model: OnnxModel, tensor: TensorProto): Uint8Array {
+  const name = tensor.name ?? '?';
+  const info = dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${name}`);
+  const expected = tensorElementCount(tensor) * info.bytes;
+  let bytes: Uint8Array;
+  if (isExternal(tensor)) {
+    bytes = readExternal(model, tensor, expected);
+  } else if (tensor.rawData !== undefined) {
+    bytes = tensor.rawData;
+  } else {
+    bytes = typedFieldBytes(tensor, info.dtype);
+  }
+  if (bytes.byteLength !== expected) {
+    throw new GramfuseError(
+      ErrorCode.OnnxMalformed,
+      `tensor ${name}: holds ${bytes.byteLength} bytes but its shape [${tensorShape(tensor).join(', ')}] of ${info.dtype} needs ${expected}; the model file is damaged`,
+      { facts: { tensor: name, bytes: bytes.byteLength, expected } },
+    );
+  }
+  return bytes;
+}
+
+function readExternal(model: OnnxModel, tensor: TensorProto, expected: number): Uint8Array {
+  const name = tensor.name ?? '?';
+  const { location, offset, length } = externalLocation(tensor);
+  if (model.baseDir === undefined) {
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `tensor ${name}: stored in external file ${location}, but the model was loaded from bytes without a baseDir; load it from its path`,
+      { facts: { tensor: name, location } },
+    );
+  }
+  const normalized = normalize(location);
+  if (isAbsolute(normalized) || normalized.startsWith('..')) {
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `tensor ${name}: external location ${location} leaves the model's directory; refusing to read it`,
+      {
+        facts: { tensor: name, location },
+      },
+    );
+  }
+  const path = join(model.baseDir, normalized);
+  const byteCount = length ?? expected;
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (error) {
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `tensor ${name}: external data file ${path} cannot be opened (${(error as Error).message}); copy it next to the model`,
+      { facts: { tensor: name, path }, cause: error },
+    );
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (offset + byteCount > size) {
+      throw new GramfuseError(
+        ErrorCode.OnnxExternalData,
+        `tensor ${name}: external data file ${path} has ${size} bytes, the tensor needs bytes ${offset}..${offset + byteCount}; the file is truncated or not the model's`,
+        { facts: { tensor: name, path, size, offset, length: byteCount } },
+      );
+    }
+    const buffer = Buffer.allocUnsafe(byteCount);
+    let done = 0;
+    while (done < byteCount) {
+      const read = readSync(fd, buffer, done, byteCount - done, offset + done);
+      if (read === 0) break;
+      done += read;
+    }
+    return buffer;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function typedFieldBytes(tensor: TensorProto, dtype: string): Uint8Array {
+  switch (dtype) {
+    case 'float32':
+      return typedArrayBytes(Float32Array.from(tensor.floatData));
+    case 'float64':
+      return typedArrayBytes(Float64Array.from(tensor.doubleData));
+    case 'int64':
+      return typedArrayBytes(BigInt64Array.from(tensor.int64Data));
+    case 'uint64':
+      return typedArrayBytes(BigUint64Array.from(tensor.uint64Data));
+    case 'uint32':
+      return typedArrayBytes(Uint32Array.from(tensor.uint64Data, Number));
+    case 'int32':
+      return typedArrayBytes(Int32Array.from(tensor.int32Data));
+    case 'int16':
+      return typedArrayBytes(Int16Array.from(tensor.int32Data));
+    case 'uint16':
+    case 'float16':
+    case 'bfloat16':
+      return typedArrayBytes(Uint16Array.from(tensor.int32Data));
+    case 'int8':
+      return typedArrayBytes(Int8Array.from(tensor.int32Data));
+    case 'uint8':
+    case 'bool':
+      return Uint8Array.from(tensor.int32Data);
+    default:
+      throw new GramfuseError(ErrorCode.UnsupportedDtype, `tensor ${tensor.name ?? '?'}: cannot read ${dtype} values from typed fields`, {
+        facts: { tensor: tensor.name ?? null, dtype },
+      });
+  }
+}
+
+/** A copy of `tensor` holding `bytes` in raw_data (never typed arrays), with no external reference. */
+export function tensorWithBytes(tensor: TensorProto, bytes: Uint8Array): TensorProto {
+  return {
+    ...tensor,
+    rawData: bytes,
+    floatData: [],
+    int32Data: [],
+    int64Data: [],
+    doubleData: [],
+    uint64Data: [],
+    stringData: [],
+    externalData: [],
+    dataLocation: undefined,
+  };
+}
+
+export interface SaveModelOptions {
+  /**
+   * Where tensor values go. `auto` (default): inline unless the model would pass protobuf's 2 GB limit;
+   * `always`: tensors of at least `externalThresholdBytes` go to one side file; `never`: all inline.
+   */
+  readonly externalData?: 'auto' | 'always' | 'never';
+  /** Side file name, relative to the model's directory. Default: `<model file name>.data`. */
+  readonly externalDataFile?: string;
+  /** Smallest tensor moved to the side file. Default 1024 bytes. */
+  readonly externalThresholdBytes?: number;
+}
+
+/** Bytes the model would take inline (tensor payloads + the rest), without reading external data. */
+export function inlineSizeEstimate(model: OnnxModel): number {
+  const graph = model.proto.graph!;
+  let total = ModelProto.encode({ ...model.proto, graph: { ...graph, initializer: [] } }).finish().byteLength;
+  for (const tensor of graph.initializer) {
+    total += tensorElementCount(tensor) * dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${tensor.name ?? '?'}`).bytes + 256;
+  }
+  return total;
+}
+
+/**
+ * Saves a model atomically: everything is written to temporary files beside the target and renamed
+ * into place at the end, so a failure never leaves a partial model that looks complete.
+ */
+export async function saveModel(model: OnnxModel, path: string, options: SaveModelOptions = {}): Promise<void> {
+  const dir = dirname(resolve(path));
+  try {
+    const info = await stat(dir);
+    if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (error) {
+    throw fileError(error, dir, `writing ${basename(path)} into it (create the directory first)`);
+  }
+  const mode = options.externalData ?? 'auto';
+  const external = mode === 'always' || (mode === 'auto' && inlineSizeEstimate(model) > PROTOBUF_LIMIT_BYTES - 64 * 1024 * 1024);
+  const suffix = `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tmpModel = `${path}${suffix}`;
+  const dataName = options.externalDataFile ?? `${basename(path)}.data`;
+  const dataPath = join(dir, dataName);
+  const tmpData = `${dataPath}${suffix}`;
+  const graph = model.proto.graph!;
+  try {
+    let initializers: TensorProto[];
+    if (external) {
+      initializers = await writeExternalData(model, graph.initializer, tmpData, dataName, options.externalThresholdBytes ?? 1024);
+    } else {
+      initializers = graph.initializer.map((tensor) => (isExternal(tensor) ? tensorWithBytes(tensor, tensorBytes(model, tensor)) : tensor));
+    }
+    const proto: ModelProto = { ...model.proto, graph: { ...graph, initializer: initializers } };
+    const bytes = ModelProto.encode(proto).finish();
+    const handle = await open(tmpModel, 'w');
+    try {
+      await handle.writeFile(bytes);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    if (external) await rename(tmpData, dataPath);
+    await rename(tmpModel, path);
+  } catch (error) {
+    await rm(tmpModel, { force: true });
+    await rm(tmpData, { force: true });
+    if (error instanceof GramfuseError) throw error;
+    throw fileError(error, path, 'writing the model');
+  }
+}
+
+const EXTERNAL_ALIGNMENT = 4096;
+
+async function writeExternalData(
+  model: OnnxModel,
+  tensors: readonly TensorProto[],
+  tmpPath: string,
+  location: string,
+  threshold: number,
+): Promise<TensorProto[]> {
+  await mkdir(dirname(tmpPath), { recursive: true });
+  const handle = await open(tmpPath, 'w');
+  try {
+    let offset = 0;
+    const out: TensorProto[] = [];
+    for (const tensor of tensors) {
+      const bytes = tensorBytes(model, tensor);
+      if (bytes.byteLength < threshold) {
+        out.push(isExternal(tensor) ? tensorWithBytes(tensor, bytes) : tensor);
+        continue;
+      }
+      // Page-aligned offsets let runtimes memory-map each tensor.
+      offset = Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+      let written = 0;
+      while (written < bytes.byteLength) {
+        const { bytesWritten } = await handle.write(bytes, written, bytes.byteLength - written, offset + written);
+        written += bytesWritten;
+      }
+      out.push({
+        ...tensorWithBytes(tensor, new Uint8Array(0)),
+        rawData: undefined,
+        dataLocation: 1,
+        externalData: [
+          { key: 'location', value: location },
+          { key: 'offset', value: String(offset) },
+          { key: 'length', value: String(bytes.byteLength) },
+        ],
+      });
+      offset += bytes.byteLength;
+    }
+    await handle.sync();
+    return out;
+  } finally {
+    await handle.close();
+  }
+}
