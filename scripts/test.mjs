@@ -18,7 +18,7 @@ const steps = [
   ['lint', 'npx', ['eslint', '.']],
   ['typecheck', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']],
   ['generated code', 'node', ['scripts/check-generated.mjs']],
-  ['build', 'npx', ['tsc', '-p', 'tsconfig.build.json']],
+  ['build', 'npm', ['run', '--silent', 'build']],
 ];
 for (const [label, command, args] of steps) {
   if (!run(label, command, args)) {
