@@ -1,3 +1,13 @@
 /** agent/: what a data owner runs. The only entry other folders import. */
 export { buildFeeds, type InputRole, inputRoles } from './batches.js';
+export {
+  type BatchOptions,
+  classificationMetrics,
+  collectGramStatistics,
+  type CollectOptions,
+  lengthBatches,
+  predictLogits,
+  type Progress,
+} from './collect.js';
+export { collectExamples, type DataReaderOptions, type Example, readExamples, seededRandom } from './data-reader.js';
 export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';

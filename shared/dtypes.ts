@@ -64,12 +64,12 @@ function unsupported(found: string, what: string): GramfuseError {
 /** A little-endian byte view of a float32 tensor as numbers (copies only when unaligned). */
 export function bytesToFloat32(bytes: Uint8Array): Float32Array {
   if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-  return new Float32Array(bytes.slice().buffer);
+  return new Float32Array(new Uint8Array(bytes).buffer); // a copy (Buffer.slice would be a view)
 }
 
 export function bytesToFloat64(bytes: Uint8Array): Float64Array {
   if (bytes.byteOffset % 8 === 0) return new Float64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8);
-  return new Float64Array(bytes.slice().buffer);
+  return new Float64Array(new Uint8Array(bytes).buffer);
 }
 
 export function typedArrayBytes(array: ArrayBufferView): Uint8Array {

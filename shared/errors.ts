@@ -22,6 +22,8 @@ export const ErrorCode = {
   UnsupportedDtype: 'UNSUPPORTED_DTYPE',
   /** onnxruntime failed to create a session or run the model. */
   RuntimeFailed: 'RUNTIME_FAILED',
+  /** A data file (JSONL/CSV) or tokenizer is malformed or has no usable rows. */
+  InvalidData: 'INVALID_DATA',
   /** Command-line flags or a config file failed validation. */
   InvalidArgument: 'INVALID_ARGUMENT',
   /** Models that must share an architecture do not (fingerprints differ). */
@@ -85,6 +87,7 @@ export function toGramfuseError(value: unknown): GramfuseError {
 export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   INTERNAL: 1,
   INVALID_ARGUMENT: 2,
+  INVALID_DATA: 5,
   FILE_NOT_FOUND: 3,
   FILE_ACCESS: 4,
   ONNX_MALFORMED: 10,

@@ -20,3 +20,5 @@ export {
   toGramfuseError,
 } from './errors.js';
 export * from './onnx/index.js';
+export * from './linalg/index.js';
+export * from './merge/index.js';

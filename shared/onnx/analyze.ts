@@ -98,3 +98,10 @@ export function inspectReport(analysis: ModelAnalysis): InspectReport {
     },
   };
 }
+
+/** The output head: the last linear layer in graph order, with its bias. */
+export function headParameters(analysis: ModelAnalysis): string[] {
+  const last = analysis.linearLayers.at(-1);
+  if (last === undefined) return [];
+  return last.bias === null ? [last.weight] : [last.weight, last.bias];
+}

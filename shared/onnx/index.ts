@@ -1,4 +1,4 @@
-export { analyzeModel, inspectReport, type InspectReport, type ModelAnalysis } from './analyze.js';
+export { analyzeModel, headParameters, inspectReport, type InspectReport, type ModelAnalysis } from './analyze.js';
 export { formGramGroups, type GramGroup } from './gram-groups.js';
 export { indexGraph, type GraphIndex } from './graph-index.js';
 export { instrumentGrams, type GramOutputs, type InstrumentedModel, type InstrumentOptions } from './instrument.js';
@@ -17,6 +17,6 @@ export {
   tensorShape,
   tensorWithBytes,
 } from './model-io.js';
-export { fingerprint, isParameterTensor, listParameters, type Parameter } from './parameters.js';
+export { fingerprint, isParameterTensor, listParameters, type Parameter, readParameterValues, withParameterValues } from './parameters.js';
 export { maskInputs, type ModelInput, modelInputs, probeFeeds, probeRowRules, type RowRule, withExtraOutputs } from './probe.js';
 export { createSession, type InferenceSession, OrtTensor, runSession, type SessionOptions, type Tensor } from './runtime.js';

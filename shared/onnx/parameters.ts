@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 
 import { ModelProto, TensorProto } from '../../proto/index.js';
-import { type Dtype, dtypeFromOnnx } from '../dtypes.js';
+import { bytesToFloat32, bytesToFloat64, type Dtype, dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
+import { ErrorCode, GramfuseError } from '../errors.js';
 import { type OnnxModel, tensorBytes, tensorElementCount, tensorShape, tensorWithBytes } from './model-io.js';
 
 /** A float initializer: a weight, bias, norm scale or embedding. Its value is what merging changes. */
@@ -56,4 +57,68 @@ export function fingerprint(model: OnnxModel): string {
     },
   };
   return `sha256:${createHash('sha256').update(ModelProto.encode(canonical).finish()).digest('hex')}`;
+}
+
+/** A float parameter's values as float64 (float32 and float64 parameters; others are an explicit error). */
+export function readParameterValues(model: OnnxModel, name: string): Float64Array {
+  const tensor = model.proto.graph!.initializer.find((t) => t.name === name);
+  if (tensor === undefined) {
+    throw new GramfuseError(ErrorCode.OnnxMalformed, `${model.source}: parameter ${name} is not an initializer of the model`, {
+      facts: { parameter: name },
+    });
+  }
+  const info = dtypeFromOnnx(tensor.dataType ?? 0, `parameter ${name}`);
+  const bytes = tensorBytes(model, tensor);
+  if (info.dtype === 'float32') return Float64Array.from(bytesToFloat32(bytes));
+  if (info.dtype === 'float64') return bytesToFloat64(bytes).slice();
+  throw new GramfuseError(
+    ErrorCode.UnsupportedDtype,
+    `${model.source}: parameter ${name} is ${info.dtype}; gramfuse merges float32 and float64 parameters (convert the model to float32 first)`,
+    {
+      facts: { parameter: name, dtype: info.dtype },
+    },
+  );
+}
+
+/** The model with parameter values replaced (cast to each parameter's own dtype); nothing else changes. */
+export function withParameterValues(model: OnnxModel, values: ReadonlyMap<string, Float64Array>): OnnxModel {
+  const graph = model.proto.graph!;
+  const seen = new Set<string>();
+  const initializer = graph.initializer.map((tensor) => {
+    const name = tensor.name ?? '';
+    const value = values.get(name);
+    if (value === undefined) return tensor;
+    seen.add(name);
+    const info = dtypeFromOnnx(tensor.dataType ?? 0, `parameter ${name}`);
+    if (value.length !== tensorElementCount(tensor)) {
+      throw new GramfuseError(
+        ErrorCode.Internal,
+        `parameter ${name}: ${value.length} values for shape [${tensorShape(tensor).join(', ')}]`,
+      );
+    }
+    for (let i = 0; i < value.length; i++) {
+      if (!Number.isFinite(value[i]!)) {
+        throw new GramfuseError(
+          ErrorCode.NonFinite,
+          `parameter ${name}: merged value ${value[i]} at index ${i} is not finite; nothing was written`,
+          { facts: { parameter: name, index: i } },
+        );
+      }
+    }
+    const bytes =
+      info.dtype === 'float64'
+        ? typedArrayBytes(Float64Array.from(value))
+        : info.dtype === 'float32'
+          ? typedArrayBytes(Float32Array.from(value))
+          : undefined;
+    if (bytes === undefined)
+      throw new GramfuseError(ErrorCode.UnsupportedDtype, `parameter ${name}: cannot write ${info.dtype} values`, {
+        facts: { parameter: name },
+      });
+    return tensorWithBytes(tensor, bytes);
+  });
+  const missing = [...values.keys()].filter((name) => !seen.has(name));
+  if (missing.length > 0)
+    throw new GramfuseError(ErrorCode.Internal, `merged values for tensors the template does not have: ${missing.slice(0, 5).join(', ')}`);
+  return { ...model, proto: { ...model.proto, graph: { ...graph, initializer } } };
 }

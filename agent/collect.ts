@@ -1,0 +1,154 @@
+import {
+  type GramStatistics,
+  createSession,
+  instrumentGrams,
+  type ModelAnalysis,
+  type OnnxModel,
+  runSession,
+  type SessionOptions,
+  type Tensor,
+} from '../shared/index.js';
+import { buildFeeds, inputRoles } from './batches.js';
+import type { Example } from './data-reader.js';
+import type { TextTokenizer, TokenizedExample } from './tokenizer.js';
+
+export interface BatchOptions {
+  /** Examples per batch. Default 32. */
+  readonly batchSize?: number;
+}
+
+export interface Progress {
+  readonly examples: number;
+  readonly total: number;
+  readonly tokens: number;
+}
+
+export interface CollectOptions extends BatchOptions, SessionOptions {
+  /** Count padding tokens in Grams (the reference code's behaviour). Default false. */
+  readonly includePadding?: boolean;
+  readonly onProgress?: (progress: Progress) => void;
+}
+
+/**
+ * Tokenized examples grouped into batches of similar length, so little compute goes to padding. Each
+ * batch keeps the indices of its examples in the input order.
+ */
+export function lengthBatches(encoded: readonly TokenizedExample[], batchSize: number): number[][] {
+  const order = encoded.map((_, i) => i).sort((a, b) => encoded[a]!.ids.length - encoded[b]!.ids.length || a - b);
+  const batches: number[][] = [];
+  for (let i = 0; i < order.length; i += batchSize) batches.push(order.slice(i, i + batchSize));
+  return batches;
+}
+
+/**
+ * Runs the instrumented model over all examples and accumulates each Gram group's G = Σ xxᵀ and row
+ * count in float64. Padding rows never enter a Gram unless `includePadding`.
+ */
+export async function collectGramStatistics(
+  model: OnnxModel,
+  analysis: ModelAnalysis,
+  tokenizer: TextTokenizer,
+  examples: readonly Example[],
+  options: CollectOptions = {},
+): Promise<GramStatistics> {
+  const instrumented = instrumentGrams(model, analysis.gramGroups, analysis.rowRules, { includePadding: options.includePadding ?? false });
+  const session = await createSession(instrumented.model, options);
+  const roles = inputRoles(analysis.inputs);
+  const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
+  const groups = new Map(analysis.gramGroups.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
+  let tokens = 0;
+  let done = 0;
+  try {
+    for (const batch of lengthBatches(encoded, options.batchSize ?? 32)) {
+      const items = batch.map((i) => encoded[i]!);
+      const feeds = buildFeeds(items, analysis.inputs, roles, tokenizer.padId);
+      const out: Record<string, Tensor> = await runSession(session, feeds, `${model.source} (statistics)`);
+      for (const names of instrumented.outputs) {
+        const acc = groups.get(names.group)!;
+        const gram = out[names.gram]!.data as Float32Array;
+        const g = acc.gram;
+        for (let i = 0; i < gram.length; i++) g[i] = g[i]! + gram[i]!;
+        acc.rows += Number((out[names.rows]!.data as BigInt64Array)[0]);
+      }
+      for (const item of items) tokens += item.ids.length;
+      done += items.length;
+      options.onProgress?.({ examples: done, total: examples.length, tokens });
+    }
+  } finally {
+    await session.release();
+  }
+  return { fingerprint: analysis.fingerprint, groups, examples: examples.length, tokens };
+}
+
+/** Logits of the model for every example, in input order ([examples × classes]). */
+export async function predictLogits(
+  models: readonly { model: OnnxModel; analysis: Pick<ModelAnalysis, 'inputs'> }[],
+  tokenizer: TextTokenizer,
+  examples: readonly Example[],
+  options: BatchOptions & SessionOptions & { readonly onProgress?: (progress: Progress) => void } = {},
+): Promise<{ logits: Float64Array; classes: number }> {
+  // Several models: the ensemble's logit average.
+  const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
+  const batches = lengthBatches(encoded, options.batchSize ?? 64);
+  let logits: Float64Array | undefined;
+  let classes = 0;
+  let done = 0;
+  for (const { model, analysis } of models) {
+    const session = await createSession(model, options);
+    const roles = inputRoles(analysis.inputs);
+    const outputName = session.outputNames[0]!;
+    try {
+      for (const batch of batches) {
+        const items = batch.map((i) => encoded[i]!);
+        const out = await runSession(session, buildFeeds(items, analysis.inputs, roles, tokenizer.padId), `${model.source} (evaluation)`);
+        const values = out[outputName]!.data as Float32Array;
+        classes = values.length / items.length;
+        logits ??= new Float64Array(examples.length * classes);
+        batch.forEach((index, row) => {
+          for (let c = 0; c < classes; c++)
+            logits![index * classes + c] = logits![index * classes + c]! + values[row * classes + c]! / models.length;
+        });
+        done += items.length;
+        options.onProgress?.({ examples: done, total: examples.length * models.length, tokens: 0 });
+      }
+    } finally {
+      await session.release();
+    }
+  }
+  return { logits: logits ?? new Float64Array(0), classes };
+}
+
+/** Accuracy and macro-averaged F1 (over the labels that occur in truth or predictions). */
+export function classificationMetrics(
+  logits: Float64Array,
+  classes: number,
+  truth: readonly number[],
+): { examples: number; accuracy: number; macroF1: number } {
+  const tp = new Float64Array(classes);
+  const fp = new Float64Array(classes);
+  const fn = new Float64Array(classes);
+  let correct = 0;
+  truth.forEach((label, i) => {
+    let best = 0;
+    for (let c = 1; c < classes; c++) if (logits[i * classes + c]! > logits[i * classes + best]!) best = c;
+    if (best === label) {
+      correct++;
+      tp[label]!++;
+    } else {
+      fp[best]!++;
+      fn[label]!++;
+    }
+  });
+  let f1Sum = 0;
+  let present = 0;
+  for (let c = 0; c < classes; c++) {
+    if (tp[c]! + fp[c]! + fn[c]! === 0) continue;
+    present++;
+    f1Sum += (2 * tp[c]!) / (2 * tp[c]! + fp[c]! + fn[c]!);
+  }
+  return {
+    examples: truth.length,
+    accuracy: truth.length === 0 ? 0 : correct / truth.length,
+    macroF1: present === 0 ? 0 : f1Sum / present,
+  };
+}

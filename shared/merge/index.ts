@@ -1,0 +1,17 @@
+export {
+  addContribution,
+  type Aggregate,
+  buildContribution,
+  type Contribution,
+  emptyAggregate,
+  type GramStatistics,
+  regularizedGram,
+  transpose,
+  weightAsInOut,
+  weightFromInOut,
+} from './contributions.js';
+export { finishParameters, type LayerDiagnostics, solveRegMean } from './solve.js';
+export { defaultLambda, headIsAveraged, MergeMethod, MergeSpec, type MergeSpecInput, needsBase, Weighting } from './spec.js';
+export { sumMaps, tiesAgree, tiesElect, tiesFinish, tiesTrim } from './ties.js';
+export { type SafetensorsEntry, writeSafetensors } from './safetensors.js';
+export { formatMergeReport, type MergeReport } from './report.js';
