@@ -3,9 +3,13 @@
 // and in coordinator/; errors are mapped to exit codes by the one table in shared/errors.ts.
 import { Command, CommanderError, Option } from 'commander';
 
-import { ErrorCode, exitCodeByErrorCode, GramfuseError, toGramfuseError } from '../shared/index.js';
+import { ErrorCode, exitCodeByErrorCode, GramfuseError, MergeSpec, toGramfuseError } from '../shared/index.js';
+import { runEvaluation } from './evaluate.js';
+import { EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
+import { runLocalMerge } from './local-merge.js';
 import { packageVersion } from './output.js';
+import { createProgressBar, progressEnabled } from './progress.js';
 
 const stdout = (text: string): void => {
   process.stdout.write(text);
@@ -25,6 +29,117 @@ function buildProgram(): Command {
     .addOption(new Option('--json', 'print one JSON object'))
     .action(async (model: string, options: { json?: boolean }) => {
       await inspectCommand(model, options, stdout);
+    });
+
+  const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+  program
+    .command('merge')
+    .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
+    .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
+    .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+    .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
+    .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
+    .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
+    .option('--weighting <w>', 'equal (each owner counts the same) | tokens (weighted by rows)', 'equal')
+    .option('--include-padding', 'count padding tokens in Grams (the reference code does)')
+    .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
+    .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
+    .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
+    .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)')
+    .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
+    .option('--seed <n>', 'seed of that subset', '1')
+    .option('--batch-size <n>', 'examples per batch', '32')
+    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
+    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--label-field <name>', 'field holding the label', 'label')
+    .option('--threads <n>', 'onnxruntime threads')
+    .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
+    .option('--report <path>', 'where to write the merge report (JSON)')
+    .option('--json', 'print one JSON summary object and nothing else on stdout')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(MergeFlags, raw);
+      const spec = MergeSpec.parse({
+        method: flags.method,
+        alpha: flags.alpha,
+        weighting: flags.weighting,
+        includePadding: flags.includePadding,
+        tiesK: flags.tiesK,
+        ...(flags.lambda === undefined ? {} : { lambda: flags.lambda }),
+        ...(flags.head === undefined ? {} : { head: flags.head }),
+      });
+      const show = progressEnabled(flags.json);
+      const bars = new Map<string, ReturnType<typeof createProgressBar>>();
+      const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
+      const result = await runLocalMerge({
+        models: flags.model,
+        data: flags.data,
+        spec,
+        out: flags.out,
+        seed: flags.seed,
+        batchSize: flags.batchSize,
+        maxLength: flags.maxLength,
+        textField: flags.textField,
+        labelField: flags.labelField,
+        ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
+        ...(flags.base === undefined ? {} : { base: flags.base }),
+        ...(flags.report === undefined ? {} : { report: flags.report }),
+        ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+        ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+        onCollect: (owner, p) => {
+          let bar = bars.get(owner);
+          if (bar === undefined) bars.set(owner, (bar = createProgressBar(`collect ${owner}`, 'examples', show)));
+          bar.update(p.examples, p.total);
+          if (p.examples === p.total) bar.stop();
+        },
+        onSolve: (done, total) => {
+          solveBar.update(done, total);
+          if (done === total) solveBar.stop();
+        },
+      });
+      stdout(flags.json ? `${JSON.stringify(result.report)}\n` : `${result.reportText}\n`);
+    });
+
+  program
+    .command('eval')
+    .description('Accuracy and macro-F1 of a model (or, with --ensemble, the logit average of several) on labelled data')
+    .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect)
+    .requiredOption('--data <path>', 'labelled data (.jsonl or .csv)')
+    .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+    .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
+    .option('--ensemble', 'average the logits of all --model')
+    .option('--max-examples <n>', 'evaluate a seeded random subset')
+    .option('--seed <n>', 'seed of that subset', '1')
+    .option('--batch-size <n>', 'examples per batch', '64')
+    .option('--max-length <n>', 'tokens per example', '128')
+    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--label-field <name>', 'field holding the label', 'label')
+    .option('--threads <n>', 'onnxruntime threads')
+    .option('--json', 'print one JSON object')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(EvalFlags, raw);
+      const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
+      const result = await runEvaluation({
+        models: flags.model,
+        data: flags.data,
+        tokenizer: flags.tokenizer,
+        ensemble: flags.ensemble,
+        seed: flags.seed,
+        batchSize: flags.batchSize,
+        maxLength: flags.maxLength,
+        textField: flags.textField,
+        labelField: flags.labelField,
+        ...(flags.labels === undefined ? {} : { labels: flags.labels }),
+        ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+        ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+        onProgress: (p) => bar.update(p.examples, p.total),
+      });
+      bar.stop();
+      stdout(
+        flags.json
+          ? `${JSON.stringify(result)}\n`
+          : `examples ${result.examples}\naccuracy ${(result.accuracy * 100).toFixed(2)} %\nmacro-F1 ${(result.macroF1 * 100).toFixed(2)} %\n`,
+      );
     });
 
   return program;

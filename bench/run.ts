@@ -1,0 +1,37 @@
+// npm run bench [-- <name> ...] [--json] [--quick] [--threads N]
+// Benchmarks print tables of ratios against baselines measured in the same run; never timed tests.
+import { cpus } from 'node:os';
+
+import type { BenchContext } from './harness.js';
+import { benchSolve } from './solve.js';
+
+const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve };
+
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const quick = args.includes('--quick');
+const threadsAt = args.indexOf('--threads');
+const threads = threadsAt >= 0 ? Number(args[threadsAt + 1]) : Math.min(2, cpus().length);
+const names = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--threads');
+const unknown = names.filter((n) => !(n in benches));
+if (unknown.length > 0) {
+  process.stderr.write(`bench: unknown benchmark ${unknown.join(', ')}; choose from ${Object.keys(benches).join(', ')}\n`);
+  process.exitCode = 2;
+} else {
+  const context: BenchContext = {
+    json,
+    quick,
+    threads,
+    emit: (result) => {
+      if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    },
+    print: (text) => {
+      if (!json) process.stdout.write(`${text}\n\n`);
+    },
+  };
+  if (!json)
+    process.stdout.write(
+      `gramfuse benchmarks, ${new Date().toISOString()}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), node ${process.version}\n\n`,
+    );
+  for (const name of names.length > 0 ? names : Object.keys(benches)) await benches[name]!(context);
+}

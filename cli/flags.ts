@@ -1,0 +1,59 @@
+import { z } from 'zod';
+
+import { ErrorCode, GramfuseError } from '../shared/index.js';
+
+/** Validates commander's options with zod and reports every problem at once, each with its flag. */
+export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
+  const result = schema.safeParse(raw);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const key = String(issue.path[0] ?? '');
+    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    const value = raw[key];
+    return `${flag}: ${issue.message}${value === undefined ? '' : ` (got ${JSON.stringify(value)})`}`;
+  });
+  throw new GramfuseError(ErrorCode.InvalidArgument, problems.join('; '), { facts: { problems: problems.length } });
+}
+
+const int = (min: number) => z.coerce.number().int(`must be a whole number`).min(min, `must be at least ${min}`);
+const fraction = z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1');
+
+export const commonDataFlags = {
+  tokenizer: z.string().min(1),
+  maxExamples: int(1).optional(),
+  seed: int(0).default(1),
+  batchSize: int(1).default(32),
+  maxLength: int(8).default(128),
+  textField: z.string().default('text'),
+  labelField: z.string().default('label'),
+  threads: int(1).optional(),
+  json: z.boolean().default(false),
+};
+
+export const MergeFlags = z.object({
+  ...commonDataFlags,
+  tokenizer: z.string().min(1).optional(),
+  model: z.array(z.string()).min(1, 'give at least one --model'),
+  data: z.array(z.string()).default([]),
+  method: z
+    .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
+    .default('regmean'),
+  alpha: fraction.default(0.9),
+  weighting: z.enum(['equal', 'tokens'], { message: 'must be equal or tokens' }).default('equal'),
+  includePadding: z.boolean().default(false),
+  base: z.string().optional(),
+  lambda: z.coerce.number().min(0, 'must be at least 0').optional(),
+  tiesK: z.coerce.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]').default(0.2),
+  head: z.enum(['average', 'method'], { message: 'must be average or method' }).optional(),
+  out: z.string().min(1, 'name the merged model file'),
+  report: z.string().optional(),
+});
+
+export const EvalFlags = z.object({
+  ...commonDataFlags,
+  model: z.array(z.string()).min(1, 'give a --model to evaluate'),
+  data: z.string().min(1),
+  labels: z.string().optional(),
+  ensemble: z.boolean().default(false),
+  batchSize: int(1).default(64),
+});
