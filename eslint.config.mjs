@@ -27,6 +27,8 @@ const boundaries = {
     restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
+  // bench/ and test/ also reach cli/ only through its entry.
+  consumers: [restrict(onlyEntry('cli'), 'import cli/ only through cli/index.js.')],
 };
 
 const noOrt = { name: 'onnxruntime-node', message: 'onnxruntime-node is imported only in shared/onnx/runtime.ts (and the agent worker).' };

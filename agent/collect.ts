@@ -40,26 +40,31 @@ export function lengthBatches(encoded: readonly TokenizedExample[], batchSize: n
   return batches;
 }
 
+/** Examples tokenized and run per chunk, so memory holds one chunk of text, not the whole file. */
+const CHUNK_BATCHES = 32;
+
 /**
  * Runs the instrumented model over all examples and accumulates each Gram group's G = Σ xxᵀ and row
- * count in float64. Padding rows never enter a Gram unless `includePadding`.
+ * count in float64. Padding rows never enter a Gram unless `includePadding`. Examples may stream in
+ * (an async iterable): they are tokenized and length-bucketed one chunk at a time.
  */
 export async function collectGramStatistics(
   model: OnnxModel,
   analysis: ModelAnalysis,
   tokenizer: TextTokenizer,
-  examples: readonly Example[],
-  options: CollectOptions = {},
+  examples: AsyncIterable<Example> | Iterable<Example>,
+  options: CollectOptions & { readonly total?: number } = {},
 ): Promise<GramStatistics> {
   const instrumented = instrumentGrams(model, analysis.gramGroups, analysis.rowRules, { includePadding: options.includePadding ?? false });
   const session = await createSession(instrumented.model, options);
   const roles = inputRoles(analysis.inputs);
-  const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
+  const batchSize = options.batchSize ?? 32;
   const groups = new Map(analysis.gramGroups.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
   let tokens = 0;
   let done = 0;
-  try {
-    for (const batch of lengthBatches(encoded, options.batchSize ?? 32)) {
+  const runChunk = async (chunk: Example[]): Promise<void> => {
+    const encoded = chunk.map((e) => tokenizer.encode(e.text, e.pair));
+    for (const batch of lengthBatches(encoded, batchSize)) {
       const items = batch.map((i) => encoded[i]!);
       const feeds = buildFeeds(items, analysis.inputs, roles, tokenizer.padId);
       const out: Record<string, Tensor> = await runSession(session, feeds, `${model.source} (statistics)`);
@@ -72,12 +77,23 @@ export async function collectGramStatistics(
       }
       for (const item of items) tokens += item.ids.length;
       done += items.length;
-      options.onProgress?.({ examples: done, total: examples.length, tokens });
+      options.onProgress?.({ examples: done, total: options.total ?? done, tokens });
     }
+  };
+  try {
+    let chunk: Example[] = [];
+    for await (const example of examples) {
+      chunk.push(example);
+      if (chunk.length >= batchSize * CHUNK_BATCHES) {
+        await runChunk(chunk);
+        chunk = [];
+      }
+    }
+    if (chunk.length > 0) await runChunk(chunk);
   } finally {
     await session.release();
   }
-  return { fingerprint: analysis.fingerprint, groups, examples: examples.length, tokens };
+  return { fingerprint: analysis.fingerprint, groups, examples: done, tokens };
 }
 
 /** Logits of the model for every example, in input order ([examples × classes]). */

@@ -11,3 +11,6 @@ export {
 } from './collect.js';
 export { collectExamples, type DataReaderOptions, type Example, readExamples, seededRandom } from './data-reader.js';
 export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
+export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
+export { analyzeInWorker, collectInWorker } from './worker-client.js';
+export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';

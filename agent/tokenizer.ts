@@ -100,7 +100,8 @@ export async function loadTokenizer(path: string, options: TextTokenizerOptions 
 function truncate(tokenizer: HfTokenizer, textA: string, pair: string | undefined, maxLength: number): TokenizedExample {
   const a = tokenizer.tokenize(textA, { add_special_tokens: false });
   const b = pair === undefined ? [] : tokenizer.tokenize(pair, { add_special_tokens: false });
-  const specials = tokenizer.encode('', { text_pair: pair === undefined ? null : '', return_token_type_ids: true }).ids.length;
+  // Special tokens the template adds, counted on this very input (an empty pair would count as none).
+  const specials = tokenizer.encode(textA, { text_pair: pair ?? null, return_token_type_ids: true }).ids.length - a.length - b.length;
   const budget = Math.max(0, maxLength - specials);
   while (a.length + b.length > budget) {
     if (a.length >= b.length) a.pop();

@@ -33,7 +33,9 @@ export const commonDataFlags = {
 export const MergeFlags = z.object({
   ...commonDataFlags,
   tokenizer: z.string().min(1).optional(),
-  model: z.array(z.string()).min(1, 'give at least one --model'),
+  model: z.array(z.string()).default([]),
+  bundle: z.array(z.string()).default([]),
+  template: z.string().optional(),
   data: z.array(z.string()).default([]),
   method: z
     .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
@@ -56,4 +58,27 @@ export const EvalFlags = z.object({
   labels: z.string().optional(),
   ensemble: z.boolean().default(false),
   batchSize: int(1).default(64),
+});
+
+export const AgentFlags = z.object({
+  ...commonDataFlags,
+  model: z.string().min(1, "name the owner's model (.onnx)"),
+  data: z.string().min(1, "name the owner's data file"),
+  owner: z.string().min(1).optional(),
+  method: z
+    .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
+    .default('regmean'),
+  alpha: fraction.default(0.9),
+  weighting: z.enum(['equal', 'tokens'], { message: 'must be equal or tokens' }).default('equal'),
+  includePadding: z.boolean().default(false),
+  dtype: z.enum(['float64', 'float32'], { message: 'must be float64 or float32' }).default('float64'),
+  minRows: int(0).default(256),
+  allowLayers: z.string().optional(),
+  expectFingerprint: z
+    .string()
+    .regex(/^sha256:[0-9a-f]{64}$/, 'must look like sha256:<64 hex digits>')
+    .optional(),
+  textPairField: z.string().optional(),
+  device: z.enum(['auto', 'cpu', 'cuda'], { message: 'must be auto, cpu or cuda' }).default('auto'),
+  out: z.string().min(1).optional(),
 });

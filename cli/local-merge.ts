@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, resolve } from 'node:path';
 
-import { collectExamples, collectGramStatistics, loadTokenizer, type Progress } from '../agent/index.js';
+import { collectInWorker, type Progress } from '../agent/index.js';
 import {
   addContribution,
   analyzeModel,
@@ -25,6 +25,7 @@ import {
   type MergeSpec,
   needsBase,
   type OnnxModel,
+  readBundle,
   readParameterValues,
   saveModel,
   solveRegMean,
@@ -43,6 +44,10 @@ export interface LocalMergeOptions {
   readonly models: readonly string[];
   /** One data file per model (required for RegMean; ignored by the weight-only baselines). */
   readonly data: readonly string[];
+  /** Statistics bundles collected by agents (`gramfuse agent collect`): owners who are not run here. */
+  readonly bundles?: readonly string[];
+  /** The model whose graph the merged model takes; default the first --model. */
+  readonly template?: string;
   readonly tokenizer?: string;
   readonly spec: MergeSpec;
   readonly base?: string;
@@ -85,9 +90,21 @@ async function checkOutputDirectory(path: string): Promise<void> {
 export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMergeResult> {
   const started = performance.now();
   const spec = options.spec;
-  if (options.models.length === 0)
-    throw new GramfuseError(ErrorCode.InvalidArgument, '--model: give at least one model', { facts: { flag: 'model' } });
-  if (spec.method === 'regmean' && options.data.length === 0) {
+  const bundles = options.bundles ?? [];
+  if (options.models.length === 0 && bundles.length === 0) {
+    throw new GramfuseError(ErrorCode.InvalidArgument, '--model: give at least one model (or --bundle)', { facts: { flag: 'model' } });
+  }
+  const templatePath = options.template ?? options.models[0];
+  if (templatePath === undefined) {
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      "--template: merging bundles alone needs the model whose graph the result takes (any owner's model)",
+      {
+        facts: { flag: 'template' },
+      },
+    );
+  }
+  if (spec.method === 'regmean' && options.data.length === 0 && options.models.length > 0) {
     throw new GramfuseError(ErrorCode.InvalidArgument, "--data: RegMean needs one data file per --model (the owner's private text)", {
       facts: { flag: 'data' },
     });
@@ -106,7 +123,7 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       facts: { flag: 'base', method: spec.method },
     });
   }
-  if (spec.method === 'regmean' && options.tokenizer === undefined) {
+  if (spec.method === 'regmean' && options.models.length > 0 && options.tokenizer === undefined) {
     throw new GramfuseError(ErrorCode.InvalidArgument, '--tokenizer: RegMean runs the models on text and needs a tokenizer.json', {
       facts: { flag: 'tokenizer' },
     });
@@ -117,31 +134,27 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   await checkOutputDirectory(reportPath);
 
   const names = ownerNames(options.models);
-  const template = await loadModel(options.models[0]!);
+  const template = await loadModel(templatePath);
   const analysis = await analyzeModel(template);
-  const models: OnnxModel[] = [template];
-  for (const path of options.models.slice(1)) models.push(await loadModel(path));
+  const models: OnnxModel[] = [];
+  for (const path of options.models) models.push(path === templatePath ? template : await loadModel(path));
   const checkFingerprint = (model: OnnxModel, flag: string): void => {
     const found = fingerprint(model);
     if (found !== analysis.fingerprint) {
       throw new GramfuseError(
         ErrorCode.FingerprintMismatch,
-        `${flag} ${model.source}: fingerprint ${found} differs from ${options.models[0]}'s ${analysis.fingerprint}; RegMean merges models fine-tuned from one base and exported alike (check with gramfuse inspect)`,
+        `${flag} ${model.source}: fingerprint ${found} differs from ${templatePath}'s ${analysis.fingerprint}; RegMean merges models fine-tuned from one base and exported alike (check with gramfuse inspect)`,
         { facts: { model: model.source, found, expected: analysis.fingerprint } },
       );
     }
   };
-  models.forEach((m, i) => i > 0 && checkFingerprint(m, '--model'));
+  models.forEach((m) => m !== template && checkFingerprint(m, '--model'));
   let baseValues: Map<string, Float64Array> | undefined;
   if (options.base !== undefined) {
     const base = await loadModel(options.base);
     checkFingerprint(base, '--base');
     baseValues = new Map(listParameters(base).map((p) => [p.name, readParameterValues(base, p.name)]));
   }
-  const tokenizer =
-    options.tokenizer === undefined
-      ? undefined
-      : await loadTokenizer(options.tokenizer, options.maxLength === undefined ? {} : { maxLength: options.maxLength });
 
   const averagedHead = new Set(headIsAveraged(spec) ? headParameters(analysis) : []);
   const tiesAveraged = emptyAggregate(analysis.fingerprint);
@@ -152,22 +165,27 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   for (const [i, model] of models.entries()) {
     const owner = names[i]!;
     const dataPath = options.data[i];
-    let statistics;
+    let collected: Awaited<ReturnType<typeof collectInWorker>> | undefined;
     if (spec.method === 'regmean') {
-      const t0 = performance.now();
-      const examples = await collectExamples(dataPath!, {
-        ...(options.textField === undefined ? {} : { textField: options.textField }),
-        ...(options.labelField === undefined ? {} : { labelField: options.labelField }),
-        ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
-        seed: options.seed ?? 1,
-      });
-      statistics = await collectGramStatistics(model, analysis, tokenizer!, examples, {
-        includePadding: spec.includePadding,
-        batchSize: options.batchSize ?? 32,
-        ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }),
-        onProgress: (p) => options.onCollect?.(owner, p),
-      });
-      collectSeconds += (performance.now() - t0) / 1000;
+      // The agent's own collection job, in its worker thread: one implementation for both modes.
+      collected = await collectInWorker(
+        {
+          owner,
+          modelPath: options.models[i]!,
+          dataPath: dataPath!,
+          tokenizerPath: options.tokenizer!,
+          spec,
+          maxLength: options.maxLength ?? 128,
+          batchSize: options.batchSize ?? 32,
+          seed: options.seed ?? 1,
+          textField: options.textField ?? 'text',
+          device: 'cpu',
+          ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+          ...(options.threads === undefined ? {} : { threads: options.threads }),
+        },
+        (p) => options.onCollect?.(owner, p),
+      );
+      collectSeconds += collected.seconds;
     }
     if (spec.method === 'ties') {
       const theta = new Map(listParameters(model).map((p) => [p.name, readParameterValues(model, p.name)]));
@@ -186,15 +204,44 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
         parameters: head,
       });
     } else {
-      addContribution(aggregate, await buildContribution(owner, model, analysis, spec, statistics));
+      addContribution(aggregate, collected?.contribution ?? (await buildContribution(owner, model, analysis, spec, undefined)));
     }
     owners.push({
       name: owner,
       model: model.source,
       data: dataPath ?? null,
-      examples: statistics?.examples ?? 0,
-      tokens: statistics?.tokens ?? 0,
-      rows: statistics === undefined ? {} : Object.fromEntries([...statistics.groups].map(([g, s]) => [g, s.rows])),
+      examples: collected?.statistics.examples ?? 0,
+      tokens: collected?.statistics.tokens ?? 0,
+      rows: collected?.statistics.rows ?? {},
+    });
+  }
+  for (const path of bundles) {
+    if (spec.method === 'ties') {
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        '--bundle: TIES needs a second round with each owner; merge its models locally or federate',
+        {
+          facts: { flag: 'bundle' },
+        },
+      );
+    }
+    const { manifest, contribution } = await readBundle(path);
+    const b = manifest.plan.spec;
+    if (b.method !== spec.method || b.alpha !== spec.alpha || b.weighting !== spec.weighting || b.includePadding !== spec.includePadding) {
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        `--bundle ${path}: collected for ${b.method} (alpha ${b.alpha}, weighting ${b.weighting}, padding ${b.includePadding ? 'included' : 'excluded'}), but this merge is ${spec.method} (alpha ${spec.alpha}, weighting ${spec.weighting}, padding ${spec.includePadding ? 'included' : 'excluded'}); pass the same settings`,
+        { facts: { bundle: path } },
+      );
+    }
+    addContribution(aggregate, contribution);
+    owners.push({
+      name: contribution.owner,
+      model: `bundle ${path}`,
+      data: null,
+      examples: contribution.examples,
+      tokens: contribution.tokens,
+      rows: contribution.rows,
     });
   }
 
@@ -253,7 +300,7 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       tool: { name: 'gramfuse', version: packageVersion() },
       createdAt: new Date().toISOString(),
       spec,
-      template: options.models[0]!,
+      template: templatePath,
       fingerprint: analysis.fingerprint,
       base: options.base ?? null,
       owners,

@@ -3,9 +3,18 @@
 // and in coordinator/; errors are mapped to exit codes by the one table in shared/errors.ts.
 import { Command, CommanderError, Option } from 'commander';
 
-import { ErrorCode, exitCodeByErrorCode, GramfuseError, MergeSpec, toGramfuseError } from '../shared/index.js';
+import { collectBundle, formatPlan, planForOwner, type AgentOptions } from '../agent/index.js';
+import {
+  DisclosurePolicy,
+  ErrorCode,
+  exitCodeByErrorCode,
+  formatBytes,
+  GramfuseError,
+  MergeSpec,
+  toGramfuseError,
+} from '../shared/index.js';
 import { runEvaluation } from './evaluate.js';
-import { EvalFlags, MergeFlags, parseFlags } from './flags.js';
+import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
 import { runLocalMerge } from './local-merge.js';
 import { packageVersion } from './output.js';
@@ -38,6 +47,12 @@ function buildProgram(): Command {
     .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
     .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
     .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+    .option(
+      '--bundle <dir>',
+      'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
+      collect,
+    )
+    .option('--template <path>', 'the model whose graph the merged model takes (default: the first --model)')
     .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
     .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
     .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
@@ -74,6 +89,8 @@ function buildProgram(): Command {
       const result = await runLocalMerge({
         models: flags.model,
         data: flags.data,
+        bundles: flags.bundle,
+        ...(flags.template === undefined ? {} : { template: flags.template }),
         spec,
         out: flags.out,
         seed: flags.seed,
@@ -140,6 +157,97 @@ function buildProgram(): Command {
           ? `${JSON.stringify(result)}\n`
           : `examples ${result.examples}\naccuracy ${(result.accuracy * 100).toFixed(2)} %\nmacro-F1 ${(result.macroF1 * 100).toFixed(2)} %\n`,
       );
+    });
+
+  const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
+  const agentOptions = (command: Command): Command =>
+    command
+      .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
+      .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
+      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+      .option('--owner <name>', 'owner name recorded in the plan (default: from the model path)')
+      .option('--method <name>', "the job's method: regmean | average | task-arithmetic | ties", 'regmean')
+      .option('--alpha <a>', "the job's RegMean alpha", '0.9')
+      .option('--weighting <w>', "the job's weighting: equal | tokens", 'equal')
+      .option('--include-padding', 'count padding tokens in Grams')
+      .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
+      .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows', '256')
+      .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
+      .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
+      .option('--max-examples <n>', 'a seeded random subset of at most n examples')
+      .option('--seed <n>', 'seed of that subset', '1')
+      .option('--batch-size <n>', 'examples per batch', '32')
+      .option('--max-length <n>', 'tokens per example', '128')
+      .option('--text-field <name>', 'field holding the text', 'text')
+      .option('--text-pair-field <name>', 'field holding the second text of a pair')
+      .option('--label-field <name>', 'field holding the label (not disclosed)', 'label')
+      .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
+      .option('--threads <n>', 'onnxruntime threads')
+      .option('--json', 'print one JSON object');
+  const toAgentOptions = (flags: ReturnType<typeof AgentFlags.parse>): AgentOptions => ({
+    model: flags.model,
+    data: flags.data,
+    tokenizer: flags.tokenizer,
+    spec: MergeSpec.parse({ method: flags.method, alpha: flags.alpha, weighting: flags.weighting, includePadding: flags.includePadding }),
+    dtype: flags.dtype,
+    policy: DisclosurePolicy.parse({
+      minRowsPerGroup: flags.minRows,
+      ...(flags.allowLayers === undefined
+        ? {}
+        : {
+            allowedLayers: flags.allowLayers
+              .split(',')
+              .map((l) => l.trim())
+              .filter((l) => l !== ''),
+          }),
+    }),
+    maxLength: flags.maxLength,
+    batchSize: flags.batchSize,
+    seed: flags.seed,
+    textField: flags.textField,
+    device: flags.device,
+    toolVersion: packageVersion(),
+    ...(flags.owner === undefined ? {} : { owner: flags.owner }),
+    ...(flags.expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint }),
+    ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+    ...(flags.textPairField === undefined ? {} : { textPairField: flags.textPairField }),
+    ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+  });
+
+  agentOptions(
+    agent.command('plan').description('Print every statistic that would leave this machine, before anything is computed'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(AgentFlags, raw);
+    const { plan, examples } = await planForOwner(toAgentOptions(flags));
+    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${formatPlan(plan, examples)}\n`);
+  });
+
+  agentOptions(
+    agent
+      .command('collect')
+      .description('Compute the statistics of the plan and write them as a verified bundle (statistics.safetensors + manifest.json)'),
+  )
+    .requiredOption('--out <dir>', 'the bundle directory to create (never overwritten)')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AgentFlags, raw);
+      const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
+      let deviceReason = '';
+      const { manifest, result } = await collectBundle({
+        ...toAgentOptions(flags),
+        out: flags.out!,
+        onProgress: (p) => bar.update(p.examples, p.total),
+        onDevice: (reason) => (deviceReason = reason),
+      });
+      bar.stop();
+      if (flags.json) {
+        stdout(
+          `${JSON.stringify({ bundle: flags.out, device: result.device, seconds: result.seconds, examples: result.statistics.examples, tokens: result.statistics.tokens, plan: manifest.plan })}\n`,
+        );
+      } else {
+        stdout(
+          `${formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
+        );
+      }
     });
 
   return program;

@@ -24,6 +24,12 @@ export const ErrorCode = {
   RuntimeFailed: 'RUNTIME_FAILED',
   /** A data file (JSONL/CSV) or tokenizer is malformed or has no usable rows. */
   InvalidData: 'INVALID_DATA',
+  /** The requested execution provider (e.g. CUDA) cannot be used on this machine. */
+  DeviceUnavailable: 'DEVICE_UNAVAILABLE',
+  /** The disclosure plan breaks the owner's policy (too few rows, a layer not allowed): nothing is sent. */
+  PolicyViolation: 'POLICY_VIOLATION',
+  /** A statistics bundle is incomplete, malformed or fails its SHA-256 checks. */
+  BundleInvalid: 'BUNDLE_INVALID',
   /** Command-line flags or a config file failed validation. */
   InvalidArgument: 'INVALID_ARGUMENT',
   /** Models that must share an architecture do not (fingerprints differ). */
@@ -96,9 +102,12 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   ONNX_NO_LINEAR_LAYERS: 13,
   UNSUPPORTED_DTYPE: 14,
   RUNTIME_FAILED: 15,
+  DEVICE_UNAVAILABLE: 16,
   FINGERPRINT_MISMATCH: 20,
   NON_FINITE: 21,
   SOLVE_FAILED: 22,
+  POLICY_VIOLATION: 30,
+  BUNDLE_INVALID: 31,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */

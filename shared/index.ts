@@ -22,3 +22,4 @@ export {
 export * from './onnx/index.js';
 export * from './linalg/index.js';
 export * from './merge/index.js';
+export { formatBytes, formatTable } from './text-format.js';

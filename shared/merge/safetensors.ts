@@ -50,3 +50,69 @@ export async function writeSafetensors(
     throw fileError(error, path, 'writing the safetensors file');
   }
 }
+
+/** One tensor as read from a safetensors file: its bytes are a view into the file's buffer. */
+export interface SafetensorsTensor {
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  readonly bytes: Uint8Array;
+}
+
+const DTYPE_WIDTH: Readonly<Record<string, number>> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+
+/**
+ * Parses a safetensors file, checking everything a corrupted or hostile file could get wrong: header
+ * length, JSON, dtypes, shapes against byte ranges, ranges inside the data and not overlapping.
+ * `invalid` builds the error (callers choose the code and name the file).
+ */
+export function parseSafetensors(
+  file: Uint8Array,
+  invalid: (reason: string) => Error,
+): { tensors: Map<string, SafetensorsTensor>; metadata: Record<string, string> } {
+  if (file.byteLength < 8) throw invalid('shorter than the 8-byte header length');
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
+  const headerLength = view.getBigUint64(0, true);
+  if (headerLength > BigInt(file.byteLength - 8) || headerLength > 100_000_000n)
+    throw invalid(`header length ${headerLength} exceeds the file`);
+  const headerEnd = 8 + Number(headerLength);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(file.subarray(8, headerEnd)));
+  } catch (error) {
+    throw invalid(`header is not valid JSON (${(error as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw invalid('header is not a JSON object');
+  const dataLength = file.byteLength - headerEnd;
+  const tensors = new Map<string, SafetensorsTensor>();
+  const ranges: [number, number, string][] = [];
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const width = typeof e.dtype === 'string' ? DTYPE_WIDTH[e.dtype] : undefined;
+    if (width === undefined) throw invalid(`tensor ${name}: unknown dtype ${JSON.stringify(e.dtype)}`);
+    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && (d as number) >= 0))
+      throw invalid(`tensor ${name}: bad shape`);
+    if (
+      !Array.isArray(e.data_offsets) ||
+      e.data_offsets.length !== 2 ||
+      !e.data_offsets.every((d) => Number.isInteger(d) && (d as number) >= 0)
+    ) {
+      throw invalid(`tensor ${name}: bad data_offsets`);
+    }
+    const [begin, end] = e.data_offsets as [number, number];
+    const shape = e.shape as number[];
+    if (begin > end || end > dataLength) throw invalid(`tensor ${name}: bytes ${begin}..${end} outside the ${dataLength} data bytes`);
+    if (end - begin !== shape.reduce((a, b) => a * b, 1) * width)
+      throw invalid(`tensor ${name}: ${end - begin} bytes for shape [${shape.join(', ')}] of ${e.dtype as string}`);
+    ranges.push([begin, end, name]);
+    tensors.set(name, { dtype: e.dtype as string, shape, bytes: file.subarray(headerEnd + begin, headerEnd + end) });
+  }
+  ranges.sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < ranges.length; i++)
+    if (ranges[i]![0] < ranges[i - 1]![1]) throw invalid(`tensors ${ranges[i - 1]![2]} and ${ranges[i]![2]} overlap`);
+  return { tensors, metadata };
+}

@@ -12,6 +12,7 @@ export {
   PROTOBUF_LIMIT_BYTES,
   saveModel,
   type SaveModelOptions,
+  serializeModel,
   tensorBytes,
   tensorElementCount,
   tensorShape,
@@ -19,4 +20,14 @@ export {
 } from './model-io.js';
 export { fingerprint, isParameterTensor, listParameters, type Parameter, readParameterValues, withParameterValues } from './parameters.js';
 export { maskInputs, type ModelInput, modelInputs, probeFeeds, probeRowRules, type RowRule, withExtraOutputs } from './probe.js';
-export { createSession, type InferenceSession, OrtTensor, runSession, type SessionOptions, type Tensor } from './runtime.js';
+export {
+  createSession,
+  cudaProviderLibraries,
+  type DeviceChoice,
+  type InferenceSession,
+  OrtTensor,
+  resolveDevice,
+  runSession,
+  type SessionOptions,
+  type Tensor,
+} from './runtime.js';

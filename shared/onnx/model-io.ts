@@ -342,3 +342,8 @@ async function writeExternalData(
     await handle.close();
   }
 }
+
+/** The model as ONNX bytes (in memory; external tensors stay external). */
+export function serializeModel(model: OnnxModel): Uint8Array {
+  return ModelProto.encode(model.proto).finish();
+}

@@ -1,4 +1,8 @@
 // The one place in shared/ (and so for both sides) that imports onnxruntime-node.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+
 import * as ort from 'onnxruntime-node';
 
 import { ModelProto } from '../../proto/index.js';
@@ -49,4 +53,44 @@ export async function runSession(
       cause: error,
     });
   }
+}
+
+/** Where onnxruntime-node looks for the CUDA provider libraries, and which of them are missing. */
+export function cudaProviderLibraries(): { readonly dir: string; readonly missing: string[] } {
+  const packageJson = createRequire(import.meta.url).resolve('onnxruntime-node/package.json');
+  const dir = join(dirname(packageJson), 'bin', 'napi-v6', process.platform, process.arch);
+  const missing = ['libonnxruntime_providers_shared.so', 'libonnxruntime_providers_cuda.so'].filter((f) => !existsSync(join(dir, f)));
+  return { dir, missing };
+}
+
+/** The execution provider a session will use, and why (said to the user). */
+export interface DeviceChoice {
+  readonly device: 'cpu' | 'cuda';
+  readonly reason: string;
+}
+
+/**
+ * `auto`: CUDA when its provider loads, else CPU (and says why); `cuda`: CUDA or a DEVICE_UNAVAILABLE
+ * error naming what is missing; `cpu`: CPU. The check looks for the provider libraries before asking
+ * onnxruntime, so a machine without them gets a plain message, not a loader error.
+ */
+export async function resolveDevice(requested: 'auto' | 'cpu' | 'cuda', probeModel: Uint8Array): Promise<DeviceChoice> {
+  if (requested === 'cpu') return { device: 'cpu', reason: 'CPU requested' };
+  const { dir, missing } = cudaProviderLibraries();
+  let problem: string | undefined;
+  if (missing.length > 0) {
+    problem = `the CUDA provider is not installed (${missing.join(', ')} missing in ${dir}); run \`gramfuse gpu setup\` on a machine with an NVIDIA GPU`;
+  } else {
+    try {
+      const session = await ort.InferenceSession.create(probeModel, { executionProviders: ['cuda'], logSeverityLevel: 3 });
+      await session.release();
+    } catch (error) {
+      problem = `the CUDA provider failed to start (${(error as Error).message}); check the NVIDIA driver and CUDA libraries (\`gramfuse gpu check\`)`;
+    }
+  }
+  if (problem === undefined) return { device: 'cuda', reason: 'CUDA provider loaded' };
+  if (requested === 'auto') return { device: 'cpu', reason: `using CPU: ${problem}` };
+  throw new GramfuseError(ErrorCode.DeviceUnavailable, `--device cuda: ${problem}; or use --device cpu`, {
+    facts: { device: 'cuda', dir },
+  });
 }

@@ -1,0 +1,144 @@
+import { basename, dirname, extname, resolve } from 'node:path';
+
+import {
+  checkPolicyAfterCollection,
+  checkPolicyBeforeCollection,
+  type DisclosurePlan,
+  type DisclosurePolicy,
+  ErrorCode,
+  formatBytes,
+  formatTable,
+  GramfuseError,
+  type MergeSpec,
+  planDisclosure,
+  writeBundle,
+} from '../shared/index.js';
+import type { Progress } from './collect.js';
+import { readExamples } from './data-reader.js';
+import { loadTokenizer } from './tokenizer.js';
+import { analyzeInWorker, collectInWorker } from './worker-client.js';
+
+/** What `gramfuse agent plan|collect` take (validated by the CLI). */
+export interface AgentOptions {
+  readonly model: string;
+  readonly data: string;
+  readonly tokenizer: string;
+  /** Owner name in the plan; default from the model path. */
+  readonly owner?: string;
+  readonly spec: MergeSpec;
+  readonly dtype: 'float32' | 'float64';
+  readonly policy: DisclosurePolicy;
+  /** The job's model fingerprint: the agent refuses to compute for a different model. */
+  readonly expectFingerprint?: string;
+  readonly maxLength: number;
+  readonly batchSize: number;
+  readonly maxExamples?: number;
+  readonly seed: number;
+  readonly textField: string;
+  readonly textPairField?: string;
+  readonly device: 'auto' | 'cpu' | 'cuda';
+  readonly threads?: number;
+  readonly toolVersion: string;
+}
+
+export function ownerFromModelPath(path: string): string {
+  return basename(path).startsWith('model') ? basename(dirname(resolve(path))) : basename(path, extname(path));
+}
+
+/** The plan before anything is computed: every statistic that would leave, and the policy. */
+export async function planForOwner(options: AgentOptions): Promise<{ plan: DisclosurePlan; examples: number }> {
+  const analysis = await analyzeInWorker(options.model);
+  if (options.expectFingerprint !== undefined && analysis.fingerprint !== options.expectFingerprint) {
+    throw new GramfuseError(
+      ErrorCode.FingerprintMismatch,
+      `${options.model}: fingerprint ${analysis.fingerprint} is not the job's ${options.expectFingerprint}; this owner's model was not fine-tuned from the job's base (or was exported differently)`,
+      { facts: { model: options.model, found: analysis.fingerprint, expected: options.expectFingerprint } },
+    );
+  }
+  await loadTokenizer(options.tokenizer, { maxLength: options.maxLength }); // fail early on a bad tokenizer
+  let examples = 0;
+  const fields = { textField: options.textField, ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }) };
+  for await (const _ of readExamples(options.data, fields)) examples++;
+  if (examples === 0)
+    throw new GramfuseError(ErrorCode.InvalidData, `${options.data}: no usable examples`, { facts: { path: options.data } });
+  const plan = planDisclosure(options.owner ?? ownerFromModelPath(options.model), analysis, options.spec, options.dtype, options.policy);
+  checkPolicyBeforeCollection(plan);
+  return { plan, examples: options.maxExamples === undefined ? examples : Math.min(examples, options.maxExamples) };
+}
+
+/** `gramfuse agent collect`: plan, collect in the worker, check the policy, write a verified bundle. */
+export async function collectBundle(
+  options: AgentOptions & {
+    readonly out: string;
+    readonly onProgress?: (p: Progress) => void;
+    readonly onDevice?: (reason: string) => void;
+  },
+) {
+  const { plan } = await planForOwner(options);
+  const result = await collectInWorker(
+    {
+      owner: plan.owner,
+      modelPath: options.model,
+      dataPath: options.data,
+      tokenizerPath: options.tokenizer,
+      spec: options.spec,
+      maxLength: options.maxLength,
+      batchSize: options.batchSize,
+      seed: options.seed,
+      textField: options.textField,
+      device: options.device,
+      ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }),
+      ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+      ...(options.threads === undefined ? {} : { threads: options.threads }),
+    },
+    options.onProgress,
+  );
+  options.onDevice?.(result.device.reason);
+  const checked = checkPolicyAfterCollection(plan, result.statistics.rows);
+  const manifest = await writeBundle(
+    options.out,
+    checked,
+    result.contribution,
+    {
+      model: options.model,
+      data: options.data,
+      tokenizer: options.tokenizer,
+      maxLength: options.maxLength,
+      batchSize: options.batchSize,
+      maxExamples: options.maxExamples ?? null,
+      seed: options.seed,
+      textField: options.textField,
+      device: result.device.device,
+      examples: result.statistics.examples,
+      tokens: result.statistics.tokens,
+      seconds: result.seconds,
+    },
+    options.toolVersion,
+  );
+  return { manifest, result };
+}
+
+/** The plan as a person reads it: one row per statistic, then totals and the policy. */
+export function formatPlan(plan: DisclosurePlan, examples?: number): string {
+  const counts = new Map<string, number>();
+  for (const s of plan.statistics) counts.set(s.kind, (counts.get(s.kind) ?? 0) + 1);
+  const rows = plan.statistics.map((s) => [
+    s.id,
+    s.kind,
+    s.tensors.length > 2 ? `${s.tensors.slice(0, 2).join(', ')}, …` : s.tensors.join(', ') || '-',
+    `[${s.shape.join(', ')}]${s.packing === 'upper_triangle' ? ' packed' : ''}`,
+    s.dtype,
+    s.bytes,
+    s.rows ?? '-',
+  ]);
+  return [
+    `Disclosure plan for owner ${plan.owner}: everything below would leave this machine, and nothing else.`,
+    `model fingerprint ${plan.fingerprint}; method ${plan.spec.method}${plan.spec.method === 'regmean' ? ` (alpha ${plan.spec.alpha}, weighting ${plan.spec.weighting}, padding ${plan.spec.includePadding ? 'included' : 'excluded'})` : ''}${examples === undefined ? '' : `; ${examples} examples`}`,
+    '',
+    formatTable(['statistic', 'kind', 'tensors', 'shape', 'dtype', 'bytes', 'rows'], rows),
+    '',
+    `totals: ${plan.totals.statistics} statistics (${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}), ${formatBytes(plan.totals.bytes)}`,
+    `policy: at least ${plan.policy.minRowsPerGroup} rows per Gram (checked after collection); layers allowed: ${plan.policy.allowedLayers === undefined ? 'all' : plan.policy.allowedLayers.join(', ')}`,
+    'No raw text, token ids, activations or labels leave: only the sums above.',
+  ].join('\n');
+}

@@ -1,0 +1,218 @@
+import { z } from 'zod';
+
+import { ErrorCode, GramfuseError } from '../errors.js';
+import { packedLength } from '../linalg/index.js';
+import type { ModelAnalysis } from '../onnx/index.js';
+import type { Contribution } from './contributions.js';
+import { MergeSpec } from './spec.js';
+
+/** Kinds of statistic that can leave an owner (issue #4). */
+export const StatisticKind = z.enum(['gram', 'gram_times_weight', 'parameter', 'count']);
+export type StatisticKind = z.infer<typeof StatisticKind>;
+
+/** One tensor that would leave the owner: what it is, how big, and (after collection) from how many rows. */
+export const PlannedStatistic = z
+  .object({
+    id: z.string().min(1).describe('stable id: gram/<group>, gram_times_weight/<weight>, parameter/<name>, count/<what>'),
+    kind: StatisticKind,
+    tensors: z.array(z.string()).describe('the model tensors (weights, parameters) this statistic concerns'),
+    shape: z.array(z.number().int().nonnegative()).describe('shape as stored; packed Grams are 1-D of length n(n+1)/2'),
+    dtype: z.enum(['float32', 'float64']),
+    packing: z.enum(['dense', 'upper_triangle']).describe('upper_triangle: a symmetric n×n matrix, rows of its upper triangle'),
+    bytes: z.number().int().nonnegative(),
+    rows: z.number().int().nonnegative().optional().describe('rows (tokens or vectors) that entered it, after collection'),
+    sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional()
+      .describe('SHA-256 of the stored bytes, in a bundle'),
+  })
+  .strict();
+export type PlannedStatistic = z.infer<typeof PlannedStatistic>;
+
+/** The owner's limits on what may leave. */
+export const DisclosurePolicy = z
+  .object({
+    minRowsPerGroup: z.number().int().nonnegative().default(256).describe('refuse to disclose a Gram built from fewer rows'),
+    allowedLayers: z.array(z.string()).optional().describe('if set, only these weights may have Gram statistics disclosed'),
+  })
+  .strict();
+export type DisclosurePolicy = z.infer<typeof DisclosurePolicy>;
+
+export const DisclosurePlan = z
+  .object({
+    owner: z.string(),
+    fingerprint: z.string(),
+    spec: MergeSpec,
+    statistics: z.array(PlannedStatistic),
+    totals: z.object({ statistics: z.number().int(), bytes: z.number().int() }).strict(),
+    policy: DisclosurePolicy,
+  })
+  .strict();
+export type DisclosurePlan = z.infer<typeof DisclosurePlan>;
+
+const width = (dtype: 'float32' | 'float64'): number => (dtype === 'float32' ? 4 : 8);
+
+/**
+ * Every statistic the owner would disclose for this model and merge spec, before anything is computed.
+ * Statistics are float32 or float64 by `dtype`; counts are always float64 (exact integers).
+ */
+export function planDisclosure(
+  owner: string,
+  analysis: ModelAnalysis,
+  spec: MergeSpec,
+  dtype: 'float32' | 'float64',
+  policy: DisclosurePolicy,
+): DisclosurePlan {
+  const statistics: PlannedStatistic[] = [];
+  const add = (s: Omit<PlannedStatistic, 'bytes'>): void => {
+    statistics.push({ ...s, bytes: s.shape.reduce((a, b) => a * b, 1) * width(s.dtype) });
+  };
+  const solved = new Set<string>();
+  if (spec.method === 'regmean') {
+    const layers = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
+    for (const group of analysis.gramGroups) {
+      add({
+        id: `gram/${group.id}`,
+        kind: 'gram',
+        tensors: [...group.weights],
+        shape: [packedLength(group.inDim)],
+        dtype,
+        packing: 'upper_triangle',
+      });
+      for (const weight of group.weights) {
+        const layer = layers.get(weight)!;
+        add({
+          id: `gram_times_weight/${weight}`,
+          kind: 'gram_times_weight',
+          tensors: [weight],
+          shape: [layer.inDim, layer.outDim],
+          dtype,
+          packing: 'dense',
+        });
+        solved.add(weight);
+      }
+      add({ id: `count/rows/${group.id}`, kind: 'count', tensors: [...group.weights], shape: [], dtype: 'float64', packing: 'dense' });
+    }
+  }
+  for (const parameter of analysis.parameters) {
+    if (solved.has(parameter.name)) continue;
+    add({
+      id: `parameter/${parameter.name}`,
+      kind: 'parameter',
+      tensors: [parameter.name],
+      shape: [...parameter.shape],
+      dtype,
+      packing: 'dense',
+    });
+  }
+  for (const what of ['examples', 'tokens', 'weight'])
+    add({ id: `count/${what}`, kind: 'count', tensors: [], shape: [], dtype: 'float64', packing: 'dense' });
+  return {
+    owner,
+    fingerprint: analysis.fingerprint,
+    spec,
+    statistics,
+    totals: { statistics: statistics.length, bytes: statistics.reduce((s, x) => s + x.bytes, 0) },
+    policy,
+  };
+}
+
+/** Policy checks possible before collection: an allow-list of layers. Throws POLICY_VIOLATION; nothing is sent. */
+export function checkPolicyBeforeCollection(plan: DisclosurePlan): void {
+  const allowed = plan.policy.allowedLayers;
+  if (allowed === undefined) return;
+  const allowedSet = new Set(allowed);
+  const outside = plan.statistics.filter(
+    (s) => (s.kind === 'gram' || s.kind === 'gram_times_weight') && s.tensors.some((t) => !allowedSet.has(t)),
+  );
+  if (outside.length > 0) {
+    throw new GramfuseError(
+      ErrorCode.PolicyViolation,
+      `policy: ${outside.length} statistics concern layers outside the allow-list (${outside
+        .slice(0, 3)
+        .map((s) => s.id)
+        .join(
+          ', ',
+        )}${outside.length > 3 ? ', …' : ''}); nothing was computed or sent. Extend the allow-list or use a method that discloses no Grams`,
+      { facts: { violations: outside.length, first: outside[0]!.id } },
+    );
+  }
+}
+
+/** Policy checks after collection: every Gram from at least `minRowsPerGroup` rows. Throws POLICY_VIOLATION. */
+export function checkPolicyAfterCollection(plan: DisclosurePlan, rows: Readonly<Record<string, number>>): DisclosurePlan {
+  const statistics = plan.statistics.map((s) => {
+    const group =
+      s.kind === 'gram' ? s.id.slice('gram/'.length) : s.id.startsWith('count/rows/') ? s.id.slice('count/rows/'.length) : undefined;
+    return group === undefined ? s : { ...s, rows: rows[group] ?? 0 };
+  });
+  const few = statistics.filter((s) => s.kind === 'gram' && (s.rows ?? 0) < plan.policy.minRowsPerGroup);
+  if (few.length > 0) {
+    throw new GramfuseError(
+      ErrorCode.PolicyViolation,
+      `policy: ${few.length} Gram statistics come from fewer than ${plan.policy.minRowsPerGroup} rows (${few
+        .slice(0, 3)
+        .map((s) => `${s.id}: ${s.rows} rows`)
+        .join(', ')}); such a Gram says too much about individual examples, so nothing was sent. Add data or lower --min-rows deliberately`,
+      { facts: { violations: few.length, minRows: plan.policy.minRowsPerGroup, first: few[0]!.id } },
+    );
+  }
+  return { ...plan, statistics };
+}
+
+/** The contribution's tensors under the plan's ids, converted to each statistic's dtype. */
+export function contributionTensors(plan: DisclosurePlan, contribution: Contribution): Map<string, Float32Array | Float64Array> {
+  const out = new Map<string, Float32Array | Float64Array>();
+  const group = (id: string): string => id.split('/').slice(1).join('/');
+  for (const s of plan.statistics) {
+    let values: Float64Array | undefined;
+    if (s.kind === 'gram') values = contribution.grams.get(group(s.id));
+    else if (s.kind === 'gram_times_weight') values = contribution.gramTimesWeight.get(group(s.id));
+    else if (s.kind === 'parameter') values = contribution.parameters.get(group(s.id));
+    else {
+      const what = group(s.id);
+      const count =
+        what === 'examples'
+          ? contribution.examples
+          : what === 'tokens'
+            ? contribution.tokens
+            : what === 'weight'
+              ? contribution.weight
+              : contribution.rows[what.slice('rows/'.length)];
+      values = count === undefined ? undefined : Float64Array.of(count);
+    }
+    if (values === undefined) throw new GramfuseError(ErrorCode.Internal, `statistic ${s.id} is in the plan but not in the contribution`);
+    out.set(s.id, s.dtype === 'float32' ? Float32Array.from(values) : values);
+  }
+  return out;
+}
+
+/** Rebuilds a contribution from verified tensors (the inverse of contributionTensors). */
+export function contributionFromTensors(plan: DisclosurePlan, tensors: ReadonlyMap<string, Float64Array>): Contribution {
+  const grams = new Map<string, Float64Array>();
+  const gramTimesWeight = new Map<string, Float64Array>();
+  const parameters = new Map<string, Float64Array>();
+  const rows: Record<string, number> = {};
+  const counts: Record<string, number> = {};
+  for (const s of plan.statistics) {
+    const values = tensors.get(s.id)!;
+    const name = s.id.split('/').slice(1).join('/');
+    if (s.kind === 'gram') grams.set(name, values);
+    else if (s.kind === 'gram_times_weight') gramTimesWeight.set(name, values);
+    else if (s.kind === 'parameter') parameters.set(name, values);
+    else if (name.startsWith('rows/')) rows[name.slice('rows/'.length)] = values[0]!;
+    else counts[name] = values[0]!;
+  }
+  return {
+    owner: plan.owner,
+    fingerprint: plan.fingerprint,
+    weight: counts.weight ?? 1,
+    examples: counts.examples ?? 0,
+    tokens: counts.tokens ?? 0,
+    rows,
+    grams,
+    gramTimesWeight,
+    parameters,
+  };
+}
