@@ -3,9 +3,10 @@
 import { cpus } from 'node:os';
 
 import type { BenchContext } from './harness.js';
+import { benchCollect } from './collect.js';
 import { benchSolve } from './solve.js';
 
-const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve };
+const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve, collect: benchCollect };
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
