@@ -14,3 +14,13 @@ export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type Toke
 export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
 export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';
+export {
+  type ClientTls,
+  type ConnectOptions,
+  connectFederation,
+  type FederationClient,
+  runAgent,
+  type RunAgentOptions,
+  type RunAgentResult,
+  withRetries,
+} from './upload-client.js';

@@ -3,7 +3,8 @@
 // and in coordinator/; errors are mapped to exit codes by the one table in shared/errors.ts.
 import { Command, CommanderError, Option } from 'commander';
 
-import { collectBundle, formatPlan, planForOwner, type AgentOptions } from '../agent/index.js';
+import { collectBundle, connectFederation, formatPlan, planForOwner, runAgent, type AgentOptions } from '../agent/index.js';
+import { startCoordinatorServer } from '../coordinator/index.js';
 import {
   DisclosurePolicy,
   ErrorCode,
@@ -14,6 +15,7 @@ import {
   toGramfuseError,
 } from '../shared/index.js';
 import { runEvaluation } from './evaluate.js';
+import { certsInit, certsIssue, connectOptions, loadTls, runDemo, type TlsFlags } from './federation-commands.js';
 import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
 import { runLocalMerge } from './local-merge.js';
@@ -248,6 +250,241 @@ function buildProgram(): Command {
           `${formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
         );
       }
+    });
+
+  const tlsOptions = (command: Command): Command =>
+    command
+      .option('--tls-ca <path>', 'the federation CA certificate (PEM)')
+      .option('--tls-cert <path>', "this party's certificate (PEM); its subject is its identity")
+      .option('--tls-key <path>', "this party's private key (PEM)")
+      .option('--insecure-loopback', 'plain text on 127.0.0.1 only, for local experiments (says so in every log line)')
+      .option('--identity <name>', 'with --insecure-loopback: the identity to claim');
+
+  const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
+  certs
+    .command('init')
+    .description('Create the federation CA (ca.pem, ca-key.pem) in a directory')
+    .requiredOption('--dir <dir>', 'where to write them')
+    .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
+    .action(async (raw: { dir: string; name: string }) => {
+      stdout(`${(await certsInit(raw.dir, raw.name)).join('\n')}\n`);
+    });
+  certs
+    .command('issue')
+    .description(
+      'Issue a certificate signed by the CA in --dir; the name is the identity (an agent, a job creator, or the coordinator with --host)',
+    )
+    .requiredOption('--dir <dir>', 'the CA directory (from certs init)')
+    .requiredOption('--name <cn>', 'identity: the certificate subject common name')
+    .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
+    .action(async (raw: { dir: string; name: string; host?: string[] }) => {
+      stdout(`${(await certsIssue(raw.dir, raw.name, raw.host ?? [])).join('\n')}\n`);
+    });
+
+  tlsOptions(
+    program
+      .command('coordinator')
+      .command('serve')
+      .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
+      .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
+      .requiredOption('--state <dir>', 'durable state directory')
+      .option('--creators <names>', 'comma-separated identities allowed to create jobs (default: any authenticated identity)')
+      .option('--json', 'print the listening address as one JSON line, and log lines as JSON'),
+  ).action(async (raw: TlsFlags & { listen: string; state: string; creators?: string; json?: boolean }) => {
+    const insecure = raw.insecureLoopback === true;
+    const log = (line: string): void => {
+      process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
+    };
+    const server = await startCoordinatorServer({
+      stateDir: raw.state,
+      listen: raw.listen,
+      log,
+      ...(insecure ? { insecureLoopback: true } : { tls: await loadTls(raw) }),
+      ...(raw.creators === undefined ? {} : { creators: raw.creators.split(',').map((c) => c.trim()) }),
+    });
+    const host = raw.listen.slice(0, raw.listen.lastIndexOf(':'));
+    stdout(
+      raw.json === true
+        ? `${JSON.stringify({ listening: `${host}:${server.port}`, port: server.port, tls: !insecure })}\n`
+        : `coordinator listening on ${host}:${server.port}${insecure ? ' (INSECURE LOOPBACK: no TLS)' : ' (mTLS)'}\n`,
+    );
+    await new Promise<void>((resolve) => {
+      const stop = (): void => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    log('draining (hard stop in 10 s)');
+    await server.close(10_000);
+  });
+
+  const job = program.command('job').description('Create and follow federated merge jobs');
+  tlsOptions(
+    job
+      .command('create')
+      .description('Create a job from a spec file (JSON) and a template model')
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--spec <path>', 'job spec (JSON): id, participants, quorum, merge, policy, limits')
+      .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
+      .option('--template-on-coordinator', "--template is a path on the coordinator's disk (large models)")
+      .option('--json', 'print one JSON object'),
+  ).action(
+    async (raw: TlsFlags & { coordinator: string; spec: string; template: string; templateOnCoordinator?: boolean; json?: boolean }) => {
+      const client = connectFederation(await connectOptions(raw.coordinator, raw));
+      try {
+        let specText: string;
+        try {
+          specText = await (await import('node:fs/promises')).readFile(raw.spec, 'utf8');
+        } catch (error) {
+          throw (await import('../shared/index.js')).fileError(error, raw.spec, 'reading the job spec');
+        }
+        const template =
+          raw.templateOnCoordinator === true ? { path: raw.template } : await (await import('node:fs/promises')).readFile(raw.template);
+        const status = await client.createJob(specText, template);
+        stdout(
+          raw.json === true
+            ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
+            : `job ${status.jobId}: ${status.state}, fingerprint ${status.fingerprint}, participants ${status.participants.join(', ')}\n`,
+        );
+      } finally {
+        client.close();
+      }
+    },
+  );
+  tlsOptions(
+    job
+      .command('status')
+      .description("A job's state, owners complete, result digest")
+      .argument('<id>', 'job id')
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .option('--json', 'print one JSON object'),
+  ).action(async (id: string, raw: TlsFlags & { coordinator: string; json?: boolean }) => {
+    const client = connectFederation(await connectOptions(raw.coordinator, raw));
+    try {
+      const s = await client.getJob(id);
+      const view = {
+        job: s.jobId,
+        state: s.state,
+        completed: s.completed,
+        quorum: s.quorum,
+        participants: s.participants,
+        fingerprint: s.fingerprint,
+        resultSha256: s.resultSha256 || null,
+        failure: s.failureCode === '' ? null : { code: s.failureCode, message: s.failureMessage },
+      };
+      stdout(
+        raw.json === true
+          ? `${JSON.stringify(view)}\n`
+          : `job ${view.job}: ${view.state}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}\n`,
+      );
+    } finally {
+      client.close();
+    }
+  });
+  tlsOptions(
+    job
+      .command('download')
+      .description("Download a solved job's merged model (or report)")
+      .argument('<id>', 'job id')
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--out <path>', 'where to write it')
+      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx'),
+  ).action(async (id: string, raw: TlsFlags & { coordinator: string; out: string; artifact: string }) => {
+    const client = connectFederation(await connectOptions(raw.coordinator, raw));
+    try {
+      const bytes = await client.download(id, raw.artifact);
+      await (await import('node:fs/promises')).writeFile(raw.out, bytes);
+      stdout(`${raw.out} (${bytes.byteLength} bytes)\n`);
+    } finally {
+      client.close();
+    }
+  });
+
+  tlsOptions(
+    agentOptions(
+      agent
+        .command('run')
+        .description(
+          'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
+        ),
+    )
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--job <id>', 'job id')
+      .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
+      .option('--yes', 'approve the disclosure plan without asking (automation)')
+      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024)),
+  ).action(
+    async (
+      raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string },
+    ) => {
+      const flags = parseFlags(AgentFlags, raw);
+      const base = toAgentOptions(flags);
+      const show = progressEnabled(flags.json);
+      const collectBar = createProgressBar('collect', 'examples', show);
+      const uploadBar = createProgressBar('upload', 'bytes', show);
+      const result = await runAgent({
+        ...base,
+        connect: await connectOptions(raw.coordinator, raw),
+        jobId: raw.job,
+        workDir: raw.workDir,
+        yes: raw.yes === true,
+        chunkBytes: Number(raw.chunkBytes),
+        onPlan: (plan, examples) => {
+          if (!flags.json) process.stderr.write(`${formatPlan(plan, examples)}\n\n`);
+        },
+        approve: async (summary) => {
+          if (!process.stdin.isTTY) return false;
+          const rl = (await import('node:readline/promises')).createInterface({ input: process.stdin, output: process.stderr });
+          const answer = await rl.question(`Send ${summary}? [y/N] `);
+          rl.close();
+          return /^y(es)?$/i.test(answer.trim());
+        },
+        onCollect: (p) => collectBar.update(p.examples, p.total),
+        onUpload: (sent, total) => uploadBar.update(sent, total),
+      });
+      collectBar.stop();
+      uploadBar.stop();
+      stdout(
+        flags.json
+          ? `${JSON.stringify(result)}\n`
+          : `uploaded ${result.bytesSent} bytes in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
+      );
+    },
+  );
+
+  program
+    .command('demo')
+    .description(
+      'A coordinator and three agents on loopback (mTLS, certificates made in a temp dir) merge the shipped example models with RegMean, then evaluate',
+    )
+    .option('--out <dir>', 'keep everything in this directory (default: a new temp dir)')
+    .option('--json', 'print one JSON object')
+    .action(async (raw: { out?: string; json?: boolean }) => {
+      const log = (line: string): void => {
+        if (raw.json !== true) process.stderr.write(`demo: ${line}\n`);
+      };
+      const result = await runDemo({ log, ...(raw.out === undefined ? {} : { out: raw.out }) });
+      if (raw.json === true) {
+        stdout(`${JSON.stringify(result)}\n`);
+        return;
+      }
+      const rows = result.results.map(
+        (r) => `| ${r.model.padEnd(8)} | ${(r.accuracy * 100).toFixed(1).padStart(8)} | ${(r.macroF1 * 100).toFixed(1).padStart(8)} |`,
+      );
+      stdout(
+        [
+          'Accuracy on the English test split (4,721 Debian package descriptions, 14 labels):',
+          '| model    | accuracy | macro-F1 |',
+          '| -------- | -------- | -------- |',
+          ...rows,
+          '',
+          `merged model   ${result.mergedModel}`,
+          `merge report   ${result.report}`,
+          `receipts (coordinator side) ${result.ledgers.coordinator.join(', ')}`,
+          `receipts (agent side)       ${result.ledgers.agents.join(', ')}`,
+          `${result.seconds.toFixed(0)} s in all`,
+          '',
+        ].join('\n'),
+      );
     });
 
   return program;

@@ -1,2 +1,10 @@
 /** coordinator/: receives statistics, sums, solves and writes the merged model. Public entry. */
-export {};
+export { type ChunkIn, Coordinator, type CoordinatorOptions, type JobView, type Receipt, type ReceiptFields } from './coordinator.js';
+export {
+  type CoordinatorServer,
+  type CoordinatorServerOptions,
+  type ServerState,
+  type ServerTls,
+  startCoordinatorServer,
+} from './server.js';
+export { FileStore } from './store.js';

@@ -12,3 +12,4 @@ export {
   TypeProto,
   ValueInfoProto,
 } from './gen/onnx/onnx.js';
+export * as federation from './gen/gramfuse/v1/federation.js';

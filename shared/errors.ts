@@ -30,6 +30,16 @@ export const ErrorCode = {
   PolicyViolation: 'POLICY_VIOLATION',
   /** A statistics bundle is incomplete, malformed or fails its SHA-256 checks. */
   BundleInvalid: 'BUNDLE_INVALID',
+  /** No job with that id on the coordinator. */
+  JobNotFound: 'JOB_NOT_FOUND',
+  /** The caller's certificate identity is not allowed to do this (not a participant, not a job creator). */
+  NotAuthorized: 'NOT_AUTHORIZED',
+  /** The job no longer accepts this (already solved, failed, or not yet open). */
+  JobClosed: 'JOB_CLOSED',
+  /** An uploaded chunk or statistic does not verify (hash, size, shape, unknown statistic). */
+  UploadInvalid: 'UPLOAD_INVALID',
+  /** A remote call failed or timed out. */
+  Unavailable: 'UNAVAILABLE',
   /** Command-line flags or a config file failed validation. */
   InvalidArgument: 'INVALID_ARGUMENT',
   /** Models that must share an architecture do not (fingerprints differ). */
@@ -107,6 +117,11 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   NON_FINITE: 21,
   SOLVE_FAILED: 22,
   POLICY_VIOLATION: 30,
+  JOB_NOT_FOUND: 40,
+  NOT_AUTHORIZED: 41,
+  JOB_CLOSED: 42,
+  UPLOAD_INVALID: 43,
+  UNAVAILABLE: 44,
   BUNDLE_INVALID: 31,
 };
 
@@ -124,4 +139,41 @@ export function fileError(error: unknown, path: string, doing: string): Gramfuse
     facts: { path, errno: code ?? null },
     cause: error,
   });
+}
+
+/** gRPC status code per error code: the one table (numeric values of grpc.status). */
+export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
+  INTERNAL: 13,
+  INVALID_ARGUMENT: 3,
+  INVALID_DATA: 3,
+  FILE_NOT_FOUND: 5,
+  FILE_ACCESS: 13,
+  ONNX_MALFORMED: 3,
+  ONNX_EXTERNAL_DATA: 3,
+  ONNX_UNSUPPORTED_GRAPH: 3,
+  ONNX_NO_LINEAR_LAYERS: 3,
+  UNSUPPORTED_DTYPE: 3,
+  RUNTIME_FAILED: 13,
+  DEVICE_UNAVAILABLE: 9,
+  FINGERPRINT_MISMATCH: 9,
+  NON_FINITE: 3,
+  SOLVE_FAILED: 13,
+  POLICY_VIOLATION: 9,
+  BUNDLE_INVALID: 3,
+  JOB_NOT_FOUND: 5,
+  NOT_AUTHORIZED: 7,
+  JOB_CLOSED: 9,
+  UPLOAD_INVALID: 15,
+  UNAVAILABLE: 14,
+};
+
+/** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */
+export function errorFromGrpc(status: { code?: number; details?: string; message?: string }): GramfuseError {
+  const details = status.details ?? status.message ?? '';
+  const match = /^([A-Z_]+): (.*)$/s.exec(details);
+  const codes = Object.values(ErrorCode) as string[];
+  if (match !== null && codes.includes(match[1]!)) return new GramfuseError(match[1] as ErrorCode, match[2]!);
+  if (status.code === 14 || status.code === 4)
+    return new GramfuseError(ErrorCode.Unavailable, `coordinator unreachable or too slow: ${details}`);
+  return new GramfuseError(ErrorCode.Internal, `remote error (gRPC status ${status.code ?? '?'}): ${details}`);
 }

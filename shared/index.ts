@@ -12,10 +12,12 @@ export {
 export {
   ErrorCode,
   type ErrorFacts,
+  errorFromGrpc,
   exitCodeByErrorCode,
   fileError,
   GramfuseError,
   type GramfuseErrorOptions,
+  grpcStatusByErrorCode,
   isGramfuseError,
   toGramfuseError,
 } from './errors.js';
@@ -23,3 +25,6 @@ export * from './onnx/index.js';
 export * from './linalg/index.js';
 export * from './merge/index.js';
 export { formatBytes, formatTable } from './text-format.js';
+export * from './security/index.js';
+export * from './federation/index.js';
+export { packageVersion } from './version.js';

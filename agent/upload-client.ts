@@ -1,0 +1,335 @@
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { federation } from '../proto/index.js';
+import {
+  BUNDLE_TENSORS,
+  type BundleManifest,
+  certificateName,
+  DisclosurePolicy,
+  ErrorCode,
+  errorFromGrpc,
+  GramfuseError,
+  MergeSpec,
+  parseSafetensors,
+  readBundle,
+  verifyFields,
+} from '../shared/index.js';
+import type { Progress } from './collect.js';
+import { type AgentOptions, collectBundle, planForOwner } from './commands.js';
+
+/** mTLS material of an agent: the federation CA and its own certificate (whose subject is its identity). */
+export interface ClientTls {
+  readonly caPem: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+}
+
+export interface ConnectOptions {
+  readonly address: string;
+  readonly tls?: ClientTls;
+  /** Insecure loopback mode only: the identity to claim. */
+  readonly insecureIdentity?: string;
+  /** Deadline of each unary call. Default 30 s. */
+  readonly deadlineSeconds?: number;
+}
+
+export interface FederationClient {
+  readonly identity: string;
+  getJob(jobId: string): Promise<federation.JobStatus>;
+  createJob(specJson: string, template: Uint8Array | { readonly path: string }): Promise<federation.JobStatus>;
+  join(request: federation.JoinRequest): Promise<federation.UploadState>;
+  uploadState(jobId: string): Promise<federation.UploadState>;
+  upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number): Promise<federation.UploadReply>;
+  download(jobId: string, artifact: string): Promise<Buffer>;
+  reportEvaluation(report: federation.EvaluationReport): Promise<void>;
+  watch(jobId: string, onStatus: (status: federation.JobStatus) => void): Promise<federation.JobStatus>;
+  close(): void;
+}
+
+const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED]);
+
+/** Retries a call on retryable gRPC codes only, with exponential backoff and full jitter. */
+export async function withRetries<T>(what: string, call: () => Promise<T>, attempts = 5): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      const code = (error as { code?: number }).code;
+      if (attempt >= attempts || code === undefined || !RETRYABLE.has(code))
+        throw error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError);
+      const delay = Math.random() * Math.min(8000, 250 * 2 ** attempt);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+}
+
+export function connectFederation(options: ConnectOptions): FederationClient {
+  const credentials =
+    options.tls === undefined
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem));
+  const identity = options.tls === undefined ? (options.insecureIdentity ?? '') : certificateName(options.tls.certPem);
+  const channelOptions = { 'grpc.max_receive_message_length': 5 * 1024 * 1024 };
+  const jobs = new federation.JobsClient(options.address, credentials, channelOptions);
+  const uploads = new federation.UploadsClient(options.address, credentials, channelOptions);
+  const results = new federation.ResultsClient(options.address, credentials, channelOptions);
+  const metadata = (): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    if (options.tls === undefined) m.set('x-gramfuse-identity', identity);
+    return m;
+  };
+  const deadline = (seconds = options.deadlineSeconds ?? 30): Date => new Date(Date.now() + seconds * 1000);
+  const unary = <Req, Res>(
+    fn: (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+    req: Req,
+  ): Promise<Res> =>
+    new Promise((resolve, reject) => {
+      fn(req, metadata(), { deadline: deadline() }, (error, response) => (error === null ? resolve(response) : reject(error)));
+    });
+  return {
+    identity,
+    getJob: (jobId) => withRetries('get job', () => unary(jobs.get.bind(jobs), { jobId })),
+    createJob: (specJson, template) =>
+      withRetries('create job', () =>
+        unary(
+          jobs.create.bind(jobs),
+          template instanceof Uint8Array
+            ? { specJson, templateOnnx: template, templatePath: '' }
+            : { specJson, templateOnnx: new Uint8Array(0), templatePath: template.path },
+        ),
+      ),
+    join: (request) => withRetries('join', () => unary(uploads.join.bind(uploads), request)),
+    uploadState: (jobId) => withRetries('upload state', () => unary(uploads.state.bind(uploads), { jobId })),
+    upload: (chunks, deadlineSeconds) =>
+      new Promise((resolve, reject) => {
+        const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) }, (error, reply) =>
+          error === null ? resolve(reply) : reject(error),
+        );
+        void (async () => {
+          try {
+            for await (const chunk of chunks) {
+              // write() returning false means the transport buffer is full: wait, never queue without bound.
+              if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+            }
+            stream.end();
+          } catch (error) {
+            stream.cancel();
+            reject(error instanceof Error ? error : new Error(String(error)));
+          }
+        })();
+      }),
+    download: (jobId, artifact) =>
+      withRetries('download', async () => {
+        const parts: Buffer[] = [];
+        let received = 0;
+        await new Promise<void>((resolve, reject) => {
+          const stream = results.download({ jobId, artifact, offset: 0n }, metadata(), { deadline: deadline(600) });
+          stream.on('data', (chunk: federation.DownloadChunk) => {
+            parts.push(Buffer.from(chunk.data));
+            received += chunk.data.byteLength;
+          });
+          stream.on('error', reject);
+          stream.on('end', () => resolve());
+        });
+        return Buffer.concat(parts, received);
+      }),
+    reportEvaluation: async (report) => {
+      await withRetries('report evaluation', () => unary(results.reportEvaluation.bind(results), report));
+    },
+    watch: (jobId, onStatus) =>
+      new Promise((resolve, reject) => {
+        let last: federation.JobStatus | undefined;
+        const stream = jobs.watch({ jobId }, metadata(), { deadline: deadline(3600) });
+        stream.on('data', (status: federation.JobStatus) => {
+          last = status;
+          onStatus(status);
+        });
+        stream.on('error', (error: grpc.ServiceError) => reject(errorFromGrpc(error)));
+        stream.on('end', () =>
+          last === undefined
+            ? reject(new GramfuseError(ErrorCode.Unavailable, `job ${jobId}: the watch ended without a status`))
+            : resolve(last),
+        );
+      }),
+    close: () => {
+      jobs.close();
+      uploads.close();
+      results.close();
+    },
+  };
+}
+
+export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
+  readonly connect: ConnectOptions;
+  readonly jobId: string;
+  /** Where the agent keeps its bundle and receipts for this job (reused on restart). */
+  readonly workDir: string;
+  /** Approval: true skips the question (automation); otherwise `approve` is asked. */
+  readonly yes: boolean;
+  readonly approve?: (planText: string) => Promise<boolean>;
+  readonly chunkBytes?: number;
+  readonly onPlan?: (plan: BundleManifest['plan'], examples: number) => void;
+  readonly onCollect?: (progress: Progress) => void;
+  /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
+  readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
+}
+
+export interface RunAgentResult {
+  readonly owner: string;
+  readonly bundle: string;
+  readonly receiptsPath: string;
+  readonly receipts: number;
+  readonly chunksSent: number;
+  readonly chunksSkipped: number;
+  readonly bytesSent: number;
+  readonly reusedBundle: boolean;
+}
+
+/**
+ * `gramfuse agent run`: fetch the job, plan, get approval, collect (or reuse this job's bundle), join,
+ * and upload only what the coordinator does not hold; every receipt is verified and saved locally.
+ */
+export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult> {
+  const client = connectFederation(options.connect);
+  try {
+    const status = await client.getJob(options.jobId);
+    if (status.state === 'done' || status.state === 'failed') {
+      throw new GramfuseError(ErrorCode.JobClosed, `job ${options.jobId} is ${status.state}; it accepts no more statistics`, {
+        facts: { job: options.jobId },
+      });
+    }
+    const spec = MergeSpec.parse(JSON.parse(status.mergeSpecJson));
+    const policy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
+    const agentOptions: AgentOptions = { ...options, spec, policy, owner: client.identity, expectFingerprint: status.fingerprint };
+    const jobDir = join(options.workDir, options.jobId);
+    const bundleDir = join(jobDir, 'bundle');
+    await mkdir(jobDir, { recursive: true });
+    let manifest: BundleManifest;
+    let reusedBundle = false;
+    let existing: Awaited<ReturnType<typeof readBundle>> | undefined;
+    try {
+      existing = await readBundle(bundleDir);
+    } catch (error) {
+      if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
+    }
+    if (
+      existing !== undefined &&
+      existing.manifest.plan.fingerprint === status.fingerprint &&
+      JSON.stringify(existing.manifest.plan.spec) === JSON.stringify(spec)
+    ) {
+      manifest = existing.manifest;
+      reusedBundle = true;
+      options.onPlan?.(manifest.plan, Number(manifest.settings.examples ?? 0));
+    } else {
+      const { plan, examples } = await planForOwner(agentOptions);
+      options.onPlan?.(plan, examples);
+      if (!options.yes) {
+        const approved =
+          options.approve === undefined
+            ? false
+            : await options.approve(`${plan.totals.statistics} statistics, ${plan.totals.bytes} bytes, to ${options.connect.address}`);
+        if (!approved) {
+          throw new GramfuseError(
+            ErrorCode.NotAuthorized,
+            'the owner did not approve the disclosure plan; nothing was computed or sent (read it with `gramfuse agent plan`, then rerun with --yes)',
+          );
+        }
+      }
+      manifest = (
+        await collectBundle({
+          ...agentOptions,
+          out: bundleDir,
+          ...(options.onCollect === undefined ? {} : { onProgress: options.onCollect }),
+        })
+      ).manifest;
+    }
+    const file = await readFile(join(bundleDir, BUNDLE_TENSORS));
+    const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
+    const state = await client.join({ jobId: options.jobId, fingerprint: status.fingerprint, manifestJson: JSON.stringify(manifest) });
+    const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
+    const chunkBytes = options.chunkBytes ?? 4 * 1024 * 1024;
+    const { createHash } = await import('node:crypto');
+    const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
+    const total = pending.reduce((sum, s) => sum + s.bytes, 0);
+    let sent = 0;
+    let chunksSent = 0;
+    async function* chunks(): AsyncGenerator<federation.Chunk> {
+      for (const s of pending) {
+        const bytes = tensors.get(s.id)!.bytes;
+        const count = Math.max(1, Math.ceil(bytes.byteLength / chunkBytes));
+        const have = new Set(held.get(s.id)?.held ?? []);
+        for (let index = 0; index < count; index++) {
+          if (have.has(index)) continue;
+          const data = bytes.subarray(index * chunkBytes, Math.min(bytes.byteLength, (index + 1) * chunkBytes));
+          await options.onUpload?.(sent + data.byteLength, total);
+          sent += data.byteLength;
+          chunksSent++;
+          yield federation.Chunk.fromPartial({
+            jobId: options.jobId,
+            statisticId: s.id,
+            dtype: s.dtype,
+            shape: s.shape.map(BigInt),
+            packing: s.packing,
+            index,
+            count,
+            offset: BigInt(index * chunkBytes),
+            data,
+            sha256: createHash('sha256').update(data).digest('hex'),
+          });
+        }
+      }
+    }
+    const reply =
+      pending.length === 0
+        ? { receipts: [], chunksReceived: 0, chunksSkipped: 0 }
+        : await client.upload(chunks(), 600).catch((error: grpc.ServiceError) => Promise.reject(errorFromGrpc(error)));
+    const receiptsPath = join(jobDir, 'receipts.jsonl');
+    const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
+    for (const r of reply.receipts) {
+      const fields = {
+        jobId: r.jobId,
+        owner: r.owner,
+        statisticId: r.statisticId,
+        sha256: r.sha256,
+        bytes: Number(r.bytes),
+        committedAt: r.committedAt,
+      };
+      if (
+        !verifyFields(fields, r.signature, status.receiptPublicKey) ||
+        planned.get(r.statisticId)?.sha256 !== r.sha256 ||
+        r.owner !== client.identity
+      ) {
+        throw new GramfuseError(
+          ErrorCode.UploadInvalid,
+          `receipt for ${r.statisticId} does not verify against the coordinator's key and this bundle's digest`,
+          { facts: { statistic: r.statisticId } },
+        );
+      }
+      await appendFile(receiptsPath, `${JSON.stringify({ ...fields, signature: r.signature })}\n`);
+    }
+    const after = await client.uploadState(options.jobId);
+    const missing = after.statistics.filter((s) => !s.committed).map((s) => s.statisticId);
+    if (missing.length > 0) {
+      throw new GramfuseError(
+        ErrorCode.Unavailable,
+        `${missing.length} statistics are not committed yet (${missing.slice(0, 3).join(', ')}); run the same command again to resume`,
+        { facts: { missing: missing.length } },
+      );
+    }
+    return {
+      owner: client.identity,
+      bundle: bundleDir,
+      receiptsPath,
+      receipts: reply.receipts.length,
+      chunksSent,
+      chunksSkipped: reply.chunksSkipped,
+      bytesSent: sent,
+      reusedBundle,
+    };
+  } finally {
+    client.close();
+  }
+}

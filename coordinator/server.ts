@@ -1,0 +1,299 @@
+import type { PeerCertificate } from 'node:tls';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { federation } from '../proto/index.js';
+import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../shared/index.js';
+import { type ChunkIn, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
+
+/** TLS material for the server: the federation CA and the coordinator's own certificate. */
+export interface ServerTls {
+  readonly caPem: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+}
+
+export interface CoordinatorServerOptions extends CoordinatorOptions {
+  readonly stateDir: string;
+  /** host:port; port 0 picks a free one. */
+  readonly listen: string;
+  /** mTLS (required unless `insecureLoopback`). */
+  readonly tls?: ServerTls;
+  /** Plain text on 127.0.0.1 only, identities from the `x-gramfuse-identity` header: for local demos. */
+  readonly insecureLoopback?: boolean;
+}
+
+export type ServerState = 'starting' | 'serving' | 'draining' | 'stopped';
+
+export interface CoordinatorServer extends AsyncDisposable {
+  readonly port: number;
+  readonly coordinator: Coordinator;
+  state(): ServerState;
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Maps any error to a gRPC status with `CODE: message` details (the one table is in shared/errors.ts). */
+function toStatus(error: unknown): Partial<grpc.StatusObject> {
+  const coded = toGramfuseError(error);
+  return { code: grpcStatusByErrorCode[coded.code], details: `${coded.code}: ${coded.message}` };
+}
+
+function jobToProto(view: JobView): federation.JobStatus {
+  return federation.JobStatus.fromPartial({
+    jobId: view.spec.id,
+    state: view.state,
+    fingerprint: view.fingerprint,
+    participants: [...view.spec.participants],
+    completed: [...view.completed],
+    quorum: view.quorum,
+    failureCode: view.failure?.code ?? '',
+    failureMessage: view.failure?.message ?? '',
+    mergeSpecJson: JSON.stringify(view.spec.merge),
+    policyJson: JSON.stringify(view.spec.policy),
+    receiptPublicKey: view.receiptPublicKey,
+    resultSha256: view.result?.sha256 ?? '',
+    resultBytes: BigInt(view.result?.bytes ?? 0),
+  });
+}
+
+function receiptToProto(r: Receipt): federation.Receipt {
+  return federation.Receipt.fromPartial({
+    jobId: r.jobId,
+    owner: r.owner,
+    statisticId: r.statisticId,
+    sha256: r.sha256,
+    bytes: BigInt(r.bytes),
+    committedAt: r.committedAt,
+    signature: r.signature,
+  });
+}
+
+function chunkFromProto(c: federation.Chunk): ChunkIn {
+  return {
+    jobId: c.jobId,
+    statisticId: c.statisticId,
+    dtype: c.dtype,
+    shape: c.shape.map(Number),
+    packing: c.packing,
+    index: c.index,
+    count: c.count,
+    offset: Number(c.offset),
+    data: c.data,
+    sha256: c.sha256,
+  };
+}
+
+/** Starts the coordinator's gRPC server. */
+export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
+  let state: ServerState = 'starting';
+  const coordinator = await Coordinator.open(options.stateDir, options);
+  if (options.tls === undefined && options.insecureLoopback !== true) {
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      'the coordinator needs --tls-ca, --tls-cert and --tls-key (mTLS), or --insecure-loopback for a local demo',
+    );
+  }
+  const insecure = options.tls === undefined;
+  const host = options.listen.slice(0, options.listen.lastIndexOf(':'));
+  if (insecure && host !== '127.0.0.1' && host !== 'localhost') {
+    throw new GramfuseError(ErrorCode.InvalidArgument, `--insecure-loopback binds to 127.0.0.1 only, not ${host}`, {
+      facts: { listen: options.listen },
+    });
+  }
+  const identity = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; metadata: grpc.Metadata }): string => {
+    if (insecure) {
+      const claimed = call.metadata.get('x-gramfuse-identity')[0];
+      if (typeof claimed !== 'string' || claimed === '')
+        throw new GramfuseError(ErrorCode.NotAuthorized, 'insecure loopback mode: send the x-gramfuse-identity header');
+      return claimed;
+    }
+    const cert = call.getAuthContext().sslPeerCertificate;
+    const raw = cert?.subject.CN;
+    const cn = Array.isArray(raw) ? raw[0] : raw;
+    if (typeof cn !== 'string' || cn === '')
+      throw new GramfuseError(ErrorCode.NotAuthorized, 'no client certificate with a subject common name');
+    return cn;
+  };
+  const unary =
+    <Req, Res>(handler: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) => {
+      Promise.resolve()
+        .then(() => handler(call))
+        .then(
+          (result) => callback(null, result),
+          (error: unknown) => callback(toStatus(error)),
+        );
+    };
+
+  // 64 MiB for inline templates; statistic chunks are held to the job's maxChunkBytes (4 MiB) by the coordinator.
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+  server.addService(federation.JobsService, {
+    create: unary<federation.CreateJobRequest, federation.JobStatus>(async (call) => {
+      let spec: unknown;
+      try {
+        spec = JSON.parse(call.request.specJson);
+      } catch (error) {
+        throw new GramfuseError(ErrorCode.InvalidArgument, `job spec is not valid JSON: ${(error as Error).message}`);
+      }
+      const who = identity(call);
+      const template = call.request.templatePath !== '' ? call.request.templatePath : call.request.templateOnnx;
+      return jobToProto(await coordinator.createJob(who, spec, template));
+    }),
+    get: unary<federation.GetJobRequest, federation.JobStatus>((call) => {
+      identity(call);
+      return jobToProto(coordinator.view(call.request.jobId));
+    }),
+    list: unary<federation.ListJobsRequest, federation.ListJobsReply>((call) => {
+      const who = identity(call);
+      return {
+        jobs: coordinator
+          .list()
+          .filter((j) => j.spec.participants.includes(who) || options.creators === undefined || options.creators.includes(who))
+          .map(jobToProto),
+      };
+    }),
+    watch: (call: grpc.ServerWritableStream<federation.GetJobRequest, federation.JobStatus>) => {
+      try {
+        identity(call);
+        const send = (): void => {
+          const view = coordinator.view(call.request.jobId);
+          call.write(jobToProto(view));
+          if (view.state === 'done' || view.state === 'failed') {
+            stop();
+            call.end();
+          }
+        };
+        const stop = coordinator.watch(call.request.jobId, send);
+        call.on('cancelled', stop);
+        send();
+      } catch (error) {
+        call.emit('error', toStatus(error));
+      }
+    },
+  } satisfies federation.JobsServer);
+
+  server.addService(federation.UploadsService, {
+    join: unary<federation.JoinRequest, federation.UploadState>(async (call) => {
+      const who = identity(call);
+      const held = await coordinator.join(who, call.request.jobId, call.request.fingerprint, call.request.manifestJson);
+      return {
+        jobId: call.request.jobId,
+        statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
+      };
+    }),
+    state: unary<federation.GetJobRequest, federation.UploadState>((call) => {
+      const held = coordinator.uploadState(identity(call), call.request.jobId);
+      return {
+        jobId: call.request.jobId,
+        statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
+      };
+    }),
+    upload: (
+      call: grpc.ServerReadableStream<federation.Chunk, federation.UploadReply>,
+      callback: grpc.sendUnaryData<federation.UploadReply>,
+    ) => {
+      let who: string;
+      try {
+        who = identity(call);
+      } catch (error) {
+        callback(toStatus(error));
+        return;
+      }
+      const receipts: Receipt[] = [];
+      let received = 0;
+      let skipped = 0;
+      let failed = false;
+      // Chunks are verified one at a time: the stream is paused while one is stored (backpressure).
+      let queue = Promise.resolve();
+      call.on('data', (chunk: federation.Chunk) => {
+        call.pause();
+        queue = queue.then(async () => {
+          if (failed) return;
+          try {
+            const result = await coordinator.acceptChunk(who, chunkFromProto(chunk));
+            if (result.skipped) skipped++;
+            else received++;
+            if (result.receipt !== undefined && !receipts.some((r) => r.statisticId === result.receipt!.statisticId))
+              receipts.push(result.receipt);
+          } catch (error) {
+            failed = true;
+            callback(toStatus(error));
+          } finally {
+            call.resume();
+          }
+        });
+      });
+      call.on('end', () => {
+        void queue.then(() => {
+          if (!failed) callback(null, { receipts: receipts.map(receiptToProto), chunksReceived: received, chunksSkipped: skipped });
+        });
+      });
+    },
+  } satisfies federation.UploadsServer);
+
+  server.addService(federation.ResultsService, {
+    download: (call: grpc.ServerWritableStream<federation.DownloadRequest, federation.DownloadChunk>) => {
+      void (async () => {
+        try {
+          const bytes = await coordinator.artifact(identity(call), call.request.jobId, call.request.artifact);
+          const { createHash } = await import('node:crypto');
+          const digest = createHash('sha256').update(bytes).digest('hex');
+          const chunk = 1024 * 1024;
+          for (let offset = Number(call.request.offset); offset < bytes.byteLength; offset += chunk) {
+            const ok = call.write({
+              offset: BigInt(offset),
+              data: bytes.subarray(offset, offset + chunk),
+              totalBytes: BigInt(bytes.byteLength),
+              sha256: digest,
+            });
+            if (!ok) await new Promise((resolve) => call.once('drain', resolve));
+          }
+          call.end();
+        } catch (error) {
+          // grpc-js sends a status for an 'error' event on a server stream (destroy() would not).
+          call.emit('error', toStatus(error));
+        }
+      })();
+    },
+    reportEvaluation: unary<federation.EvaluationReport, federation.EvaluationReply>(async (call) => {
+      await coordinator.recordEvaluation(identity(call), call.request.jobId, {
+        examples: Number(call.request.examples),
+        accuracy: call.request.accuracy,
+        macroF1: call.request.macroF1,
+      });
+      return { recorded: true };
+    }),
+  } satisfies federation.ResultsServer);
+
+  const credentials = insecure
+    ? grpc.ServerCredentials.createInsecure()
+    : grpc.ServerCredentials.createSsl(
+        Buffer.from(options.tls.caPem),
+        [{ private_key: Buffer.from(options.tls.keyPem), cert_chain: Buffer.from(options.tls.certPem) }],
+        true,
+      );
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(options.listen, credentials, (error, boundPort) =>
+      error === null
+        ? resolve(boundPort)
+        : reject(new GramfuseError(ErrorCode.FileAccess, `cannot listen on ${options.listen}: ${error.message}`)),
+    );
+  });
+  state = 'serving';
+  const close = async (graceMs = 5000): Promise<void> => {
+    if (state === 'stopped') return;
+    state = 'draining';
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    state = 'stopped';
+  };
+  return { port, coordinator, state: () => state, close, [Symbol.asyncDispose]: () => close() };
+}

@@ -1,0 +1,1 @@
+export { JobSpec, type JobState, parseJobSpec } from './job-spec.js';

@@ -1,0 +1,2 @@
+export { type CertificateBundle, certificateName, createCertificateAuthority, issueCertificate, type IssueOptions } from './certs.js';
+export { canonicalJson, generateSigningKeys, signFields, type SigningKeys, verifyFields } from './receipts.js';

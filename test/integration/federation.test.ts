@@ -1,0 +1,314 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { type ClientTls, connectFederation, runAgent } from '../../agent/index.js';
+import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
+import { federation } from '../../proto/index.js';
+import type { GramfuseError } from '../../shared/index.js';
+import {
+  type CertificateBundle,
+  createCertificateAuthority,
+  ErrorCode,
+  issueCertificate,
+  loadModel,
+  packageVersion,
+  readParameterValues,
+} from '../../shared/index.js';
+import { runCli } from '../helpers/cli.js';
+import { fixture, fixtureModel, maxAbsDiff, TOKENIZER } from '../helpers/fixtures.js';
+
+const work = mkdtempSync(join(tmpdir(), 'gramfuse-federation-'));
+const orgs = ['org0', 'org1', 'org2'];
+const MAX = '300';
+let ca: CertificateBundle;
+const certs = new Map<string, CertificateBundle>();
+let serverCert: CertificateBundle;
+const tlsOf = (name: string): ClientTls => ({ caPem: ca.certPem, certPem: certs.get(name)!.certPem, keyPem: certs.get(name)!.keyPem });
+
+beforeAll(async () => {
+  ca = await createCertificateAuthority('test federation CA');
+  serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
+  for (const name of ['creator', 'mallory', ...orgs]) certs.set(name, await issueCertificate(ca, name));
+});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+async function startServer(state: string): Promise<CoordinatorServer> {
+  return startCoordinatorServer({
+    stateDir: join(work, state),
+    listen: '127.0.0.1:0',
+    tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
+  });
+}
+
+async function createJob(server: CoordinatorServer, id: string, participants = orgs): Promise<void> {
+  const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+  await client.createJob(JSON.stringify({ id, participants }), readFileSync(fixtureModel('label-skew', 'org0')));
+  client.close();
+}
+
+const agentArgs = (org: string, port: number, job: string, workDir: string): string[] => [
+  'agent',
+  'run',
+  '--coordinator',
+  `localhost:${port}`,
+  '--job',
+  job,
+  '--model',
+  fixtureModel('label-skew', org),
+  '--data',
+  fixture('scenarios', 'label-skew', `${org}.jsonl`),
+  '--tokenizer',
+  TOKENIZER,
+  '--max-examples',
+  MAX,
+  '--work-dir',
+  workDir,
+  '--yes',
+  '--json',
+  '--threads',
+  '1',
+  '--tls-ca',
+  join(work, 'ca.pem'),
+  '--tls-cert',
+  join(work, `${org}.pem`),
+  '--tls-key',
+  join(work, `${org}-key.pem`),
+];
+
+function agentOptions(org: string, port: number, job: string, workDir: string, chunkBytes?: number): Parameters<typeof runAgent>[0] {
+  return {
+    connect: { address: `localhost:${port}`, tls: tlsOf(org) },
+    jobId: job,
+    workDir,
+    yes: true,
+    model: fixtureModel('label-skew', org),
+    data: fixture('scenarios', 'label-skew', `${org}.jsonl`),
+    tokenizer: TOKENIZER,
+    dtype: 'float64',
+    maxLength: 128,
+    batchSize: 32,
+    maxExamples: Number(MAX),
+    seed: 1,
+    textField: 'text',
+    device: 'cpu',
+    toolVersion: packageVersion(),
+    ...(chunkBytes === undefined ? {} : { chunkBytes }),
+  };
+}
+
+async function download(server: CoordinatorServer, job: string): Promise<Buffer> {
+  const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+  const final = await client.watch(job, () => undefined);
+  expect(final.state).toBe('done');
+  const bytes = await client.download(job, 'merged.onnx');
+  client.close();
+  return bytes;
+}
+
+describe('federation over gRPC with mTLS', () => {
+  let localMerged: string;
+  let federatedSha = '';
+
+  it('coordinator + 3 agent processes give the model gramfuse merge gives (max |Δ| ≤ 1e-6)', { timeout: 300_000 }, async () => {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(join(work, 'ca.pem'), ca.certPem);
+    for (const org of orgs) {
+      writeFileSync(join(work, `${org}.pem`), certs.get(org)!.certPem);
+      writeFileSync(join(work, `${org}-key.pem`), certs.get(org)!.keyPem);
+    }
+    await using server = await startServer('main');
+    await createJob(server, 'fed');
+    const results = await Promise.all(orgs.map((org) => runCli(agentArgs(org, server.port, 'fed', join(work, 'agents', org)))));
+    for (const r of results) expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(results[0]!.stdout);
+    expect(summary).toMatchObject({ owner: 'org0', receipts: 64, chunksSkipped: 0 });
+    const merged = await download(server, 'fed');
+    federatedSha = createHash('sha256').update(merged).digest('hex');
+    const federatedPath = join(work, 'federated.onnx');
+    writeFileSync(federatedPath, merged);
+
+    localMerged = join(work, 'local.onnx');
+    const local = await runCli([
+      'merge',
+      ...orgs.flatMap((o) => ['--model', fixtureModel('label-skew', o), '--data', fixture('scenarios', 'label-skew', `${o}.jsonl`)]),
+      '--max-examples',
+      MAX,
+      '--tokenizer',
+      TOKENIZER,
+      '--out',
+      localMerged,
+    ]);
+    expect(local.code, local.stderr).toBe(0);
+    const a = await loadModel(federatedPath);
+    const b = await loadModel(localMerged);
+    for (const t of b.proto.graph!.initializer.filter((x) => x.dataType === 1))
+      expect(maxAbsDiff(readParameterValues(a, t.name!), readParameterValues(b, t.name!))).toBeLessThanOrEqual(1e-6);
+  });
+
+  it("a coordinator restarted between two agents' uploads finishes the job with the same output", { timeout: 300_000 }, async () => {
+    const first = await startServer('restart');
+    await createJob(first, 'fed');
+    await runAgent(agentOptions('org0', first.port, 'fed', join(work, 'restart', 'org0')));
+    await first.close();
+    await using second = await startServer('restart');
+    for (const org of ['org1', 'org2']) await runAgent(agentOptions(org, second.port, 'fed', join(work, 'restart', org)));
+    const merged = await download(second, 'fed');
+    expect(createHash('sha256').update(merged).digest('hex')).toBe(federatedSha);
+  });
+
+  it('an upload cut off mid-stream resumes and re-sends at most the chunk in flight', { timeout: 300_000 }, async () => {
+    await using server = await startServer('resume');
+    await createJob(server, 'fed', ['org0']);
+    const chunkBytes = 32 * 1024;
+    let seen = 0;
+    const cut = 40;
+    const error = await runAgent({
+      ...agentOptions('org0', server.port, 'fed', join(work, 'resume', 'org0'), chunkBytes),
+      onUpload: async () => {
+        if (++seen > cut) {
+          // Let the chunks already written reach the coordinator, then drop the link mid-stream.
+          await new Promise((resolve) => setTimeout(resolve, 1500));
+          throw new Error('link cut');
+        }
+      },
+    }).catch((e: unknown) => e);
+    expect(error).toBeDefined();
+    const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org0') });
+    const state = await client.uploadState('fed');
+    client.close();
+    const heldChunks = state.statistics.reduce((s, x) => s + x.held.length, 0);
+    const committedStats = state.statistics.filter((s) => s.committed).length;
+    expect(heldChunks + committedStats).toBeGreaterThan(0);
+    const delivered = cut;
+    const resumed = await runAgent(agentOptions('org0', server.port, 'fed', join(work, 'resume', 'org0'), chunkBytes));
+    expect(resumed.reusedBundle).toBe(true);
+    // Everything before the cut is held: the resumed run sends the rest plus at most the chunk in flight.
+    const fresh = await runAgent({ ...agentOptions('org0', server.port, 'fed', join(work, 'resume', 'org0'), chunkBytes) }).catch(
+      (e: unknown) => e,
+    );
+    expect((fresh as GramfuseError).code).toBe(ErrorCode.JobClosed);
+    const total = totalChunksOf(join(work, 'resume', 'org0', 'fed', 'bundle'), chunkBytes);
+    expect(delivered + resumed.chunksSent).toBeLessThanOrEqual(total + 1);
+    expect(delivered + resumed.chunksSent).toBeGreaterThanOrEqual(total);
+  });
+
+  describe('rejections: status code, clear message, job state unchanged', () => {
+    let server: CoordinatorServer;
+    beforeAll(async () => {
+      server = await startServer('reject');
+      await createJob(server, 'fed', ['org0', 'org1']);
+    });
+    afterAll(async () => server.close());
+
+    it('an agent not in the job', async () => {
+      const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('mallory') });
+      const error = await client.join({ jobId: 'fed', fingerprint: 'x', manifestJson: '{}' }).catch((e: unknown) => e as GramfuseError);
+      client.close();
+      expect((error as GramfuseError).code).toBe(ErrorCode.NotAuthorized);
+      expect((error as GramfuseError).message).toMatch(/mallory is not a participant of job fed/);
+    });
+
+    it('a certificate from another CA', async () => {
+      const other = await createCertificateAuthority('other CA');
+      const stranger = await issueCertificate(other, 'org0');
+      const client = connectFederation({
+        address: `localhost:${server.port}`,
+        tls: { caPem: ca.certPem, certPem: stranger.certPem, keyPem: stranger.keyPem },
+        deadlineSeconds: 5,
+      });
+      const error = await client.getJob('fed').catch((e: unknown) => e as GramfuseError);
+      client.close();
+      expect((error as GramfuseError).code).toBe(ErrorCode.Unavailable);
+    });
+
+    it('a plain-text client against the TLS server', async () => {
+      const client = connectFederation({ address: `localhost:${server.port}`, insecureIdentity: 'org0', deadlineSeconds: 5 });
+      const error = await client.getJob('fed').catch((e: unknown) => e as GramfuseError);
+      client.close();
+      expect((error as GramfuseError).code).toBe(ErrorCode.Unavailable);
+    });
+
+    it('a fingerprint mismatch', async () => {
+      const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org0') });
+      const error = await client
+        .join({ jobId: 'fed', fingerprint: `sha256:${'1'.repeat(64)}`, manifestJson: '{}' })
+        .catch((e: unknown) => e as GramfuseError);
+      const status = await client.getJob('fed');
+      client.close();
+      expect((error as GramfuseError).code).toBe(ErrorCode.FingerprintMismatch);
+      expect((error as GramfuseError).message).toMatch(/org0's model has fingerprint sha256:1{64}, the job's template sha256:/);
+      expect(status.state).toBe('open');
+    });
+
+    it(
+      'a chunk whose hash does not match, a statistic not in the template, then a duplicate upload is idempotent',
+      { timeout: 120_000 },
+      async () => {
+        const options = agentOptions('org0', server.port, 'fed', join(work, 'reject', 'org0'));
+        // First a correct run (collects the bundle and uploads everything).
+        const ok = await runAgent(options);
+        expect(ok.receipts).toBe(64);
+        const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org1') });
+        const { readBundle } = await import('../../shared/index.js');
+        const { manifest } = await readBundle(join(work, 'reject', 'org0', 'fed', 'bundle'));
+        // org1 joins with a manifest that claims an extra statistic.
+        const forged = {
+          ...manifest,
+          plan: {
+            ...manifest.plan,
+            owner: 'org1',
+            statistics: [...manifest.plan.statistics, { ...manifest.plan.statistics[0]!, id: 'gram/g99' }],
+          },
+        };
+        const extra = await client
+          .join({ jobId: 'fed', fingerprint: manifest.plan.fingerprint, manifestJson: JSON.stringify(forged) })
+          .catch((e: unknown) => e as GramfuseError);
+        expect((extra as GramfuseError).code).toBe(ErrorCode.UploadInvalid);
+        expect((extra as GramfuseError).message).toMatch(/statistic gram\/g99 is not in the job's template/);
+        // A proper manifest for org1, then a chunk with a wrong digest.
+        await client.join({
+          jobId: 'fed',
+          fingerprint: manifest.plan.fingerprint,
+          manifestJson: JSON.stringify({ ...manifest, plan: { ...manifest.plan, owner: 'org1' } }),
+        });
+        const s = manifest.plan.statistics[0]!;
+        async function* bad(): AsyncGenerator<federation.Chunk> {
+          await Promise.resolve();
+          yield federation.Chunk.fromPartial({
+            jobId: 'fed',
+            statisticId: s.id,
+            dtype: s.dtype,
+            shape: s.shape.map(BigInt),
+            packing: s.packing,
+            index: 0,
+            count: 1,
+            offset: 0n,
+            data: new Uint8Array(s.bytes),
+            sha256: '0'.repeat(64),
+          });
+        }
+        const wrong = await client.upload(bad(), 30).catch((e: unknown) => e as { code: number; details: string });
+        expect((wrong as { code: number }).code).toBe(15);
+        expect((wrong as { details: string }).details).toMatch(/^UPLOAD_INVALID: chunk 0 of gram\/g0 fails its SHA-256 check/);
+        client.close();
+        // The same owner uploading again: nothing is sent twice.
+        const again = await runAgent(options);
+        expect(again.chunksSent).toBe(0);
+        const statusClient = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org0') });
+        const status = await statusClient.getJob('fed');
+        statusClient.close();
+        expect(status.state).toBe('collecting');
+        expect(status.completed).toEqual(['org0']);
+      },
+    );
+  });
+});
+
+function totalChunksOf(bundle: string, chunkBytes: number): number {
+  const manifest = JSON.parse(readFileSync(join(bundle, 'manifest.json'), 'utf8')) as { plan: { statistics: { bytes: number }[] } };
+  return manifest.plan.statistics.reduce((s, x) => s + Math.max(1, Math.ceil(x.bytes / chunkBytes)), 0);
+}
