@@ -5,8 +5,9 @@ import { cpus } from 'node:os';
 import type { BenchContext } from './harness.js';
 import { benchCollect } from './collect.js';
 import { benchSolve } from './solve.js';
+import { benchUpload } from './upload.js';
 
-const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve, collect: benchCollect };
+const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve, collect: benchCollect, upload: benchUpload };
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');

@@ -5,6 +5,8 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { parse as parseYaml } from 'yaml';
+
 import { type ClientTls, connectFederation, type ConnectOptions } from '../agent/index.js';
 import { type ServerTls } from '../coordinator/index.js';
 import { createCertificateAuthority, ErrorCode, fileError, GramfuseError, issueCertificate, MergeSpec } from '../shared/index.js';
@@ -213,5 +215,15 @@ export async function runDemo(options: {
     }
   } finally {
     coordinator.kill('SIGTERM');
+  }
+}
+
+/** A job spec file's content: YAML (.yaml/.yml) or JSON; the coordinator validates it with zod. */
+export function parseSpecText(text: string, path: string): unknown {
+  const yaml = /\.ya?ml$/i.test(path);
+  try {
+    return yaml ? (parseYaml(text) as unknown) : (JSON.parse(text) as unknown);
+  } catch (error) {
+    throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: not valid ${yaml ? 'YAML' : 'JSON'} (${(error as Error).message.split('\n')[0]})`, { facts: { path } });
   }
 }

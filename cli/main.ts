@@ -15,7 +15,7 @@ import {
   toGramfuseError,
 } from '../shared/index.js';
 import { runEvaluation } from './evaluate.js';
-import { certsInit, certsIssue, connectOptions, loadTls, runDemo, type TlsFlags } from './federation-commands.js';
+import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, runDemo, type TlsFlags } from './federation-commands.js';
 import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
 import { runLocalMerge } from './local-merge.js';
@@ -323,7 +323,7 @@ function buildProgram(): Command {
       .command('create')
       .description('Create a job from a spec file (JSON) and a template model')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
-      .requiredOption('--spec <path>', 'job spec (JSON): id, participants, quorum, merge, policy, limits')
+      .requiredOption('--spec <path>', 'job spec (YAML or JSON): id, participants, quorum, merge, policy, limits')
       .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
       .option('--template-on-coordinator', "--template is a path on the coordinator's disk (large models)")
       .option('--json', 'print one JSON object'),
@@ -339,7 +339,7 @@ function buildProgram(): Command {
         }
         const template =
           raw.templateOnCoordinator === true ? { path: raw.template } : await (await import('node:fs/promises')).readFile(raw.template);
-        const status = await client.createJob(specText, template);
+        const status = await client.createJob(JSON.stringify(parseSpecText(specText, raw.spec)), template);
         stdout(
           raw.json === true
             ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`

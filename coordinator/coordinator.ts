@@ -114,7 +114,7 @@ export interface CoordinatorOptions {
 export class Coordinator {
   private readonly jobs = new Map<string, Job>();
   private keys!: SigningKeys;
-  private readonly solving = new Set<string>();
+  private readonly solving = new Map<string, Promise<void>>();
 
   private constructor(
     readonly store: FileStore,
@@ -454,16 +454,22 @@ export class Coordinator {
       );
     }
     const dir = ['jobs', chunk.jobId, 'owners', identity, 'chunks', statisticFile(chunk.statisticId)];
-    await this.store.write([...dir, String(chunk.index)], chunk.data);
     const held = job.held.get(identity)!;
-    let indices = held.get(chunk.statisticId);
-    if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
-    indices.add(chunk.index);
-    if (indices.size < chunk.count) return { skipped: false };
-    // Every chunk is here: assemble, verify against the manifest's digest, commit.
-    const parts: Buffer[] = [];
-    for (let i = 0; i < chunk.count; i++) parts.push((await this.store.read([...dir, String(i)]))!);
-    const whole = Buffer.concat(parts);
+    let whole: Buffer;
+    if (chunk.count === 1) {
+      // A one-chunk statistic is verified and committed directly: one durable write instead of two.
+      whole = Buffer.from(chunk.data.buffer, chunk.data.byteOffset, chunk.data.byteLength);
+    } else {
+      await this.store.write([...dir, String(chunk.index)], chunk.data);
+      let indices = held.get(chunk.statisticId);
+      if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
+      indices.add(chunk.index);
+      if (indices.size < chunk.count) return { skipped: false };
+      // Every chunk is here: assemble, verify against the manifest's digest, commit.
+      const parts: Buffer[] = [];
+      for (let i = 0; i < chunk.count; i++) parts.push((await this.store.read([...dir, String(i)]))!);
+      whole = Buffer.concat(parts);
+    }
     if (whole.byteLength !== planned.bytes || sha256(whole) !== planned.sha256) {
       await this.store.remove(dir);
       held.delete(chunk.statisticId);
@@ -487,7 +493,7 @@ export class Coordinator {
     await appendFile(receiptsPath, `${JSON.stringify(receipt)}\n`);
     job.committed.get(identity)!.set(chunk.statisticId, receipt);
     job.uploadedBytes += planned.bytes;
-    await this.store.remove(dir);
+    if (chunk.count > 1) await this.store.remove(dir);
     held.delete(chunk.statisticId);
     if (job.committed.get(identity)!.size === manifest.plan.statistics.length && !job.persisted.completed.includes(identity)) {
       job.persisted.completed.push(identity);
@@ -501,9 +507,20 @@ export class Coordinator {
   }
 
   /** Aggregates the committed statistics of the completed owners, solves, and writes the result. */
-  async solve(jobId: string): Promise<void> {
-    if (this.solving.has(jobId)) return;
-    this.solving.add(jobId);
+  solve(jobId: string): Promise<void> {
+    const running = this.solving.get(jobId);
+    if (running !== undefined) return running;
+    const promise = this.runSolve(jobId).finally(() => this.solving.delete(jobId));
+    this.solving.set(jobId, promise);
+    return promise;
+  }
+
+  /** Waits for solves in flight (a draining server must not stop mid-write). */
+  async drain(): Promise<void> {
+    await Promise.all([...this.solving.values()]);
+  }
+
+  private async runSolve(jobId: string): Promise<void> {
     const job = this.job(jobId);
     try {
       job.persisted.state = 'solving';
@@ -593,8 +610,6 @@ export class Coordinator {
       job.persisted.failure = { code: coded.code, message: coded.message };
       await this.persist(jobId).catch(() => undefined);
       this.log(`job ${jobId}: failed: ${coded.toLine()}`);
-    } finally {
-      this.solving.delete(jobId);
     }
   }
 

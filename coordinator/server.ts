@@ -283,6 +283,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
   const close = async (graceMs = 5000): Promise<void> => {
     if (state === 'stopped') return;
     state = 'draining';
+    await Promise.race([coordinator.drain(), new Promise((resolve) => setTimeout(resolve, graceMs))]);
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         server.forceShutdown();

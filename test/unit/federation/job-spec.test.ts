@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+
+import { parseSpecText } from '../../../cli/index.js';
+import { ErrorCode, GramfuseError, parseJobSpec } from '../../../shared/index.js';
+
+describe('job spec', () => {
+  it('fills every default', () => {
+    const spec = parseJobSpec({ id: 'j1', participants: ['org-a', 'org-b'] }, 'spec');
+    expect(spec.merge).toMatchObject({ method: 'regmean', alpha: 0.9, weighting: 'equal', includePadding: false });
+    expect(spec.policy.minRowsPerGroup).toBe(256);
+    expect(spec.limits.maxChunkBytes).toBe(4 * 1024 * 1024);
+    expect(spec.quorum).toBeUndefined();
+  });
+
+  it('reports every problem at once, each with its dot path', () => {
+    let error: unknown;
+    try {
+      parseJobSpec({ id: 'Bad Id', participants: ['a'], quorum: 3, merge: { alpha: 1.5, colour: 'red' }, surprise: true }, 'job.yaml');
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(GramfuseError);
+    expect((error as GramfuseError).code).toBe(ErrorCode.InvalidArgument);
+    const message = (error as GramfuseError).message;
+    expect(message).toMatch(/^job\.yaml: invalid job spec: /);
+    expect(message).toMatch(/id: lowercase letters/);
+    expect(message).toMatch(/merge\.alpha: /);
+    expect(message).toMatch(/merge: Unrecognized key: "colour"/);
+    expect(message).toMatch(/\(root\): Unrecognized key: "surprise"|: Unrecognized key: "surprise"/);
+  });
+
+  it('YAML and JSON spec files read the same; bad syntax names the file', () => {
+    const yaml = parseSpecText('id: j2\nparticipants: [org-a, org-b]\nmerge:\n  alpha: 0.5\n', 'job.yaml');
+    const json = parseSpecText('{"id": "j2", "participants": ["org-a", "org-b"], "merge": {"alpha": 0.5}}', 'job.json');
+    expect(yaml).toEqual(json);
+    expect(() => parseSpecText('id: [unclosed', 'job.yml')).toThrow(/job\.yml: not valid YAML/);
+  });
+
+  it('refuses methods that do not federate yet', () => {
+    expect(() => parseJobSpec({ id: 'j3', participants: ['a'], merge: { method: 'ties' } }, 'spec')).toThrow(
+      /merge\.method: federated jobs support regmean and average/,
+    );
+  });
+});
