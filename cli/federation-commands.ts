@@ -224,6 +224,10 @@ export function parseSpecText(text: string, path: string): unknown {
   try {
     return yaml ? (parseYaml(text) as unknown) : (JSON.parse(text) as unknown);
   } catch (error) {
-    throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: not valid ${yaml ? 'YAML' : 'JSON'} (${(error as Error).message.split('\n')[0]})`, { facts: { path } });
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `${path}: not valid ${yaml ? 'YAML' : 'JSON'} (${(error as Error).message.split('\n')[0]})`,
+      { facts: { path } },
+    );
   }
 }

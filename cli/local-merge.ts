@@ -1,16 +1,14 @@
 import { createHash } from 'node:crypto';
-import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, extname, resolve } from 'node:path';
-
-import { collectInWorker, type Progress } from '../agent/index.js';
+import { readFile, rm } from 'node:fs/promises';
+import { collectInWorker, ownerFromModelPath, type Progress } from '../agent/index.js';
 import {
   addContribution,
   analyzeModel,
   buildContribution,
   createOrtSolver,
   emptyAggregate,
+  ensureDirectoryFor,
   ErrorCode,
-  fileError,
   fingerprint,
   finishParameters,
   formatMergeReport,
@@ -35,6 +33,7 @@ import {
   tiesFinish,
   tiesTrim,
   withParameterValues,
+  writeFileAtomic,
   writeSafetensors,
 } from '../shared/index.js';
 import { packageVersion } from './output.js';
@@ -72,18 +71,8 @@ export interface LocalMergeResult {
 
 /** Owner names from model paths: the folder name for `<org>/model.onnx`, else the file name. */
 export function ownerNames(paths: readonly string[]): string[] {
-  const names = paths.map((p) => (basename(p).startsWith('model') ? basename(dirname(resolve(p))) : basename(p, extname(p))));
+  const names = paths.map(ownerFromModelPath);
   return names.map((name, i) => (names.indexOf(name) === i ? name : `${name}-${i}`));
-}
-
-async function checkOutputDirectory(path: string): Promise<void> {
-  const dir = dirname(resolve(path));
-  try {
-    const info = await stat(dir);
-    if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
-  } catch (error) {
-    throw fileError(error, dir, `writing ${basename(path)} into it (create the directory first)`);
-  }
 }
 
 /** Local mode: the agent's collection and the coordinator's aggregation and solve, in one process. */
@@ -130,8 +119,8 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   }
   const reportPath = options.report ?? `${options.out.replace(/\.onnx$/, '')}.report.json`;
   const safetensorsPath = `${options.out.replace(/\.onnx$/, '')}.safetensors`;
-  await checkOutputDirectory(options.out);
-  await checkOutputDirectory(reportPath);
+  await ensureDirectoryFor(options.out);
+  await ensureDirectoryFor(reportPath);
 
   const names = ownerNames(options.models);
   const template = await loadModel(templatePath);
@@ -317,9 +306,8 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       peakRssMb: process.resourceUsage().maxRSS / 1024,
       outputs: { model: options.out, modelSha256, safetensors: safetensorsPath, report: reportPath },
     };
-    const tmp = `${reportPath}.tmp-${process.pid}`;
-    await writeFile(tmp, `${JSON.stringify(report, null, 2)}\n`);
-    await rename(tmp, reportPath);
+    await writeFileAtomic(reportPath, `${JSON.stringify(report, null, 2)}\n`, 'writing the merge report');
+    written.push(reportPath);
     return { report, reportText: formatMergeReport(report) };
   } catch (error) {
     // A merge that could not write all its outputs leaves none of them behind.

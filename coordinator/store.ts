@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 
-import { fileError } from '../shared/index.js';
+import { fileError, writeFileAtomic } from '../shared/index.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to
@@ -17,22 +17,7 @@ export class FileStore {
   }
 
   async write(parts: string[], data: Uint8Array | string): Promise<void> {
-    const path = this.path(...parts);
-    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    try {
-      await mkdir(dirname(path), { recursive: true });
-      const handle = await open(tmp, 'w');
-      try {
-        await handle.writeFile(data);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, path);
-    } catch (error) {
-      await rm(tmp, { force: true });
-      throw fileError(error, path, 'writing coordinator state');
-    }
+    await writeFileAtomic(this.path(...parts), data, 'writing coordinator state', true);
   }
 
   async read(parts: string[]): Promise<Buffer | undefined> {

@@ -28,3 +28,4 @@ export { formatBytes, formatTable } from './text-format.js';
 export * from './security/index.js';
 export * from './federation/index.js';
 export { packageVersion } from './version.js';
+export { ensureDirectoryFor, writeFileAtomic } from './atomic-file.js';

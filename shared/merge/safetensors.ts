@@ -1,7 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
-
-import { fileError } from '../errors.js';
+import { writeFileAtomic } from '../atomic-file.js';
 
 /** One tensor for a safetensors file. */
 export interface SafetensorsEntry {
@@ -33,22 +30,11 @@ export async function writeSafetensors(
   const headerBytes = Buffer.from(json, 'utf8');
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(BigInt(headerBytes.length));
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    const handle = await open(tmp, 'w');
-    try {
-      await handle.write(length);
-      await handle.write(headerBytes);
-      for (const entry of entries) await handle.write(new Uint8Array(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, path);
-  } catch (error) {
-    await rm(tmp, { force: true });
-    throw fileError(error, path, 'writing the safetensors file');
-  }
+  await writeFileAtomic(
+    path,
+    [length, headerBytes, ...entries.map((entry) => new Uint8Array(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength))],
+    'writing the safetensors file',
+  );
 }
 
 /** One tensor as read from a safetensors file: its bytes are a view into the file's buffer. */

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 
 import { ModelProto, type TensorProto } from '../../proto/index.js';
 import { dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
+import { ensureDirectoryFor } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
 
 /** An ONNX model in memory, with where its external data lives. */
@@ -256,13 +257,8 @@ export function inlineSizeEstimate(model: OnnxModel): number {
  * into place at the end, so a failure never leaves a partial model that looks complete.
  */
 export async function saveModel(model: OnnxModel, path: string, options: SaveModelOptions = {}): Promise<void> {
+  await ensureDirectoryFor(path);
   const dir = dirname(resolve(path));
-  try {
-    const info = await stat(dir);
-    if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
-  } catch (error) {
-    throw fileError(error, dir, `writing ${basename(path)} into it (create the directory first)`);
-  }
   const mode = options.externalData ?? 'auto';
   const external = mode === 'always' || (mode === 'auto' && inlineSizeEstimate(model) > PROTOBUF_LIMIT_BYTES - 64 * 1024 * 1024);
   const suffix = `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;

@@ -1,14 +1,7 @@
-/** Deterministic random numbers for tests (mulberry32), so a failure replays exactly. */
-export function rng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../../agent/index.js';
+
+/** Deterministic random numbers for tests (the agent's seeded generator), so a failure replays exactly. */
+export const rng = seededRandom;
 
 /** Standard normal samples (Box–Muller). */
 export function randn(random: () => number, count: number): Float64Array {

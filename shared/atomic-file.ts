@@ -1,0 +1,43 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+
+import { fileError } from './errors.js';
+
+/**
+ * Writes a file so that it is either absent, the old version, or complete: the parts go to a temporary
+ * file beside it, which is fsynced and renamed into place. `what` names the file for error messages.
+ */
+export async function writeFileAtomic(
+  path: string,
+  parts: Uint8Array | string | readonly (Uint8Array | string)[],
+  what = 'writing the file',
+  createDirectory = false,
+): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    if (createDirectory) await mkdir(dirname(path), { recursive: true });
+    const handle = await open(tmp, 'w');
+    try {
+      for (const part of Array.isArray(parts) ? parts : [parts]) await handle.write(typeof part === 'string' ? Buffer.from(part) : part);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, path);
+  } catch (error) {
+    await rm(tmp, { force: true });
+    throw fileError(error, path, what);
+  }
+}
+
+/** Fails early, with the fix, when the directory a file is to be written into does not exist. */
+export async function ensureDirectoryFor(path: string): Promise<void> {
+  const dir = dirname(resolve(path));
+  try {
+    const info = await stat(dir);
+    if (!info.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (error) {
+    throw fileError(error, dir, `writing ${basename(path)} into it (create the directory first)`);
+  }
+}
