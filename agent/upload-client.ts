@@ -1,4 +1,4 @@
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
@@ -11,6 +11,9 @@ import {
   DisclosurePolicy,
   ErrorCode,
   errorFromGrpc,
+  FileLedger,
+  generateSigningKeys,
+  type SigningKeys,
   GramfuseError,
   MergeSpec,
   parseSafetensors,
@@ -179,6 +182,8 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
 
 export interface RunAgentResult {
   readonly owner: string;
+  /** The agent's audit ledger: what it approved and every receipt it got. */
+  readonly ledger: string;
   readonly bundle: string;
   readonly receiptsPath: string;
   readonly receipts: number;
@@ -246,6 +251,25 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         })
       ).manifest;
     }
+    const ledger = await openAgentLedger(options.workDir, client.identity);
+    if (!reusedBundle) {
+      await ledger.append('plan.approved', options.jobId, {
+        coordinator: options.connect.address,
+        approvedBy: options.yes ? '--yes' : 'prompt',
+        fingerprint: manifest.plan.fingerprint,
+        spec: manifest.plan.spec,
+        policy: manifest.plan.policy,
+        totals: manifest.plan.totals,
+        statistics: manifest.plan.statistics.map((s) => ({
+          id: s.id,
+          shape: s.shape,
+          dtype: s.dtype,
+          bytes: s.bytes,
+          rows: s.rows ?? null,
+          sha256: s.sha256 ?? null,
+        })),
+      });
+    }
     const file = await readFile(join(bundleDir, BUNDLE_TENSORS));
     const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
     const state = await client.join({ jobId: options.jobId, fingerprint: status.fingerprint, manifestJson: JSON.stringify(manifest) });
@@ -309,6 +333,15 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         );
       }
       await appendFile(receiptsPath, `${JSON.stringify({ ...fields, signature: r.signature })}\n`);
+      await ledger.append('receipt.issued', options.jobId, {
+        coordinator: options.connect.address,
+        statistic: r.statisticId,
+        sha256: r.sha256,
+        bytes: Number(r.bytes),
+        committedAt: r.committedAt,
+        coordinatorSignature: r.signature,
+        coordinatorKey: status.receiptPublicKey,
+      });
     }
     const after = await client.uploadState(options.jobId);
     const missing = after.statistics.filter((s) => !s.committed).map((s) => s.statisticId);
@@ -321,6 +354,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     }
     return {
       owner: client.identity,
+      ledger: ledger.path,
       bundle: bundleDir,
       receiptsPath,
       receipts: reply.receipts.length,
@@ -332,4 +366,18 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
   } finally {
     client.close();
   }
+}
+
+/** The agent's ledger (work dir/audit.jsonl), signed with a key made on this machine and kept beside it. */
+async function openAgentLedger(workDir: string, identity: string): Promise<FileLedger> {
+  const keyPath = join(workDir, 'keys', 'audit.json');
+  let keys: SigningKeys;
+  try {
+    keys = JSON.parse(await readFile(keyPath, 'utf8')) as SigningKeys;
+  } catch {
+    keys = generateSigningKeys();
+    await mkdir(join(workDir, 'keys'), { recursive: true });
+    await writeFile(keyPath, JSON.stringify(keys), { mode: 0o600 });
+  }
+  return FileLedger.open(join(workDir, 'audit.jsonl'), keys, identity);
 }

@@ -10,6 +10,7 @@ import { parse as parseYaml } from 'yaml';
 import { type ClientTls, connectFederation, type ConnectOptions } from '../agent/index.js';
 import { type ServerTls } from '../coordinator/index.js';
 import { createCertificateAuthority, ErrorCode, fileError, GramfuseError, issueCertificate, MergeSpec } from '../shared/index.js';
+import { auditVerify } from './audit-commands.js';
 import { runEvaluation } from './evaluate.js';
 import { runLocalMerge } from './local-merge.js';
 
@@ -79,7 +80,9 @@ export interface DemoResult {
   readonly results: { model: string; accuracy: number; macroF1: number }[];
   readonly mergedModel: string;
   readonly report: string;
-  readonly ledgers: { coordinator: string[]; agents: string[] };
+  readonly ledgers: { coordinator: string; agents: string[] };
+  /** One line per ledger: the result of `gramfuse audit verify`. */
+  readonly verify: string[];
   readonly seconds: number;
 }
 
@@ -200,14 +203,15 @@ export async function runDemo(options: {
         const r = await runEvaluation({ models: [path], data: test, tokenizer, labels: join(examples, 'labels.json') });
         results.push({ model, accuracy: r.accuracy, macroF1: r.macroF1 });
       }
+      const ledgers = { coordinator: join(dir, 'coordinator', 'audit.jsonl'), agents: orgs.map((o) => join(dir, o, 'audit.jsonl')) };
+      const verify: string[] = [];
+      for (const ledger of [ledgers.coordinator, ...ledgers.agents]) verify.push(`audit verify: ${await auditVerify(ledger)}`);
       return {
         results,
         mergedModel,
         report,
-        ledgers: {
-          coordinator: orgs.map((o) => join(dir, 'coordinator', 'jobs', 'demo', 'owners', o, 'receipts.jsonl')),
-          agents: orgs.map((o) => join(dir, o, 'demo', 'receipts.jsonl')),
-        },
+        ledgers,
+        verify,
         seconds: (performance.now() - started) / 1000,
       };
     } finally {

@@ -14,6 +14,7 @@ import {
   MergeSpec,
   toGramfuseError,
 } from '../shared/index.js';
+import { auditReport, auditVerify, formatOwnerReport } from './audit-commands.js';
 import { runEvaluation } from './evaluate.js';
 import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, runDemo, type TlsFlags } from './federation-commands.js';
 import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
@@ -451,6 +452,29 @@ function buildProgram(): Command {
     },
   );
 
+  const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
+  audit
+    .command('verify')
+    .description(
+      "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
+    )
+    .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
+    .action(async (raw: { ledger: string; keys?: string[] }) => {
+      stdout(`${await auditVerify(raw.ledger, raw.keys)}\n`);
+    });
+  audit
+    .command('report')
+    .description('What left an owner, when, in which job, and which merged models used it')
+    .requiredOption('--ledger <path>', 'an audit ledger (coordinator or agent)')
+    .requiredOption('--owner <id>', 'owner identity')
+    .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
+    .option('--json', 'print one JSON object')
+    .action(async (raw: { ledger: string; owner: string; keys?: string[]; json?: boolean }) => {
+      const report = await auditReport(raw.ledger, raw.owner, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(report)}\n` : `${formatOwnerReport(report, raw.ledger)}\n`);
+    });
+
   program
     .command('demo')
     .description(
@@ -479,8 +503,9 @@ function buildProgram(): Command {
           '',
           `merged model   ${result.mergedModel}`,
           `merge report   ${result.report}`,
-          `receipts (coordinator side) ${result.ledgers.coordinator.join(', ')}`,
-          `receipts (agent side)       ${result.ledgers.agents.join(', ')}`,
+          `audit ledger (coordinator)  ${result.ledgers.coordinator}`,
+          `audit ledgers (agents)      ${result.ledgers.agents.join(', ')}`,
+          ...result.verify,
           `${result.seconds.toFixed(0)} s in all`,
           '',
         ].join('\n'),

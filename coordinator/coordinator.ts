@@ -9,6 +9,7 @@ import {
   createOrtSolver,
   emptyAggregate,
   ErrorCode,
+  FileLedger,
   finishParameters,
   fingerprint,
   formatMergeReport,
@@ -103,6 +104,8 @@ const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes)
 export interface CoordinatorOptions {
   /** Identities allowed to create jobs; default any authenticated identity. */
   readonly creators?: readonly string[];
+  /** The coordinator's own identity in audit records. Default `coordinator`. */
+  readonly identity?: string;
   readonly log?: (line: string) => void;
 }
 
@@ -114,6 +117,8 @@ export interface CoordinatorOptions {
 export class Coordinator {
   private readonly jobs = new Map<string, Job>();
   private keys!: SigningKeys;
+  /** The coordinator's audit ledger (state dir/audit.jsonl): everything it received and produced. */
+  ledger!: FileLedger;
   private readonly solving = new Map<string, Promise<void>>();
 
   private constructor(
@@ -137,6 +142,9 @@ export class Coordinator {
       this.keys = generateSigningKeys();
       await this.store.write(['keys', 'receipts.json'], JSON.stringify(this.keys));
     } else this.keys = keys;
+    this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
+      this.log(line),
+    );
     for (const id of await this.store.list(['jobs'])) {
       const spec = parseJobSpec(await this.store.readJson(['jobs', id, 'spec.json']), `job ${id}`);
       const template = await loadModel(this.store.path('jobs', id, 'template.onnx'));
@@ -263,6 +271,12 @@ export class Coordinator {
       listeners: new Set(),
     });
     await this.persist(spec.id);
+    await this.ledger.append('job.created', spec.id, {
+      createdBy: identity,
+      spec,
+      fingerprint: analysis.fingerprint,
+      templateSha256: sha256(templateBytes),
+    });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
   }
@@ -492,6 +506,25 @@ export class Coordinator {
     const receiptsPath = this.store.path('jobs', chunk.jobId, 'owners', identity, 'receipts.jsonl');
     await appendFile(receiptsPath, `${JSON.stringify(receipt)}\n`);
     job.committed.get(identity)!.set(chunk.statisticId, receipt);
+    await this.ledger.append('statistic.committed', chunk.jobId, {
+      owner: identity,
+      statistic: planned.id,
+      kind: planned.kind,
+      tensors: planned.tensors,
+      shape: planned.shape,
+      dtype: planned.dtype,
+      bytes: planned.bytes,
+      rows: planned.rows ?? null,
+      sha256: planned.sha256,
+    });
+    await this.ledger.append('receipt.issued', chunk.jobId, {
+      owner: identity,
+      statistic: planned.id,
+      sha256: planned.sha256,
+      bytes: planned.bytes,
+      committedAt: receipt.committedAt,
+      signature: receipt.signature,
+    });
     job.uploadedBytes += planned.bytes;
     if (chunk.count > 1) await this.store.remove(dir);
     held.delete(chunk.statisticId);
@@ -602,6 +635,17 @@ export class Coordinator {
       await this.store.write(['jobs', jobId, 'result', 'report.txt'], `${formatMergeReport(report)}\n`);
       job.persisted.state = 'done';
       job.persisted.result = { sha256: sha256(modelBytes), bytes: modelBytes.byteLength };
+      await this.ledger.append('solve.done', jobId, {
+        owners: [...job.persisted.completed]
+          .sort()
+          .map((owner) => ({
+            owner,
+            statistics: [...(job.committed.get(owner)?.values() ?? [])].map((r) => ({ id: r.statisticId, sha256: r.sha256 })),
+          })),
+        mergedModelSha256: sha256(modelBytes),
+        reportSha256: sha256(Buffer.from(`${JSON.stringify(report, null, 2)}\n`)),
+        method: spec.method,
+      });
       await this.persist(jobId);
       this.log(`job ${jobId}: solved in ${solveSeconds.toFixed(2)} s, merged model sha256 ${job.persisted.result.sha256.slice(0, 16)}…`);
     } catch (error) {
@@ -609,6 +653,7 @@ export class Coordinator {
       job.persisted.state = 'failed';
       job.persisted.failure = { code: coded.code, message: coded.message };
       await this.persist(jobId).catch(() => undefined);
+      await this.ledger.append('job.failed', jobId, { code: coded.code, message: coded.message }).catch(() => undefined);
       this.log(`job ${jobId}: failed: ${coded.toLine()}`);
     }
   }
@@ -623,7 +668,9 @@ export class Coordinator {
       });
     if (!['merged.onnx', 'merged.safetensors', 'report.json'].includes(name))
       throw new GramfuseError(ErrorCode.InvalidArgument, `no artifact ${name}; choose merged.onnx, merged.safetensors or report.json`);
-    return (await this.store.read(['jobs', jobId, 'result', name]))!;
+    const bytes = (await this.store.read(['jobs', jobId, 'result', name]))!;
+    await this.ledger.append('result.fetched', jobId, { by: identity, artifact: name, sha256: sha256(bytes), bytes: bytes.byteLength });
+    return bytes;
   }
 
   async recordEvaluation(identity: string, jobId: string, metrics: { examples: number; accuracy: number; macroF1: number }): Promise<void> {
@@ -631,6 +678,7 @@ export class Coordinator {
     this.participant(job, identity);
     job.persisted.evaluations.push({ owner: identity, ...metrics, at: new Date().toISOString() });
     await this.persist(jobId);
+    await this.ledger.append('evaluation.reported', jobId, { owner: identity, ...metrics });
   }
 
   templateFingerprint(jobId: string): string {

@@ -40,6 +40,8 @@ export const ErrorCode = {
   UploadInvalid: 'UPLOAD_INVALID',
   /** A remote call failed or timed out. */
   Unavailable: 'UNAVAILABLE',
+  /** An audit ledger fails verification: a changed, missing, reordered, inserted or partial record. */
+  AuditInvalid: 'AUDIT_INVALID',
   /** Command-line flags or a config file failed validation. */
   InvalidArgument: 'INVALID_ARGUMENT',
   /** Models that must share an architecture do not (fingerprints differ). */
@@ -122,6 +124,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   JOB_CLOSED: 42,
   UPLOAD_INVALID: 43,
   UNAVAILABLE: 44,
+  AUDIT_INVALID: 50,
   BUNDLE_INVALID: 31,
 };
 
@@ -165,6 +168,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   JOB_CLOSED: 9,
   UPLOAD_INVALID: 15,
   UNAVAILABLE: 14,
+  AUDIT_INVALID: 15,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */

@@ -29,3 +29,4 @@ export * from './security/index.js';
 export * from './federation/index.js';
 export { packageVersion } from './version.js';
 export { ensureDirectoryFor, writeFileAtomic } from './atomic-file.js';
+export * from './audit/index.js';

@@ -126,8 +126,22 @@ describe('federation over gRPC with mTLS', () => {
     for (const r of results) expect(r.code, r.stderr).toBe(0);
     const summary = JSON.parse(results[0]!.stdout);
     expect(summary).toMatchObject({ owner: 'org0', receipts: 64, chunksSkipped: 0 });
+    // Both sides' audit ledgers verify, and the report says what left org0 and which merged model used it.
+    const coordinatorLedger = join(work, 'main', 'audit.jsonl');
+    for (const ledger of [summary.ledger as string, coordinatorLedger]) {
+      const verified = await runCli(['audit', 'verify', '--ledger', ledger]);
+      expect(verified.code, verified.stderr).toBe(0);
+      expect(verified.stdout).toMatch(/chain and signatures verify/);
+    }
     const merged = await download(server, 'fed');
     federatedSha = createHash('sha256').update(merged).digest('hex');
+    const report = await runCli(['audit', 'report', '--ledger', coordinatorLedger, '--owner', 'org0', '--json']);
+    expect(report.code, report.stderr).toBe(0);
+    const owner = JSON.parse(report.stdout);
+    expect(owner.jobs[0].statistics).toHaveLength(64);
+    expect(owner.jobs[0].usedBy[0].mergedModelSha256).toBe(federatedSha);
+    const agentReport = await runCli(['audit', 'report', '--ledger', summary.ledger, '--owner', 'org0']);
+    expect(agentReport.stdout).toMatch(/What left org0, according to .* \(verified\):/);
     const federatedPath = join(work, 'federated.onnx');
     writeFileSync(federatedPath, merged);
 

@@ -1,0 +1,1 @@
+export { AuditKind, AuditRecord, FileLedger, keyId, verifyLedger } from './ledger.js';

@@ -1,0 +1,168 @@
+import { createHash } from 'node:crypto';
+import { open, readFile, truncate } from 'node:fs/promises';
+
+import { z } from 'zod';
+
+import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+import { canonicalJson, signFields, type SigningKeys, verifyFields } from '../security/index.js';
+
+/** What an audit record says happened (DESIGN.md §6). */
+export const AuditKind = z.enum([
+  'ledger.opened',
+  'job.created',
+  'plan.approved',
+  'statistic.committed',
+  'receipt.issued',
+  'solve.done',
+  'result.fetched',
+  'evaluation.reported',
+  'job.failed',
+]);
+export type AuditKind = z.infer<typeof AuditKind>;
+
+const GENESIS = '0'.repeat(64);
+
+/** One record. `prev` chains it to the previous record; `signature` is Ed25519 over the rest (canonical JSON). */
+export const AuditRecord = z
+  .object({
+    version: z.literal(1),
+    seq: z.number().int().positive(),
+    prev: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .describe('SHA-256 of the previous record line (64 zeros for the first)'),
+    time: z.string(),
+    actor: z.string().min(1).describe('certificate identity of the writer'),
+    kind: AuditKind,
+    job: z.string(),
+    facts: z.record(z.string(), z.unknown()).describe('statistic ids, shapes, bytes, rows, digests, policy values, artifact digests'),
+    key: z
+      .string()
+      .regex(/^[0-9a-f]{16}$/)
+      .describe('id of the signing key: first 16 hex digits of SHA-256 of its PEM'),
+    signature: z.string(),
+  })
+  .strict();
+export type AuditRecord = z.infer<typeof AuditRecord>;
+
+export const keyId = (publicKeyPem: string): string => createHash('sha256').update(publicKeyPem.trim()).digest('hex').slice(0, 16);
+const lineHash = (line: string): string => createHash('sha256').update(line).digest('hex');
+
+/**
+ * An append-only JSONL audit ledger: each record signed and chained to the previous one, fsynced before
+ * `append` returns. A record cut short by a crash (no final newline) was never acknowledged; opening the
+ * ledger for writing removes it and says so.
+ */
+export class FileLedger {
+  private constructor(
+    readonly path: string,
+    private readonly keys: SigningKeys,
+    private readonly actor: string,
+    private seq: number,
+    private prev: string,
+  ) {}
+
+  static async open(path: string, keys: SigningKeys, actor: string, log?: (line: string) => void): Promise<FileLedger> {
+    let text = '';
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError(error, path, 'reading the audit ledger');
+    }
+    if (text !== '' && !text.endsWith('\n')) {
+      const keep = text.lastIndexOf('\n') + 1;
+      log?.(`audit ledger ${path}: removing a partial final record (a crash mid-write; it was never acknowledged)`);
+      await truncate(path, Buffer.byteLength(text.slice(0, keep)));
+      text = text.slice(0, keep);
+    }
+    const lines = text.split('\n').filter((l) => l !== '');
+    const ledger = new FileLedger(path, keys, actor, lines.length, lines.length === 0 ? GENESIS : lineHash(lines.at(-1)!));
+    if (lines.length === 0) await ledger.append('ledger.opened', '', { publicKey: keys.publicKeyPem, actor });
+    return ledger;
+  }
+
+  /** Appends run one at a time: each record's seq and prev depend on the one before it. */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  append(kind: AuditKind, job: string, facts: Record<string, unknown>): Promise<AuditRecord> {
+    const next = this.tail.then(() => this.write(kind, job, facts));
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+
+  private async write(kind: AuditKind, job: string, facts: Record<string, unknown>): Promise<AuditRecord> {
+    const unsigned = {
+      version: 1 as const,
+      seq: this.seq + 1,
+      prev: this.prev,
+      time: new Date().toISOString(),
+      actor: this.actor,
+      kind,
+      job,
+      facts,
+      key: keyId(this.keys.publicKeyPem),
+    };
+    const record: AuditRecord = { ...unsigned, signature: signFields(unsigned, this.keys.privateKeyPem) };
+    const line = canonicalJson(record);
+    const handle = await open(this.path, 'a');
+    try {
+      await handle.write(`${line}\n`);
+      await handle.sync();
+    } catch (error) {
+      throw fileError(error, this.path, 'appending to the audit ledger');
+    } finally {
+      await handle.close();
+    }
+    this.seq = record.seq;
+    this.prev = lineHash(line);
+    return record;
+  }
+}
+
+/**
+ * Verifies a ledger offline: every line a valid record in canonical form, seq 1, 2, 3…, each `prev` the hash
+ * of the line before, each signature valid for its key (keys from `ledger.opened` records, or `trustedKeys`
+ * only when given). Throws AUDIT_INVALID naming the first bad record.
+ */
+export async function verifyLedger(path: string, trustedKeys?: readonly string[]): Promise<{ records: AuditRecord[] }> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    throw fileError(error, path, 'reading the audit ledger');
+  }
+  const invalid = (line: number, reason: string): GramfuseError =>
+    new GramfuseError(ErrorCode.AuditInvalid, `${path}: record at line ${line} ${reason}; the ledger does not verify`, {
+      facts: { path, line },
+    });
+  if (text !== '' && !text.endsWith('\n')) throw invalid(text.split('\n').length, 'is partial (no final newline: a crash mid-write)');
+  const lines = text.split('\n').slice(0, -1);
+  const keys = new Map<string, string>((trustedKeys ?? []).map((pem) => [keyId(pem), pem]));
+  const records: AuditRecord[] = [];
+  let prev = GENESIS;
+  for (const [i, line] of lines.entries()) {
+    let record: AuditRecord;
+    try {
+      record = AuditRecord.parse(JSON.parse(line));
+    } catch {
+      throw invalid(i + 1, 'is not a valid audit record');
+    }
+    if (canonicalJson(record) !== line) throw invalid(i + 1, 'is not in canonical form (it was edited)');
+    if (record.seq !== i + 1) throw invalid(i + 1, `has seq ${record.seq}, expected ${i + 1} (a record was deleted, inserted or moved)`);
+    if (record.prev !== prev)
+      throw invalid(i + 1, `(seq ${record.seq}) does not chain to the record before it (a record was changed, deleted, inserted or moved)`);
+    if (record.kind === 'ledger.opened' && trustedKeys === undefined) {
+      const declared = record.facts.publicKey;
+      const pem = typeof declared === 'string' ? declared : '';
+      keys.set(keyId(pem), pem);
+    }
+    const pem = keys.get(record.key);
+    if (pem === undefined) throw invalid(i + 1, `(seq ${record.seq}) is signed by an unknown key ${record.key}`);
+    const { signature, ...unsigned } = record;
+    if (!verifyFields(unsigned, signature, pem))
+      throw invalid(i + 1, `(seq ${record.seq}) has a signature that does not verify (its content was changed)`);
+    records.push(record);
+    prev = lineHash(line);
+  }
+  return { records };
+}
