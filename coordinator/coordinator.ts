@@ -11,7 +11,6 @@ import {
   ErrorCode,
   FileLedger,
   finishParameters,
-  fingerprint,
   formatMergeReport,
   generateSigningKeys,
   GramfuseError,
@@ -27,7 +26,6 @@ import {
   planDisclosure,
   readParameterValues,
   saveModel,
-  serializeModel,
   signFields,
   type SigningKeys,
   solveRegMean,
@@ -235,8 +233,6 @@ export class Coordinator {
     }
     const spec = parseJobSpec(specValue, 'job spec');
     const template = await loadModel(templateSource);
-    const templateBytes =
-      typeof templateSource === 'string' ? serializeModel({ ...template, proto: { ...template.proto } }) : templateSource;
     const analysis = await analyzeModel(template);
     if (spec.fingerprint !== undefined && spec.fingerprint !== analysis.fingerprint) {
       throw new GramfuseError(
@@ -255,7 +251,14 @@ export class Coordinator {
         { facts: { job: spec.id } },
       );
     }
-    await this.store.write(['jobs', spec.id, 'template.onnx'], templateBytes);
+    // A template named by path may keep tensors in side files: saveModel copies them into the job's directory.
+    if (typeof templateSource === 'string') {
+      await this.store.write(['jobs', spec.id, '.keep'], '');
+      await saveModel(template, this.store.path('jobs', spec.id, 'template.onnx'));
+    } else {
+      await this.store.write(['jobs', spec.id, 'template.onnx'], templateSource);
+    }
+    const templateBytes = (await this.store.read(['jobs', spec.id, 'template.onnx']))!;
     await this.store.write(['jobs', spec.id, 'spec.json'], JSON.stringify(spec, null, 2));
     const persisted: PersistedState = { state: 'open', createdBy: identity, completed: [], evaluations: [] };
     this.jobs.set(spec.id, {
@@ -636,12 +639,10 @@ export class Coordinator {
       job.persisted.state = 'done';
       job.persisted.result = { sha256: sha256(modelBytes), bytes: modelBytes.byteLength };
       await this.ledger.append('solve.done', jobId, {
-        owners: [...job.persisted.completed]
-          .sort()
-          .map((owner) => ({
-            owner,
-            statistics: [...(job.committed.get(owner)?.values() ?? [])].map((r) => ({ id: r.statisticId, sha256: r.sha256 })),
-          })),
+        owners: [...job.persisted.completed].sort().map((owner) => ({
+          owner,
+          statistics: [...(job.committed.get(owner)?.values() ?? [])].map((r) => ({ id: r.statisticId, sha256: r.sha256 })),
+        })),
         mergedModelSha256: sha256(modelBytes),
         reportSha256: sha256(Buffer.from(`${JSON.stringify(report, null, 2)}\n`)),
         method: spec.method,
@@ -679,9 +680,5 @@ export class Coordinator {
     job.persisted.evaluations.push({ owner: identity, ...metrics, at: new Date().toISOString() });
     await this.persist(jobId);
     await this.ledger.append('evaluation.reported', jobId, { owner: identity, ...metrics });
-  }
-
-  templateFingerprint(jobId: string): string {
-    return fingerprint(this.job(jobId).template);
   }
 }

@@ -1,5 +1,6 @@
 // The one place in shared/ (and so for both sides) that imports onnxruntime-node.
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
@@ -24,8 +25,35 @@ export interface SessionOptions {
 export async function createSession(source: OnnxModel | Uint8Array, options: SessionOptions = {}): Promise<ort.InferenceSession> {
   const bytes = source instanceof Uint8Array ? source : ModelProto.encode(source.proto).finish();
   const label = source instanceof Uint8Array ? '<bytes>' : source.source;
+  // A model given as bytes cannot find its side files by itself; the Node binding takes their contents
+  // (onnxruntime holds the weights in memory anyway).
+  const externalData: { path: string; data: Uint8Array }[] = [];
+  if (!(source instanceof Uint8Array) && source.baseDir !== undefined) {
+    const locations = new Set<string>();
+    for (const tensor of source.proto.graph?.initializer ?? []) {
+      if (tensor.dataLocation !== 1) continue;
+      const location = tensor.externalData.find((e) => e.key === 'location')?.value;
+      if (location !== undefined) locations.add(location);
+    }
+    for (const location of locations) {
+      const path = join(source.baseDir, location);
+      try {
+        externalData.push({ path: location, data: await readFile(path) });
+      } catch (error) {
+        throw new GramfuseError(
+          ErrorCode.OnnxExternalData,
+          `${label}: external data file ${path} cannot be read (${(error as Error).message}); copy it next to the model`,
+          {
+            facts: { path },
+            cause: error,
+          },
+        );
+      }
+    }
+  }
   try {
     return await ort.InferenceSession.create(bytes, {
+      ...(externalData.length === 0 ? {} : { externalData }),
       executionProviders: [options.device ?? 'cpu'],
       logSeverityLevel: 3,
       graphOptimizationLevel: 'all',

@@ -210,6 +210,26 @@ describe('federation over gRPC with mTLS', () => {
     expect(delivered + resumed.chunksSent).toBeGreaterThanOrEqual(total);
   });
 
+  it("a template on the coordinator's disk with external data survives a restart", { timeout: 120_000 }, async () => {
+    const { saveModel } = await import('../../shared/index.js');
+    const external = join(work, 'external-template', 'model.onnx');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(join(work, 'external-template'));
+    await saveModel(await loadModel(fixtureModel('label-skew', 'org0')), external, { externalData: 'always' });
+    const first = await startServer('external');
+    const client = connectFederation({ address: `localhost:${first.port}`, tls: tlsOf('creator') });
+    const created = await client.createJob(JSON.stringify({ id: 'ext', participants: orgs }), { path: external });
+    client.close();
+    await first.close();
+    rmSync(join(work, 'external-template'), { recursive: true });
+    await using second = await startServer('external');
+    const again = connectFederation({ address: `localhost:${second.port}`, tls: tlsOf('creator') });
+    const status = await again.getJob('ext');
+    again.close();
+    expect(status.fingerprint).toBe(created.fingerprint);
+    expect(status.state).toBe('open');
+  });
+
   describe('rejections: status code, clear message, job state unchanged', () => {
     let server: CoordinatorServer;
     beforeAll(async () => {
