@@ -172,6 +172,14 @@ describe('federation over gRPC with mTLS', () => {
     for (const org of ['org1', 'org2']) await runAgent(agentOptions(org, second.port, 'fed', join(work, 'restart', org)));
     const merged = await download(second, 'fed');
     expect(createHash('sha256').update(merged).digest('hex')).toBe(federatedSha);
+    // A second upload after the job is solved is refused by the coordinator, and the job stays done.
+    const late = connectFederation({ address: `localhost:${second.port}`, tls: tlsOf('org1') });
+    const error = await late.join({ jobId: 'fed', fingerprint: 'any', manifestJson: '{}' }).catch((e: unknown) => e as GramfuseError);
+    const after = await late.getJob('fed');
+    late.close();
+    expect((error as GramfuseError).code).toBe(ErrorCode.JobClosed);
+    expect((error as GramfuseError).message).toMatch(/job fed is done and accepts no more statistics/);
+    expect(after.state).toBe('done');
   });
 
   it('an upload cut off mid-stream resumes and re-sends at most the chunk in flight', { timeout: 300_000 }, async () => {
