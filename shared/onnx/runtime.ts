@@ -107,13 +107,13 @@ export async function resolveDevice(requested: 'auto' | 'cpu' | 'cuda', probeMod
   const { dir, missing } = cudaProviderLibraries();
   let problem: string | undefined;
   if (missing.length > 0) {
-    problem = `the CUDA provider is not installed (${missing.join(', ')} missing in ${dir}); run \`gramfuse gpu setup\` on a machine with an NVIDIA GPU`;
+    problem = `the CUDA provider is not installed (${missing.join(', ')} missing in ${dir}); install onnxruntime-node's CUDA provider libraries there on a machine with an NVIDIA GPU`;
   } else {
     try {
       const session = await ort.InferenceSession.create(probeModel, { executionProviders: ['cuda'], logSeverityLevel: 3 });
       await session.release();
     } catch (error) {
-      problem = `the CUDA provider failed to start (${(error as Error).message}); check the NVIDIA driver and CUDA libraries (\`gramfuse gpu check\`)`;
+      problem = `the CUDA provider failed to start (${(error as Error).message}); check the NVIDIA driver and the CUDA libraries`;
     }
   }
   if (problem === undefined) return { device: 'cuda', reason: 'CUDA provider loaded' };
