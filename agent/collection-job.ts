@@ -3,6 +3,7 @@ import {
   buildContribution,
   type Contribution,
   type DeviceChoice,
+  fingerprint,
   type GramStatistics,
   loadModel,
   type MergeSpec,
@@ -31,6 +32,13 @@ export interface CollectionRequest {
   readonly textPairField?: string;
   readonly device: 'auto' | 'cpu' | 'cuda';
   readonly threads?: number;
+  /**
+   * The model's analysis when the caller already has it (the agent's plan, the local merge's template):
+   * the worker then skips the probe run, after checking the model's fingerprint against it.
+   */
+  readonly analysis?: ModelAnalysis;
+  /** Usable examples in the data file when the caller already counted them (saves a pass over the file). */
+  readonly examples?: number;
 }
 
 export interface CollectionResult {
@@ -52,7 +60,14 @@ export async function analyzeRequest(modelPath: string): Promise<ModelAnalysis> 
 export async function runCollectionJob(request: CollectionRequest, onProgress: (progress: Progress) => void): Promise<CollectionResult> {
   const started = performance.now();
   const model = await loadModel(request.modelPath);
-  const analysis = await analyzeModel(model);
+  const analysis = request.analysis ?? (await analyzeModel(model));
+  if (request.analysis !== undefined && fingerprint(model) !== request.analysis.fingerprint) {
+    throw new GramfuseError(
+      ErrorCode.FingerprintMismatch,
+      `${request.modelPath}: fingerprint ${fingerprint(model)} is not the analysed model's ${request.analysis.fingerprint}; the model file changed during the job`,
+      { facts: { model: request.modelPath } },
+    );
+  }
   const device = await resolveDevice(request.device, serializeModel(model));
   const tokenizer = await loadTokenizer(request.tokenizerPath, { maxLength: request.maxLength });
   const fields = { textField: request.textField, ...(request.textPairField === undefined ? {} : { textPairField: request.textPairField }) };
@@ -66,9 +81,12 @@ export async function runCollectionJob(request: CollectionRequest, onProgress: (
       total = subset.length;
       examples = subset;
     } else {
-      let count = 0;
-      for await (const _ of readExamples(request.dataPath, fields)) count++;
-      total = count;
+      total = request.examples;
+      if (total === undefined) {
+        let count = 0;
+        for await (const _ of readExamples(request.dataPath, fields)) count++;
+        total = count;
+      }
       examples = readExamples(request.dataPath, fields);
     }
     statistics = await collectGramStatistics(model, analysis, tokenizer, examples, {

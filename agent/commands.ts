@@ -10,6 +10,7 @@ import {
   formatTable,
   GramfuseError,
   type MergeSpec,
+  type ModelAnalysis,
   planDisclosure,
   writeBundle,
 } from '../shared/index.js';
@@ -46,7 +47,9 @@ export function ownerFromModelPath(path: string): string {
 }
 
 /** The plan before anything is computed: every statistic that would leave, and the policy. */
-export async function planForOwner(options: AgentOptions): Promise<{ plan: DisclosurePlan; examples: number }> {
+export async function planForOwner(
+  options: AgentOptions,
+): Promise<{ plan: DisclosurePlan; examples: number; analysis: ModelAnalysis; usableExamples: number }> {
   const analysis = await analyzeInWorker(options.model);
   if (options.expectFingerprint !== undefined && analysis.fingerprint !== options.expectFingerprint) {
     throw new GramfuseError(
@@ -63,7 +66,12 @@ export async function planForOwner(options: AgentOptions): Promise<{ plan: Discl
     throw new GramfuseError(ErrorCode.InvalidData, `${options.data}: no usable examples`, { facts: { path: options.data } });
   const plan = planDisclosure(options.owner ?? ownerFromModelPath(options.model), analysis, options.spec, options.dtype, options.policy);
   checkPolicyBeforeCollection(plan);
-  return { plan, examples: options.maxExamples === undefined ? examples : Math.min(examples, options.maxExamples) };
+  return {
+    plan,
+    examples: options.maxExamples === undefined ? examples : Math.min(examples, options.maxExamples),
+    analysis,
+    usableExamples: examples,
+  };
 }
 
 /** `gramfuse agent collect`: plan, collect in the worker, check the policy, write a verified bundle. */
@@ -74,10 +82,13 @@ export async function collectBundle(
     readonly onDevice?: (reason: string) => void;
   },
 ) {
-  const { plan } = await planForOwner(options);
+  const { plan, analysis, usableExamples } = await planForOwner(options);
   const result = await collectInWorker(
     {
       owner: plan.owner,
+      // The plan already analysed the model and counted the data: the worker need not again.
+      analysis,
+      examples: usableExamples,
       modelPath: options.model,
       dataPath: options.data,
       tokenizerPath: options.tokenizer,

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -55,7 +56,7 @@ export interface FederationClient {
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED]);
 
 /** Retries a call on retryable gRPC codes only, with exponential backoff and full jitter. */
-export async function withRetries<T>(what: string, call: () => Promise<T>, attempts = 5): Promise<T> {
+export async function withRetries<T>(call: () => Promise<T>, attempts = 5): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
@@ -94,9 +95,9 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     });
   return {
     identity,
-    getJob: (jobId) => withRetries('get job', () => unary(jobs.get.bind(jobs), { jobId })),
+    getJob: (jobId) => withRetries(() => unary(jobs.get.bind(jobs), { jobId })),
     createJob: (specJson, template) =>
-      withRetries('create job', () =>
+      withRetries(() =>
         unary(
           jobs.create.bind(jobs),
           template instanceof Uint8Array
@@ -104,8 +105,8 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             : { specJson, templateOnnx: new Uint8Array(0), templatePath: template.path },
         ),
       ),
-    join: (request) => withRetries('join', () => unary(uploads.join.bind(uploads), request)),
-    uploadState: (jobId) => withRetries('upload state', () => unary(uploads.state.bind(uploads), { jobId })),
+    join: (request) => withRetries(() => unary(uploads.join.bind(uploads), request)),
+    uploadState: (jobId) => withRetries(() => unary(uploads.state.bind(uploads), { jobId })),
     upload: (chunks, deadlineSeconds) =>
       new Promise((resolve, reject) => {
         const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) }, (error, reply) =>
@@ -125,7 +126,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         })();
       }),
     download: (jobId, artifact) =>
-      withRetries('download', async () => {
+      withRetries(async () => {
         const parts: Buffer[] = [];
         let received = 0;
         await new Promise<void>((resolve, reject) => {
@@ -140,7 +141,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         return Buffer.concat(parts, received);
       }),
     reportEvaluation: async (report) => {
-      await withRetries('report evaluation', () => unary(results.reportEvaluation.bind(results), report));
+      await withRetries(() => unary(results.reportEvaluation.bind(results), report));
     },
     watch: (jobId, onStatus) =>
       new Promise((resolve, reject) => {
@@ -275,7 +276,6 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     const state = await client.join({ jobId: options.jobId, fingerprint: status.fingerprint, manifestJson: JSON.stringify(manifest) });
     const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
     const chunkBytes = options.chunkBytes ?? 4 * 1024 * 1024;
-    const { createHash } = await import('node:crypto');
     const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
     const total = pending.reduce((sum, s) => sum + s.bytes, 0);
     let sent = 0;

@@ -30,6 +30,16 @@ export const commonDataFlags = {
   json: z.boolean().default(false),
 };
 
+/** The merge settings a local merge and an agent both take (they must agree for a bundle to merge). */
+const mergeSpecFlags = {
+  method: z
+    .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
+    .default('regmean'),
+  alpha: fraction.default(0.9),
+  weighting: z.enum(['equal', 'tokens'], { message: 'must be equal or tokens' }).default('equal'),
+  includePadding: z.boolean().default(false),
+};
+
 export const MergeFlags = z.object({
   ...commonDataFlags,
   tokenizer: z.string().min(1).optional(),
@@ -37,12 +47,7 @@ export const MergeFlags = z.object({
   bundle: z.array(z.string()).default([]),
   template: z.string().optional(),
   data: z.array(z.string()).default([]),
-  method: z
-    .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
-    .default('regmean'),
-  alpha: fraction.default(0.9),
-  weighting: z.enum(['equal', 'tokens'], { message: 'must be equal or tokens' }).default('equal'),
-  includePadding: z.boolean().default(false),
+  ...mergeSpecFlags,
   base: z.string().optional(),
   lambda: z.coerce.number().min(0, 'must be at least 0').optional(),
   tiesK: z.coerce.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]').default(0.2),
@@ -65,12 +70,7 @@ export const AgentFlags = z.object({
   model: z.string().min(1, "name the owner's model (.onnx)"),
   data: z.string().min(1, "name the owner's data file"),
   owner: z.string().min(1).optional(),
-  method: z
-    .enum(['regmean', 'average', 'task-arithmetic', 'ties'], { message: 'must be regmean, average, task-arithmetic or ties' })
-    .default('regmean'),
-  alpha: fraction.default(0.9),
-  weighting: z.enum(['equal', 'tokens'], { message: 'must be equal or tokens' }).default('equal'),
-  includePadding: z.boolean().default(false),
+  ...mergeSpecFlags,
   dtype: z.enum(['float64', 'float32'], { message: 'must be float64 or float32' }).default('float64'),
   minRows: int(0).default(256),
   allowLayers: z.string().optional(),

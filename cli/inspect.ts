@@ -1,5 +1,4 @@
-import { analyzeModel, type InspectReport, inspectReport, loadModel } from '../shared/index.js';
-import { formatBytes, formatTable } from './output.js';
+import { analyzeModel, formatBytes, formatTable, type InspectReport, inspectReport, loadModel } from '../shared/index.js';
 
 export interface InspectOptions {
   /** Print exactly one JSON object instead of tables. */

@@ -22,6 +22,7 @@ import {
   type MergeReport,
   type MergeSpec,
   needsBase,
+  packageVersion,
   type OnnxModel,
   readBundle,
   readParameterValues,
@@ -36,7 +37,6 @@ import {
   writeFileAtomic,
   writeSafetensors,
 } from '../shared/index.js';
-import { packageVersion } from './output.js';
 
 /** Everything `gramfuse merge` needs: N models, each with its owner's data, one tokenizer. */
 export interface LocalMergeOptions {
@@ -160,6 +160,8 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       collected = await collectInWorker(
         {
           owner,
+          // The template's analysis serves every owner: their fingerprints were checked against it above.
+          analysis,
           modelPath: options.models[i]!,
           dataPath: dataPath!,
           tokenizerPath: options.tokenizer!,

@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // The CLI entry: the only place that calls process.exit. Commands live beside it (cli/), in agent/
 // and in coordinator/; errors are mapped to exit codes by the one table in shared/errors.ts.
+import { readFile, writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline/promises';
+
 import { Command, CommanderError, Option } from 'commander';
 
 import { collectBundle, connectFederation, formatPlan, planForOwner, runAgent, type AgentOptions } from '../agent/index.js';
@@ -9,9 +12,11 @@ import {
   DisclosurePolicy,
   ErrorCode,
   exitCodeByErrorCode,
+  fileError,
   formatBytes,
   GramfuseError,
   MergeSpec,
+  packageVersion,
   toGramfuseError,
 } from '../shared/index.js';
 import { auditReport, auditVerify, formatOwnerReport } from './audit-commands.js';
@@ -20,7 +25,6 @@ import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, runDemo,
 import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
 import { runLocalMerge } from './local-merge.js';
-import { packageVersion } from './output.js';
 import { createProgressBar, progressEnabled } from './progress.js';
 
 const stdout = (text: string): void => {
@@ -334,12 +338,11 @@ function buildProgram(): Command {
       try {
         let specText: string;
         try {
-          specText = await (await import('node:fs/promises')).readFile(raw.spec, 'utf8');
+          specText = await readFile(raw.spec, 'utf8');
         } catch (error) {
-          throw (await import('../shared/index.js')).fileError(error, raw.spec, 'reading the job spec');
+          throw fileError(error, raw.spec, 'reading the job spec');
         }
-        const template =
-          raw.templateOnCoordinator === true ? { path: raw.template } : await (await import('node:fs/promises')).readFile(raw.template);
+        const template = raw.templateOnCoordinator === true ? { path: raw.template } : await readFile(raw.template);
         const status = await client.createJob(JSON.stringify(parseSpecText(specText, raw.spec)), template);
         stdout(
           raw.json === true
@@ -393,7 +396,7 @@ function buildProgram(): Command {
     const client = connectFederation(await connectOptions(raw.coordinator, raw));
     try {
       const bytes = await client.download(id, raw.artifact);
-      await (await import('node:fs/promises')).writeFile(raw.out, bytes);
+      await writeFile(raw.out, bytes);
       stdout(`${raw.out} (${bytes.byteLength} bytes)\n`);
     } finally {
       client.close();
@@ -434,7 +437,7 @@ function buildProgram(): Command {
         },
         approve: async (summary) => {
           if (!process.stdin.isTTY) return false;
-          const rl = (await import('node:readline/promises')).createInterface({ input: process.stdin, output: process.stderr });
+          const rl = createInterface({ input: process.stdin, output: process.stderr });
           const answer = await rl.question(`Send ${summary}? [y/N] `);
           rl.close();
           return /^y(es)?$/i.test(answer.trim());

@@ -99,6 +99,22 @@ interface Job {
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
+/** A job's in-memory record: what was loaded or created, with nothing uploaded yet. */
+function newJob(spec: JobSpec, template: OnnxModel, analysis: ModelAnalysis, persisted: PersistedState): Job {
+  return {
+    spec,
+    fingerprint: analysis.fingerprint,
+    template,
+    analysis,
+    persisted,
+    manifests: new Map(),
+    held: new Map(),
+    committed: new Map(),
+    uploadedBytes: 0,
+    listeners: new Set(),
+  };
+}
+
 export interface CoordinatorOptions {
   /** Identities allowed to create jobs; default any authenticated identity. */
   readonly creators?: readonly string[];
@@ -148,18 +164,7 @@ export class Coordinator {
       const template = await loadModel(this.store.path('jobs', id, 'template.onnx'));
       const analysis = await analyzeModel(template);
       const persisted = (await this.store.readJson<PersistedState>(['jobs', id, 'state.json']))!;
-      const job: Job = {
-        spec,
-        fingerprint: analysis.fingerprint,
-        template,
-        analysis,
-        persisted,
-        manifests: new Map(),
-        held: new Map(),
-        committed: new Map(),
-        uploadedBytes: 0,
-        listeners: new Set(),
-      };
+      const job = newJob(spec, template, analysis, persisted);
       for (const owner of await this.store.list(['jobs', id, 'owners'])) {
         const manifest = await this.store.readJson<BundleManifest>(['jobs', id, 'owners', owner, 'manifest.json']);
         if (manifest !== undefined) job.manifests.set(owner, manifest);
@@ -253,7 +258,7 @@ export class Coordinator {
     }
     // A template named by path may keep tensors in side files: saveModel copies them into the job's directory.
     if (typeof templateSource === 'string') {
-      await this.store.write(['jobs', spec.id, '.keep'], '');
+      await this.store.directory(['jobs', spec.id]);
       await saveModel(template, this.store.path('jobs', spec.id, 'template.onnx'));
     } else {
       await this.store.write(['jobs', spec.id, 'template.onnx'], templateSource);
@@ -261,18 +266,7 @@ export class Coordinator {
     const templateBytes = (await this.store.read(['jobs', spec.id, 'template.onnx']))!;
     await this.store.write(['jobs', spec.id, 'spec.json'], JSON.stringify(spec, null, 2));
     const persisted: PersistedState = { state: 'open', createdBy: identity, completed: [], evaluations: [] };
-    this.jobs.set(spec.id, {
-      spec,
-      fingerprint: analysis.fingerprint,
-      template: { ...template, source: `job ${spec.id} template` },
-      analysis,
-      persisted,
-      manifests: new Map(),
-      held: new Map(),
-      committed: new Map(),
-      uploadedBytes: 0,
-      listeners: new Set(),
-    });
+    this.jobs.set(spec.id, newJob(spec, { ...template, source: `job ${spec.id} template` }, analysis, persisted));
     await this.persist(spec.id);
     await this.ledger.append('job.created', spec.id, {
       createdBy: identity,
@@ -568,6 +562,7 @@ export class Coordinator {
         const manifest = job.manifests.get(owner)!;
         const tensors = new Map<string, Float64Array>();
         for (const s of manifest.plan.statistics) {
+          // A copy into its own (aligned) buffer: the file's Buffer may sit at any offset of Node's pool.
           const bytes = new Uint8Array(
             (await this.store.read(['jobs', jobId, 'owners', owner, 'committed', `${statisticFile(s.id)}.bin`]))!,
           );
@@ -575,7 +570,7 @@ export class Coordinator {
             s.id,
             s.dtype === 'float32'
               ? Float64Array.from(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4))
-              : new Float64Array(bytes.slice().buffer),
+              : new Float64Array(bytes.buffer),
           );
         }
         const contribution = contributionFromTensors(manifest.plan, tensors);
@@ -604,7 +599,7 @@ export class Coordinator {
       }
       const solveSeconds = (performance.now() - started) / 1000;
       const merged = withParameterValues(job.template, values);
-      await this.store.write(['jobs', jobId, 'result', '.keep'], '');
+      await this.store.directory(['jobs', jobId, 'result']);
       const modelPath = this.store.path('jobs', jobId, 'result', 'merged.onnx');
       await saveModel(merged, modelPath);
       const modelBytes = (await this.store.read(['jobs', jobId, 'result', 'merged.onnx']))!;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
@@ -236,7 +237,6 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       void (async () => {
         try {
           const bytes = await coordinator.artifact(identity(call), call.request.jobId, call.request.artifact);
-          const { createHash } = await import('node:crypto');
           const digest = createHash('sha256').update(bytes).digest('hex');
           const chunk = 1024 * 1024;
           for (let offset = Number(call.request.offset); offset < bytes.byteLength; offset += chunk) {

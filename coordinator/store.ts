@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { fileError, writeFileAtomic } from '../shared/index.js';
@@ -18,6 +18,15 @@ export class FileStore {
 
   async write(parts: string[], data: Uint8Array | string): Promise<void> {
     await writeFileAtomic(this.path(...parts), data, 'writing coordinator state', true);
+  }
+
+  /** Creates a directory (and its parents) for files written by other means, e.g. saveModel. */
+  async directory(parts: string[]): Promise<void> {
+    try {
+      await mkdir(this.path(...parts), { recursive: true });
+    } catch (error) {
+      throw fileError(error, this.path(...parts), 'creating a coordinator state directory');
+    }
   }
 
   async read(parts: string[]): Promise<Buffer | undefined> {

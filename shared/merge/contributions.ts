@@ -1,5 +1,5 @@
 import { ErrorCode, GramfuseError } from '../errors.js';
-import { matmulNative, packedLength, packUpper } from '../linalg/index.js';
+import { matmulNative, packUpper } from '../linalg/index.js';
 import type { LinearLayer, ModelAnalysis, OnnxModel } from '../onnx/index.js';
 import { readParameterValues } from '../onnx/index.js';
 import type { MergeSpec } from './spec.js';
@@ -197,5 +197,3 @@ export function addContribution(aggregate: Aggregate, contribution: Contribution
   aggregate.weight += contribution.weight;
   aggregate.owners.push(contribution.owner);
 }
-
-export { packedLength };

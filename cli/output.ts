@@ -1,1 +1,0 @@
-export { formatBytes, formatTable, packageVersion } from '../shared/index.js';
