@@ -12,6 +12,7 @@ import {
   DisclosurePolicy,
   ErrorCode,
   errorFromGrpc,
+  AuditPublisher,
   FileLedger,
   generateSigningKeys,
   type SigningKeys,
@@ -179,6 +180,8 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   readonly onCollect?: (progress: Progress) => void;
   /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
   readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
+  /** NATS with JetStream: the agent's audit records are also published there (what is not, is published next run). */
+  readonly nats?: string;
 }
 
 export interface RunAgentResult {
@@ -192,6 +195,8 @@ export interface RunAgentResult {
   readonly chunksSkipped: number;
   readonly bytesSent: number;
   readonly reusedBundle: boolean;
+  /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
+  readonly auditBacklog?: number;
 }
 
 /**
@@ -200,6 +205,7 @@ export interface RunAgentResult {
  */
 export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult> {
   const client = connectFederation(options.connect);
+  let publisher: AuditPublisher | undefined;
   try {
     const status = await client.getJob(options.jobId);
     if (status.state === 'done' || status.state === 'failed') {
@@ -253,6 +259,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       ).manifest;
     }
     const ledger = await openAgentLedger(options.workDir, client.identity);
+    publisher = options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
     if (!reusedBundle) {
       await ledger.append('plan.approved', options.jobId, {
         coordinator: options.connect.address,
@@ -312,6 +319,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         : await client.upload(chunks(), 600).catch((error: grpc.ServiceError) => Promise.reject(errorFromGrpc(error)));
     const receiptsPath = join(jobDir, 'receipts.jsonl');
     const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
+    const lines: string[] = [];
+    const records: Parameters<FileLedger['appendAll']>[0][number][] = [];
     for (const r of reply.receipts) {
       const fields = {
         jobId: r.jobId,
@@ -332,17 +341,24 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           { facts: { statistic: r.statisticId } },
         );
       }
-      await appendFile(receiptsPath, `${JSON.stringify({ ...fields, signature: r.signature })}\n`);
-      await ledger.append('receipt.issued', options.jobId, {
-        coordinator: options.connect.address,
-        statistic: r.statisticId,
-        sha256: r.sha256,
-        bytes: Number(r.bytes),
-        committedAt: r.committedAt,
-        coordinatorSignature: r.signature,
-        coordinatorKey: status.receiptPublicKey,
+      lines.push(`${JSON.stringify({ ...fields, signature: r.signature })}\n`);
+      records.push({
+        kind: 'receipt.issued',
+        job: options.jobId,
+        facts: {
+          coordinator: options.connect.address,
+          statistic: r.statisticId,
+          sha256: r.sha256,
+          bytes: Number(r.bytes),
+          committedAt: r.committedAt,
+          coordinatorSignature: r.signature,
+          coordinatorKey: status.receiptPublicKey,
+        },
       });
     }
+    // Receipts are verified all before any is kept; then saved and recorded with one write each.
+    if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
+    await ledger.appendAll(records);
     const after = await client.uploadState(options.jobId);
     const missing = after.statistics.filter((s) => !s.committed).map((s) => s.statisticId);
     if (missing.length > 0) {
@@ -362,9 +378,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       chunksSkipped: reply.chunksSkipped,
       bytesSent: sent,
       reusedBundle,
+      ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
     };
   } finally {
     client.close();
+    await publisher?.close();
   }
 }
 

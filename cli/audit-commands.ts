@@ -1,6 +1,17 @@
 import { readFile } from 'node:fs/promises';
 
-import { type AuditRecord, fileError, formatBytes, formatTable, verifyLedger } from '../shared/index.js';
+import {
+  AuditPublisher,
+  type AuditRecord,
+  ErrorCode,
+  fileError,
+  formatBytes,
+  formatTable,
+  GramfuseError,
+  readAuditStream,
+  verifyLedger,
+  verifyLedgerText,
+} from '../shared/index.js';
 
 async function trustedKeys(paths: readonly string[] | undefined): Promise<string[] | undefined> {
   if (paths === undefined || paths.length === 0) return undefined;
@@ -20,6 +31,123 @@ export async function auditVerify(ledger: string, keys?: readonly string[]): Pro
   const { records } = await verifyLedger(ledger, await trustedKeys(keys));
   const writers = [...new Set(records.map((r) => r.actor))].join(', ');
   return `${ledger}: ${records.length} records from ${writers}; chain and signatures verify`;
+}
+
+/** `gramfuse audit verify --nats URL`: every writer's records in GRAMFUSE_AUDIT, checked exactly as a file is. */
+export async function auditVerifyStream(url: string, keys?: readonly string[]): Promise<string> {
+  const ledgers = await readAuditStream(url);
+  if (ledgers.length === 0) return `${url} GRAMFUSE_AUDIT: no records`;
+  const trusted = await trustedKeys(keys);
+  const lines: string[] = [];
+  for (const ledger of ledgers) {
+    const { records } = verifyLedgerText(ledger.text, `${url} GRAMFUSE_AUDIT writer ${ledger.writer}`, trusted);
+    const actors = [...new Set(records.map((r) => r.actor))].join(', ');
+    lines.push(
+      `${url} GRAMFUSE_AUDIT writer ${ledger.writer} (${actors}): ${records.length} records, jobs ${ledger.jobs.join(', ') || '-'}; chain and signatures verify`,
+    );
+  }
+  return lines.join('\n');
+}
+
+/** `gramfuse audit publish`: the ledger's backlog to GRAMFUSE_AUDIT; nothing already there is sent twice. */
+export async function auditPublish(ledger: string, url: string, timeoutSeconds: number): Promise<string> {
+  const { records } = await verifyLedger(ledger); // publish only what verifies
+  const publisher = await AuditPublisher.start({ path: ledger }, url, 'gramfuse audit publish');
+  try {
+    const left = await publisher.flush(timeoutSeconds * 1000);
+    if (left > 0)
+      throw new GramfuseError(ErrorCode.Unavailable, `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s; run again later`);
+    return `${ledger}: all ${records.length} records are on NATS (${url}, stream GRAMFUSE_AUDIT)`;
+  } finally {
+    await publisher.close();
+  }
+}
+
+export interface Reconciliation {
+  readonly owner: string;
+  readonly agentLedger: string;
+  readonly coordinatorLedger: string;
+  readonly agree: boolean;
+  readonly rows: {
+    job: string;
+    statistic: string;
+    bytes: number;
+    agentSha256: string | null;
+    coordinatorSha256: string | null;
+    approved: boolean;
+    status: 'match' | 'no coordinator record' | 'no agent receipt' | 'digest differs' | 'signature differs' | 'not in an approved plan';
+  }[];
+}
+
+/**
+ * `gramfuse audit reconcile`: both ledgers verify, and every receipt the agent holds matches a statistic the
+ * coordinator committed (same job, owner, statistic, digest, bytes, receipt signature) and one the owner
+ * approved; every statistic the coordinator committed for this owner has the agent's receipt.
+ */
+export async function auditReconcile(agentLedger: string, coordinatorLedger: string, keys?: readonly string[]): Promise<Reconciliation> {
+  const trusted = await trustedKeys(keys);
+  const agent = (await verifyLedger(agentLedger, trusted)).records;
+  const coordinator = (await verifyLedger(coordinatorLedger, trusted)).records;
+  const owners = [...new Set(agent.filter((r) => r.kind !== 'ledger.opened').map((r) => r.actor))];
+  if (owners.length !== 1) {
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `${agentLedger}: an agent ledger has one writer; this one has ${owners.length} (${owners.join(', ') || 'none'}); pass an agent's audit.jsonl`,
+    );
+  }
+  const owner = owners[0]!;
+  const key = (job: string, statistic: string): string => `${job}\u0000${statistic}`;
+  const approved = new Set<string>();
+  const receipts = new Map<string, AuditRecord>();
+  for (const r of agent) {
+    if (r.kind === 'plan.approved')
+      for (const s of (r.facts.statistics as { id: string; sha256: string | null }[] | undefined) ?? []) approved.add(`${key(r.job, s.id)}\u0000${s.sha256}`);
+    if (r.kind === 'receipt.issued') receipts.set(key(r.job, String(r.facts.statistic)), r);
+  }
+  const committed = new Map<string, AuditRecord>();
+  const signatures = new Map<string, string>();
+  for (const r of coordinator) {
+    if (r.facts.owner !== owner) continue;
+    if (r.kind === 'statistic.committed') committed.set(key(r.job, String(r.facts.statistic)), r);
+    if (r.kind === 'receipt.issued') signatures.set(key(r.job, String(r.facts.statistic)), String(r.facts.signature));
+  }
+  const rows: Reconciliation['rows'] = [];
+  for (const k of new Set([...receipts.keys(), ...committed.keys()])) {
+    const a = receipts.get(k);
+    const c = committed.get(k);
+    const [job, statistic] = k.split('\u0000') as [string, string];
+    const agentSha = a === undefined ? null : String(a.facts.sha256);
+    const coordinatorSha = c === undefined ? null : String(c.facts.sha256);
+    const isApproved = approved.has(`${k}\u0000${agentSha ?? coordinatorSha}`);
+    const status: Reconciliation['rows'][number]['status'] =
+      a === undefined
+        ? 'no agent receipt'
+        : c === undefined
+          ? 'no coordinator record'
+          : agentSha !== coordinatorSha || Number(a.facts.bytes) !== Number(c.facts.bytes)
+            ? 'digest differs'
+            : signatures.get(k) !== a.facts.coordinatorSignature
+              ? 'signature differs'
+              : !isApproved
+                ? 'not in an approved plan'
+                : 'match';
+    rows.push({ job, statistic, bytes: Number((a ?? c)!.facts.bytes), agentSha256: agentSha, coordinatorSha256: coordinatorSha, approved: isApproved, status });
+  }
+  rows.sort((x, y) => x.job.localeCompare(y.job) || x.statistic.localeCompare(y.statistic));
+  return { owner, agentLedger, coordinatorLedger, agree: rows.length > 0 && rows.every((r) => r.status === 'match'), rows };
+}
+
+export function formatReconciliation(r: Reconciliation): string {
+  const bad = r.rows.filter((x) => x.status !== 'match');
+  const jobs = [...new Set(r.rows.map((x) => x.job))];
+  const head = r.agree
+    ? `${r.owner}: the agent's and the coordinator's ledgers agree: ${r.rows.length} statistics in ${jobs.length} job(s) (${jobs.join(', ')}), each receipt matching a committed statistic byte for byte and an approved plan`
+    : `${r.owner}: the ledgers DISAGREE on ${bad.length} of ${r.rows.length} statistics`;
+  if (bad.length === 0) return head;
+  return `${head}\n${formatTable(
+    ['job', 'statistic', 'bytes', 'agent digest', 'coordinator digest', 'status'],
+    bad.map((x) => [x.job, x.statistic, x.bytes, x.agentSha256?.slice(0, 12) ?? '-', x.coordinatorSha256?.slice(0, 12) ?? '-', x.status]),
+  )}`;
 }
 
 export interface OwnerReport {

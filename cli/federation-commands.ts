@@ -10,7 +10,7 @@ import { parse as parseYaml } from 'yaml';
 import { type ClientTls, connectFederation, type ConnectOptions } from '../agent/index.js';
 import { type ServerTls } from '../coordinator/index.js';
 import { createCertificateAuthority, ErrorCode, fileError, GramfuseError, issueCertificate, MergeSpec } from '../shared/index.js';
-import { auditVerify } from './audit-commands.js';
+import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
 import { runEvaluation } from './evaluate.js';
 import { runLocalMerge } from './local-merge.js';
 
@@ -206,6 +206,8 @@ export async function runDemo(options: {
       const ledgers = { coordinator: join(dir, 'coordinator', 'audit.jsonl'), agents: orgs.map((o) => join(dir, o, 'audit.jsonl')) };
       const verify: string[] = [];
       for (const ledger of [ledgers.coordinator, ...ledgers.agents]) verify.push(`audit verify: ${await auditVerify(ledger)}`);
+      for (const agentLedger of ledgers.agents)
+        verify.push(`audit reconcile: ${formatReconciliation(await auditReconcile(agentLedger, ledgers.coordinator))}`);
       return {
         results,
         mergedModel,

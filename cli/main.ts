@@ -19,11 +19,12 @@ import {
   packageVersion,
   toGramfuseError,
 } from '../shared/index.js';
-import { auditReport, auditVerify, formatOwnerReport } from './audit-commands.js';
+import { auditPublish, auditReconcile, auditReport, auditVerify, auditVerifyStream, formatOwnerReport, formatReconciliation } from './audit-commands.js';
 import { runEvaluation } from './evaluate.js';
 import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, runDemo, type TlsFlags } from './federation-commands.js';
 import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
+import { formatJobEvent, watchJob } from './watch.js';
 import { runLocalMerge } from './local-merge.js';
 import { createProgressBar, progressEnabled } from './progress.js';
 
@@ -294,8 +295,9 @@ function buildProgram(): Command {
       .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
       .requiredOption('--state <dir>', 'durable state directory')
       .option('--creators <names>', 'comma-separated identities allowed to create jobs (default: any authenticated identity)')
+      .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
       .option('--json', 'print the listening address as one JSON line, and log lines as JSON'),
-  ).action(async (raw: TlsFlags & { listen: string; state: string; creators?: string; json?: boolean }) => {
+  ).action(async (raw: TlsFlags & { listen: string; state: string; creators?: string; nats?: string; json?: boolean }) => {
     const insecure = raw.insecureLoopback === true;
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
@@ -306,6 +308,7 @@ function buildProgram(): Command {
       log,
       ...(insecure ? { insecureLoopback: true } : { tls: await loadTls(raw) }),
       ...(raw.creators === undefined ? {} : { creators: raw.creators.split(',').map((c) => c.trim()) }),
+      ...(raw.nats === undefined ? {} : { nats: raw.nats }),
     });
     const host = raw.listen.slice(0, raw.listen.lastIndexOf(':'));
     stdout(
@@ -386,6 +389,26 @@ function buildProgram(): Command {
   });
   tlsOptions(
     job
+      .command('watch')
+      .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
+      .argument('<id>', 'job id')
+      .option('--nats <url>', 'follow gramfuse.jobs.<id>.* on NATS (replays the job\'s earlier events first)')
+      .option('--coordinator <host:port>', 'or follow the coordinator\'s status stream over gRPC')
+      .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
+      .option('--json', 'one JSON object per event'),
+  ).action(async (id: string, raw: TlsFlags & { nats?: string; coordinator?: string; timeout: string; json?: boolean }) => {
+    if ((raw.nats === undefined) === (raw.coordinator === undefined))
+      throw new GramfuseError(ErrorCode.InvalidArgument, 'job watch: give --nats URL or --coordinator HOST:PORT (one of them)');
+    const final = await watchJob(id, {
+      ...(raw.nats === undefined ? {} : { nats: raw.nats }),
+      ...(raw.coordinator === undefined ? {} : { connect: await connectOptions(raw.coordinator, raw) }),
+      timeoutSeconds: Number(raw.timeout),
+      onEvent: (event) => stdout(raw.json === true ? `${JSON.stringify(event)}\n` : `${formatJobEvent(event)}\n`),
+    });
+    if (final === 'failed') throw new GramfuseError(ErrorCode.JobClosed, `job ${id} failed (see the events above)`);
+  });
+  tlsOptions(
+    job
       .command('download')
       .description("Download a solved job's merged model (or report)")
       .argument('<id>', 'job id')
@@ -415,10 +438,12 @@ function buildProgram(): Command {
       .requiredOption('--job <id>', 'job id')
       .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
       .option('--yes', 'approve the disclosure plan without asking (automation)')
-      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024)),
+      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)"),
   ).action(
     async (
-      raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string },
+      raw: Record<string, unknown> &
+        TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string; nats?: string },
     ) => {
       const flags = parseFlags(AgentFlags, raw);
       const base = toAgentOptions(flags);
@@ -432,6 +457,7 @@ function buildProgram(): Command {
         workDir: raw.workDir,
         yes: raw.yes === true,
         chunkBytes: Number(raw.chunkBytes),
+        ...(raw.nats === undefined ? {} : { nats: raw.nats }),
         onPlan: (plan, examples) => {
           if (!flags.json) process.stderr.write(`${formatPlan(plan, examples)}\n\n`);
         },
@@ -461,10 +487,35 @@ function buildProgram(): Command {
     .description(
       "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
     )
-    .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .option('--nats <url>', 'instead: every writer\'s records in the GRAMFUSE_AUDIT JetStream stream')
     .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
-    .action(async (raw: { ledger: string; keys?: string[] }) => {
-      stdout(`${await auditVerify(raw.ledger, raw.keys)}\n`);
+    .action(async (raw: { ledger?: string; nats?: string; keys?: string[] }) => {
+      if ((raw.ledger === undefined) === (raw.nats === undefined))
+        throw new GramfuseError(ErrorCode.InvalidArgument, 'audit verify: give --ledger FILE or --nats URL (one of them)');
+      stdout(`${raw.ledger !== undefined ? await auditVerify(raw.ledger, raw.keys) : await auditVerifyStream(raw.nats!, raw.keys)}\n`);
+    });
+  audit
+    .command('publish')
+    .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
+    .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .requiredOption('--nats <url>', 'NATS with JetStream')
+    .option('--timeout <seconds>', 'give up after this long', '60')
+    .action(async (raw: { ledger: string; nats: string; timeout: string }) => {
+      stdout(`${await auditPublish(raw.ledger, raw.nats, Number(raw.timeout))}\n`);
+    });
+  audit
+    .command('reconcile')
+    .description("Show that an agent's and the coordinator's ledgers agree: every receipt matches a committed statistic, byte for byte")
+    .requiredOption('--agent-ledger <path>', "the agent's audit.jsonl")
+    .requiredOption('--coordinator-ledger <path>', "the coordinator's audit.jsonl")
+    .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
+    .option('--json', 'print one JSON object')
+    .action(async (raw: { agentLedger: string; coordinatorLedger: string; keys?: string[]; json?: boolean }) => {
+      const result = await auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${formatReconciliation(result)}\n`);
+      if (!result.agree)
+        throw new GramfuseError(ErrorCode.AuditInvalid, `the ledgers disagree on ${result.rows.filter((r) => r.status !== 'match').length} statistics`);
     });
   audit
     .command('report')

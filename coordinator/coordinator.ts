@@ -1,38 +1,29 @@
 import { createHash } from 'node:crypto';
-import { appendFile } from 'node:fs/promises';
 
 import {
-  addContribution,
   analyzeModel,
   BundleManifest,
-  contributionFromTensors,
-  createOrtSolver,
-  emptyAggregate,
+  callWorker,
   ErrorCode,
+  type EventBus,
   FileLedger,
-  finishParameters,
-  formatMergeReport,
   generateSigningKeys,
   GramfuseError,
+  InProcessBus,
+  type JobEvent,
   type JobSpec,
   type JobState,
-  listParameters,
   loadModel,
-  type MergeReport,
   type ModelAnalysis,
-  type OnnxModel,
-  packageVersion,
   parseJobSpec,
   planDisclosure,
-  readParameterValues,
+  type PlannedStatistic,
   saveModel,
   signFields,
   type SigningKeys,
-  solveRegMean,
   toGramfuseError,
-  withParameterValues,
-  writeSafetensors,
 } from '../shared/index.js';
+import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
 import { FileStore, statisticFile } from './store.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server.ts). */
@@ -86,7 +77,6 @@ interface PersistedState {
 interface Job {
   spec: JobSpec;
   fingerprint: string;
-  template: OnnxModel;
   analysis: ModelAnalysis;
   persisted: PersistedState;
   manifests: Map<string, BundleManifest>;
@@ -94,24 +84,34 @@ interface Job {
   held: Map<string, Map<string, Set<number>>>;
   committed: Map<string, Map<string, Receipt>>;
   uploadedBytes: number;
-  listeners: Set<() => void>;
+  /** owner → the group commit in progress (uploadState waits for it, so a resumed upload sees its result). */
+  committing: Map<string, Promise<unknown>>;
+}
+
+/** Statistics verified in one upload stream and not yet committed: committed together (one fsync pass). */
+export class CommitBatch {
+  readonly entries: { jobId: string; statistic: PlannedStatistic; file: string[] }[] = [];
+  bytes = 0;
+
+  has(jobId: string, statisticId: string): boolean {
+    return this.entries.some((e) => e.jobId === jobId && e.statistic.id === statisticId);
+  }
 }
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
-/** A job's in-memory record: what was loaded or created, with nothing uploaded yet. */
-function newJob(spec: JobSpec, template: OnnxModel, analysis: ModelAnalysis, persisted: PersistedState): Job {
+/** A job's in-memory record: what was loaded or created, with nothing uploaded yet. The template stays on disk. */
+function newJob(spec: JobSpec, analysis: ModelAnalysis, persisted: PersistedState): Job {
   return {
     spec,
     fingerprint: analysis.fingerprint,
-    template,
     analysis,
     persisted,
     manifests: new Map(),
     held: new Map(),
     committed: new Map(),
     uploadedBytes: 0,
-    listeners: new Set(),
+    committing: new Map(),
   };
 }
 
@@ -121,6 +121,8 @@ export interface CoordinatorOptions {
   /** The coordinator's own identity in audit records. Default `coordinator`. */
   readonly identity?: string;
   readonly log?: (line: string) => void;
+  /** Where control-plane events go besides the coordinator's own in-process bus (e.g. NATS). */
+  readonly events?: EventBus;
 }
 
 /**
@@ -134,6 +136,8 @@ export class Coordinator {
   /** The coordinator's audit ledger (state dir/audit.jsonl): everything it received and produced. */
   ledger!: FileLedger;
   private readonly solving = new Map<string, Promise<void>>();
+  /** Control-plane events (DESIGN.md §6): the gRPC Watch follows this bus; `options.events` gets a copy. */
+  readonly events = new InProcessBus();
 
   private constructor(
     readonly store: FileStore,
@@ -161,10 +165,9 @@ export class Coordinator {
     );
     for (const id of await this.store.list(['jobs'])) {
       const spec = parseJobSpec(await this.store.readJson(['jobs', id, 'spec.json']), `job ${id}`);
-      const template = await loadModel(this.store.path('jobs', id, 'template.onnx'));
-      const analysis = await analyzeModel(template);
+      const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')));
       const persisted = (await this.store.readJson<PersistedState>(['jobs', id, 'state.json']))!;
-      const job = newJob(spec, template, analysis, persisted);
+      const job = newJob(spec, analysis, persisted);
       for (const owner of await this.store.list(['jobs', id, 'owners'])) {
         const manifest = await this.store.readJson<BundleManifest>(['jobs', id, 'owners', owner, 'manifest.json']);
         if (manifest !== undefined) job.manifests.set(owner, manifest);
@@ -179,12 +182,16 @@ export class Coordinator {
         job.committed.set(owner, committed);
         const held = new Map<string, Set<number>>();
         for (const s of manifest?.plan.statistics ?? []) {
-          const chunks = await this.store.list(['jobs', id, 'owners', owner, 'chunks', statisticFile(s.id)]);
-          if (chunks.length > 0) held.set(s.id, new Set(chunks.map(Number)));
+          if (committed.has(s.id)) continue;
+          const text = (await this.store.read(['jobs', id, 'owners', owner, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
+          // Only whole lines count: a line cut by a crash names a chunk whose write may not have finished.
+          const indices = (text ?? '').split('\n').slice(0, -1).map(Number).filter(Number.isInteger);
+          if (indices.length > 0) held.set(s.id, new Set(indices));
         }
         job.held.set(owner, held);
       }
       this.jobs.set(id, job);
+      this.scheduleDeadline(id);
       this.log(`loaded job ${id} (${persisted.state}, ${persisted.completed.length} owners complete)`);
       if (persisted.state === 'solving') void this.solve(id);
     }
@@ -215,17 +222,36 @@ export class Coordinator {
     return [...this.jobs.keys()].map((id) => this.view(id));
   }
 
-  /** Calls `listener` on every change of the job until the returned function is called. */
-  watch(id: string, listener: () => void): () => void {
-    const job = this.job(id);
-    job.listeners.add(listener);
-    return () => job.listeners.delete(listener);
+  /** Calls `listener` with each event of the job until the returned function is called. */
+  async watch(id: string, listener: (event: JobEvent) => void): Promise<() => Promise<void>> {
+    this.job(id);
+    return this.events.subscribe(id, listener);
+  }
+
+  /** Publishes a control-plane event on the in-process bus and, when configured, on NATS (never failing the caller). */
+  private emit(job: string, type: JobEvent['type'], data: Record<string, unknown>): void {
+    const event: JobEvent = { job, type, time: new Date().toISOString(), data };
+    void this.events.publish(event);
+    this.options.events?.publish(event).catch((error: unknown) => this.log(`event ${type} of job ${job} not sent: ${(error as Error).message}`));
   }
 
   private async persist(id: string): Promise<void> {
     const job = this.job(id);
     await this.store.write(['jobs', id, 'state.json'], JSON.stringify(job.persisted, null, 2));
-    for (const listener of job.listeners) listener();
+  }
+
+  /** Moves a job to `state`, durably, and says so on the event bus. */
+  private async transition(id: string, state: JobState): Promise<void> {
+    const job = this.job(id);
+    job.persisted.state = state;
+    await this.persist(id);
+    this.emit(id, 'state', {
+      state,
+      completed: job.persisted.completed.length,
+      quorum: job.spec.quorum ?? job.spec.participants.length,
+      ...(job.persisted.failure === undefined ? {} : { failure: job.persisted.failure }),
+      ...(job.persisted.result === undefined ? {} : { result: job.persisted.result }),
+    });
   }
 
   async createJob(identity: string, specValue: unknown, templateSource: Uint8Array | string): Promise<JobView> {
@@ -266,8 +292,9 @@ export class Coordinator {
     const templateBytes = (await this.store.read(['jobs', spec.id, 'template.onnx']))!;
     await this.store.write(['jobs', spec.id, 'spec.json'], JSON.stringify(spec, null, 2));
     const persisted: PersistedState = { state: 'open', createdBy: identity, completed: [], evaluations: [] };
-    this.jobs.set(spec.id, newJob(spec, { ...template, source: `job ${spec.id} template` }, analysis, persisted));
-    await this.persist(spec.id);
+    this.jobs.set(spec.id, newJob(spec, analysis, persisted));
+    await this.transition(spec.id, 'open');
+    this.scheduleDeadline(spec.id);
     await this.ledger.append('job.created', spec.id, {
       createdBy: identity,
       spec,
@@ -276,6 +303,41 @@ export class Coordinator {
     });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
+  }
+
+  /** A job still collecting when its `deadlines.collect` passes fails with DEADLINE_EXCEEDED (and says who was missing). */
+  private scheduleDeadline(id: string): void {
+    const job = this.job(id);
+    const at = job.spec.deadlines.collect;
+    if (at === undefined || (job.persisted.state !== 'open' && job.persisted.state !== 'collecting')) return;
+    const check = (): void => {
+      const remaining = Date.parse(at) - Date.now();
+      if (remaining > 0) {
+        // setTimeout holds at most ~24.8 days; wait in steps.
+        setTimeout(check, Math.min(remaining, 2 ** 31 - 1)).unref();
+        return;
+      }
+      if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting') return;
+      const missing = job.spec.participants.filter((p) => !job.persisted.completed.includes(p));
+      void this.fail(
+        id,
+        new GramfuseError(
+          ErrorCode.DeadlineExceeded,
+          `job ${id}: the collection deadline ${at} passed with ${job.persisted.completed.length} of ${job.spec.quorum ?? job.spec.participants.length} owners complete (missing: ${missing.join(', ')})`,
+          { facts: { job: id, deadline: at } },
+        ),
+      );
+    };
+    check();
+  }
+
+  private async fail(id: string, error: GramfuseError): Promise<void> {
+    const job = this.job(id);
+    job.persisted.failure = { code: error.code, message: error.message };
+    // Recorded first, so whoever sees the state change finds the record.
+    await this.ledger.append('job.failed', id, { code: error.code, message: error.message }).catch(() => undefined);
+    await this.transition(id, 'failed').catch(() => undefined);
+    this.log(`job ${id}: failed: ${error.toLine()}`);
   }
 
   private participant(job: Job, identity: string): void {
@@ -384,7 +446,7 @@ export class Coordinator {
           { facts: { identity } },
         );
       }
-      await this.store.remove(['jobs', jobId, 'owners', identity, 'chunks']);
+      await this.store.remove(['jobs', jobId, 'owners', identity, 'partial']);
       job.held.set(identity, new Map());
     }
     if (previous === undefined && job.uploadedBytes + total > job.spec.limits.maxJobBytes) {
@@ -398,16 +460,15 @@ export class Coordinator {
     await this.store.write(['jobs', jobId, 'owners', identity, 'manifest.json'], JSON.stringify(manifest));
     if (!job.held.has(identity)) job.held.set(identity, new Map());
     if (!job.committed.has(identity)) job.committed.set(identity, new Map());
-    if (job.persisted.state === 'open') {
-      job.persisted.state = 'collecting';
-      await this.persist(jobId);
-    }
+    if (previous === undefined) this.emit(jobId, 'joined', { owner: identity, statistics: plan.statistics.length, bytes: total });
+    if (job.persisted.state === 'open') await this.transition(jobId, 'collecting');
     return this.uploadState(identity, jobId);
   }
 
-  uploadState(identity: string, jobId: string): Map<string, { held: number[]; committed: boolean }> {
+  async uploadState(identity: string, jobId: string): Promise<Map<string, { held: number[]; committed: boolean }>> {
     const job = this.job(jobId);
     this.participant(job, identity);
+    await job.committing.get(identity)?.catch(() => undefined);
     const out = new Map<string, { held: number[]; committed: boolean }>();
     const manifest = job.manifests.get(identity);
     for (const s of manifest?.plan.statistics ?? []) {
@@ -419,12 +480,17 @@ export class Coordinator {
     return out;
   }
 
-  /** Verifies and stores one chunk; commits the statistic (and returns its receipt) once all chunks verify. */
-  async acceptChunk(identity: string, chunk: ChunkIn): Promise<{ receipt?: Receipt; skipped: boolean }> {
+  /**
+   * Verifies and stores one chunk. When the statistic's last chunk arrives, the assembled statistic is
+   * checked against the manifest's digest and added to `batch`; `commit` makes the batch durable and
+   * returns its receipts. A statistic already committed is skipped (idempotent replay).
+   */
+  async acceptChunk(identity: string, chunk: ChunkIn, batch: CommitBatch): Promise<{ receipt?: Receipt; skipped: boolean }> {
     const job = this.job(chunk.jobId);
     this.participant(job, identity);
     const existing = job.committed.get(identity)?.get(chunk.statisticId);
     if (existing !== undefined) return { receipt: existing, skipped: true }; // idempotent replay
+    if (batch.has(chunk.jobId, chunk.statisticId)) return { skipped: true };
     this.accepting(job);
     const manifest = job.manifests.get(identity);
     if (manifest === undefined)
@@ -464,76 +530,133 @@ export class Coordinator {
         { facts: { statistic: chunk.statisticId, index: chunk.index } },
       );
     }
-    const dir = ['jobs', chunk.jobId, 'owners', identity, 'chunks', statisticFile(chunk.statisticId)];
+    const owner = ['jobs', chunk.jobId, 'owners', identity];
+    const name = statisticFile(chunk.statisticId);
+    const committedFile = [...owner, 'committed', `${name}.bin`];
     const held = job.held.get(identity)!;
-    let whole: Buffer;
-    if (chunk.count === 1) {
-      // A one-chunk statistic is verified and committed directly: one durable write instead of two.
-      whole = Buffer.from(chunk.data.buffer, chunk.data.byteOffset, chunk.data.byteLength);
-    } else {
-      await this.store.write([...dir, String(chunk.index)], chunk.data);
-      let indices = held.get(chunk.statisticId);
-      if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
-      indices.add(chunk.index);
-      if (indices.size < chunk.count) return { skipped: false };
-      // Every chunk is here: assemble, verify against the manifest's digest, commit.
-      const parts: Buffer[] = [];
-      for (let i = 0; i < chunk.count; i++) parts.push((await this.store.read([...dir, String(i)]))!);
-      whole = Buffer.concat(parts);
-    }
-    if (whole.byteLength !== planned.bytes || sha256(whole) !== planned.sha256) {
-      await this.store.remove(dir);
-      held.delete(chunk.statisticId);
-      throw new GramfuseError(
+    const mismatch = (): GramfuseError =>
+      new GramfuseError(
         ErrorCode.UploadInvalid,
         `statistic ${chunk.statisticId} assembled from ${chunk.count} chunks does not match its manifest digest; its chunks were discarded (resend)`,
         { facts: { statistic: chunk.statisticId } },
       );
+    if (chunk.count === 1) {
+      // A one-chunk statistic is checked in memory and written once, without fsync: the group commit syncs it.
+      if (chunk.data.byteLength !== planned.bytes || sha256(chunk.data) !== planned.sha256) throw mismatch();
+      await this.store.write(committedFile, chunk.data, false);
+    } else {
+      // Chunks go straight to their offsets of one file; `.held` lists the chunks written (no fsync: the
+      // statistic's digest is checked when the last chunk arrives, so a torn chunk is found, not used).
+      await this.store.writeAt([...owner, 'partial', `${name}.bin`], chunk.offset, chunk.data);
+      await this.store.appendLines([...owner, 'partial', `${name}.held`], [String(chunk.index)], false);
+      let indices = held.get(chunk.statisticId);
+      if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
+      indices.add(chunk.index);
+      if (indices.size < chunk.count) return { skipped: false };
+      const whole = await this.store.sha256([...owner, 'partial', `${name}.bin`]);
+      if (whole.bytes !== planned.bytes || whole.sha256 !== planned.sha256) {
+        await this.store.remove([...owner, 'partial', `${name}.bin`]);
+        await this.store.remove([...owner, 'partial', `${name}.held`]);
+        held.delete(chunk.statisticId);
+        throw mismatch();
+      }
+      await this.store.rename([...owner, 'partial', `${name}.bin`], committedFile);
+      await this.store.remove([...owner, 'partial', `${name}.held`]);
+      held.delete(chunk.statisticId);
     }
-    await this.store.write(['jobs', chunk.jobId, 'owners', identity, 'committed', `${statisticFile(chunk.statisticId)}.bin`], whole);
-    const fields: ReceiptFields = {
-      jobId: chunk.jobId,
-      owner: identity,
-      statisticId: chunk.statisticId,
-      sha256: planned.sha256,
-      bytes: planned.bytes,
-      committedAt: new Date().toISOString(),
-    };
-    const receipt: Receipt = { ...fields, signature: signFields({ ...fields }, this.keys.privateKeyPem) };
-    const receiptsPath = this.store.path('jobs', chunk.jobId, 'owners', identity, 'receipts.jsonl');
-    await appendFile(receiptsPath, `${JSON.stringify(receipt)}\n`);
-    job.committed.get(identity)!.set(chunk.statisticId, receipt);
-    await this.ledger.append('statistic.committed', chunk.jobId, {
-      owner: identity,
-      statistic: planned.id,
-      kind: planned.kind,
-      tensors: planned.tensors,
-      shape: planned.shape,
-      dtype: planned.dtype,
-      bytes: planned.bytes,
-      rows: planned.rows ?? null,
-      sha256: planned.sha256,
+    batch.entries.push({ jobId: chunk.jobId, statistic: planned, file: committedFile });
+    batch.bytes += planned.bytes;
+    return { skipped: false };
+  }
+
+  /**
+   * Commits the batch (a group commit): fsyncs its statistics, appends their signed receipts to the
+   * owner's receipt log with one fsync (the commit point), records them in the audit ledger with one
+   * fsync, and returns the receipts. A crash before the receipt log is written only means a resend.
+   */
+  commit(identity: string, batch: CommitBatch): Promise<Receipt[]> {
+    const entries = batch.entries.splice(0);
+    batch.bytes = 0;
+    if (entries.length === 0) return Promise.resolve([]);
+    const jobId = entries[0]!.jobId;
+    const job = this.job(jobId);
+    const previous = job.committing.get(identity) ?? Promise.resolve();
+    const work = previous.catch(() => undefined).then(() => this.commitEntries(identity, job, entries));
+    job.committing.set(identity, work);
+    return work;
+  }
+
+  private async commitEntries(identity: string, job: Job, entries: CommitBatch['entries']): Promise<Receipt[]> {
+    const jobId = job.spec.id;
+    await this.store.sync(entries.map((e) => e.file));
+    const committedAt = new Date().toISOString();
+    const receipts = entries.map(({ statistic }) => {
+      const fields: ReceiptFields = {
+        jobId,
+        owner: identity,
+        statisticId: statistic.id,
+        sha256: statistic.sha256!,
+        bytes: statistic.bytes,
+        committedAt,
+      };
+      return { ...fields, signature: signFields({ ...fields }, this.keys.privateKeyPem) };
     });
-    await this.ledger.append('receipt.issued', chunk.jobId, {
+    await this.store.appendLines(
+      ['jobs', jobId, 'owners', identity, 'receipts.jsonl'],
+      receipts.map((r) => JSON.stringify(r)),
+      true,
+    );
+    const committed = job.committed.get(identity)!;
+    for (const receipt of receipts) {
+      committed.set(receipt.statisticId, receipt);
+      job.uploadedBytes += receipt.bytes;
+    }
+    await this.ledger.appendAll(
+      entries.flatMap(({ statistic }, i) => [
+        {
+          kind: 'statistic.committed' as const,
+          job: jobId,
+          facts: {
+            owner: identity,
+            statistic: statistic.id,
+            kind: statistic.kind,
+            tensors: statistic.tensors,
+            shape: statistic.shape,
+            dtype: statistic.dtype,
+            bytes: statistic.bytes,
+            rows: statistic.rows ?? null,
+            sha256: statistic.sha256,
+          },
+        },
+        {
+          kind: 'receipt.issued' as const,
+          job: jobId,
+          facts: {
+            owner: identity,
+            statistic: statistic.id,
+            sha256: statistic.sha256,
+            bytes: statistic.bytes,
+            committedAt,
+            signature: receipts[i]!.signature,
+          },
+        },
+      ]),
+    );
+    const total = job.manifests.get(identity)!.plan.statistics.length;
+    this.emit(jobId, 'upload', {
       owner: identity,
-      statistic: planned.id,
-      sha256: planned.sha256,
-      bytes: planned.bytes,
-      committedAt: receipt.committedAt,
-      signature: receipt.signature,
+      committed: committed.size,
+      total,
+      bytes: [...committed.values()].reduce((sum, r) => sum + r.bytes, 0),
     });
-    job.uploadedBytes += planned.bytes;
-    if (chunk.count > 1) await this.store.remove(dir);
-    held.delete(chunk.statisticId);
-    if (job.committed.get(identity)!.size === manifest.plan.statistics.length && !job.persisted.completed.includes(identity)) {
+    if (committed.size === total && !job.persisted.completed.includes(identity)) {
       job.persisted.completed.push(identity);
-      this.log(
-        `job ${chunk.jobId}: ${identity} complete (${job.persisted.completed.length}/${job.spec.quorum ?? job.spec.participants.length})`,
-      );
-      await this.persist(chunk.jobId);
-      if (job.persisted.completed.length >= (job.spec.quorum ?? job.spec.participants.length)) void this.solve(chunk.jobId);
+      const quorum = job.spec.quorum ?? job.spec.participants.length;
+      this.log(`job ${jobId}: ${identity} complete (${job.persisted.completed.length}/${quorum})`);
+      await this.persist(jobId);
+      if (job.persisted.completed.length >= quorum && job.persisted.state === 'collecting') void this.solve(jobId);
     }
-    return { receipt, skipped: false };
+    return receipts;
   }
 
   /** Aggregates the committed statistics of the completed owners, solves, and writes the result. */
@@ -553,104 +676,39 @@ export class Coordinator {
   private async runSolve(jobId: string): Promise<void> {
     const job = this.job(jobId);
     try {
-      job.persisted.state = 'solving';
-      await this.persist(jobId);
-      const started = performance.now();
-      const aggregate = emptyAggregate(job.fingerprint);
-      const owners: MergeReport['owners'][number][] = [];
-      for (const owner of [...job.persisted.completed].sort()) {
-        const manifest = job.manifests.get(owner)!;
-        const tensors = new Map<string, Float64Array>();
-        for (const s of manifest.plan.statistics) {
-          // A copy into its own (aligned) buffer: the file's Buffer may sit at any offset of Node's pool.
-          const bytes = new Uint8Array(
-            (await this.store.read(['jobs', jobId, 'owners', owner, 'committed', `${statisticFile(s.id)}.bin`]))!,
-          );
-          tensors.set(
-            s.id,
-            s.dtype === 'float32'
-              ? Float64Array.from(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4))
-              : new Float64Array(bytes.buffer),
-          );
-        }
-        const contribution = contributionFromTensors(manifest.plan, tensors);
-        addContribution(aggregate, contribution);
-        owners.push({
-          name: owner,
-          model: `agent ${owner}`,
-          data: null,
-          examples: contribution.examples,
-          tokens: contribution.tokens,
-          rows: contribution.rows,
-        });
-      }
-      const spec = job.spec.merge;
-      const values = finishParameters(aggregate, spec, undefined);
-      let layers: MergeReport['layers'] = [];
-      if (spec.method === 'regmean') {
-        const solver = await createOrtSolver();
-        try {
-          const solved = await solveRegMean(aggregate, job.analysis, solver);
-          for (const [name, v] of solved.values) values.set(name, v);
-          layers = solved.layers;
-        } finally {
-          await solver.release();
-        }
-      }
-      const solveSeconds = (performance.now() - started) / 1000;
-      const merged = withParameterValues(job.template, values);
-      await this.store.directory(['jobs', jobId, 'result']);
-      const modelPath = this.store.path('jobs', jobId, 'result', 'merged.onnx');
-      await saveModel(merged, modelPath);
-      const modelBytes = (await this.store.read(['jobs', jobId, 'result', 'merged.onnx']))!;
-      const params = listParameters(job.template);
-      await writeSafetensors(
-        this.store.path('jobs', jobId, 'result', 'merged.safetensors'),
-        params.map((p) => ({
-          name: p.name,
-          dtype: 'F32' as const,
-          shape: p.shape,
-          data: Float32Array.from(values.get(p.name) ?? readParameterValues(job.template, p.name)),
-        })),
-        { method: spec.method, fingerprint: job.fingerprint, job: jobId },
-      );
-      const solvedNames = new Set(layers.flatMap((l) => l.weights));
-      const report: MergeReport = {
-        tool: { name: 'gramfuse', version: packageVersion() },
-        createdAt: new Date().toISOString(),
-        spec,
-        template: `job ${jobId} template`,
+      await this.transition(jobId, 'solving');
+      const owners = [...job.persisted.completed].sort();
+      const request: SolveRequest = {
+        stateDir: this.store.root,
+        jobId,
+        spec: job.spec.merge,
         fingerprint: job.fingerprint,
-        base: null,
-        owners,
-        layers,
-        averaged: params.map((p) => p.name).filter((n) => !solvedNames.has(n)),
-        seconds: { collect: 0, solve: solveSeconds, write: 0, total: solveSeconds },
-        peakRssMb: process.resourceUsage().maxRSS / 1024,
-        outputs: { model: 'merged.onnx', modelSha256: sha256(modelBytes), safetensors: 'merged.safetensors', report: 'report.json' },
+        analysis: job.analysis,
+        owners: owners.map((owner) => ({ owner, statistics: job.manifests.get(owner)!.plan.statistics })),
       };
-      await this.store.write(['jobs', jobId, 'result', 'report.json'], `${JSON.stringify(report, null, 2)}\n`);
-      await this.store.write(['jobs', jobId, 'result', 'report.txt'], `${formatMergeReport(report)}\n`);
-      job.persisted.state = 'done';
-      job.persisted.result = { sha256: sha256(modelBytes), bytes: modelBytes.byteLength };
+      // The solve runs in a worker thread: onnxruntime's run() blocks its thread, and gRPC must keep being served.
+      const outcome = await callWorker<SolveProgress, SolveOutcome>(import.meta.url, 'solve-worker', request, (progress) =>
+        this.emit(jobId, 'solve', { ...progress }),
+      );
+      job.persisted.result = { sha256: outcome.modelSha256, bytes: outcome.modelBytes };
       await this.ledger.append('solve.done', jobId, {
-        owners: [...job.persisted.completed].sort().map((owner) => ({
+        owners: owners.map((owner) => ({
           owner,
           statistics: [...(job.committed.get(owner)?.values() ?? [])].map((r) => ({ id: r.statisticId, sha256: r.sha256 })),
         })),
-        mergedModelSha256: sha256(modelBytes),
-        reportSha256: sha256(Buffer.from(`${JSON.stringify(report, null, 2)}\n`)),
-        method: spec.method,
+        mergedModelSha256: outcome.modelSha256,
+        reportSha256: outcome.reportSha256,
+        method: job.spec.merge.method,
       });
-      await this.persist(jobId);
-      this.log(`job ${jobId}: solved in ${solveSeconds.toFixed(2)} s, merged model sha256 ${job.persisted.result.sha256.slice(0, 16)}…`);
+      await this.transition(jobId, 'done');
+      this.emit(jobId, 'result', { sha256: outcome.modelSha256, bytes: outcome.modelBytes, artifacts: ['merged.onnx', 'merged.safetensors', 'report.json'] });
+      const s = outcome.seconds;
+      this.log(
+        `job ${jobId}: solved (${s.solve.toFixed(2)} s solve, ${s.average.toFixed(2)} s average, ${s.write.toFixed(2)} s write` +
+          `${outcome.resumedGroups > 0 ? `, ${outcome.resumedGroups} groups resumed from disk` : ''}), merged model sha256 ${outcome.modelSha256.slice(0, 16)}…`,
+      );
     } catch (error) {
-      const coded = toGramfuseError(error);
-      job.persisted.state = 'failed';
-      job.persisted.failure = { code: coded.code, message: coded.message };
-      await this.persist(jobId).catch(() => undefined);
-      await this.ledger.append('job.failed', jobId, { code: coded.code, message: coded.message }).catch(() => undefined);
-      this.log(`job ${jobId}: failed: ${coded.toLine()}`);
+      await this.fail(jobId, toGramfuseError(error));
     }
   }
 

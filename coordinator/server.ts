@@ -4,8 +4,8 @@ import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../proto/index.js';
-import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../shared/index.js';
-import { type ChunkIn, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
+import { AuditPublisher, ErrorCode, GramfuseError, grpcStatusByErrorCode, NatsEventBus, toGramfuseError } from '../shared/index.js';
+import { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
 export interface ServerTls {
@@ -22,6 +22,11 @@ export interface CoordinatorServerOptions extends CoordinatorOptions {
   readonly tls?: ServerTls;
   /** Plain text on 127.0.0.1 only, identities from the `x-gramfuse-identity` header: for local demos. */
   readonly insecureLoopback?: boolean;
+  /**
+   * A NATS server with JetStream: control-plane events go to `gramfuse.jobs.<job>.*` and every audit record
+   * is also published to GRAMFUSE_AUDIT (the file ledger stays the source; an outage only delays publishing).
+   */
+  readonly nats?: string;
 }
 
 export type ServerState = 'starting' | 'serving' | 'draining' | 'stopped';
@@ -87,7 +92,10 @@ function chunkFromProto(c: federation.Chunk): ChunkIn {
 /** Starts the coordinator's gRPC server. */
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
   let state: ServerState = 'starting';
-  const coordinator = await Coordinator.open(options.stateDir, options);
+  const events = options.nats === undefined ? undefined : await NatsEventBus.connect(options.nats, 'gramfuse coordinator');
+  const coordinator = await Coordinator.open(options.stateDir, { ...options, ...(events === undefined ? {} : { events }) });
+  const publisher =
+    options.nats === undefined ? undefined : await AuditPublisher.start(coordinator.ledger, options.nats, 'gramfuse coordinator audit', options.log);
   if (options.tls === undefined && options.insecureLoopback !== true) {
     throw new GramfuseError(
       ErrorCode.InvalidArgument,
@@ -154,22 +162,29 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       };
     }),
     watch: (call: grpc.ServerWritableStream<federation.GetJobRequest, federation.JobStatus>) => {
-      try {
-        identity(call);
-        const send = (): void => {
-          const view = coordinator.view(call.request.jobId);
-          call.write(jobToProto(view));
-          if (view.state === 'done' || view.state === 'failed') {
-            stop();
-            call.end();
-          }
-        };
-        const stop = coordinator.watch(call.request.jobId, send);
-        call.on('cancelled', stop);
-        send();
-      } catch (error) {
-        call.emit('error', toStatus(error));
-      }
+      void (async () => {
+        try {
+          identity(call);
+          let stop: (() => Promise<void>) | undefined = undefined;
+          let ended = false;
+          const send = (): void => {
+            if (ended) return;
+            const view = coordinator.view(call.request.jobId);
+            call.write(jobToProto(view));
+            if (view.state === 'done' || view.state === 'failed') {
+              ended = true;
+              void stop?.();
+              call.end();
+            }
+          };
+          // Every event of the job (state, joins, upload and solve progress) sends the job's current status.
+          stop = await coordinator.watch(call.request.jobId, send);
+          call.on('cancelled', () => void stop?.());
+          send();
+        } catch (error) {
+          call.emit('error', toStatus(error));
+        }
+      })();
     },
   } satisfies federation.JobsServer);
 
@@ -182,8 +197,8 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
       };
     }),
-    state: unary<federation.GetJobRequest, federation.UploadState>((call) => {
-      const held = coordinator.uploadState(identity(call), call.request.jobId);
+    state: unary<federation.GetJobRequest, federation.UploadState>(async (call) => {
+      const held = await coordinator.uploadState(identity(call), call.request.jobId);
       return {
         jobId: call.request.jobId,
         statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
@@ -201,9 +216,17 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         return;
       }
       const receipts: Receipt[] = [];
+      const batch = new CommitBatch();
       let received = 0;
       let skipped = 0;
       let failed = false;
+      let finished = false;
+      const addReceipts = (list: readonly Receipt[]): void => {
+        for (const receipt of list) if (!receipts.some((r) => r.statisticId === receipt.statisticId)) receipts.push(receipt);
+      };
+      // Verified statistics are committed in groups (at most 64 or 64 MiB at a time, and at the end of the
+      // stream); a stream cut off, or one that fails, still commits what verified before it.
+      const commit = async (): Promise<void> => addReceipts(await coordinator.commit(who, batch));
       // Chunks are verified one at a time: the stream is paused while one is stored (backpressure).
       let queue = Promise.resolve();
       call.on('data', (chunk: federation.Chunk) => {
@@ -211,13 +234,14 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         queue = queue.then(async () => {
           if (failed) return;
           try {
-            const result = await coordinator.acceptChunk(who, chunkFromProto(chunk));
+            const result = await coordinator.acceptChunk(who, chunkFromProto(chunk), batch);
             if (result.skipped) skipped++;
             else received++;
-            if (result.receipt !== undefined && !receipts.some((r) => r.statisticId === result.receipt!.statisticId))
-              receipts.push(result.receipt);
+            if (result.receipt !== undefined) addReceipts([result.receipt]);
+            if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) await commit();
           } catch (error) {
             failed = true;
+            await commit().catch(() => undefined);
             callback(toStatus(error));
           } finally {
             call.resume();
@@ -225,10 +249,22 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         });
       });
       call.on('end', () => {
-        void queue.then(() => {
-          if (!failed) callback(null, { receipts: receipts.map(receiptToProto), chunksReceived: received, chunksSkipped: skipped });
+        finished = true;
+        void queue.then(async () => {
+          if (failed) return;
+          try {
+            await commit();
+            callback(null, { receipts: receipts.map(receiptToProto), chunksReceived: received, chunksSkipped: skipped });
+          } catch (error) {
+            callback(toStatus(error));
+          }
         });
       });
+      const abandoned = (): void => {
+        if (!finished) void queue.then(commit).catch(() => undefined);
+      };
+      call.on('cancelled', abandoned);
+      call.on('error', abandoned);
     },
   } satisfies federation.UploadsServer);
 
@@ -294,6 +330,12 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         resolve();
       });
     });
+    if (publisher !== undefined) {
+      const left = await publisher.flush(Math.min(graceMs, 5000));
+      if (left > 0) options.log?.(`audit: ${left} record(s) not yet on NATS; they are published at the next start`);
+      await publisher.close();
+    }
+    await events?.close();
     state = 'stopped';
   };
   return { port, coordinator, state: () => state, close, [Symbol.asyncDispose]: () => close() };

@@ -7,20 +7,26 @@ import { fileError } from './errors.js';
 /**
  * Writes a file so that it is either absent, the old version, or complete: the parts go to a temporary
  * file beside it, which is fsynced and renamed into place. `what` names the file for error messages.
+ * Without `sync` the rename is still atomic for a crashed process, not for a lost machine: use it only for
+ * data whose commit point is written (and fsynced) later.
+ * `parts` may be produced lazily (an async iterable), so a large file never has to be in memory whole.
  */
 export async function writeFileAtomic(
   path: string,
-  parts: Uint8Array | string | readonly (Uint8Array | string)[],
+  parts: Uint8Array | string | readonly (Uint8Array | string)[] | AsyncIterable<Uint8Array>,
   what = 'writing the file',
   createDirectory = false,
+  sync = true,
 ): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     if (createDirectory) await mkdir(dirname(path), { recursive: true });
     const handle = await open(tmp, 'w');
     try {
-      for (const part of Array.isArray(parts) ? parts : [parts]) await handle.write(typeof part === 'string' ? Buffer.from(part) : part);
-      await handle.sync();
+      const list: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array> =
+        typeof parts === 'string' || parts instanceof Uint8Array ? [parts] : parts;
+      for await (const part of list) await handle.write(typeof part === 'string' ? Buffer.from(part) : part);
+      if (sync) await handle.sync();
     } finally {
       await handle.close();
     }

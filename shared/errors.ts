@@ -50,6 +50,10 @@ export const ErrorCode = {
   NonFinite: 'NON_FINITE',
   /** A linear system could not be solved even with the maximum diagonal jitter. */
   SolveFailed: 'SOLVE_FAILED',
+  /** A deadline passed: a remote call's, or a job's (its owners did not all upload in time). */
+  DeadlineExceeded: 'DEADLINE_EXCEEDED',
+  /** The disk (or quota) is full: nothing half-written was kept; free space and retry. */
+  StorageFull: 'STORAGE_FULL',
   /** Something that should never happen did; a bug in gramfuse. */
   Internal: 'INTERNAL',
 } as const;
@@ -126,6 +130,8 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   UNAVAILABLE: 44,
   AUDIT_INVALID: 50,
   BUNDLE_INVALID: 31,
+  DEADLINE_EXCEEDED: 45,
+  STORAGE_FULL: 6,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
@@ -138,6 +144,12 @@ export function fileError(error: unknown, path: string, doing: string): Gramfuse
     });
   }
   const reason = error instanceof Error ? error.message : String(error);
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new GramfuseError(ErrorCode.StorageFull, `${path}: the disk is full (while ${doing}); nothing partial was kept: free space and retry`, {
+      facts: { path, errno: code },
+      cause: error,
+    });
+  }
   return new GramfuseError(ErrorCode.FileAccess, `${path}: cannot ${doing}: ${reason}`, {
     facts: { path, errno: code ?? null },
     cause: error,
@@ -169,6 +181,8 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   UPLOAD_INVALID: 15,
   UNAVAILABLE: 14,
   AUDIT_INVALID: 15,
+  DEADLINE_EXCEEDED: 4,
+  STORAGE_FULL: 8,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */
@@ -177,7 +191,8 @@ export function errorFromGrpc(status: { code?: number; details?: string; message
   const match = /^([A-Z_]+): (.*)$/s.exec(details);
   const codes = Object.values(ErrorCode) as string[];
   if (match !== null && codes.includes(match[1]!)) return new GramfuseError(match[1] as ErrorCode, match[2]!);
-  if (status.code === 14 || status.code === 4)
-    return new GramfuseError(ErrorCode.Unavailable, `coordinator unreachable or too slow: ${details}`);
+  if (status.code === 4)
+    return new GramfuseError(ErrorCode.DeadlineExceeded, `the coordinator did not answer before the call's deadline: ${details}`);
+  if (status.code === 14) return new GramfuseError(ErrorCode.Unavailable, `coordinator unreachable: ${details}`);
   return new GramfuseError(ErrorCode.Internal, `remote error (gRPC status ${status.code ?? '?'}): ${details}`);
 }

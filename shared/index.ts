@@ -30,3 +30,6 @@ export * from './federation/index.js';
 export { packageVersion } from './version.js';
 export { ensureDirectoryFor, writeFileAtomic } from './atomic-file.js';
 export * from './audit/index.js';
+export { callWorker, startWorker, type WorkerMessage } from './worker-thread.js';
+export * from './events/index.js';
+export * from './nats/index.js';

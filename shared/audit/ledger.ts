@@ -83,39 +83,74 @@ export class FileLedger {
 
   /** Appends run one at a time: each record's seq and prev depend on the one before it. */
   private tail: Promise<unknown> = Promise.resolve();
+  private readonly listeners = new Set<(record: AuditRecord, line: string) => void>();
+
+  /** The writer's key id: the last token of its NATS subjects. */
+  get keyId(): string {
+    return keyId(this.keys.publicKeyPem);
+  }
+
+  /** Calls `listener` after each record is durably appended (e.g. to publish it to JetStream). */
+  onAppend(listener: (record: AuditRecord, line: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
 
   append(kind: AuditKind, job: string, facts: Record<string, unknown>): Promise<AuditRecord> {
-    const next = this.tail.then(() => this.write(kind, job, facts));
+    return this.appendAll([{ kind, job, facts }]).then((records) => records[0]!);
+  }
+
+  /** Appends several records with one write and one fsync (a group commit); all or none are acknowledged. */
+  appendAll(entries: readonly { kind: AuditKind; job: string; facts: Record<string, unknown> }[]): Promise<AuditRecord[]> {
+    const next = this.tail.then(() => this.write(entries));
     this.tail = next.catch(() => undefined);
     return next;
   }
 
-  private async write(kind: AuditKind, job: string, facts: Record<string, unknown>): Promise<AuditRecord> {
-    const unsigned = {
-      version: 1 as const,
-      seq: this.seq + 1,
-      prev: this.prev,
-      time: new Date().toISOString(),
-      actor: this.actor,
-      kind,
-      job,
-      facts,
-      key: keyId(this.keys.publicKeyPem),
-    };
-    const record: AuditRecord = { ...unsigned, signature: signFields(unsigned, this.keys.privateKeyPem) };
-    const line = canonicalJson(record);
-    const handle = await open(this.path, 'a');
+  private async write(entries: readonly { kind: AuditKind; job: string; facts: Record<string, unknown> }[]): Promise<AuditRecord[]> {
+    let seq = this.seq;
+    let prev = this.prev;
+    const records: AuditRecord[] = [];
+    const lines: string[] = [];
+    for (const { kind, job, facts } of entries) {
+      const unsigned = {
+        version: 1 as const,
+        seq: seq + 1,
+        prev,
+        time: new Date().toISOString(),
+        actor: this.actor,
+        kind,
+        job,
+        facts,
+        key: keyId(this.keys.publicKeyPem),
+      };
+      const record: AuditRecord = { ...unsigned, signature: signFields(unsigned, this.keys.privateKeyPem) };
+      const line = canonicalJson(record);
+      records.push(record);
+      lines.push(line);
+      seq = record.seq;
+      prev = lineHash(line);
+    }
+    if (records.length === 0) return records;
+    const handle = await open(this.path, 'a').catch((error: unknown) => {
+      throw fileError(error, this.path, 'appending to the audit ledger');
+    });
+    let size = -1;
     try {
-      await handle.write(`${line}\n`);
+      size = (await handle.stat()).size;
+      await handle.write(lines.map((line) => `${line}\n`).join(''));
       await handle.sync();
     } catch (error) {
+      // A failed write (disk full) may leave part of a record: cut it off so the next append starts clean.
+      if (size >= 0) await handle.truncate(size).catch(() => undefined);
       throw fileError(error, this.path, 'appending to the audit ledger');
     } finally {
       await handle.close();
     }
-    this.seq = record.seq;
-    this.prev = lineHash(line);
-    return record;
+    this.seq = seq;
+    this.prev = prev;
+    for (const [i, record] of records.entries()) for (const listener of this.listeners) listener(record, lines[i]!);
+    return records;
   }
 }
 
@@ -131,9 +166,14 @@ export async function verifyLedger(path: string, trustedKeys?: readonly string[]
   } catch (error) {
     throw fileError(error, path, 'reading the audit ledger');
   }
+  return verifyLedgerText(text, path, trustedKeys);
+}
+
+/** The same checks on a ledger's text (a file's content, or one writer's records read back from JetStream). */
+export function verifyLedgerText(text: string, source: string, trustedKeys?: readonly string[]): { records: AuditRecord[] } {
   const invalid = (line: number, reason: string): GramfuseError =>
-    new GramfuseError(ErrorCode.AuditInvalid, `${path}: record at line ${line} ${reason}; the ledger does not verify`, {
-      facts: { path, line },
+    new GramfuseError(ErrorCode.AuditInvalid, `${source}: record at line ${line} ${reason}; the ledger does not verify`, {
+      facts: { source, line },
     });
   if (text !== '' && !text.endsWith('\n')) throw invalid(text.split('\n').length, 'is partial (no final newline: a crash mid-write)');
   const lines = text.split('\n').slice(0, -1);

@@ -40,6 +40,16 @@ export const JobSpec = z
       })
       .strict()
       .default({ maxJobBytes: 8 * 1024 ** 3, maxChunkBytes: 4 * 1024 * 1024 }),
+    deadlines: z
+      .object({
+        collect: z.iso
+          .datetime({ offset: true })
+          .optional()
+          .describe('the quorum must have uploaded by then (ISO 8601); otherwise the job fails with DEADLINE_EXCEEDED'),
+      })
+      .strict()
+      .default({})
+      .describe('wall-clock limits of the job (per-call deadlines are the clients\' own)'),
   })
   .strict()
   .refine((spec) => spec.quorum === undefined || spec.quorum <= spec.participants.length, {

@@ -13,7 +13,14 @@ export {
 export { finishParameters, type LayerDiagnostics, solveRegMean } from './solve.js';
 export { defaultLambda, headIsAveraged, MergeMethod, MergeSpec, type MergeSpecInput, needsBase, Weighting } from './spec.js';
 export { sumMaps, tiesAgree, tiesElect, tiesFinish, tiesTrim } from './ties.js';
-export { parseSafetensors, type SafetensorsEntry, type SafetensorsTensor, writeSafetensors } from './safetensors.js';
+export {
+  parseSafetensors,
+  type SafetensorsEntry,
+  type SafetensorsSource,
+  type SafetensorsTensor,
+  writeSafetensors,
+  writeSafetensorsFrom,
+} from './safetensors.js';
 export { formatMergeReport, type MergeReport } from './report.js';
 export { BUNDLE_MANIFEST, BUNDLE_TENSORS, BundleManifest, readBundle, writeBundle } from './bundle.js';
 export {

@@ -1,4 +1,5 @@
 import { writeFileAtomic } from '../atomic-file.js';
+import { ErrorCode, GramfuseError } from '../errors.js';
 
 /** One tensor for a safetensors file. */
 export interface SafetensorsEntry {
@@ -6,6 +7,15 @@ export interface SafetensorsEntry {
   readonly dtype: 'F32' | 'F64';
   readonly shape: readonly number[];
   readonly data: Float32Array | Float64Array;
+}
+
+/** A tensor for a safetensors file whose bytes are produced when they are written (one at a time). */
+export interface SafetensorsSource {
+  readonly name: string;
+  readonly dtype: 'F32' | 'F64';
+  readonly shape: readonly number[];
+  readonly bytes: number;
+  readonly read: () => Promise<Uint8Array>;
 }
 
 /**
@@ -18,23 +28,47 @@ export async function writeSafetensors(
   entries: readonly SafetensorsEntry[],
   metadata: Record<string, string> = {},
 ): Promise<void> {
+  await writeSafetensorsFrom(
+    path,
+    entries.map((entry) => ({
+      name: entry.name,
+      dtype: entry.dtype,
+      shape: entry.shape,
+      bytes: entry.data.byteLength,
+      read: () => Promise.resolve(new Uint8Array(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength)),
+    })),
+    metadata,
+  );
+}
+
+/** The same file, reading each tensor only when its turn comes: memory holds one tensor at a time. */
+export async function writeSafetensorsFrom(
+  path: string,
+  entries: readonly SafetensorsSource[],
+  metadata: Record<string, string> = {},
+): Promise<void> {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const entry of entries) {
-    const bytes = entry.data.byteLength;
-    header[entry.name] = { dtype: entry.dtype, shape: entry.shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
+    header[entry.name] = { dtype: entry.dtype, shape: entry.shape, data_offsets: [offset, offset + entry.bytes] };
+    offset += entry.bytes;
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (json.length % 8)) % 8);
   const headerBytes = Buffer.from(json, 'utf8');
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(BigInt(headerBytes.length));
-  await writeFileAtomic(
-    path,
-    [length, headerBytes, ...entries.map((entry) => new Uint8Array(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength))],
-    'writing the safetensors file',
-  );
+  async function* parts(): AsyncGenerator<Uint8Array> {
+    yield length;
+    yield headerBytes;
+    for (const entry of entries) {
+      const bytes = await entry.read();
+      if (bytes.byteLength !== entry.bytes)
+        throw new GramfuseError(ErrorCode.Internal, `safetensors ${entry.name}: ${bytes.byteLength} bytes, the header says ${entry.bytes}`);
+      yield bytes;
+    }
+  }
+  await writeFileAtomic(path, parts(), 'writing the safetensors file');
 }
 
 /** One tensor as read from a safetensors file: its bytes are a view into the file's buffer. */

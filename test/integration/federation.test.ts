@@ -133,6 +133,13 @@ describe('federation over gRPC with mTLS', () => {
       expect(verified.code, verified.stderr).toBe(0);
       expect(verified.stdout).toMatch(/chain and signatures verify/);
     }
+    // Each agent's receipts match the coordinator's committed statistics byte for byte.
+    for (const r of results) {
+      const { ledger, owner } = JSON.parse(r.stdout) as { ledger: string; owner: string };
+      const reconciled = await runCli(['audit', 'reconcile', '--agent-ledger', ledger, '--coordinator-ledger', coordinatorLedger, '--json']);
+      expect(reconciled.code, reconciled.stderr).toBe(0);
+      expect(JSON.parse(reconciled.stdout)).toMatchObject({ owner, agree: true });
+    }
     const merged = await download(server, 'fed');
     federatedSha = createHash('sha256').update(merged).digest('hex');
     const report = await runCli(['audit', 'report', '--ledger', coordinatorLedger, '--owner', 'org0', '--json']);
@@ -216,6 +223,28 @@ describe('federation over gRPC with mTLS', () => {
     const total = totalChunksOf(join(work, 'resume', 'org0', 'fed', 'bundle'), chunkBytes);
     expect(delivered + resumed.chunksSent).toBeLessThanOrEqual(total + 1);
     expect(delivered + resumed.chunksSent).toBeGreaterThanOrEqual(total);
+  });
+
+  it('a job whose owners miss its collection deadline fails with DEADLINE_EXCEEDED, as an event and in the ledger', async () => {
+    await using server = await startServer('deadline');
+    const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+    const states: string[] = [];
+    const stop = await server.coordinator.events.subscribe('late', (e) => {
+      if (e.type === 'state') states.push(String(e.data.state));
+    });
+    await client.createJob(
+      JSON.stringify({ id: 'late', participants: ['org0', 'org1'], deadlines: { collect: new Date(Date.now() + 1500).toISOString() } }),
+      readFileSync(fixtureModel('label-skew', 'org0')),
+    );
+    const final = await client.watch('late', () => undefined);
+    client.close();
+    await stop();
+    expect(final.state).toBe('failed');
+    expect(final.failureCode).toBe(ErrorCode.DeadlineExceeded);
+    expect(final.failureMessage).toMatch(/collection deadline .* passed with 0 of 2 owners complete \(missing: org0, org1\)/);
+    expect(states).toEqual(['open', 'failed']);
+    const ledger = readFileSync(join(work, 'deadline', 'audit.jsonl'), 'utf8');
+    expect(ledger).toMatch(/"code":"DEADLINE_EXCEEDED".*"kind":"job.failed"/);
   });
 
   it("a template on the coordinator's disk with external data survives a restart", { timeout: 120_000 }, async () => {

@@ -29,6 +29,16 @@ describe('job spec', () => {
     expect(message).toMatch(/\(root\): Unrecognized key: "surprise"|: Unrecognized key: "surprise"/);
   });
 
+  it('takes a collection deadline as an ISO 8601 time, and names the field when it is not one', () => {
+    expect(parseJobSpec({ id: 'j4', participants: ['a'], deadlines: { collect: '2026-12-01T12:00:00Z' } }, 'spec').deadlines.collect).toBe(
+      '2026-12-01T12:00:00Z',
+    );
+    expect(parseJobSpec({ id: 'j4', participants: ['a'] }, 'spec').deadlines).toEqual({});
+    expect(() => parseJobSpec({ id: 'j4', participants: ['a'], deadlines: { collect: 'next tuesday' } }, 'spec')).toThrow(
+      /deadlines\.collect: /,
+    );
+  });
+
   it('YAML and JSON spec files read the same; bad syntax names the file', () => {
     const yaml = parseSpecText('id: j2\nparticipants: [org-a, org-b]\nmerge:\n  alpha: 0.5\n', 'job.yaml');
     const json = parseSpecText('{"id": "j2", "participants": ["org-a", "org-b"], "merge": {"alpha": 0.5}}', 'job.json');

@@ -1,0 +1,120 @@
+import { randomUUID } from 'node:crypto';
+
+import { type ConsumerMessages, DeliverPolicy, jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+
+import { checkEvent, type EventBus, JobEvent, jobEventSubject, type SubscribeOptions, subjectToken, type Unsubscribe } from '../events/index.js';
+import { toGramfuseError } from '../errors.js';
+import { connectNats, ensureStreams, JOBS_STREAM } from './connection.js';
+
+/**
+ * Control-plane events on NATS: published to JetStream (stream GRAMFUSE_JOBS, subjects
+ * `gramfuse.jobs.<job>.<type>`), so a watcher that comes late can replay a job's events (`history`).
+ */
+export class NatsEventBus implements EventBus {
+  private readonly js: JetStreamClient;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly owned: boolean,
+  ) {
+    this.js = jetstream(nc, { timeout: 5000 });
+  }
+
+  static async connect(url: string, name: string): Promise<NatsEventBus> {
+    const nc = await connectNats(url, { name });
+    await ensureStreams(nc);
+    return new NatsEventBus(nc, true);
+  }
+
+  static async over(nc: NatsConnection): Promise<NatsEventBus> {
+    await ensureStreams(nc);
+    return new NatsEventBus(nc, false);
+  }
+
+  /**
+   * Publishes an event. While NATS is unreachable, events wait in order in an outbox (at most 10,000) and
+   * are sent when it returns, each with a message id so that a retry after a lost ack is not stored twice.
+   */
+  publish(value: JobEvent): Promise<void> {
+    let event: JobEvent;
+    try {
+      event = checkEvent(value);
+    } catch (error) {
+      return Promise.reject(toGramfuseError(error));
+    }
+    return new Promise<void>((resolve) => {
+      if (this.outbox.length >= 10_000) this.outbox.shift()?.resolve(); // the oldest progress event gives way
+      this.outbox.push({ event, id: `${randomUUID()}`, resolve });
+      this.kick();
+    });
+  }
+
+  private readonly outbox: { event: JobEvent; id: string; resolve: () => void }[] = [];
+  private draining: Promise<void> | undefined;
+  private closed = false;
+
+  private kick(): void {
+    if (this.draining !== undefined || this.closed) return;
+    this.draining = (async () => {
+      while (this.outbox.length > 0 && !this.closed) {
+        const head = this.outbox[0]!;
+        try {
+          await this.js.publish(jobEventSubject(head.event.job, head.event.type), JSON.stringify(head.event), { msgID: head.id });
+          this.outbox.shift();
+          head.resolve();
+        } catch {
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    })().finally(() => {
+      this.draining = undefined;
+      if (this.outbox.length > 0 && !this.closed) this.kick();
+    });
+  }
+
+  /** Events still waiting for NATS. */
+  get backlog(): number {
+    return this.outbox.length;
+  }
+
+  async subscribe(job: string | undefined, handler: (event: JobEvent) => void, options: SubscribeOptions = {}): Promise<Unsubscribe> {
+    const filter = `gramfuse.jobs.${job === undefined ? '*' : subjectToken(job)}.>`;
+    const deliver = (data: string): void => {
+      const parsed = JobEvent.safeParse(JSON.parse(data));
+      if (parsed.success) handler(parsed.data);
+    };
+    if (options.history !== true) {
+      const sub: Subscription = this.nc.subscribe(filter, {
+        callback: (error, msg) => {
+          if (error === null) deliver(msg.string());
+        },
+      });
+      await this.nc.flush();
+      return async () => {
+        sub.unsubscribe();
+        await this.nc.flush();
+      };
+    }
+    const consumer = await this.js.consumers.get(JOBS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.All });
+    const messages: ConsumerMessages = await consumer.consume();
+    let stopped = false;
+    const done = (async () => {
+      for await (const msg of messages) if (!stopped) deliver(msg.string());
+    })();
+    return async () => {
+      stopped = true;
+      await messages.close();
+      await done.catch(() => undefined);
+    };
+  }
+
+  /** Waits up to `timeoutMs` for the outbox to empty, then closes (events still waiting are dropped). */
+  async close(timeoutMs = 5000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (this.outbox.length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    this.closed = true;
+    for (const entry of this.outbox.splice(0)) entry.resolve();
+    if (this.owned) await this.nc.drain().catch(() => undefined);
+  }
+}
