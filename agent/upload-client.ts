@@ -110,19 +110,45 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     uploadState: (jobId) => withRetries(() => unary(uploads.state.bind(uploads), { jobId })),
     upload: (chunks, deadlineSeconds) =>
       new Promise((resolve, reject) => {
-        const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) }, (error, reply) =>
-          error === null ? resolve(reply) : reject(error),
-        );
+        const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) });
+        let reply: federation.UploadReply | undefined;
+        let sent = 0;
+        let acked = 0;
+        let stopped = false;
+        let wake: (() => void) | undefined;
+        const fail = (error: unknown): void => {
+          if (stopped) return;
+          stopped = true;
+          wake?.();
+          reject(error instanceof Error ? error : new Error(String(error)));
+        };
+        stream.on('data', (ack: federation.UploadAck) => {
+          if (ack.reply !== undefined) reply = ack.reply;
+          else acked++;
+          wake?.();
+        });
+        stream.on('error', fail);
+        stream.on('end', () => {
+          if (reply !== undefined) resolve(reply);
+          else fail(new GramfuseError(ErrorCode.Unavailable, 'the upload stream ended without the coordinator\'s reply; run again to resume'));
+        });
         void (async () => {
           try {
-            for await (const chunk of chunks) {
-              // write() returning false means the transport buffer is full: wait, never queue without bound.
-              if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+            const iterator = chunks[Symbol.asyncIterator]();
+            for (;;) {
+              // At most one chunk unacknowledged (and the next one is not even produced before the ack): a dropped
+              // link or a coordinator crash loses only the chunk in flight.
+              while (sent - acked >= 1 && !stopped) await new Promise<void>((r) => (wake = r));
+              if (stopped) return;
+              const next = await iterator.next();
+              if (next.done === true) break;
+              stream.write(next.value);
+              sent++;
             }
             stream.end();
           } catch (error) {
             stream.cancel();
-            reject(error instanceof Error ? error : new Error(String(error)));
+            fail(error);
           }
         })();
       }),
@@ -182,6 +208,9 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
   /** NATS with JetStream: the agent's audit records are also published there (what is not, is published next run). */
   readonly nats?: string;
+  /** Upload attempts on UNAVAILABLE / DEADLINE_EXCEEDED (a dropped link, a restarting coordinator). Default 5. */
+  readonly uploadAttempts?: number;
+  readonly onRetry?: (attempt: number, error: GramfuseError) => void;
 }
 
 export interface RunAgentResult {
@@ -197,6 +226,10 @@ export interface RunAgentResult {
   readonly reusedBundle: boolean;
   /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
   readonly auditBacklog?: number;
+  /** Wall time of collection (0 when the bundle was reused) and of join + upload + receipts. */
+  readonly seconds: { readonly collect: number; readonly upload: number };
+  /** This process's peak resident memory so far (from the OS). */
+  readonly peakRssMb: number;
 }
 
 /**
@@ -208,11 +241,13 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
   let publisher: AuditPublisher | undefined;
   try {
     const status = await client.getJob(options.jobId);
-    if (status.state === 'done' || status.state === 'failed') {
-      throw new GramfuseError(ErrorCode.JobClosed, `job ${options.jobId} is ${status.state}; it accepts no more statistics`, {
+    // A closed job accepts nothing new, but an agent whose statistics were committed (its run was cut off,
+    // or the coordinator committed them while recovering) still collects its receipts from it.
+    const closed = status.state === 'done' || status.state === 'failed' || status.state === 'solving';
+    const closedError = (): GramfuseError =>
+      new GramfuseError(ErrorCode.JobClosed, `job ${options.jobId} is ${status.state}; it accepts no more statistics`, {
         facts: { job: options.jobId },
       });
-    }
     const spec = MergeSpec.parse(JSON.parse(status.mergeSpecJson));
     const policy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
     const agentOptions: AgentOptions = { ...options, spec, policy, owner: client.identity, expectFingerprint: status.fingerprint };
@@ -221,6 +256,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     await mkdir(jobDir, { recursive: true });
     let manifest: BundleManifest;
     let reusedBundle = false;
+    let collectSeconds = 0;
     let existing: Awaited<ReturnType<typeof readBundle>> | undefined;
     try {
       existing = await readBundle(bundleDir);
@@ -236,6 +272,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       reusedBundle = true;
       options.onPlan?.(manifest.plan, Number(manifest.settings.examples ?? 0));
     } else {
+      if (closed) throw closedError();
       const { plan, examples } = await planForOwner(agentOptions);
       options.onPlan?.(plan, examples);
       if (!options.yes) {
@@ -250,6 +287,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           );
         }
       }
+      const collectStarted = performance.now();
       manifest = (
         await collectBundle({
           ...agentOptions,
@@ -257,10 +295,25 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           ...(options.onCollect === undefined ? {} : { onProgress: options.onCollect }),
         })
       ).manifest;
+      collectSeconds = (performance.now() - collectStarted) / 1000;
     }
+    const uploadStarted = performance.now();
     const ledger = await openAgentLedger(options.workDir, client.identity);
     publisher = options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
-    if (!reusedBundle) {
+    // The approval is recorded once per job. A bundle reused without a recorded approval (the agent stopped
+    // between collecting and recording, or the bundle was copied here) is approved again before anything is sent.
+    const approvalRecorded = (await readFile(ledger.path, 'utf8'))
+      .split('\n')
+      .some((line) => line.includes('"kind":"plan.approved"') && (JSON.parse(line) as { job: string }).job === options.jobId);
+    if (!approvalRecorded && reusedBundle && !options.yes) {
+      const approved =
+        options.approve === undefined
+          ? false
+          : await options.approve(`${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}`);
+      if (!approved)
+        throw new GramfuseError(ErrorCode.NotAuthorized, 'the owner did not approve the disclosure plan; nothing was sent (rerun with --yes to approve)');
+    }
+    if (!approvalRecorded) {
       await ledger.append('plan.approved', options.jobId, {
         coordinator: options.connect.address,
         approvedBy: options.yes ? '--yes' : 'prompt',
@@ -280,14 +333,15 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     }
     const file = await readFile(join(bundleDir, BUNDLE_TENSORS));
     const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
-    const state = await client.join({ jobId: options.jobId, fingerprint: status.fingerprint, manifestJson: JSON.stringify(manifest) });
-    const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
     const chunkBytes = options.chunkBytes ?? 4 * 1024 * 1024;
-    const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
-    const total = pending.reduce((sum, s) => sum + s.bytes, 0);
     let sent = 0;
     let chunksSent = 0;
-    async function* chunks(): AsyncGenerator<federation.Chunk> {
+    let chunksSkipped = 0;
+    async function* chunks(
+      pending: readonly (typeof manifest.plan.statistics)[number][],
+      held: ReadonlyMap<string, { held: number[] }>,
+      total: number,
+    ): AsyncGenerator<federation.Chunk> {
       for (const s of pending) {
         const bytes = tensors.get(s.id)!.bytes;
         const count = Math.max(1, Math.ceil(bytes.byteLength / chunkBytes));
@@ -313,15 +367,59 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         }
       }
     }
-    const reply =
-      pending.length === 0
-        ? { receipts: [], chunksReceived: 0, chunksSkipped: 0 }
-        : await client.upload(chunks(), 600).catch((error: grpc.ServiceError) => Promise.reject(errorFromGrpc(error)));
+    // Join (idempotent) → what the coordinator holds → send the rest. A dropped link or an unavailable
+    // coordinator is retried with backoff and jitter; each retry asks again, so nothing committed is resent.
+    const attempts = options.uploadAttempts ?? 5;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const state = await client.join({ jobId: options.jobId, fingerprint: status.fingerprint, manifestJson: JSON.stringify(manifest) });
+        const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
+        const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
+        if (pending.length > 0) {
+          const total = pending.reduce((sum, s) => sum + s.bytes, 0);
+          const reply = await client.upload(chunks(pending, held, total), 600);
+          chunksSkipped += reply.chunksSkipped;
+        }
+        break;
+      } catch (error) {
+        const coded = error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError);
+        if (coded.code === ErrorCode.JobClosed) break; // solving already: what was committed is what counts
+        const retryable = coded.code === ErrorCode.Unavailable || coded.code === ErrorCode.DeadlineExceeded;
+        if (!retryable || attempt >= attempts) throw coded;
+        options.onRetry?.(attempt, coded);
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(8000, 250 * 2 ** attempt)));
+      }
+    }
+    // Every committed statistic's receipt comes with the coordinator's state, so receipts whose reply was
+    // lost (a cut link, a crash of either side) are recovered too; each is verified before it is kept.
+    const after = await client.uploadState(options.jobId);
+    const committedIds = new Set(after.statistics.filter((s) => s.committed).map((s) => s.statisticId));
+    const missing = manifest.plan.statistics.filter((s) => !committedIds.has(s.id)).map((s) => s.id);
+    if (missing.length > 0) {
+      if (closed || (await client.getJob(options.jobId)).state !== 'collecting') throw closedError();
+      throw new GramfuseError(
+        ErrorCode.Unavailable,
+        `${missing.length} statistics are not committed yet (${missing
+          .slice(0, 3)
+          .map((id) => `${id}: ${after.statistics.find((x) => x.statisticId === id)?.held.length ?? 0} chunks held`)
+          .join(', ')}); run the same command again to resume`,
+        { facts: { missing: missing.length } },
+      );
+    }
     const receiptsPath = join(jobDir, 'receipts.jsonl');
+    // The agent's ledger says which receipts are already recorded (receipts.jsonl is a copy written after it).
+    const known = new Set(
+      (await readFile(ledger.path, 'utf8'))
+        .split('\n')
+        .filter((line) => line.includes('"kind":"receipt.issued"'))
+        .map((line) => JSON.parse(line) as { job: string; facts: { statistic: string } })
+        .filter((record) => record.job === options.jobId)
+        .map((record) => record.facts.statistic),
+    );
     const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
     const lines: string[] = [];
     const records: Parameters<FileLedger['appendAll']>[0][number][] = [];
-    for (const r of reply.receipts) {
+    for (const r of after.statistics.flatMap((s) => (s.receipt === undefined || known.has(s.statisticId) ? [] : [s.receipt]))) {
       const fields = {
         jobId: r.jobId,
         owner: r.owner,
@@ -356,29 +454,22 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         },
       });
     }
-    // Receipts are verified all before any is kept; then saved and recorded with one write each.
-    if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
+    // Receipts are verified all before any is kept; then recorded (one fsynced ledger write) and copied.
     await ledger.appendAll(records);
-    const after = await client.uploadState(options.jobId);
-    const missing = after.statistics.filter((s) => !s.committed).map((s) => s.statisticId);
-    if (missing.length > 0) {
-      throw new GramfuseError(
-        ErrorCode.Unavailable,
-        `${missing.length} statistics are not committed yet (${missing.slice(0, 3).join(', ')}); run the same command again to resume`,
-        { facts: { missing: missing.length } },
-      );
-    }
+    if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
     return {
       owner: client.identity,
       ledger: ledger.path,
       bundle: bundleDir,
       receiptsPath,
-      receipts: reply.receipts.length,
+      receipts: lines.length,
       chunksSent,
-      chunksSkipped: reply.chunksSkipped,
+      chunksSkipped,
       bytesSent: sent,
       reusedBundle,
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
+      seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
+      peakRssMb: process.resourceUsage().maxRSS / 1024,
     };
   } finally {
     client.close();

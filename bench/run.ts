@@ -4,10 +4,16 @@ import { cpus } from 'node:os';
 
 import type { BenchContext } from './harness.js';
 import { benchCollect } from './collect.js';
+import { benchScale } from './scale.js';
 import { benchSolve } from './solve.js';
 import { benchUpload } from './upload.js';
 
-const benches: Record<string, (context: BenchContext) => Promise<void>> = { solve: benchSolve, collect: benchCollect, upload: benchUpload };
+const benches: Record<string, (context: BenchContext) => Promise<void>> = {
+  solve: benchSolve,
+  collect: benchCollect,
+  upload: benchUpload,
+  scale: benchScale,
+};
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');

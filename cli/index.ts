@@ -2,3 +2,4 @@
 export { runEvaluation, type EvaluateOptions, type EvaluationResult } from './evaluate.js';
 export { type LocalMergeOptions, type LocalMergeResult, ownerNames, runLocalMerge } from './local-merge.js';
 export { parseSpecText } from './federation-commands.js';
+export { auditReconcile, auditVerify } from './audit-commands.js';

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 
 import {
   analyzeModel,
@@ -22,9 +23,10 @@ import {
   signFields,
   type SigningKeys,
   toGramfuseError,
+  failpoint,
 } from '../shared/index.js';
 import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
-import { FileStore, statisticFile } from './store.js';
+import { FileStore, sha256OfFile, statisticFile } from './store.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server.ts). */
 export interface ChunkIn {
@@ -86,6 +88,44 @@ interface Job {
   uploadedBytes: number;
   /** owner → the group commit in progress (uploadState waits for it, so a resumed upload sees its result). */
   committing: Map<string, Promise<unknown>>;
+}
+
+/** The two ledger records of a commit: what was received, and the receipt given for it. */
+function commitRecords(
+  job: string,
+  owner: string,
+  statistic: PlannedStatistic,
+  receipt: Receipt,
+): { kind: 'statistic.committed' | 'receipt.issued'; job: string; facts: Record<string, unknown> }[] {
+  return [
+    {
+      kind: 'statistic.committed',
+      job,
+      facts: {
+        owner,
+        statistic: statistic.id,
+        kind: statistic.kind,
+        tensors: statistic.tensors,
+        shape: statistic.shape,
+        dtype: statistic.dtype,
+        bytes: statistic.bytes,
+        rows: statistic.rows ?? null,
+        sha256: statistic.sha256,
+      },
+    },
+    {
+      kind: 'receipt.issued',
+      job,
+      facts: {
+        owner,
+        statistic: statistic.id,
+        sha256: statistic.sha256,
+        bytes: statistic.bytes,
+        committedAt: receipt.committedAt,
+        signature: receipt.signature,
+      },
+    },
+  ];
 }
 
 /** Statistics verified in one upload stream and not yet committed: committed together (one fsync pass). */
@@ -163,38 +203,113 @@ export class Coordinator {
     this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
       this.log(line),
     );
+    const ledgered = await this.ledgeredCommits();
     for (const id of await this.store.list(['jobs'])) {
-      const spec = parseJobSpec(await this.store.readJson(['jobs', id, 'spec.json']), `job ${id}`);
-      const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')));
-      const persisted = (await this.store.readJson<PersistedState>(['jobs', id, 'state.json']))!;
+      const specValue = await this.store.readJson(['jobs', id, 'spec.json']);
+      const persisted = await this.store.readJson<PersistedState>(['jobs', id, 'state.json']);
+      if (specValue === undefined || persisted === undefined) {
+        // A crash while the job was being created: it was never acknowledged, so nobody knows it exists.
+        this.log(`job ${id}: creation did not finish before a stop; removing its files`);
+        await this.store.remove(['jobs', id]);
+        continue;
+      }
+      const spec = parseJobSpec(specValue, `job ${id}`);
+      const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')), { probe: false });
       const job = newJob(spec, analysis, persisted);
+      const recovered = new Map<string, CommitBatch['entries']>();
       for (const owner of await this.store.list(['jobs', id, 'owners'])) {
-        const manifest = await this.store.readJson<BundleManifest>(['jobs', id, 'owners', owner, 'manifest.json']);
+        const ownerDir = ['jobs', id, 'owners', owner];
+        const manifest = await this.store.readJson<BundleManifest>([...ownerDir, 'manifest.json']);
         if (manifest !== undefined) job.manifests.set(owner, manifest);
-        const receipts = (await this.store.read(['jobs', id, 'owners', owner, 'receipts.jsonl']))?.toString('utf8') ?? '';
         const committed = new Map<string, Receipt>();
-        for (const line of receipts.split('\n')) {
-          if (line.trim() === '') continue;
-          const receipt = JSON.parse(line) as Receipt;
+        for (const receipt of await this.readReceipts([...ownerDir, 'receipts.jsonl'])) {
           committed.set(receipt.statisticId, receipt);
           job.uploadedBytes += receipt.bytes;
+          // Receipts are the commit point; the ledger records come after them. A stop in between is mended here.
+          if (!ledgered.has(`${id}\u0000${owner}\u0000${receipt.statisticId}`)) {
+            const statistic = manifest?.plan.statistics.find((x) => x.id === receipt.statisticId);
+            if (statistic !== undefined) await this.ledger.appendAll(commitRecords(id, owner, statistic, receipt));
+          }
         }
         job.committed.set(owner, committed);
         const held = new Map<string, Set<number>>();
+        const verified: CommitBatch['entries'] = [];
         for (const s of manifest?.plan.statistics ?? []) {
           if (committed.has(s.id)) continue;
-          const text = (await this.store.read(['jobs', id, 'owners', owner, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
+          // A statistic verified and moved into committed/ but stopped before its group commit: check it again and commit it.
+          const file = [...ownerDir, 'committed', `${statisticFile(s.id)}.bin`];
+          const digest = await this.store.sha256(file).catch(() => undefined);
+          if (digest !== undefined) {
+            if (digest.bytes === s.bytes && digest.sha256 === s.sha256) {
+              verified.push({ jobId: id, statistic: s, file });
+              continue;
+            }
+            await this.store.remove(file);
+          }
+          // Every chunk of it written but stopped before it was assembled: no chunk is left for the agent to send,
+          // so the statistic is checked and taken here.
+          const partial = [...ownerDir, 'partial', `${statisticFile(s.id)}.bin`];
+          const whole = await this.store.sha256(partial).catch(() => undefined);
+          if (whole !== undefined && whole.bytes === s.bytes && whole.sha256 === s.sha256) {
+            await this.store.rename(partial, file);
+            await this.store.remove([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]);
+            verified.push({ jobId: id, statistic: s, file });
+            continue;
+          }
+          const text = (await this.store.read([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
           // Only whole lines count: a line cut by a crash names a chunk whose write may not have finished.
           const indices = (text ?? '').split('\n').slice(0, -1).map(Number).filter(Number.isInteger);
           if (indices.length > 0) held.set(s.id, new Set(indices));
         }
         job.held.set(owner, held);
+        if (verified.length > 0) recovered.set(owner, verified);
       }
       this.jobs.set(id, job);
+      for (const [owner, entries] of recovered) {
+        this.log(`job ${id}: committing ${entries.length} statistics of ${owner} verified before the stop`);
+        await this.commitEntries(owner, job, entries);
+      }
+      // An owner whose last commit landed just before a stop may not be marked complete yet.
+      for (const [owner, manifest] of job.manifests) {
+        if (job.committed.get(owner)?.size === manifest.plan.statistics.length && !persisted.completed.includes(owner)) {
+          persisted.completed.push(owner);
+          await this.persist(id);
+        }
+      }
       this.scheduleDeadline(id);
       this.log(`loaded job ${id} (${persisted.state}, ${persisted.completed.length} owners complete)`);
-      if (persisted.state === 'solving') void this.solve(id);
+      const quorum = spec.quorum ?? spec.participants.length;
+      // A solve that failed for lack of disk space is tried again once the coordinator restarts (with space, one hopes).
+      const retry = persisted.state === 'failed' && persisted.failure?.code === ErrorCode.StorageFull && persisted.completed.length >= quorum;
+      if (retry) this.log(`job ${id}: its solve failed for lack of disk space; trying again`);
+      if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum)) void this.solve(id);
     }
+  }
+
+  /** (job, owner, statistic) of every statistic.committed record in the coordinator's ledger. */
+  private async ledgeredCommits(): Promise<Set<string>> {
+    const out = new Set<string>();
+    const text = await readFile(this.ledger.path, 'utf8').catch(() => '');
+    for (const line of text.split('\n')) {
+      if (!line.includes('"kind":"statistic.committed"')) continue;
+      const record = JSON.parse(line) as { job: string; facts: { owner: string; statistic: string } };
+      out.add(`${record.job}\u0000${record.facts.owner}\u0000${record.facts.statistic}`);
+    }
+    return out;
+  }
+
+  /** An owner's receipt log; a last line cut short by a crash (no newline) was never a commit and is dropped. */
+  private async readReceipts(parts: string[]): Promise<Receipt[]> {
+    const text = (await this.store.read(parts))?.toString('utf8') ?? '';
+    const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+    if (complete !== text) {
+      this.log(`${parts.join('/')}: dropping a receipt line cut short by a stop`);
+      await this.store.write(parts, complete);
+    }
+    return complete
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .map((line) => JSON.parse(line) as Receipt);
   }
 
   private job(id: string): Job {
@@ -244,7 +359,11 @@ export class Coordinator {
   private async transition(id: string, state: JobState): Promise<void> {
     const job = this.job(id);
     job.persisted.state = state;
-    await this.persist(id);
+    // Watchers hear of the change even when it cannot be written (a full disk): the error still reaches the caller.
+    const written = await this.persist(id).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
     this.emit(id, 'state', {
       state,
       completed: job.persisted.completed.length,
@@ -252,6 +371,7 @@ export class Coordinator {
       ...(job.persisted.failure === undefined ? {} : { failure: job.persisted.failure }),
       ...(job.persisted.result === undefined ? {} : { result: job.persisted.result }),
     });
+    if (written !== undefined) throw toGramfuseError(written);
   }
 
   async createJob(identity: string, specValue: unknown, templateSource: Uint8Array | string): Promise<JobView> {
@@ -264,7 +384,7 @@ export class Coordinator {
     }
     const spec = parseJobSpec(specValue, 'job spec');
     const template = await loadModel(templateSource);
-    const analysis = await analyzeModel(template);
+    const analysis = await analyzeModel(template, { probe: false });
     if (spec.fingerprint !== undefined && spec.fingerprint !== analysis.fingerprint) {
       throw new GramfuseError(
         ErrorCode.FingerprintMismatch,
@@ -282,14 +402,11 @@ export class Coordinator {
         { facts: { job: spec.id } },
       );
     }
-    // A template named by path may keep tensors in side files: saveModel copies them into the job's directory.
-    if (typeof templateSource === 'string') {
-      await this.store.directory(['jobs', spec.id]);
-      await saveModel(template, this.store.path('jobs', spec.id, 'template.onnx'));
-    } else {
-      await this.store.write(['jobs', spec.id, 'template.onnx'], templateSource);
-    }
-    const templateBytes = (await this.store.read(['jobs', spec.id, 'template.onnx']))!;
+    // The job keeps its template with tensors in a side file (template.onnx.data): the coordinator then reads
+    // only the graph into memory, and the solve's writer reads one tensor at a time.
+    const templateSha256 = typeof templateSource === 'string' ? (await sha256OfFile(templateSource)).sha256 : sha256(templateSource);
+    await this.store.directory(['jobs', spec.id]);
+    await saveModel(template, this.store.path('jobs', spec.id, 'template.onnx'), { externalData: 'always' });
     await this.store.write(['jobs', spec.id, 'spec.json'], JSON.stringify(spec, null, 2));
     const persisted: PersistedState = { state: 'open', createdBy: identity, completed: [], evaluations: [] };
     this.jobs.set(spec.id, newJob(spec, analysis, persisted));
@@ -299,7 +416,7 @@ export class Coordinator {
       createdBy: identity,
       spec,
       fingerprint: analysis.fingerprint,
-      templateSha256: sha256(templateBytes),
+      templateSha256,
     });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
@@ -362,7 +479,7 @@ export class Coordinator {
     jobId: string,
     fingerprintValue: string,
     manifestJson: string,
-  ): Promise<Map<string, { held: number[]; committed: boolean }>> {
+  ): Promise<Map<string, { held: number[]; committed: boolean; receipt?: Receipt }>> {
     const job = this.job(jobId);
     this.participant(job, identity);
     this.accepting(job);
@@ -465,16 +582,19 @@ export class Coordinator {
     return this.uploadState(identity, jobId);
   }
 
-  async uploadState(identity: string, jobId: string): Promise<Map<string, { held: number[]; committed: boolean }>> {
+  /** What the coordinator holds of an owner's statistics: chunks held, and the receipt of each committed one. */
+  async uploadState(identity: string, jobId: string): Promise<Map<string, { held: number[]; committed: boolean; receipt?: Receipt }>> {
     const job = this.job(jobId);
     this.participant(job, identity);
     await job.committing.get(identity)?.catch(() => undefined);
-    const out = new Map<string, { held: number[]; committed: boolean }>();
+    const out = new Map<string, { held: number[]; committed: boolean; receipt?: Receipt }>();
     const manifest = job.manifests.get(identity);
     for (const s of manifest?.plan.statistics ?? []) {
+      const receipt = job.committed.get(identity)?.get(s.id);
       out.set(s.id, {
         held: [...(job.held.get(identity)?.get(s.id) ?? [])].sort((a, b) => a - b),
-        committed: job.committed.get(identity)?.has(s.id) ?? false,
+        committed: receipt !== undefined,
+        ...(receipt === undefined ? {} : { receipt }),
       });
     }
     return out;
@@ -512,6 +632,9 @@ export class Coordinator {
       );
     }
     if (
+      !Number.isSafeInteger(chunk.offset) ||
+      chunk.offset < 0 ||
+      chunk.index < 0 ||
       chunk.data.byteLength > job.spec.limits.maxChunkBytes ||
       chunk.offset + chunk.data.byteLength > planned.bytes ||
       chunk.index >= chunk.count ||
@@ -544,6 +667,7 @@ export class Coordinator {
       // A one-chunk statistic is checked in memory and written once, without fsync: the group commit syncs it.
       if (chunk.data.byteLength !== planned.bytes || sha256(chunk.data) !== planned.sha256) throw mismatch();
       await this.store.write(committedFile, chunk.data, false);
+      failpoint('chunk.written');
     } else {
       // Chunks go straight to their offsets of one file; `.held` lists the chunks written (no fsync: the
       // statistic's digest is checked when the last chunk arrives, so a torn chunk is found, not used).
@@ -552,6 +676,7 @@ export class Coordinator {
       let indices = held.get(chunk.statisticId);
       if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
       indices.add(chunk.index);
+      failpoint('chunk.written');
       if (indices.size < chunk.count) return { skipped: false };
       const whole = await this.store.sha256([...owner, 'partial', `${name}.bin`]);
       if (whole.bytes !== planned.bytes || whole.sha256 !== planned.sha256) {
@@ -564,6 +689,7 @@ export class Coordinator {
       await this.store.remove([...owner, 'partial', `${name}.held`]);
       held.delete(chunk.statisticId);
     }
+    failpoint('statistic.verified');
     batch.entries.push({ jobId: chunk.jobId, statistic: planned, file: committedFile });
     batch.bytes += planned.bytes;
     return { skipped: false };
@@ -589,6 +715,7 @@ export class Coordinator {
   private async commitEntries(identity: string, job: Job, entries: CommitBatch['entries']): Promise<Receipt[]> {
     const jobId = job.spec.id;
     await this.store.sync(entries.map((e) => e.file));
+    failpoint('commit.synced');
     const committedAt = new Date().toISOString();
     const receipts = entries.map(({ statistic }) => {
       const fields: ReceiptFields = {
@@ -606,42 +733,14 @@ export class Coordinator {
       receipts.map((r) => JSON.stringify(r)),
       true,
     );
+    failpoint('commit.receipts');
     const committed = job.committed.get(identity)!;
     for (const receipt of receipts) {
       committed.set(receipt.statisticId, receipt);
       job.uploadedBytes += receipt.bytes;
     }
-    await this.ledger.appendAll(
-      entries.flatMap(({ statistic }, i) => [
-        {
-          kind: 'statistic.committed' as const,
-          job: jobId,
-          facts: {
-            owner: identity,
-            statistic: statistic.id,
-            kind: statistic.kind,
-            tensors: statistic.tensors,
-            shape: statistic.shape,
-            dtype: statistic.dtype,
-            bytes: statistic.bytes,
-            rows: statistic.rows ?? null,
-            sha256: statistic.sha256,
-          },
-        },
-        {
-          kind: 'receipt.issued' as const,
-          job: jobId,
-          facts: {
-            owner: identity,
-            statistic: statistic.id,
-            sha256: statistic.sha256,
-            bytes: statistic.bytes,
-            committedAt,
-            signature: receipts[i]!.signature,
-          },
-        },
-      ]),
-    );
+    await this.ledger.appendAll(entries.flatMap(({ statistic }, i) => commitRecords(jobId, identity, statistic, receipts[i]!)));
+    failpoint('commit.recorded');
     const total = job.manifests.get(identity)!.plan.statistics.length;
     this.emit(jobId, 'upload', {
       owner: identity,
@@ -676,6 +775,7 @@ export class Coordinator {
   private async runSolve(jobId: string): Promise<void> {
     const job = this.job(jobId);
     try {
+      delete job.persisted.failure;
       await this.transition(jobId, 'solving');
       const owners = [...job.persisted.completed].sort();
       const request: SolveRequest = {
@@ -690,6 +790,7 @@ export class Coordinator {
       const outcome = await callWorker<SolveProgress, SolveOutcome>(import.meta.url, 'solve-worker', request, (progress) =>
         this.emit(jobId, 'solve', { ...progress }),
       );
+      failpoint('solve.finished');
       job.persisted.result = { sha256: outcome.modelSha256, bytes: outcome.modelBytes };
       await this.ledger.append('solve.done', jobId, {
         owners: owners.map((owner) => ({
@@ -700,6 +801,7 @@ export class Coordinator {
         reportSha256: outcome.reportSha256,
         method: job.spec.merge.method,
       });
+      failpoint('solve.recorded');
       await this.transition(jobId, 'done');
       this.emit(jobId, 'result', { sha256: outcome.modelSha256, bytes: outcome.modelBytes, artifacts: ['merged.onnx', 'merged.safetensors', 'report.json'] });
       const s = outcome.seconds;

@@ -3,6 +3,7 @@ export { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type J
 export {
   type CoordinatorServer,
   type CoordinatorServerOptions,
+  decodeChunk,
   type ServerState,
   type ServerTls,
   startCoordinatorServer,

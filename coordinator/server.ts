@@ -89,6 +89,17 @@ function chunkFromProto(c: federation.Chunk): ChunkIn {
   };
 }
 
+/** A chunk message from its wire bytes; bytes that are not a valid message are UPLOAD_INVALID (the fuzz tests' entry). */
+export function decodeChunk(bytes: Uint8Array): ChunkIn {
+  let message: federation.Chunk;
+  try {
+    message = federation.Chunk.decode(bytes);
+  } catch (error) {
+    throw new GramfuseError(ErrorCode.UploadInvalid, `a chunk message that is not valid protobuf (${(error as Error).message}); resend it`);
+  }
+  return chunkFromProto(message);
+}
+
 /** Starts the coordinator's gRPC server. */
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
   let state: ServerState = 'starting';
@@ -194,32 +205,45 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       const held = await coordinator.join(who, call.request.jobId, call.request.fingerprint, call.request.manifestJson);
       return {
         jobId: call.request.jobId,
-        statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
+        statistics: [...held].map(([statisticId, s]) => ({
+          statisticId,
+          held: s.held,
+          committed: s.committed,
+          ...(s.receipt === undefined ? {} : { receipt: receiptToProto(s.receipt) }),
+        })),
       };
     }),
     state: unary<federation.GetJobRequest, federation.UploadState>(async (call) => {
       const held = await coordinator.uploadState(identity(call), call.request.jobId);
       return {
         jobId: call.request.jobId,
-        statistics: [...held].map(([statisticId, s]) => ({ statisticId, held: s.held, committed: s.committed })),
+        statistics: [...held].map(([statisticId, s]) => ({
+          statisticId,
+          held: s.held,
+          committed: s.committed,
+          ...(s.receipt === undefined ? {} : { receipt: receiptToProto(s.receipt) }),
+        })),
       };
     }),
-    upload: (
-      call: grpc.ServerReadableStream<federation.Chunk, federation.UploadReply>,
-      callback: grpc.sendUnaryData<federation.UploadReply>,
-    ) => {
+    upload: (call: grpc.ServerDuplexStream<federation.Chunk, federation.UploadAck>) => {
+      let failed = false;
+      const fail = (error: unknown): void => {
+        if (failed) return;
+        failed = true;
+        // grpc-js sends a status for an 'error' event on a server stream.
+        call.emit('error', toStatus(error));
+      };
       let who: string;
       try {
         who = identity(call);
       } catch (error) {
-        callback(toStatus(error));
+        fail(error);
         return;
       }
       const receipts: Receipt[] = [];
       const batch = new CommitBatch();
       let received = 0;
       let skipped = 0;
-      let failed = false;
       let finished = false;
       const addReceipts = (list: readonly Receipt[]): void => {
         for (const receipt of list) if (!receipts.some((r) => r.statisticId === receipt.statisticId)) receipts.push(receipt);
@@ -227,10 +251,10 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       // Verified statistics are committed in groups (at most 64 or 64 MiB at a time, and at the end of the
       // stream); a stream cut off, or one that fails, still commits what verified before it.
       const commit = async (): Promise<void> => addReceipts(await coordinator.commit(who, batch));
-      // Chunks are verified one at a time: the stream is paused while one is stored (backpressure).
+      // Chunks are handled one at a time, each acknowledged once stored; the agent waits for the ack before
+      // sending the next (backpressure, and at most one chunk in flight).
       let queue = Promise.resolve();
       call.on('data', (chunk: federation.Chunk) => {
-        call.pause();
         queue = queue.then(async () => {
           if (failed) return;
           try {
@@ -239,12 +263,10 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
             else received++;
             if (result.receipt !== undefined) addReceipts([result.receipt]);
             if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) await commit();
+            call.write({ statisticId: chunk.statisticId, index: chunk.index });
           } catch (error) {
-            failed = true;
             await commit().catch(() => undefined);
-            callback(toStatus(error));
-          } finally {
-            call.resume();
+            fail(error);
           }
         });
       });
@@ -254,9 +276,14 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
           if (failed) return;
           try {
             await commit();
-            callback(null, { receipts: receipts.map(receiptToProto), chunksReceived: received, chunksSkipped: skipped });
+            call.write({
+              statisticId: '',
+              index: 0,
+              reply: { receipts: receipts.map(receiptToProto), chunksReceived: received, chunksSkipped: skipped },
+            });
+            call.end();
           } catch (error) {
-            callback(toStatus(error));
+            fail(error);
           }
         });
       });
@@ -264,7 +291,6 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         if (!finished) void queue.then(commit).catch(() => undefined);
       };
       call.on('cancelled', abandoned);
-      call.on('error', abandoned);
     },
   } satisfies federation.UploadsServer);
 

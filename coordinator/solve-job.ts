@@ -6,15 +6,16 @@
 // `jobs/<id>/solve/`; parameters are averaged one at a time the same way. A group whose result is on disk
 // is not solved again after a restart. The merged model is then written from those files.
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 
 import {
   type Aggregate,
   createOrtSolver,
+  failpoint,
   ErrorCode,
-  finishParameters,
   formatMergeReport,
   GramfuseError,
+  inlineSizeEstimate,
   isParameterTensor,
   type LayerDiagnostics,
   loadModel,
@@ -23,10 +24,14 @@ import {
   type ModelAnalysis,
   packageVersion,
   type PlannedStatistic,
+  PROTOBUF_LIMIT_BYTES,
   saveModel,
+  saveModelStreamed,
   solveRegMean,
+  tensorBytes,
   tensorWithBytes,
   typedArrayBytes,
+  writeFileAtomic,
   writeSafetensorsFrom,
 } from '../shared/index.js';
 import { FileStore, statisticFile } from './store.js';
@@ -52,7 +57,8 @@ export interface SolveOutcome {
   readonly modelSha256: string;
   readonly modelBytes: number;
   readonly reportSha256: string;
-  readonly seconds: { readonly solve: number; readonly average: number; readonly write: number };
+  /** aggregate: reading and summing the owners' statistics (inside the solve and average phases). */
+  readonly seconds: { readonly aggregate: number; readonly solve: number; readonly average: number; readonly write: number };
   /** Gram groups whose result was already on disk (a restarted solve). */
   readonly resumedGroups: number;
 }
@@ -71,31 +77,46 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
       throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner} committed no statistic ${id}`, { facts: { statistic: id } });
     return s;
   };
-  /** One owner's committed statistic as float64 (a fresh, aligned array). */
-  const read = async (owner: (typeof request.owners)[number], id: string): Promise<Float64Array> => {
+  const committed = (owner: (typeof request.owners)[number], id: string): string[] =>
+    job('owners', owner.owner, 'committed', `${statisticFile(id)}.bin`);
+  /** Bytes as float32/float64 values without copying when they are aligned. */
+  const view = (bytes: Uint8Array, dtype: 'float32' | 'float64'): Float32Array | Float64Array => {
+    const width = dtype === 'float32' ? 4 : 8;
+    const aligned = bytes.byteOffset % width === 0 ? bytes : new Uint8Array(bytes);
+    return dtype === 'float32'
+      ? new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4)
+      : new Float64Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 8);
+  };
+  /** One owner's committed statistic, as stored (checked against its planned size). */
+  const read = async (owner: (typeof request.owners)[number], id: string): Promise<Float32Array | Float64Array> => {
     const s = planned(owner, id);
-    const bytes = await store.read(job('owners', owner.owner, 'committed', `${statisticFile(id)}.bin`));
+    const bytes = await store.read(committed(owner, id));
     if (bytes === undefined || bytes.byteLength !== s.bytes)
       throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s committed ${id} is missing or has the wrong size`, {
         facts: { statistic: id },
       });
-    const copy = new Uint8Array(bytes); // aligned, and detached from Node's buffer pool
-    return s.dtype === 'float32' ? Float64Array.from(new Float32Array(copy.buffer)) : new Float64Array(copy.buffer);
+    return view(bytes, s.dtype);
   };
+  let aggregateSeconds = 0;
+  /** Σ over owners in float64, holding the sum and one owner's statistic at a time. */
   const sumOver = async (id: string): Promise<Float64Array> => {
+    const started = performance.now();
     let sum: Float64Array | undefined;
     for (const owner of request.owners) {
       const values = await read(owner, id);
-      if (sum === undefined) sum = values;
-      else {
-        if (values.length !== sum.length)
-          throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s ${id} has ${values.length} values, others ${sum.length}`);
-        for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! + values[i]!;
-      }
+      sum ??= new Float64Array(values.length);
+      if (values.length !== sum.length)
+        throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s ${id} has ${values.length} values, others ${sum.length}`);
+      for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! + values[i]!;
     }
+    aggregateSeconds += (performance.now() - started) / 1000;
     return sum!;
   };
   const dtypes = new Map(analysis.parameters.map((p) => [p.name, p.dtype]));
+  const sizes = new Map(analysis.parameters.map((p) => [p.name, p.bytes]));
+  /** A merged parameter already on disk, whole (a restarted solve skips it). */
+  const hasMerged = async (name: string): Promise<boolean> =>
+    (await stat(store.path(...solvedFile(name))).catch(() => undefined))?.size === sizes.get(name);
   /** Writes one merged parameter in its own dtype, refusing non-finite values. */
   const writeMerged = async (name: string, values: Float64Array): Promise<void> => {
     const dtype = dtypes.get(name);
@@ -110,6 +131,8 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
     await store.write(solvedFile(name), typedArrayBytes(typed));
   };
 
+  if (spec.method !== 'regmean' && spec.method !== 'average')
+    throw new GramfuseError(ErrorCode.InvalidArgument, `job ${jobId}: the federated solve merges with regmean or average, not ${spec.method}`);
   const weight = (await Promise.all(request.owners.map((o) => read(o, 'count/weight')))).reduce((s, v) => s + v[0]!, 0);
   const owners = request.owners.map((o) => o.owner);
 
@@ -124,7 +147,7 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
       for (const [index, group] of analysis.gramGroups.entries()) {
         for (const w of group.weights) solvedWeights.add(w);
         const done = await store.readJson<LayerDiagnostics>(groupFile(group.id));
-        if (done !== undefined) {
+        if (done !== undefined && (await Promise.all(group.weights.map(hasMerged))).every(Boolean)) {
           layers.push(done);
           resumedGroups++;
         } else {
@@ -144,6 +167,7 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
           for (const [name, values] of solved.values) await writeMerged(name, values);
           // Written last: its presence says the group's weights are all on disk.
           await store.write(groupFile(group.id), JSON.stringify(solved.layers[0]));
+          failpoint('solve.group');
           layers.push(solved.layers[0]!);
         }
         onProgress({ phase: 'solve', done: index + 1, total: analysis.gramGroups.length, item: group.id });
@@ -153,19 +177,48 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
     }
   }
   const solveSeconds = (performance.now() - started) / 1000;
+  const aggregateInSolve = aggregateSeconds;
 
-  // 2. Every other parameter: Σ weight·θ / Σ weight, one parameter at a time.
+  // 2. Every other parameter: Σ weight·θ / Σ weight (what finishParameters computes for RegMean and average),
+  // one slice of one parameter at a time, so an embedding matrix never needs more than a slice in memory.
   const averageStarted = performance.now();
   const averaged = analysis.parameters.filter((p) => !solvedWeights.has(p.name));
+  const SLICE = 1 << 20;
   for (const [index, parameter] of averaged.entries()) {
-    if ((await store.read(solvedFile(parameter.name))) === undefined) {
-      const sum = await sumOver(`parameter/${parameter.name}`);
-      const merged = finishParameters(
-        { fingerprint: request.fingerprint, owners, weight, rows: {}, grams: new Map(), gramTimesWeight: new Map(), parameters: new Map([[parameter.name, sum]]) },
-        spec,
-        undefined,
-      );
-      await writeMerged(parameter.name, merged.get(parameter.name)!);
+    if (!(await hasMerged(parameter.name))) {
+      const id = `parameter/${parameter.name}`;
+      const stats = request.owners.map((o) => planned(o, id));
+      const count = parameter.shape.reduce((a, b) => a * b, 1);
+      const dtype = parameter.dtype === 'float64' ? 'float64' : 'float32';
+      const slices = async function* (): AsyncGenerator<Uint8Array> {
+        for (let start = 0; start < count; start += SLICE) {
+          const length = Math.min(SLICE, count - start);
+          const sum = new Float64Array(length);
+          const started = performance.now();
+          for (const [k, owner] of request.owners.entries()) {
+            const width = stats[k]!.dtype === 'float32' ? 4 : 8;
+            if (stats[k]!.bytes !== count * width)
+              throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s ${id} has ${stats[k]!.bytes} bytes, the template needs ${count * width}`);
+            const values = view(await store.readRange(committed(owner, id), start * width, length * width), stats[k]!.dtype);
+            for (let i = 0; i < length; i++) sum[i] = sum[i]! + values[i]!;
+          }
+          aggregateSeconds += (performance.now() - started) / 1000;
+          const merged = dtype === 'float64' ? sum : new Float32Array(length);
+          for (let i = 0; i < length; i++) {
+            merged[i] = sum[i]! / weight;
+            if (!Number.isFinite(merged[i]!)) {
+              throw new GramfuseError(
+                ErrorCode.NonFinite,
+                `parameter ${parameter.name}: merged value ${merged[i]} at index ${start + i} is not finite; nothing was written`,
+                { facts: { parameter: parameter.name, index: start + i } },
+              );
+            }
+          }
+          yield typedArrayBytes(merged);
+        }
+      };
+      await writeFileAtomic(store.path(...solvedFile(parameter.name)), slices(), 'writing a merged parameter', true);
+      failpoint('solve.parameter');
     }
     if (index % 16 === 15 || index === averaged.length - 1)
       onProgress({ phase: 'average', done: index + 1, total: averaged.length, item: parameter.name });
@@ -174,17 +227,27 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
 
   // 3. The merged model: the template with each parameter's tensor replaced from its file, one at a time.
   const writeStarted = performance.now();
-  const template = await loadModel(store.path('jobs', jobId, 'template.onnx'));
-  const graph = template.proto.graph!;
-  for (const [i, tensor] of graph.initializer.entries()) {
-    if (!isParameterTensor(tensor)) continue;
-    const bytes = await store.read(solvedFile(tensor.name ?? ''));
-    if (bytes === undefined) throw new GramfuseError(ErrorCode.Internal, `job ${jobId}: no merged value for ${tensor.name}`);
-    graph.initializer[i] = tensorWithBytes(tensor, bytes);
-  }
+  const template = await loadModel(store.path('jobs', jobId, 'template.onnx')); // the graph; tensors stay in its side file
+  const merged = async (name: string): Promise<Uint8Array> => {
+    const bytes = await store.read(solvedFile(name));
+    if (bytes === undefined) throw new GramfuseError(ErrorCode.Internal, `job ${jobId}: no merged value for ${name}`);
+    return bytes;
+  };
   await store.directory(job('result'));
   const modelPath = store.path('jobs', jobId, 'result', 'merged.onnx');
-  await saveModel(template, modelPath);
+  if (inlineSizeEstimate(template) < PROTOBUF_LIMIT_BYTES - 64 * 1024 * 1024) {
+    // One tensor in memory at a time: the template's for structure, the merged file's for parameters.
+    await saveModelStreamed(template, modelPath, (tensor) =>
+      isParameterTensor(tensor) ? merged(tensor.name ?? '') : Promise.resolve(tensorBytes(template, tensor)),
+    );
+  } else {
+    // Past protobuf's 2 GB the model needs a side file anyway: replace the tensors and let saveModel write it.
+    const graph = template.proto.graph!;
+    for (const [i, tensor] of graph.initializer.entries())
+      if (isParameterTensor(tensor)) graph.initializer[i] = tensorWithBytes(tensor, await merged(tensor.name ?? ''));
+    await saveModel(template, modelPath);
+  }
+  failpoint('write.model');
   onProgress({ phase: 'write', done: 1, total: 2, item: 'merged.onnx' });
   await writeSafetensorsFrom(
     store.path('jobs', jobId, 'result', 'merged.safetensors'),
@@ -197,6 +260,7 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
     })),
     { method: spec.method, fingerprint: request.fingerprint, job: jobId },
   );
+  failpoint('write.safetensors');
   onProgress({ phase: 'write', done: 2, total: 2, item: 'merged.safetensors' });
   const model = await store.sha256(job('result', 'merged.onnx'));
   const writeSeconds = (performance.now() - writeStarted) / 1000;
@@ -219,18 +283,30 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
     owners: ownerFacts,
     layers,
     averaged: averaged.map((p) => p.name),
-    seconds: { collect: 0, solve: solveSeconds + averageSeconds, write: writeSeconds, total: solveSeconds + averageSeconds + writeSeconds },
+    seconds: {
+      collect: 0,
+      aggregate: aggregateSeconds,
+      solve: solveSeconds + averageSeconds - aggregateSeconds,
+      write: writeSeconds,
+      total: solveSeconds + averageSeconds + writeSeconds,
+    },
     peakRssMb: process.resourceUsage().maxRSS / 1024,
     outputs: { model: 'merged.onnx', modelSha256: model.sha256, safetensors: 'merged.safetensors', report: 'report.json' },
   };
   const reportJson = `${JSON.stringify(report, null, 2)}\n`;
   await store.write(job('result', 'report.json'), reportJson);
   await store.write(job('result', 'report.txt'), `${formatMergeReport(report)}\n`);
+  failpoint('write.report');
   return {
     modelSha256: model.sha256,
     modelBytes: model.bytes,
     reportSha256: createHash('sha256').update(reportJson).digest('hex'),
-    seconds: { solve: solveSeconds, average: averageSeconds, write: writeSeconds },
+    seconds: {
+      aggregate: aggregateSeconds,
+      solve: solveSeconds - aggregateInSolve,
+      average: averageSeconds - (aggregateSeconds - aggregateInSolve),
+      write: writeSeconds,
+    },
     resumedGroups,
   };
 }

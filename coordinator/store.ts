@@ -3,7 +3,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { fileError, writeFileAtomic } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError, writeAll, writeFileAtomic } from '../shared/index.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to
@@ -29,7 +29,7 @@ export class FileStore {
       await mkdir(join(path, '..'), { recursive: true });
       const handle = await open(path, constants.O_RDWR | constants.O_CREAT);
       try {
-        await handle.write(data, 0, data.byteLength, offset);
+        await writeAll(handle, data, offset);
       } finally {
         await handle.close();
       }
@@ -45,7 +45,7 @@ export class FileStore {
       await mkdir(join(path, '..'), { recursive: true });
       const handle = await open(path, 'a');
       try {
-        await handle.write(lines.map((l) => `${l}\n`).join(''));
+        await writeAll(handle, lines.map((l) => `${l}\n`).join(''));
         if (sync) await handle.sync();
       } finally {
         await handle.close();
@@ -81,28 +81,32 @@ export class FileStore {
     }
   }
 
-  /** SHA-256 and size of a file, read in 4 MiB pieces. */
-  async sha256(parts: string[]): Promise<{ sha256: string; bytes: number }> {
+  /** `length` bytes of a state file from `offset` (a slice of a large statistic). */
+  async readRange(parts: string[], offset: number, length: number): Promise<Uint8Array> {
     const path = this.path(...parts);
-    const hash = createHash('sha256');
-    const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
-    let bytes = 0;
     try {
       const handle = await open(path, 'r');
       try {
-        for (;;) {
-          const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, bytes);
-          if (bytesRead === 0) break;
-          hash.update(buffer.subarray(0, bytesRead));
-          bytes += bytesRead;
+        const buffer = new Uint8Array(length);
+        let done = 0;
+        while (done < length) {
+          const { bytesRead } = await handle.read(buffer, done, length - done, offset + done);
+          if (bytesRead === 0) throw new GramfuseError(ErrorCode.InvalidData, `${path}: shorter than expected (${offset + done} bytes)`);
+          done += bytesRead;
         }
+        return buffer;
       } finally {
         await handle.close();
       }
     } catch (error) {
+      if (error instanceof GramfuseError) throw error;
       throw fileError(error, path, 'reading coordinator state');
     }
-    return { sha256: hash.digest('hex'), bytes };
+  }
+
+  /** SHA-256 and size of a state file. */
+  sha256(parts: string[]): Promise<{ sha256: string; bytes: number }> {
+    return sha256OfFile(this.path(...parts));
   }
 
   /** Creates a directory (and its parents) for files written by other means, e.g. saveModel. */
@@ -140,6 +144,30 @@ export class FileStore {
   async remove(parts: string[]): Promise<void> {
     await rm(this.path(...parts), { recursive: true, force: true });
   }
+}
+
+
+/** SHA-256 and size of a file, read in 4 MiB pieces. */
+export async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
+  let bytes = 0;
+  try {
+    const handle = await open(path, 'r');
+    try {
+      for (;;) {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, bytes);
+        if (bytesRead === 0) break;
+        hash.update(buffer.subarray(0, bytesRead));
+        bytes += bytesRead;
+      }
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    throw fileError(error, path, 'reading a file to hash it');
+  }
+  return { sha256: hash.digest('hex'), bytes };
 }
 
 /** A file-system-safe name for a statistic id (ids contain '/' and '::'). */

@@ -1,8 +1,22 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 
 import { fileError } from './errors.js';
+
+/**
+ * Writes all of `data` (at `position`, or at the file's current position): a single write may write only
+ * part of it when the disk fills up, without an error. A write that makes no progress is ENOSPC.
+ */
+export async function writeAll(handle: FileHandle, data: Uint8Array | string, position?: number): Promise<void> {
+  const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+  let written = 0;
+  while (written < bytes.byteLength) {
+    const { bytesWritten } = await handle.write(bytes, written, bytes.byteLength - written, position === undefined ? null : position + written);
+    if (bytesWritten === 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
+    written += bytesWritten;
+  }
+}
 
 /**
  * Writes a file so that it is either absent, the old version, or complete: the parts go to a temporary
@@ -25,7 +39,7 @@ export async function writeFileAtomic(
     try {
       const list: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array> =
         typeof parts === 'string' || parts instanceof Uint8Array ? [parts] : parts;
-      for await (const part of list) await handle.write(typeof part === 'string' ? Buffer.from(part) : part);
+      for await (const part of list) await writeAll(handle, part);
       if (sync) await handle.sync();
     } finally {
       await handle.close();

@@ -3,6 +3,7 @@ import { open, readFile, truncate } from 'node:fs/promises';
 
 import { z } from 'zod';
 
+import { writeAll } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
 import { canonicalJson, signFields, type SigningKeys, verifyFields } from '../security/index.js';
 
@@ -138,7 +139,7 @@ export class FileLedger {
     let size = -1;
     try {
       size = (await handle.stat()).size;
-      await handle.write(lines.map((line) => `${line}\n`).join(''));
+      await writeAll(handle, lines.map((line) => `${line}\n`).join(''));
       await handle.sync();
     } catch (error) {
       // A failed write (disk full) may leave part of a record: cut it off so the next append starts clean.

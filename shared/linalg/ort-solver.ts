@@ -195,7 +195,7 @@ function writeBlock(a: Float64Array, stride: number, r0: number, c0: number, src
 export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<SpdSolver> {
   const nb = options.blockSize ?? 192;
   const steps = options.jitterSteps ?? DEFAULT_JITTER_STEPS;
-  const sessionOptions = options.threads === undefined ? {} : { intraOpThreads: options.threads };
+  const sessionOptions = { memoryArena: false, ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }) };
   const sessions = new Map<KernelName, InferenceSession>();
   for (const name of Object.keys(kernels) as KernelName[]) sessions.set(name, await createSession(kernels[name], sessionOptions));
   const run = async (name: KernelName, feeds: Record<string, Tensor>): Promise<Float64Array> => {

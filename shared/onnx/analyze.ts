@@ -21,8 +21,12 @@ export interface ModelAnalysis {
   readonly notes: readonly AnalysisNote[];
 }
 
-/** Analyses a model: parameters, fingerprint, linear layers, Gram groups, and (by a probe run) row rules. */
-export async function analyzeModel(model: OnnxModel): Promise<ModelAnalysis> {
+/**
+ * Analyses a model: parameters, fingerprint, linear layers, Gram groups, and (by a probe run) row rules.
+ * `probe: false` skips the probe run (no onnxruntime session, so no second copy of the weights in memory):
+ * the coordinator needs the groups and shapes, never the row rules; `rowRules` is then empty.
+ */
+export async function analyzeModel(model: OnnxModel, options: { readonly probe?: boolean } = {}): Promise<ModelAnalysis> {
   const graph = model.proto.graph!;
   const index = indexGraph(graph);
   const { layers, notes } = findLinearLayers(index);
@@ -35,7 +39,7 @@ export async function analyzeModel(model: OnnxModel): Promise<ModelAnalysis> {
   }
   const gramGroups = formGramGroups(layers);
   const inputs = modelInputs(index);
-  const rowRules = await probeRowRules(model, index, gramGroups);
+  const rowRules = options.probe === false ? new Map<string, RowRule>() : await probeRowRules(model, index, gramGroups);
   return {
     fingerprint: fingerprint(model),
     inputs,

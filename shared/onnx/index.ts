@@ -11,6 +11,7 @@ export {
   type OnnxModel,
   PROTOBUF_LIMIT_BYTES,
   saveModel,
+  saveModelStreamed,
   type SaveModelOptions,
   serializeModel,
   tensorBytes,

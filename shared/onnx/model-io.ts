@@ -3,9 +3,9 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 
-import { ModelProto, type TensorProto } from '../../proto/index.js';
+import { GraphProto, ModelProto, TensorProto } from '../../proto/index.js';
 import { dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
-import { ensureDirectoryFor } from '../atomic-file.js';
+import { ensureDirectoryFor, writeAll, writeFileAtomic } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
 
 /** An ONNX model in memory, with where its external data lives. */
@@ -315,11 +315,7 @@ async function writeExternalData(
       }
       // Page-aligned offsets let runtimes memory-map each tensor.
       offset = Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
-      let written = 0;
-      while (written < bytes.byteLength) {
-        const { bytesWritten } = await handle.write(bytes, written, bytes.byteLength - written, offset + written);
-        written += bytesWritten;
-      }
+      await writeAll(handle, bytes, offset);
       out.push({
         ...tensorWithBytes(tensor, new Uint8Array(0)),
         rawData: undefined,
@@ -342,4 +338,65 @@ async function writeExternalData(
 /** The model as ONNX bytes (in memory; external tensors stay external). */
 export function serializeModel(model: OnnxModel): Uint8Array {
   return ModelProto.encode(model.proto).finish();
+}
+
+const varint = (value: number): Uint8Array => {
+  const out: number[] = [];
+  let v = value;
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
+  return Uint8Array.from(out);
+};
+/** The tag byte of a length-delimited protobuf field (field numbers < 16). */
+const lengthTag = (field: number): Uint8Array => Uint8Array.of((field << 3) | 2);
+
+/**
+ * Saves a model inline (one .onnx file) without ever holding all its tensors: the graph is written
+ * without initializers, then each initializer is appended as its own length-delimited field with its bytes
+ * from `bytesOf` (read when its turn comes). Protobuf lets fields come in any order, so onnxruntime and
+ * `loadModel` read it like any model. For models under protobuf's 2 GB limit; atomic like saveModel.
+ * Field numbers from onnx.proto: ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto.raw_data = 9.
+ */
+export async function saveModelStreamed(
+  model: OnnxModel,
+  path: string,
+  bytesOf: (tensor: TensorProto) => Promise<Uint8Array>,
+): Promise<void> {
+  await ensureDirectoryFor(path);
+  const graph = model.proto.graph!;
+  const head = ModelProto.encode({ ...model.proto, graph: undefined }).finish();
+  const graphHead = GraphProto.encode({ ...graph, initializer: [] }).finish();
+  const tensors = graph.initializer.map((tensor) => {
+    const info = dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${tensor.name ?? '?'}`);
+    const payload = tensorElementCount(tensor) * info.bytes;
+    // The tensor's own fields, inline and without raw_data (written after them with the bytes).
+    const bare = TensorProto.encode({ ...tensorWithBytes(tensor, new Uint8Array(0)), rawData: undefined }).finish();
+    const length = bare.byteLength + 1 + varint(payload).byteLength + payload;
+    return { tensor, bare, payload, length };
+  });
+  const graphLength = graphHead.byteLength + tensors.reduce((sum, t) => sum + 1 + varint(t.length).byteLength + t.length, 0);
+  if (head.byteLength + 1 + varint(graphLength).byteLength + graphLength > PROTOBUF_LIMIT_BYTES) {
+    throw new GramfuseError(ErrorCode.Internal, `${path}: the model passes protobuf's 2 GB limit; save it with external data`);
+  }
+  async function* parts(): AsyncGenerator<Uint8Array> {
+    yield head;
+    yield lengthTag(7);
+    yield varint(graphLength);
+    yield graphHead;
+    for (const t of tensors) {
+      const bytes = await bytesOf(t.tensor);
+      if (bytes.byteLength !== t.payload)
+        throw new GramfuseError(ErrorCode.Internal, `tensor ${t.tensor.name ?? '?'}: ${bytes.byteLength} bytes, its shape needs ${t.payload}`);
+      yield lengthTag(5);
+      yield varint(t.length);
+      yield t.bare;
+      yield lengthTag(9);
+      yield varint(t.payload);
+      yield bytes;
+    }
+  }
+  await writeFileAtomic(path, parts(), 'writing the model');
 }

@@ -19,6 +19,11 @@ export interface SessionOptions {
   readonly device?: 'cpu' | 'cuda';
   /** Threads inside one operator. Default: onnxruntime's choice (all cores). */
   readonly intraOpThreads?: number;
+  /**
+   * onnxruntime's CPU memory arena keeps the largest buffers it ever allocated; `false` returns them after
+   * each run (the solver's kernels, whose peak would otherwise stay resident). Default true.
+   */
+  readonly memoryArena?: boolean;
 }
 
 /** Creates a session from a model in memory (serialized here) or from bytes. */
@@ -58,6 +63,7 @@ export async function createSession(source: OnnxModel | Uint8Array, options: Ses
       logSeverityLevel: 3,
       graphOptimizationLevel: 'all',
       ...(options.intraOpThreads === undefined ? {} : { intraOpNumThreads: options.intraOpThreads }),
+      ...(options.memoryArena === false ? { enableCpuMemArena: false, enableMemPattern: false } : {}),
     });
   } catch (error) {
     throw new GramfuseError(ErrorCode.RuntimeFailed, `${label}: onnxruntime could not load the model: ${(error as Error).message}`, {

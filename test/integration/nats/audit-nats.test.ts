@@ -21,6 +21,7 @@ import {
 import { runCli } from '../../helpers/cli.js';
 import { fixture, fixtureModel, TOKENIZER } from '../../helpers/fixtures.js';
 import { NatsServer } from '../../helpers/nats-server.js';
+import { recordFault } from '../../helpers/reliability.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-nats-audit-'));
 let nats: NatsServer;
@@ -68,6 +69,7 @@ describe('audit records on JetStream (real nats-server)', () => {
     const verified = await runCli(['audit', 'verify', '--nats', nats.url]);
     expect(verified.code, verified.stderr).toBe(0);
     expect(verified.stdout).toContain(`writer ${ledger.keyId} (writer-a): 14 records, jobs job-two, job.one; chain and signatures verify`);
+    recordFault('nats-server SIGKILL while audit records are written; publisher progress marker lost', 'records reached the stream after restart, in order, exactly once; stream == file byte for byte');
   });
 
   it('appends racing a NATS kill and restart lose and duplicate nothing', async () => {
@@ -89,6 +91,7 @@ describe('audit records on JetStream (real nats-server)', () => {
     const text = await streamText(ledger);
     expect(text).toBe(await readFile(ledger.path, 'utf8'));
     expect(verifyLedgerText(text, 'stream').records).toHaveLength(61);
+    recordFault('nats-server SIGKILL and restart during continuous appends', 'no record lost or duplicated; stream verifies');
   });
 });
 
@@ -180,5 +183,6 @@ describe('a federated job with --nats', () => {
     expect(events.filter((e) => e.type === 'state').map((e) => e.data.state)).toEqual(['open', 'collecting', 'solving', 'done']);
     expect(events.some((e) => e.type === 'joined' && e.data.owner === 'org0')).toBe(true);
     expect(events.some((e) => e.type === 'solve')).toBe(true);
+    recordFault('nats-server down while an owner uploads and the job solves', 'both sides\' records reached the stream exactly once after restart; job events replayed in order; ledgers reconcile');
   });
 });

@@ -10,11 +10,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
-  type ClientWritableStream,
-  type handleClientStreamingCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -91,6 +91,11 @@ export interface StatisticChunkState {
   /** Chunk indices the coordinator holds (verified) for this statistic. */
   held: number[];
   committed: boolean;
+  /**
+   * The coordinator's signed receipt, when committed: an agent that lost a reply (a cut link, a crash)
+   * still gets every receipt.
+   */
+  receipt?: Receipt | undefined;
 }
 
 /** What the coordinator already holds from this owner; the agent sends only the rest. */
@@ -125,6 +130,13 @@ export interface Receipt {
   committedAt: string;
   /** Ed25519 signature (base64) over the canonical JSON of the fields above. */
   signature: string;
+}
+
+export interface UploadAck {
+  statisticId: string;
+  index: number;
+  /** Only on the last message of the stream. */
+  reply?: UploadReply | undefined;
 }
 
 export interface UploadReply {
@@ -689,7 +701,7 @@ export const JoinRequest: MessageFns<JoinRequest> = {
 };
 
 function createBaseStatisticChunkState(): StatisticChunkState {
-  return { statisticId: "", held: [], committed: false };
+  return { statisticId: "", held: [], committed: false, receipt: undefined };
 }
 
 export const StatisticChunkState: MessageFns<StatisticChunkState> = {
@@ -706,6 +718,9 @@ export const StatisticChunkState: MessageFns<StatisticChunkState> = {
     }
     if (message.committed !== false) {
       writer.uint32(24).bool(message.committed);
+    }
+    if (message.receipt !== undefined) {
+      Receipt.encode(message.receipt, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -757,6 +772,14 @@ export const StatisticChunkState: MessageFns<StatisticChunkState> = {
             message.committed = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.receipt = Receipt.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -777,6 +800,9 @@ export const StatisticChunkState: MessageFns<StatisticChunkState> = {
     message.statisticId = object.statisticId ?? "";
     message.held = object.held?.map((e) => e) || [];
     message.committed = object.committed ?? false;
+    message.receipt = (object.receipt !== undefined && object.receipt !== null)
+      ? Receipt.fromPartial(object.receipt)
+      : undefined;
     return message;
   },
 };
@@ -1168,6 +1194,87 @@ export const Receipt: MessageFns<Receipt> = {
     message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     message.committedAt = object.committedAt ?? "";
     message.signature = object.signature ?? "";
+    return message;
+  },
+};
+
+function createBaseUploadAck(): UploadAck {
+  return { statisticId: "", index: 0, reply: undefined };
+}
+
+export const UploadAck: MessageFns<UploadAck> = {
+  encode(message: UploadAck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.statisticId !== "") {
+      writer.uint32(10).string(message.statisticId);
+    }
+    if (message.index !== 0) {
+      writer.uint32(16).int32(message.index);
+    }
+    if (message.reply !== undefined) {
+      UploadReply.encode(message.reply, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UploadAck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUploadAck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.statisticId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.index = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reply = UploadReply.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<UploadAck>): UploadAck {
+    return UploadAck.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UploadAck>): UploadAck {
+    const message = createBaseUploadAck();
+    message.statisticId = object.statisticId ?? "";
+    message.index = object.index ?? 0;
+    message.reply = (object.reply !== undefined && object.reply !== null)
+      ? UploadReply.fromPartial(object.reply)
+      : undefined;
     return message;
   },
 };
@@ -1705,14 +1812,19 @@ export const UploadsService = {
     responseSerialize: (value: UploadState): Buffer => Buffer.from(UploadState.encode(value).finish()),
     responseDeserialize: (value: Buffer): UploadState => UploadState.decode(value),
   },
+  /**
+   * Bidirectional: the coordinator acknowledges each chunk once it is stored (or skipped), and the agent keeps
+   * at most one chunk unacknowledged, so a dropped link or a crash loses at most the chunk in flight. The last
+   * message carries the stream's reply (receipts and counts).
+   */
   upload: {
     path: "/gramfuse.v1.Uploads/Upload" as const,
     requestStream: true as const,
-    responseStream: false as const,
+    responseStream: true as const,
     requestSerialize: (value: Chunk): Buffer => Buffer.from(Chunk.encode(value).finish()),
     requestDeserialize: (value: Buffer): Chunk => Chunk.decode(value),
-    responseSerialize: (value: UploadReply): Buffer => Buffer.from(UploadReply.encode(value).finish()),
-    responseDeserialize: (value: Buffer): UploadReply => UploadReply.decode(value),
+    responseSerialize: (value: UploadAck): Buffer => Buffer.from(UploadAck.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UploadAck => UploadAck.decode(value),
   },
 } as const;
 
@@ -1720,7 +1832,12 @@ export interface UploadsServer extends UntypedServiceImplementation {
   /** Registers the owner's manifest for a job (idempotent) and returns what is already held. */
   join: handleUnaryCall<JoinRequest, UploadState>;
   state: handleUnaryCall<GetJobRequest, UploadState>;
-  upload: handleClientStreamingCall<Chunk, UploadReply>;
+  /**
+   * Bidirectional: the coordinator acknowledges each chunk once it is stored (or skipped), and the agent keeps
+   * at most one chunk unacknowledged, so a dropped link or a crash loses at most the chunk in flight. The last
+   * message carries the stream's reply (receipts and counts).
+   */
+  upload: handleBidiStreamingCall<Chunk, UploadAck>;
 }
 
 export interface UploadsClient extends Client {
@@ -1749,20 +1866,14 @@ export interface UploadsClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UploadState) => void,
   ): ClientUnaryCall;
-  upload(callback: (error: ServiceError | null, response: UploadReply) => void): ClientWritableStream<Chunk>;
-  upload(
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: UploadReply) => void,
-  ): ClientWritableStream<Chunk>;
-  upload(
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: UploadReply) => void,
-  ): ClientWritableStream<Chunk>;
-  upload(
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: UploadReply) => void,
-  ): ClientWritableStream<Chunk>;
+  /**
+   * Bidirectional: the coordinator acknowledges each chunk once it is stored (or skipped), and the agent keeps
+   * at most one chunk unacknowledged, so a dropped link or a crash loses at most the chunk in flight. The last
+   * message carries the stream's reply (receipts and counts).
+   */
+  upload(): ClientDuplexStream<Chunk, UploadAck>;
+  upload(options: Partial<CallOptions>): ClientDuplexStream<Chunk, UploadAck>;
+  upload(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<Chunk, UploadAck>;
 }
 
 export const UploadsClient = makeGenericClientConstructor(UploadsService, "gramfuse.v1.Uploads") as unknown as {

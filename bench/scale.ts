@@ -1,0 +1,205 @@
+// bench/scale: an end-to-end federated RegMean merge of a synthetic BERT-base-size model (hidden 768, FFN 3072,
+// 12 layers; written as ONNX by bench/synthetic-bert.ts) with 3 and with 6 agents on loopback. The coordinator
+// and every agent are separate `gramfuse` processes; the bench reports wall time per phase, bytes on the wire
+// and peak RSS of the coordinator (VmHWM from /proc, read before it stops) and of the largest agent (the OS's
+// maxRSS as the agent reports it). Agents run one after another, so phases do not compete for the 2 cores.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+import { connectFederation } from '../agent/index.js';
+import { formatBytes, loadModel, analyzeModel } from '../shared/index.js';
+import { type BenchContext, table } from './harness.js';
+import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
+
+const repo = resolve(import.meta.dirname, '..');
+const cli = join(repo, 'dist/cli/main.js');
+const fixtures = resolve(repo, '../shared/fixtures');
+
+function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+async function rssMb(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const kb = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1];
+  return kb === undefined ? Number.NaN : Number(kb) / 1024;
+}
+
+/** Samples a process's resident memory every 100 ms and keeps the largest value per phase label. */
+function sampler(pid: number): { phase: string; peaks: Map<string, number>; stop: () => void } {
+  const state = { phase: 'start', peaks: new Map<string, number>(), stop: () => undefined as void };
+  const timer = setInterval(() => {
+    void rssMb(pid, 'VmRSS').then((mb) => {
+      if (Number.isFinite(mb)) state.peaks.set(state.phase, Math.max(state.peaks.get(state.phase) ?? 0, mb));
+    });
+  }, 100);
+  state.stop = () => clearInterval(timer);
+  return state;
+}
+
+interface ScaleResult {
+  agents: number;
+  seconds: { collect: number; upload: number; aggregate: number; solve: number; write: number; total: number };
+  wireBytes: number;
+  coordinatorPeakRssMb: number;
+  /** Sampled coordinator RSS peaks per phase (job creation, uploads, solve and write). */
+  coordinatorRssMbByPhase: Record<string, number>;
+  agentPeakRssMb: number;
+}
+
+async function federatedMerge(dir: string, model: string, agents: number, examples: number): Promise<ScaleResult> {
+  const state = join(dir, `state-${agents}`);
+  const coordinator = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  coordinator.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
+  const port = await new Promise<number>((resolvePromise, reject) => {
+    coordinator.stdout.setEncoding('utf8').once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
+    coordinator.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
+  });
+  const started = performance.now();
+  const memory = sampler(coordinator.pid!);
+  try {
+    memory.phase = 'create job';
+    const owners = Array.from({ length: agents }, (_, i) => `org${i}`);
+    const creator = connectFederation({ address: `127.0.0.1:${port}`, insecureIdentity: 'creator' });
+    await creator.createJob(
+      JSON.stringify({ id: 'scale', participants: owners, policy: { minRowsPerGroup: 1 }, merge: { method: 'regmean', alpha: 0.9 } }),
+      { path: model },
+    );
+    let collect = 0;
+    let upload = 0;
+    let wireBytes = 0;
+    let agentPeak = 0;
+    memory.phase = 'uploads';
+    for (const [i, owner] of owners.entries()) {
+      if (i === owners.length - 1) memory.phase = 'last upload, solve, write';
+      const result = await run([
+        'agent',
+        'run',
+        '--coordinator',
+        `127.0.0.1:${port}`,
+        '--insecure-loopback',
+        '--identity',
+        owner,
+        '--job',
+        'scale',
+        '--model',
+        model,
+        '--data',
+        join(fixtures, 'scenarios', 'label-skew', `org${i % 5}.jsonl`),
+        '--tokenizer',
+        join(fixtures, 'tokenizer', 'tokenizer.json'),
+        '--max-examples',
+        String(examples),
+        '--seed',
+        String(i + 1),
+        '--max-length',
+        '64',
+        '--dtype',
+        'float32',
+        '--work-dir',
+        join(dir, `agents-${agents}`, owner),
+        '--yes',
+        '--json',
+      ]);
+      if (result.code !== 0) throw new Error(`agent ${owner} failed:\n${result.stderr}`);
+      const summary = JSON.parse(result.stdout) as { bytesSent: number; seconds: { collect: number; upload: number }; peakRssMb: number };
+      collect += summary.seconds.collect;
+      upload += summary.seconds.upload;
+      wireBytes += summary.bytesSent;
+      agentPeak = Math.max(agentPeak, summary.peakRssMb);
+    }
+    const final = await creator.watch('scale', () => undefined);
+    if (final.state !== 'done') throw new Error(`job scale ${final.state}: ${final.failureMessage}\n${log}`);
+    const report = JSON.parse((await creator.download('scale', 'report.json')).toString('utf8')) as {
+      seconds: { aggregate?: number; solve: number; write: number };
+    };
+    creator.close();
+    const coordinatorPeak = await rssMb(coordinator.pid!, 'VmHWM');
+    return {
+      agents,
+      seconds: {
+        collect,
+        upload,
+        aggregate: report.seconds.aggregate ?? 0,
+        solve: report.seconds.solve,
+        write: report.seconds.write,
+        total: (performance.now() - started) / 1000,
+      },
+      wireBytes,
+      coordinatorPeakRssMb: coordinatorPeak,
+      coordinatorRssMbByPhase: Object.fromEntries([...memory.peaks].map(([k, v]) => [k, Math.round(v)])),
+      agentPeakRssMb: agentPeak,
+    };
+  } finally {
+    memory.stop();
+    coordinator.kill('SIGTERM');
+    await new Promise((r) => coordinator.once('exit', r));
+    await rm(state, { recursive: true, force: true });
+    await rm(join(dir, `agents-${agents}`), { recursive: true, force: true });
+  }
+}
+
+export async function benchScale(context: BenchContext): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'gramfuse-bench-scale-'));
+  try {
+    const options = context.quick ? { ...BERT_BASE, layers: 2 } : BERT_BASE;
+    const model = join(dir, 'synthetic-bert.onnx');
+    await writeSyntheticBert(model, options);
+    const modelBytes = (await stat(model)).size;
+    const analysis = await analyzeModel(await loadModel(model));
+    const largestGroup = Math.max(...analysis.gramGroups.map((g) => g.inDim));
+    const largestGramMb = (largestGroup * largestGroup * 8) / 1024 ** 2;
+    // Few examples: the bench is about the coordinator (its memory and phases), not collection speed (bench/collect).
+    const examples = 8;
+    const results: ScaleResult[] = [];
+    for (const agents of [3, 6]) {
+      const r = await federatedMerge(dir, model, agents, examples);
+      results.push(r);
+      context.emit({ bench: 'scale', layers: options.layers, hidden: options.hidden, ffn: options.ffn, examplesPerAgent: examples, ...r });
+    }
+    const budgetMb = 3 * largestGramMb + modelBytes / 1024 ** 2;
+    const [three, six] = [results[0]!, results[1]!];
+    context.print(
+      [
+        `scale — synthetic BERT (${options.layers} layers, hidden ${options.hidden}, FFN ${options.ffn}, vocab ${options.vocab}; ${formatBytes(modelBytes)}), ` +
+          `${examples} examples × 64 tokens per agent, float32 statistics, loopback, agents one after another`,
+        table(
+          ['agents', 'collect s', 'upload s', 'aggregate s', 'solve s', 'write s', 'total s', 'wire', 'coordinator peak RSS MB', 'agent peak RSS MB'],
+          results.map((r) => [
+            r.agents,
+            r.seconds.collect.toFixed(1),
+            r.seconds.upload.toFixed(1),
+            r.seconds.aggregate.toFixed(1),
+            r.seconds.solve.toFixed(1),
+            r.seconds.write.toFixed(1),
+            r.seconds.total.toFixed(1),
+            formatBytes(r.wireBytes),
+            r.coordinatorPeakRssMb.toFixed(0),
+            r.agentPeakRssMb.toFixed(0),
+          ]),
+        ),
+        `coordinator peak RSS, 6 agents / 3 agents: ${(six.coordinatorPeakRssMb / three.coordinatorPeakRssMb).toFixed(2)} (goal ≤ 1.1); ` +
+          `budget 3 × largest Gram group (${largestGroup}², float64: ${largestGramMb.toFixed(0)} MB) + model = ${budgetMb.toFixed(0)} MB: ` +
+          `3 agents ${three.coordinatorPeakRssMb.toFixed(0)} MB, 6 agents ${six.coordinatorPeakRssMb.toFixed(0)} MB`,
+        `coordinator RSS peaks by phase (sampled every 100 ms): ${results
+          .map((r) => `${r.agents} agents: ${Object.entries(r.coordinatorRssMbByPhase).map(([k, v]) => `${k} ${v} MB`).join(', ')}`)
+          .join('; ')}`,
+      ].join('\n'),
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
