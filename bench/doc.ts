@@ -56,7 +56,12 @@ const scaleVerdict =
     ? 'The scale bench did not produce both runs.'
     : `coordinator peak RSS with 6 agents / with 3 agents = ${fmt(num(six.coordinatorPeakRssMb) / num(three.coordinatorPeakRssMb))} (goal ≤ 1.1: ${
         num(six.coordinatorPeakRssMb) / num(three.coordinatorPeakRssMb) <= 1.1 ? 'met' : 'missed'
-      }); peak ${fmt(num(three.coordinatorPeakRssMb), 0)} MB and ${fmt(num(six.coordinatorPeakRssMb), 0)} MB against the budget printed above (3 × the largest Gram group in float64 + the model).`;
+      }); peak ${fmt(num(three.coordinatorPeakRssMb), 0)} MB (3 agents) and ${fmt(num(six.coordinatorPeakRssMb), 0)} MB (6 agents) against a budget of ${fmt(
+        num(three.budgetMb),
+        0,
+      )} MB (3 × the largest Gram group in float64 + the model): ${[three, six]
+        .map((r) => `${String(r.agents)} agents ${fmt((100 * num(r.coordinatorPeakRssMb)) / num(r.budgetMb) - 100, 0)} % ${num(r.coordinatorPeakRssMb) <= num(r.budgetMb) ? 'under (met)' : 'over (missed)'}`)
+        .join(', ')}.`;
 
 const text = `# Benchmarks
 
@@ -70,7 +75,10 @@ One benchmark alone: \`npm run bench -- <solve|collect|upload|scale> [--json]\` 
 ## solve — per-layer RegMean solve (float64 Cholesky, 768 right-hand sides)
 
 Ours: left-looking blocked Cholesky (nb = 192) whose panel updates, triangular solves and substitutions are
-onnxruntime float64 Gemm/MatMul graphs (the matrix goes in zero-copy and is sliced inside the graph). Baselines: a
+onnxruntime float64 Gemm/MatMul graphs (the matrix goes in zero-copy and is sliced inside the graph), measured as
+the coordinator runs it: with onnxruntime's memory arena off, which keeps the coordinator's peak memory bounded
+(bench/scale) and costs speed at large n (the previous session measured 1.7× LAPACK at n = 4096 with the arena on;
+local mode, \`gramfuse merge\`, keeps it on). Baselines: a
 plain TypeScript float64 Cholesky (the unit tests' reference) and LAPACK (\`dpotrf\`+\`dpotrs\` through numpy/scipy,
 same thread count) when python3 has numpy.
 
@@ -121,7 +129,10 @@ ${scaleVerdict} The coordinator's memory does not grow with the number of owners
 one owner at a time, averages parameters slice by slice, keeps the template's tensors in a side file and writes
 the merged model tensor by tensor. What remains is the template graph and one Gram group's matrices plus
 onnxruntime's working copies (the solver's arena is off, so its buffers return after each call). The agent's peak
-is the instrumented model's activations and Gram accumulators for every layer at once.
+is the instrumented model's activations and Gram accumulators for every layer at once. Where the rest goes: the
+coordinator process is already large after the job is created (it loads the uploaded template whole to check and
+analyse it, and the heap keeps that high-water mark; see the per-phase peaks above). Next idea: create the job in a
+worker thread, or read the template's graph without its tensor bytes, so that creation leaves nothing resident.
 `;
 await writeFile(resolve(import.meta.dirname, '../docs/BENCHMARKS.md'), text);
 process.stderr.write('bench:doc: docs/BENCHMARKS.md written\n');

@@ -168,7 +168,15 @@ export async function benchScale(context: BenchContext): Promise<void> {
     for (const agents of [3, 6]) {
       const r = await federatedMerge(dir, model, agents, examples);
       results.push(r);
-      context.emit({ bench: 'scale', layers: options.layers, hidden: options.hidden, ffn: options.ffn, examplesPerAgent: examples, ...r });
+      context.emit({
+        bench: 'scale',
+        layers: options.layers,
+        hidden: options.hidden,
+        ffn: options.ffn,
+        examplesPerAgent: examples,
+        budgetMb: 3 * largestGramMb + modelBytes / 1024 ** 2,
+        ...r,
+      });
     }
     const budgetMb = 3 * largestGramMb + modelBytes / 1024 ** 2;
     const [three, six] = [results[0]!, results[1]!];

@@ -44,7 +44,8 @@ export async function benchSolve(context: BenchContext): Promise<void> {
     for (const n of sizes) {
       const a = randomGram(n, n);
       const r = Float64Array.from({ length: n * rhs }, (_, i) => Math.sin(i * 0.37));
-      const solver = await createOrtSolver({ threads: context.threads });
+      // The coordinator's configuration: onnxruntime's memory arena off (bounded memory; see bench/scale).
+      const solver = await createOrtSolver({ threads: context.threads, memoryArena: false });
       const ours: number[] = [];
       let x: Float64Array = new Float64Array(0);
       let residual = 0;

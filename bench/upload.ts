@@ -183,6 +183,6 @@ export async function benchUpload(context: BenchContext): Promise<void> {
   context.print(
     `upload: statistics upload through the coordinator (one agent at a time, each uploading a real bundle) vs a raw grpc-js client stream of the same bytes, ${CHUNK / 1048576} MiB chunks, loopback, one process (medians)\n` +
       table(['transport', 'MB', 'owners', 'raw MB/s', 'statistics MB/s', 'statistics/raw'], rows) +
-      '\nthe statistics upload includes, per owner: getJob, bundle verification (SHA-256 of every tensor), join, SHA-256 per chunk on both sides, fsynced chunk and commit writes, signed receipts and their verification; goal >= 0.85',
+      '\nthe statistics upload includes, per owner: getJob, bundle verification (SHA-256 of every tensor), join, SHA-256 per chunk on both sides, an acknowledgement per chunk, group-committed writes, signed receipts and their verification; goal >= 0.85',
   );
 }

@@ -439,11 +439,12 @@ function buildProgram(): Command {
       .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
       .option('--yes', 'approve the disclosure plan without asking (automation)')
       .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
-      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)"),
+      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
+      .option('--upload-attempts <n>', 'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)', '5'),
   ).action(
     async (
       raw: Record<string, unknown> &
-        TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string; nats?: string },
+        TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string; nats?: string; uploadAttempts: string },
     ) => {
       const flags = parseFlags(AgentFlags, raw);
       const base = toAgentOptions(flags);
@@ -458,6 +459,10 @@ function buildProgram(): Command {
         yes: raw.yes === true,
         chunkBytes: Number(raw.chunkBytes),
         ...(raw.nats === undefined ? {} : { nats: raw.nats }),
+        uploadAttempts: Math.max(1, Number(raw.uploadAttempts) || 1),
+        onRetry: (attempt, error) => {
+          if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
+        },
         onPlan: (plan, examples) => {
           if (!flags.json) process.stderr.write(`${formatPlan(plan, examples)}\n\n`);
         },

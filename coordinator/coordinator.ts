@@ -262,7 +262,8 @@ export class Coordinator {
           if (indices.length > 0) held.set(s.id, new Set(indices));
         }
         job.held.set(owner, held);
-        if (verified.length > 0) recovered.set(owner, verified);
+        // Only a job still collecting takes them; a closed job's result does not change.
+        if (verified.length > 0 && (persisted.state === 'open' || persisted.state === 'collecting')) recovered.set(owner, verified);
       }
       this.jobs.set(id, job);
       for (const [owner, entries] of recovered) {

@@ -142,7 +142,7 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
   let resumedGroups = 0;
   const solvedWeights = new Set<string>();
   if (spec.method === 'regmean') {
-    const solver = await createOrtSolver();
+    const solver = await createOrtSolver({ memoryArena: false });
     try {
       for (const [index, group] of analysis.gramGroups.entries()) {
         for (const w of group.weights) solvedWeights.add(w);

@@ -37,6 +37,11 @@ export interface OrtSolverOptions {
   readonly threads?: number;
   /** Jitter steps, relative to the mean diagonal, tried in order when A is not positive definite. */
   readonly jitterSteps?: readonly number[];
+  /**
+   * onnxruntime's memory arena (default on). The coordinator turns it off: its peak memory is then about one
+   * Gram group's working set instead of the largest buffers ever allocated, at some speed (docs/BENCHMARKS.md).
+   */
+  readonly memoryArena?: boolean;
 }
 
 const DOUBLE = 11;
@@ -195,7 +200,10 @@ function writeBlock(a: Float64Array, stride: number, r0: number, c0: number, src
 export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<SpdSolver> {
   const nb = options.blockSize ?? 192;
   const steps = options.jitterSteps ?? DEFAULT_JITTER_STEPS;
-  const sessionOptions = { memoryArena: false, ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }) };
+  const sessionOptions = {
+    memoryArena: options.memoryArena ?? true,
+    ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }),
+  };
   const sessions = new Map<KernelName, InferenceSession>();
   for (const name of Object.keys(kernels) as KernelName[]) sessions.set(name, await createSession(kernels[name], sessionOptions));
   const run = async (name: KernelName, feeds: Record<string, Tensor>): Promise<Float64Array> => {

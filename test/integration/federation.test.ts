@@ -295,6 +295,20 @@ describe('federation over gRPC with mTLS', () => {
       expect((error as GramfuseError).code).toBe(ErrorCode.Unavailable);
     });
 
+    it('an expired certificate from the right CA', async () => {
+      const expired = await issueCertificate(ca, 'org0', { notBefore: new Date(Date.now() - 30 * 24 * 3600 * 1000), days: 1 });
+      const client = connectFederation({
+        address: `localhost:${server.port}`,
+        tls: { caPem: ca.certPem, certPem: expired.certPem, keyPem: expired.keyPem },
+        deadlineSeconds: 5,
+      });
+      const error = await client.getJob('fed').catch((e: unknown) => e as GramfuseError);
+      client.close();
+      // The TLS handshake refuses it: the call never reaches the coordinator's logic.
+      expect((error as GramfuseError).code).toBe(ErrorCode.Unavailable);
+      expect((error as GramfuseError).message).toMatch(/coordinator unreachable/);
+    });
+
     it('a plain-text client against the TLS server', async () => {
       const client = connectFederation({ address: `localhost:${server.port}`, insecureIdentity: 'org0', deadlineSeconds: 5 });
       const error = await client.getJob('fed').catch((e: unknown) => e as GramfuseError);

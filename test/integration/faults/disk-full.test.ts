@@ -81,7 +81,7 @@ describe('disk full on the coordinator', () => {
       expect((error as GramfuseError).code).toBe(ErrorCode.StorageFull);
       expect((error as GramfuseError).message).toMatch(/the disk is full .*free space and retry/);
       expect((await client.getJob('full')).state).toBe('collecting');
-      recordFault('coordinator disk full during an upload (tmpfs)', 'STORAGE_FULL to the agent; job still collecting; nothing half-written kept');
+      recordFault('coordinator disk full during an upload (tmpfs)', 'STORAGE_FULL to the agent; job still collecting; what had verified is kept for the retry, nothing torn');
 
       // 2. Space for the upload but not for the result: the solve fails with STORAGE_FULL, leaving no partial result.
       step('org1 refused');
