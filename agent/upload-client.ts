@@ -14,6 +14,7 @@ import {
   errorFromGrpc,
   AuditPublisher,
   FileLedger,
+  readLedgerRecords,
   generateSigningKeys,
   type SigningKeys,
   GramfuseError,
@@ -302,9 +303,9 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     publisher = options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
     // The approval is recorded once per job. A bundle reused without a recorded approval (the agent stopped
     // between collecting and recording, or the bundle was copied here) is approved again before anything is sent.
-    const approvalRecorded = (await readFile(ledger.path, 'utf8'))
-      .split('\n')
-      .some((line) => line.includes('"kind":"plan.approved"') && (JSON.parse(line) as { job: string }).job === options.jobId);
+    // What this job's earlier runs recorded: the approval, and the receipts already kept (read once).
+    const earlier = (await readLedgerRecords(ledger.path)).map((r) => r.record).filter((r) => r.job === options.jobId);
+    const approvalRecorded = earlier.some((r) => r.kind === 'plan.approved');
     if (!approvalRecorded && reusedBundle && !options.yes) {
       const approved =
         options.approve === undefined
@@ -408,14 +409,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     }
     const receiptsPath = join(jobDir, 'receipts.jsonl');
     // The agent's ledger says which receipts are already recorded (receipts.jsonl is a copy written after it).
-    const known = new Set(
-      (await readFile(ledger.path, 'utf8'))
-        .split('\n')
-        .filter((line) => line.includes('"kind":"receipt.issued"'))
-        .map((line) => JSON.parse(line) as { job: string; facts: { statistic: string } })
-        .filter((record) => record.job === options.jobId)
-        .map((record) => record.facts.statistic),
-    );
+    const known = new Set(earlier.filter((r) => r.kind === 'receipt.issued').map((r) => String(r.facts.statistic)));
     const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
     const lines: string[] = [];
     const records: Parameters<FileLedger['appendAll']>[0][number][] = [];

@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 
 import {
   analyzeModel,
@@ -19,6 +18,7 @@ import {
   parseJobSpec,
   planDisclosure,
   type PlannedStatistic,
+  readLedgerRecords,
   saveModel,
   signFields,
   type SigningKeys,
@@ -289,14 +289,12 @@ export class Coordinator {
 
   /** (job, owner, statistic) of every statistic.committed record in the coordinator's ledger. */
   private async ledgeredCommits(): Promise<Set<string>> {
-    const out = new Set<string>();
-    const text = await readFile(this.ledger.path, 'utf8').catch(() => '');
-    for (const line of text.split('\n')) {
-      if (!line.includes('"kind":"statistic.committed"')) continue;
-      const record = JSON.parse(line) as { job: string; facts: { owner: string; statistic: string } };
-      out.add(`${record.job}\u0000${record.facts.owner}\u0000${record.facts.statistic}`);
-    }
-    return out;
+    return new Set(
+      (await readLedgerRecords(this.ledger.path))
+        .map((r) => r.record)
+        .filter((r) => r.kind === 'statistic.committed')
+        .map((r) => `${r.job}\u0000${String(r.facts.owner)}\u0000${String(r.facts.statistic)}`),
+    );
   }
 
   /** An owner's receipt log; a last line cut short by a crash (no newline) was never a commit and is dropped. */

@@ -1,1 +1,1 @@
-export { AuditKind, AuditRecord, FileLedger, keyId, verifyLedger, verifyLedgerText } from './ledger.js';
+export { AuditKind, AuditRecord, FileLedger, keyId, readLedgerRecords, verifyLedger, verifyLedgerText } from './ledger.js';

@@ -156,6 +156,25 @@ export class FileLedger {
 }
 
 /**
+ * A ledger's records with their exact lines, as written (no verification; `verifyLedger` checks them). A last
+ * line cut short by a crash is left out: it was never acknowledged. A ledger not written yet has no records.
+ */
+export async function readLedgerRecords(path: string): Promise<{ record: AuditRecord; line: string }[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw fileError(error, path, 'reading the audit ledger');
+  }
+  return text
+    .split('\n')
+    .slice(0, -1)
+    .filter((line) => line !== '')
+    .map((line) => ({ record: AuditRecord.parse(JSON.parse(line)), line }));
+}
+
+/**
  * Verifies a ledger offline: every line a valid record in canonical form, seq 1, 2, 3…, each `prev` the hash
  * of the line before, each signature valid for its key (keys from `ledger.opened` records, or `trustedKeys`
  * only when given). Throws AUDIT_INVALID naming the first bad record.

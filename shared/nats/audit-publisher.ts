@@ -4,9 +4,8 @@ import { jetstream, type JetStreamClient, JetStreamApiCodes, JetStreamApiError, 
 import type { NatsConnection } from '@nats-io/transport-node';
 
 import { writeFileAtomic } from '../atomic-file.js';
-import { AuditRecord, type FileLedger } from '../audit/index.js';
+import { AuditRecord, type FileLedger, readLedgerRecords } from '../audit/index.js';
 import { subjectToken } from '../events/index.js';
-import { fileError } from '../errors.js';
 import { AUDIT_STREAM, connectNats, ensureStreams } from './connection.js';
 
 /** A record's subject: per job, and per writer (its key id) so that each writer's chain can be checked on its own subjects. */
@@ -56,17 +55,8 @@ export class AuditPublisher {
   static async start(ledger: LedgerSource, url: string, name: string, log: (line: string) => void = () => undefined): Promise<AuditPublisher> {
     const publisher = new AuditPublisher(ledger, url, name, log);
     publisher.published = (await publisher.readMarker()) ?? 0;
-    let text = '';
-    try {
-      text = await readFile(ledger.path, 'utf8');
-    } catch (error) {
-      throw fileError(error, ledger.path, 'reading the audit ledger to publish it');
-    }
-    for (const line of text.split('\n')) {
-      if (line === '') continue;
-      const record = AuditRecord.parse(JSON.parse(line));
+    for (const { record, line } of await readLedgerRecords(ledger.path))
       if (record.seq > publisher.published) publisher.pending.push({ seq: record.seq, job: record.job, key: record.key, line });
-    }
     publisher.detach = ledger.onAppend?.((record, line) => {
       publisher.pending.push({ seq: record.seq, job: record.job, key: record.key, line });
       publisher.kick();
