@@ -13,6 +13,8 @@ export { collectExamples, type DataReaderOptions, type Example, readExamples, se
 export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
 export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
+export { evaluateEach, type EvaluateEachResult, type EvaluateOptions, type EvaluationResult, runEvaluation } from './evaluate.js';
+export { evaluateForJob, type EvaluateForJobOptions, type EvaluateForJobResult } from './evaluate-run.js';
 export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';
 export {
   type ClientTls,

@@ -22,6 +22,7 @@ import {
   parseSafetensors,
   readBundle,
   verifyFields,
+  writeFileAtomic,
 } from '../shared/index.js';
 import type { Progress } from './collect.js';
 import { type AgentOptions, collectBundle, planForOwner } from './commands.js';
@@ -50,6 +51,12 @@ export interface FederationClient {
   uploadState(jobId: string): Promise<federation.UploadState>;
   upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number): Promise<federation.UploadReply>;
   download(jobId: string, artifact: string): Promise<Buffer>;
+  /**
+   * Streams an artifact into `path`: written beside it, its SHA-256 checked against the coordinator's
+   * digest (and `expectedSha256` when given, e.g. the job status's `resultSha256`), fsynced, renamed into
+   * place. A mismatch leaves no file and is UPLOAD_INVALID. Returns the digest and size.
+   */
+  downloadTo(jobId: string, artifact: string, path: string, expectedSha256?: string): Promise<{ sha256: string; bytes: number }>;
   reportEvaluation(report: federation.EvaluationReport): Promise<void>;
   watch(jobId: string, onStatus: (status: federation.JobStatus) => void): Promise<federation.JobStatus>;
   close(): void;
@@ -131,7 +138,8 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         stream.on('error', fail);
         stream.on('end', () => {
           if (reply !== undefined) resolve(reply);
-          else fail(new GramfuseError(ErrorCode.Unavailable, 'the upload stream ended without the coordinator\'s reply; run again to resume'));
+          else
+            fail(new GramfuseError(ErrorCode.Unavailable, "the upload stream ended without the coordinator's reply; run again to resume"));
         });
         void (async () => {
           try {
@@ -167,6 +175,51 @@ export function connectFederation(options: ConnectOptions): FederationClient {
           stream.on('end', () => resolve());
         });
         return Buffer.concat(parts, received);
+      }),
+    downloadTo: (jobId, artifact, path, expectedSha256) =>
+      withRetries(async () => {
+        const hash = createHash('sha256');
+        let received = 0;
+        let announced = '';
+        let total = -1;
+        let digest = '';
+        const stream = results.download({ jobId, artifact, offset: 0n }, metadata(), { deadline: deadline(3600) });
+        async function* parts(): AsyncGenerator<Uint8Array> {
+          for await (const chunk of stream as AsyncIterable<federation.DownloadChunk>) {
+            if (BigInt(received) !== chunk.offset)
+              throw new GramfuseError(
+                ErrorCode.UploadInvalid,
+                `${artifact}: a chunk at offset ${chunk.offset} arrived, expected ${received}`,
+              );
+            announced = chunk.sha256;
+            total = Number(chunk.totalBytes);
+            hash.update(chunk.data);
+            received += chunk.data.byteLength;
+            yield chunk.data;
+          }
+          digest = hash.digest('hex');
+          const expected = expectedSha256 ?? announced;
+          if (
+            (total >= 0 && received !== total) ||
+            (announced !== '' && digest !== announced) ||
+            (expected !== '' && digest !== expected)
+          ) {
+            throw new GramfuseError(
+              ErrorCode.UploadInvalid,
+              `${artifact} of job ${jobId}: received ${received} bytes with SHA-256 ${digest}, expected ${total} bytes with ${expected}; nothing was kept, download again`,
+              { facts: { job: jobId, artifact, sha256: digest, expected } },
+            );
+          }
+        }
+        try {
+          await writeFileAtomic(path, parts(), `writing the downloaded ${artifact}`);
+        } catch (error) {
+          const cause = (error as GramfuseError).cause;
+          if (cause instanceof GramfuseError) throw cause;
+          if (typeof (cause as { code?: unknown } | undefined)?.code === 'number') throw cause;
+          throw error;
+        }
+        return { sha256: digest, bytes: received };
       }),
     reportEvaluation: async (report) => {
       await withRetries(() => unary(results.reportEvaluation.bind(results), report));
@@ -300,7 +353,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     }
     const uploadStarted = performance.now();
     const ledger = await openAgentLedger(options.workDir, client.identity);
-    publisher = options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
+    publisher =
+      options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
     // The approval is recorded once per job. A bundle reused without a recorded approval (the agent stopped
     // between collecting and recording, or the bundle was copied here) is approved again before anything is sent.
     // What this job's earlier runs recorded: the approval, and the receipts already kept (read once).
@@ -310,9 +364,14 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       const approved =
         options.approve === undefined
           ? false
-          : await options.approve(`${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}`);
+          : await options.approve(
+              `${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}`,
+            );
       if (!approved)
-        throw new GramfuseError(ErrorCode.NotAuthorized, 'the owner did not approve the disclosure plan; nothing was sent (rerun with --yes to approve)');
+        throw new GramfuseError(
+          ErrorCode.NotAuthorized,
+          'the owner did not approve the disclosure plan; nothing was sent (rerun with --yes to approve)',
+        );
     }
     if (!approvalRecorded) {
       await ledger.append('plan.approved', options.jobId, {
@@ -472,7 +531,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
 }
 
 /** The agent's ledger (work dir/audit.jsonl), signed with a key made on this machine and kept beside it. */
-async function openAgentLedger(workDir: string, identity: string): Promise<FileLedger> {
+export async function openAgentLedger(workDir: string, identity: string): Promise<FileLedger> {
   const keyPath = join(workDir, 'keys', 'audit.json');
   let keys: SigningKeys;
   try {

@@ -56,7 +56,10 @@ export async function auditPublish(ledger: string, url: string, timeoutSeconds: 
   try {
     const left = await publisher.flush(timeoutSeconds * 1000);
     if (left > 0)
-      throw new GramfuseError(ErrorCode.Unavailable, `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s; run again later`);
+      throw new GramfuseError(
+        ErrorCode.Unavailable,
+        `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s; run again later`,
+      );
     return `${ledger}: all ${records.length} records are on NATS (${url}, stream GRAMFUSE_AUDIT)`;
   } finally {
     await publisher.close();
@@ -101,7 +104,8 @@ export async function auditReconcile(agentLedger: string, coordinatorLedger: str
   const receipts = new Map<string, AuditRecord>();
   for (const r of agent) {
     if (r.kind === 'plan.approved')
-      for (const s of (r.facts.statistics as { id: string; sha256: string | null }[] | undefined) ?? []) approved.add(`${key(r.job, s.id)}\u0000${s.sha256}`);
+      for (const s of (r.facts.statistics as { id: string; sha256: string | null }[] | undefined) ?? [])
+        approved.add(`${key(r.job, s.id)}\u0000${s.sha256}`);
     if (r.kind === 'receipt.issued') receipts.set(key(r.job, String(r.facts.statistic)), r);
   }
   const committed = new Map<string, AuditRecord>();
@@ -131,7 +135,15 @@ export async function auditReconcile(agentLedger: string, coordinatorLedger: str
               : !isApproved
                 ? 'not in an approved plan'
                 : 'match';
-    rows.push({ job, statistic, bytes: Number((a ?? c)!.facts.bytes), agentSha256: agentSha, coordinatorSha256: coordinatorSha, approved: isApproved, status });
+    rows.push({
+      job,
+      statistic,
+      bytes: Number((a ?? c)!.facts.bytes),
+      agentSha256: agentSha,
+      coordinatorSha256: coordinatorSha,
+      approved: isApproved,
+      status,
+    });
   }
   rows.sort((x, y) => x.job.localeCompare(y.job) || x.statistic.localeCompare(y.statistic));
   return { owner, agentLedger, coordinatorLedger, agree: rows.length > 0 && rows.every((r) => r.status === 'match'), rows };

@@ -82,3 +82,9 @@ export const AgentFlags = z.object({
   device: z.enum(['auto', 'cpu', 'cuda'], { message: 'must be auto, cpu or cuda' }).default('auto'),
   out: z.string().min(1).optional(),
 });
+
+export const AgentEvaluateFlags = z.object({
+  ...commonDataFlags,
+  data: z.string().min(1, "name the owner's held-out data file"),
+  labels: z.string().optional(),
+});

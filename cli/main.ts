@@ -1,12 +1,21 @@
 #!/usr/bin/env node
 // The CLI entry: the only place that calls process.exit. Commands live beside it (cli/), in agent/
 // and in coordinator/; errors are mapped to exit codes by the one table in shared/errors.ts.
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 
 import { Command, CommanderError, Option } from 'commander';
 
-import { collectBundle, connectFederation, formatPlan, planForOwner, runAgent, type AgentOptions } from '../agent/index.js';
+import {
+  collectBundle,
+  connectFederation,
+  evaluateForJob,
+  formatPlan,
+  planForOwner,
+  runAgent,
+  runEvaluation,
+  type AgentOptions,
+} from '../agent/index.js';
 import { startCoordinatorServer } from '../coordinator/index.js';
 import {
   DisclosurePolicy,
@@ -19,14 +28,22 @@ import {
   packageVersion,
   toGramfuseError,
 } from '../shared/index.js';
-import { auditPublish, auditReconcile, auditReport, auditVerify, auditVerifyStream, formatOwnerReport, formatReconciliation } from './audit-commands.js';
-import { runEvaluation } from './evaluate.js';
-import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, runDemo, type TlsFlags } from './federation-commands.js';
-import { AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
+import {
+  auditPublish,
+  auditReconcile,
+  auditReport,
+  auditVerify,
+  auditVerifyStream,
+  formatOwnerReport,
+  formatReconciliation,
+} from './audit-commands.js';
+import { formatDemoTable, runDemo } from './demo.js';
+import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, type TlsFlags } from './federation-commands.js';
+import { AgentEvaluateFlags, AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { inspectCommand } from './inspect.js';
 import { formatJobEvent, watchJob } from './watch.js';
 import { runLocalMerge } from './local-merge.js';
-import { createProgressBar, progressEnabled } from './progress.js';
+import { createProgressBar, progressEnabled, progressJsonWriter } from './progress.js';
 
 const stdout = (text: string): void => {
   process.stdout.write(text);
@@ -392,8 +409,8 @@ function buildProgram(): Command {
       .command('watch')
       .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
       .argument('<id>', 'job id')
-      .option('--nats <url>', 'follow gramfuse.jobs.<id>.* on NATS (replays the job\'s earlier events first)')
-      .option('--coordinator <host:port>', 'or follow the coordinator\'s status stream over gRPC')
+      .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
+      .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
       .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
       .option('--json', 'one JSON object per event'),
   ).action(async (id: string, raw: TlsFlags & { nats?: string; coordinator?: string; timeout: string; json?: boolean }) => {
@@ -418,9 +435,14 @@ function buildProgram(): Command {
   ).action(async (id: string, raw: TlsFlags & { coordinator: string; out: string; artifact: string }) => {
     const client = connectFederation(await connectOptions(raw.coordinator, raw));
     try {
-      const bytes = await client.download(id, raw.artifact);
-      await writeFile(raw.out, bytes);
-      stdout(`${raw.out} (${bytes.byteLength} bytes)\n`);
+      const status = await client.getJob(id);
+      const { sha256, bytes } = await client.downloadTo(
+        id,
+        raw.artifact,
+        raw.out,
+        raw.artifact === 'merged.onnx' ? status.resultSha256 : undefined,
+      );
+      stdout(`${raw.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
     } finally {
       client.close();
     }
@@ -440,17 +462,32 @@ function buildProgram(): Command {
       .option('--yes', 'approve the disclosure plan without asking (automation)')
       .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
       .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
-      .option('--upload-attempts <n>', 'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)', '5'),
+      .option(
+        '--upload-attempts <n>',
+        'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
+        '5',
+      )
+      .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
   ).action(
     async (
       raw: Record<string, unknown> &
-        TlsFlags & { coordinator: string; job: string; workDir: string; yes?: boolean; chunkBytes: string; nats?: string; uploadAttempts: string },
+        TlsFlags & {
+          coordinator: string;
+          job: string;
+          workDir: string;
+          yes?: boolean;
+          chunkBytes: string;
+          nats?: string;
+          uploadAttempts: string;
+          progressJson?: boolean;
+        },
     ) => {
       const flags = parseFlags(AgentFlags, raw);
       const base = toAgentOptions(flags);
       const show = progressEnabled(flags.json);
       const collectBar = createProgressBar('collect', 'examples', show);
       const uploadBar = createProgressBar('upload', 'bytes', show);
+      const progressLine = progressJsonWriter(raw.progressJson === true);
       const result = await runAgent({
         ...base,
         connect: await connectOptions(raw.coordinator, raw),
@@ -473,8 +510,14 @@ function buildProgram(): Command {
           rl.close();
           return /^y(es)?$/i.test(answer.trim());
         },
-        onCollect: (p) => collectBar.update(p.examples, p.total),
-        onUpload: (sent, total) => uploadBar.update(sent, total),
+        onCollect: (p) => {
+          collectBar.update(p.examples, p.total);
+          progressLine('collect', p.examples, p.total);
+        },
+        onUpload: (sent, total) => {
+          uploadBar.update(sent, total);
+          progressLine('upload', sent, total);
+        },
       });
       collectBar.stop();
       uploadBar.stop();
@@ -486,6 +529,53 @@ function buildProgram(): Command {
     },
   );
 
+  tlsOptions(
+    agent
+      .command('evaluate')
+      .description(
+        "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
+      )
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--job <id>', 'job id')
+      .requiredOption('--data <path>', "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine")
+      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+      .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
+      .option('--work-dir <dir>', "this agent's work directory (as for agent run)", 'gramfuse-agent')
+      .option('--max-examples <n>', 'evaluate a seeded random subset')
+      .option('--seed <n>', 'seed of that subset', '1')
+      .option('--max-length <n>', 'tokens per example', '128')
+      .option('--text-field <name>', 'field holding the text', 'text')
+      .option('--label-field <name>', 'field holding the label', 'label')
+      .option('--threads <n>', 'onnxruntime threads')
+      .option('--no-report', 'evaluate only; send nothing to the coordinator')
+      .option('--json', 'print one JSON object'),
+  ).action(async (raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; report: boolean }) => {
+    const flags = parseFlags(AgentEvaluateFlags, raw);
+    const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
+    const result = await evaluateForJob({
+      connect: await connectOptions(raw.coordinator, raw),
+      jobId: raw.job,
+      workDir: raw.workDir,
+      data: flags.data,
+      tokenizer: flags.tokenizer,
+      seed: flags.seed,
+      maxLength: flags.maxLength,
+      textField: flags.textField,
+      labelField: flags.labelField,
+      report: raw.report,
+      ...(flags.labels === undefined ? {} : { labels: flags.labels }),
+      ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+      ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+      onProgress: (p) => bar.update(p.examples, p.total),
+    });
+    bar.stop();
+    stdout(
+      flags.json
+        ? `${JSON.stringify(result)}\n`
+        : `job ${result.job}: merged model ${result.modelSha256.slice(0, 16)}… on ${result.examples} held-out examples of ${result.owner}: accuracy ${(result.accuracy * 100).toFixed(2)} %, macro-F1 ${(result.macroF1 * 100).toFixed(2)} %${result.reported ? ' (reported to the coordinator, recorded in both ledgers)' : ' (not reported)'}\n`,
+    );
+  });
+
   const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
   audit
     .command('verify')
@@ -493,7 +583,7 @@ function buildProgram(): Command {
       "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
     )
     .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
-    .option('--nats <url>', 'instead: every writer\'s records in the GRAMFUSE_AUDIT JetStream stream')
+    .option('--nats <url>', "instead: every writer's records in the GRAMFUSE_AUDIT JetStream stream")
     .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
     .action(async (raw: { ledger?: string; nats?: string; keys?: string[] }) => {
       if ((raw.ledger === undefined) === (raw.nats === undefined))
@@ -520,7 +610,10 @@ function buildProgram(): Command {
       const result = await auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
       stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${formatReconciliation(result)}\n`);
       if (!result.agree)
-        throw new GramfuseError(ErrorCode.AuditInvalid, `the ledgers disagree on ${result.rows.filter((r) => r.status !== 'match').length} statistics`);
+        throw new GramfuseError(
+          ErrorCode.AuditInvalid,
+          `the ledgers disagree on ${result.rows.filter((r) => r.status !== 'match').length} statistics`,
+        );
     });
   audit
     .command('report')
@@ -550,15 +643,9 @@ function buildProgram(): Command {
         stdout(`${JSON.stringify(result)}\n`);
         return;
       }
-      const rows = result.results.map(
-        (r) => `| ${r.model.padEnd(8)} | ${(r.accuracy * 100).toFixed(1).padStart(8)} | ${(r.macroF1 * 100).toFixed(1).padStart(8)} |`,
-      );
       stdout(
         [
-          'Accuracy on the English test split (4,721 Debian package descriptions, 14 labels):',
-          '| model    | accuracy | macro-F1 |',
-          '| -------- | -------- | -------- |',
-          ...rows,
+          formatDemoTable(result),
           '',
           `merged model   ${result.mergedModel}`,
           `merge report   ${result.report}`,

@@ -38,3 +38,18 @@ export function createProgressBar(label: string, unit: string, enabled: boolean)
     },
   };
 }
+
+/**
+ * `--progress-json`: progress as JSON lines on stderr, at most a few a second plus the last one of each
+ * phase, for a program that drives the command (the demo shows each owner's progress from them).
+ */
+export function progressJsonWriter(enabled: boolean): (phase: string, done: number, total: number) => void {
+  if (!enabled) return () => undefined;
+  const last = new Map<string, number>();
+  return (phase, done, total) => {
+    const now = Date.now();
+    if (done < total && now - (last.get(phase) ?? 0) < 250) return;
+    last.set(phase, now);
+    process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
+  };
+}

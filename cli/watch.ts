@@ -69,7 +69,12 @@ export async function watchJob(id: string, options: WatchOptions): Promise<'done
             job: id,
             type: 'state',
             time: new Date().toISOString(),
-            data: { state: s.state, completed: s.completed.length, quorum: s.quorum, ...(s.failureCode === '' ? {} : { failure: { code: s.failureCode, message: s.failureMessage } }) },
+            data: {
+              state: s.state,
+              completed: s.completed.length,
+              quorum: s.quorum,
+              ...(s.failureCode === '' ? {} : { failure: { code: s.failureCode, message: s.failureMessage } }),
+            },
           }),
         ),
         timeout,

@@ -8,17 +8,24 @@ export interface ReferenceScenario {
   readonly accuracy: Record<string, Record<string, number>>;
 }
 
-export function referenceFigures(scenario: 'label-skew' | 'languages'): ReferenceScenario {
+/** A scenario of reference.json; label-skew-v1 has its own models but label-skew's orgs and data. */
+export type ReferenceScenarioName = 'label-skew' | 'label-skew-v1' | 'languages';
+
+/** The scenario whose `scenarios/` data a model scenario was fine-tuned on. */
+export const dataScenario = (scenario: ReferenceScenarioName): 'label-skew' | 'languages' =>
+  scenario === 'label-skew-v1' ? 'label-skew' : scenario;
+
+export function referenceFigures(scenario: ReferenceScenarioName): ReferenceScenario {
   return (JSON.parse(readFileSync(fixture('reference.json'), 'utf8')) as Record<string, ReferenceScenario>)[scenario]!;
 }
 
 /** Organizations of a scenario, from its scenario file. */
-export function scenarioOrgs(scenario: 'label-skew' | 'languages'): string[] {
-  const json = JSON.parse(readFileSync(fixture('scenarios', `${scenario}.json`), 'utf8')) as { orgs: { name: string }[] };
+export function scenarioOrgs(scenario: ReferenceScenarioName): string[] {
+  const json = JSON.parse(readFileSync(fixture('scenarios', `${dataScenario(scenario)}.json`), 'utf8')) as { orgs: { name: string }[] };
   return json.orgs.map((o) => o.name);
 }
 
 /** The test languages the reference reports for a scenario. */
-export function referenceLanguages(scenario: 'label-skew' | 'languages'): string[] {
+export function referenceLanguages(scenario: ReferenceScenarioName): string[] {
   return Object.keys(referenceFigures(scenario).accuracy.regmean ?? {});
 }

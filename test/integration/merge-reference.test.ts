@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { runCli } from '../helpers/cli.js';
 import { fixture, fixtureModel, TOKENIZER } from '../helpers/fixtures.js';
-import { referenceFigures, referenceLanguages, scenarioOrgs } from '../helpers/reference.js';
+import { dataScenario, referenceFigures, referenceLanguages, scenarioOrgs } from '../helpers/reference.js';
 
 const METHODS = ['regmean', 'average', 'task-arithmetic', 'ties'] as const;
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-reference-'));
@@ -16,7 +16,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
  * `gramfuse merge` + `gramfuse eval` on the real fixtures reproduce the reference implementation's
  * accuracies (../shared/fixtures/reference.json) within 1.0 point, with the reference's settings.
  */
-describe.each(['label-skew', 'languages'] as const)('reference accuracies: %s', (scenario) => {
+describe.each(['label-skew', 'label-skew-v1', 'languages'] as const)('reference accuracies: %s', (scenario) => {
   const reference = referenceFigures(scenario);
   const orgs = scenarioOrgs(scenario);
   const languages = referenceLanguages(scenario);
@@ -38,7 +38,7 @@ describe.each(['label-skew', 'languages'] as const)('reference accuracies: %s', 
     ];
     for (const org of orgs) {
       args.push('--model', fixtureModel(scenario, org));
-      if (method === 'regmean') args.push('--data', fixture('scenarios', scenario, `${org}.jsonl`));
+      if (method === 'regmean') args.push('--data', fixture('scenarios', dataScenario(scenario), `${org}.jsonl`));
     }
     if (method === 'regmean') args.push('--alpha', String(reference.settings.alpha ?? 0.9));
     if (method === 'task-arithmetic')

@@ -1,0 +1,74 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { runCli } from '../helpers/cli.js';
+
+const work = mkdtempSync(join(tmpdir(), 'gramfuse-demo-test-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+const records = (path: string): { kind: string; job: string; facts: Record<string, unknown> }[] =>
+  readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => (JSON.parse(l) as { record: { kind: string; job: string; facts: Record<string, unknown> } }).record);
+
+/** `gramfuse demo` on the shipped label-skew-v1 example (runs on a clone without ../shared too). */
+describe('gramfuse demo', () => {
+  it(
+    'shows RegMean above the simple average and every single org, with federated evaluations in both ledgers',
+    { timeout: 600_000 },
+    async () => {
+      const out = join(work, 'demo');
+      const result = await runCli(['demo', '--out', out, '--json']);
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stderr).toBe('');
+      const demo = JSON.parse(result.stdout) as {
+        results: { model: string; kind: string; accuracy: number; macroF1: number }[];
+        federated: { owner: string; examples: number; accuracy: number; macroF1: number }[];
+        summary: string;
+        mergedSha256: string;
+        verify: string[];
+        ledgers: { coordinator: string; agents: string[] };
+      };
+      const by = new Map(demo.results.map((r) => [r.model, r]));
+      expect([...by.keys()].sort()).toEqual([
+        'average',
+        'ensemble (3 models)',
+        'org0',
+        'org1',
+        'org2',
+        'regmean',
+        'task-arithmetic',
+        'ties',
+      ]);
+      // Best first.
+      const accuracies = demo.results.map((r) => r.accuracy);
+      expect(accuracies).toEqual([...accuracies].sort((a, b) => b - a));
+      const regmean = by.get('regmean')!.accuracy;
+      expect(regmean).toBeGreaterThan(by.get('average')!.accuracy);
+      for (const org of ['org0', 'org1', 'org2']) expect(regmean, org).toBeGreaterThan(by.get(org)!.accuracy);
+      expect(demo.summary).toMatch(/beats the simple average .* and the best single owner's model/);
+      // Federated evaluation: one report per owner, on its 500 held-out rows, in the agent's and the coordinator's ledger.
+      expect(demo.federated.map((f) => f.owner).sort()).toEqual(['org0', 'org1', 'org2']);
+      for (const f of demo.federated) {
+        expect(f.examples).toBe(500);
+        expect(f.accuracy).toBeGreaterThan(0);
+        expect(f.accuracy).toBeLessThanOrEqual(1);
+      }
+      const reported = records(demo.ledgers.coordinator).filter((r) => r.kind === 'evaluation.reported');
+      expect(reported.map((r) => r.facts.owner).sort()).toEqual(['org0', 'org1', 'org2']);
+      for (const [i, ledger] of demo.ledgers.agents.entries()) {
+        const own = records(ledger).filter((r) => r.kind === 'evaluation.reported');
+        expect(own).toHaveLength(1);
+        expect(own[0]!.facts.model).toBe(demo.mergedSha256);
+        const fed = demo.federated.find((f) => f.owner === `org${i}`)!;
+        expect(Math.abs(Number(own[0]!.facts.accuracy) - fed.accuracy)).toBeLessThan(1e-12);
+      }
+      expect(demo.verify.filter((v) => v.includes('chain and signatures verify'))).toHaveLength(4);
+      expect(demo.verify.filter((v) => v.includes('ledgers agree'))).toHaveLength(3);
+    },
+  );
+});
