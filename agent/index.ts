@@ -15,6 +15,17 @@ export { type CollectionRequest, type CollectionResult, runCollectionJob } from 
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
 export { evaluateEach, type EvaluateEachResult, type EvaluateOptions, type EvaluationResult, runEvaluation } from './evaluate.js';
 export { evaluateForJob, type EvaluateForJobOptions, type EvaluateForJobResult } from './evaluate-run.js';
+export {
+  combinePolicies,
+  type EffectivePolicy,
+  formatPolicySources,
+  type OwnerPolicy,
+  ownerOnly,
+  ownerPolicy,
+  OwnerPolicyFile,
+  readOwnerPolicyFile,
+  type RuleSource,
+} from './policy.js';
 export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';
 export {
   type ClientTls,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
@@ -22,10 +22,13 @@ import {
   parseSafetensors,
   readBundle,
   verifyFields,
+  readPrivateFile,
   writeFileAtomic,
+  writePrivateFile,
 } from '../shared/index.js';
 import type { Progress } from './collect.js';
 import { type AgentOptions, collectBundle, planForOwner } from './commands.js';
+import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from './policy.js';
 
 /** mTLS material of an agent: the federation CA and its own certificate (whose subject is its identity). */
 export interface ClientTls {
@@ -62,24 +65,42 @@ export interface FederationClient {
   close(): void;
 }
 
-const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED]);
+// RESOURCE_EXHAUSTED is a limit of the coordinator's: retrying would only hit it again.
+const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
 
 /** Retries a call on retryable gRPC codes only, with exponential backoff and full jitter. */
-export async function withRetries<T>(call: () => Promise<T>, attempts = 5): Promise<T> {
+export async function withRetries<T>(call: () => Promise<T>, attempts = 5, address?: string): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
     } catch (error) {
       const code = (error as { code?: number }).code;
       if (attempt >= attempts || code === undefined || !RETRYABLE.has(code))
-        throw error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError);
+        throw error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError, address);
       const delay = Math.random() * Math.min(8000, 250 * 2 ** attempt);
       await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
 }
 
+/** The host part of host:port ([v6]:port too). */
+function hostOf(address: string): string {
+  const at = address.lastIndexOf(':');
+  const host = at < 0 ? address : address.slice(0, at);
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
 export function connectFederation(options: ConnectOptions): FederationClient {
+  if (options.tls === undefined && !LOOPBACK.has(hostOf(options.address))) {
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `--insecure-loopback talks to 127.0.0.1, localhost or [::1] only, not ${options.address}: use mTLS (--tls-ca, --tls-cert, --tls-key) for any other address`,
+      { facts: { address: options.address } },
+    );
+  }
+  const retry = <T>(call: () => Promise<T>): Promise<T> => withRetries(call, 5, options.address);
   const credentials =
     options.tls === undefined
       ? grpc.credentials.createInsecure()
@@ -104,9 +125,9 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     });
   return {
     identity,
-    getJob: (jobId) => withRetries(() => unary(jobs.get.bind(jobs), { jobId })),
+    getJob: (jobId) => retry(() => unary(jobs.get.bind(jobs), { jobId })),
     createJob: (specJson, template) =>
-      withRetries(() =>
+      retry(() =>
         unary(
           jobs.create.bind(jobs),
           template instanceof Uint8Array
@@ -114,8 +135,8 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             : { specJson, templateOnnx: new Uint8Array(0), templatePath: template.path },
         ),
       ),
-    join: (request) => withRetries(() => unary(uploads.join.bind(uploads), request)),
-    uploadState: (jobId) => withRetries(() => unary(uploads.state.bind(uploads), { jobId })),
+    join: (request) => retry(() => unary(uploads.join.bind(uploads), request)),
+    uploadState: (jobId) => retry(() => unary(uploads.state.bind(uploads), { jobId })),
     upload: (chunks, deadlineSeconds) =>
       new Promise((resolve, reject) => {
         const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) });
@@ -162,7 +183,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         })();
       }),
     download: (jobId, artifact) =>
-      withRetries(async () => {
+      retry(async () => {
         const parts: Buffer[] = [];
         let received = 0;
         await new Promise<void>((resolve, reject) => {
@@ -177,7 +198,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         return Buffer.concat(parts, received);
       }),
     downloadTo: (jobId, artifact, path, expectedSha256) =>
-      withRetries(async () => {
+      retry(async () => {
         const hash = createHash('sha256');
         let received = 0;
         let announced = '';
@@ -222,7 +243,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         return { sha256: digest, bytes: received };
       }),
     reportEvaluation: async (report) => {
-      await withRetries(() => unary(results.reportEvaluation.bind(results), report));
+      await retry(() => unary(results.reportEvaluation.bind(results), report));
     },
     watch: (jobId, onStatus) =>
       new Promise((resolve, reject) => {
@@ -232,7 +253,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
           last = status;
           onStatus(status);
         });
-        stream.on('error', (error: grpc.ServiceError) => reject(errorFromGrpc(error)));
+        stream.on('error', (error: grpc.ServiceError) => reject(errorFromGrpc(error, options.address)));
         stream.on('end', () =>
           last === undefined
             ? reject(new GramfuseError(ErrorCode.Unavailable, `job ${jobId}: the watch ended without a status`))
@@ -248,6 +269,14 @@ export function connectFederation(options: ConnectOptions): FederationClient {
 }
 
 export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
+  /**
+   * The owner's own limits (flags, policy file), combined with the job's strictest-wins; a job that asks for
+   * more than they allow is refused with POLICY_VIOLATION before anything is computed.
+   * @default the DisclosurePolicy defaults (at least 256 rows per Gram, every layer, any fingerprint)
+   */
+  readonly ownerPolicy?: OwnerPolicy;
+  /** Called with the policy in force for this job and where each rule came from. */
+  readonly onPolicy?: (effective: EffectivePolicy) => void;
   readonly connect: ConnectOptions;
   readonly jobId: string;
   /** Where the agent keeps its bundle and receipts for this job (reused on restart). */
@@ -303,7 +332,15 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         facts: { job: options.jobId },
       });
     const spec = MergeSpec.parse(JSON.parse(status.mergeSpecJson));
-    const policy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
+    const jobPolicy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
+    // The owner's word is final: the job's policy can only tighten the owner's.
+    const effective = combinePolicies(
+      options.ownerPolicy ?? ownerPolicy({ minRowsPerGroup: DisclosurePolicy.parse({}).minRowsPerGroup, minRowsGiven: false }),
+      jobPolicy,
+      status.fingerprint,
+    );
+    options.onPolicy?.(effective);
+    const policy = effective.policy;
     const agentOptions: AgentOptions = { ...options, spec, policy, owner: client.identity, expectFingerprint: status.fingerprint };
     const jobDir = join(options.workDir, options.jobId);
     const bundleDir = join(jobDir, 'bundle');
@@ -320,7 +357,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     if (
       existing !== undefined &&
       existing.manifest.plan.fingerprint === status.fingerprint &&
-      JSON.stringify(existing.manifest.plan.spec) === JSON.stringify(spec)
+      JSON.stringify(existing.manifest.plan.spec) === JSON.stringify(spec) &&
+      JSON.stringify(existing.manifest.plan.policy) === JSON.stringify(policy)
     ) {
       manifest = existing.manifest;
       reusedBundle = true;
@@ -442,7 +480,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         }
         break;
       } catch (error) {
-        const coded = error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError);
+        const coded = error instanceof GramfuseError ? error : errorFromGrpc(error as grpc.ServiceError, options.connect.address);
         if (coded.code === ErrorCode.JobClosed) break; // solving already: what was committed is what counts
         const retryable = coded.code === ErrorCode.Unavailable || coded.code === ErrorCode.DeadlineExceeded;
         if (!retryable || attempt >= attempts) throw coded;
@@ -534,12 +572,24 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
 export async function openAgentLedger(workDir: string, identity: string): Promise<FileLedger> {
   const keyPath = join(workDir, 'keys', 'audit.json');
   let keys: SigningKeys;
+  let text: string | undefined;
   try {
-    keys = JSON.parse(await readFile(keyPath, 'utf8')) as SigningKeys;
-  } catch {
+    text = await readPrivateFile(keyPath, "agent's audit signing key");
+  } catch (error) {
+    if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
+  }
+  if (text === undefined) {
     keys = generateSigningKeys();
-    await mkdir(join(workDir, 'keys'), { recursive: true });
-    await writeFile(keyPath, JSON.stringify(keys), { mode: 0o600 });
+    await mkdir(join(workDir, 'keys'), { recursive: true, mode: 0o700 });
+    await writePrivateFile(keyPath, JSON.stringify(keys), "writing the agent's audit signing key");
+  } else {
+    try {
+      keys = JSON.parse(text) as SigningKeys;
+    } catch {
+      throw new GramfuseError(ErrorCode.InvalidData, `${keyPath}: the agent's audit signing key is not valid JSON; restore it from a backup (a new key would not match the ledger)`, {
+        facts: { path: keyPath },
+      });
+    }
   }
   return FileLedger.open(join(workDir, 'audit.jsonl'), keys, identity);
 }

@@ -59,7 +59,7 @@ interface ScaleResult {
 
 async function federatedMerge(dir: string, model: string, agents: number, examples: number): Promise<ScaleResult> {
   const state = join(dir, `state-${agents}`);
-  const coordinator = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--json'], {
+  const coordinator = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--creators', 'creator', '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';

@@ -110,6 +110,7 @@ export async function benchUpload(context: BenchContext): Promise<void> {
         const server = await startCoordinatorServer({
           stateDir: state,
           listen: '127.0.0.1:0',
+          creators: ['creator'],
           ...(tls ? { tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem } } : { insecureLoopback: true }),
         });
         const connect = (who: string) =>

@@ -9,6 +9,7 @@ import {
   formatTable,
   GramfuseError,
   readAuditStream,
+  toGramfuseError,
   verifyLedger,
   verifyLedgerText,
 } from '../shared/index.js';
@@ -28,9 +29,13 @@ async function trustedKeys(paths: readonly string[] | undefined): Promise<string
 
 /** `gramfuse audit verify`: chain and signatures, offline. */
 export async function auditVerify(ledger: string, keys?: readonly string[]): Promise<string> {
-  const { records } = await verifyLedger(ledger, await trustedKeys(keys));
+  const { records, trustedKeyIds } = await verifyLedger(ledger, await trustedKeys(keys));
   const writers = [...new Set(records.map((r) => r.actor))].join(', ');
-  return `${ledger}: ${records.length} records from ${writers}; chain and signatures verify`;
+  const trust =
+    keys === undefined
+      ? `trusted key ${trustedKeyIds.join(', ') || '-'} (introduced by its first record: compare it with the writer's key out of band, or pass --keys)`
+      : `signed by the given key(s) ${trustedKeyIds.join(', ')}`;
+  return `${ledger}: ${records.length} records from ${writers}; chain and signatures verify; ${trust}`;
 }
 
 /** `gramfuse audit verify --nats URL`: every writer's records in GRAMFUSE_AUDIT, checked exactly as a file is. */
@@ -60,10 +65,36 @@ export async function auditPublish(ledger: string, url: string, timeoutSeconds: 
         ErrorCode.Unavailable,
         `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s; run again later`,
       );
-    return `${ledger}: all ${records.length} records are on NATS (${url}, stream GRAMFUSE_AUDIT)`;
   } finally {
     await publisher.close();
   }
+  // The local progress marker is not proof: ask the stream which of this ledger's records it holds.
+  let onStream: Awaited<ReturnType<typeof readAuditStream>>;
+  try {
+    onStream = await readAuditStream(url);
+  } catch (error) {
+    throw new GramfuseError(
+      ErrorCode.Unavailable,
+      `${ledger}: cannot read stream GRAMFUSE_AUDIT on ${url} to confirm the records are there (${toGramfuseError(error).message}); run again when NATS is reachable`,
+      { facts: { url } },
+    );
+  }
+  const held = new Set(onStream.flatMap((l) => l.text.split('\n').filter((x) => x !== '')));
+  const text = await readFile(ledger, 'utf8');
+  const missing = text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((line, i) => ({ line, seq: i + 1 }))
+    .filter(({ line }) => !held.has(line));
+  if (missing.length > 0) {
+    const seqs = missing.slice(0, 10).map((m) => m.seq).join(', ');
+    throw new GramfuseError(
+      ErrorCode.Unavailable,
+      `${ledger}: ${missing.length} of ${records.length} records are not in stream GRAMFUSE_AUDIT on ${url} (seq ${seqs}${missing.length > 10 ? ', …' : ''}); run audit publish again`,
+      { facts: { url, missing: missing.length } },
+    );
+  }
+  return `${ledger}: all ${records.length} records are in stream GRAMFUSE_AUDIT on ${url} (checked against the stream, record by record)`;
 }
 
 export interface Reconciliation {

@@ -5,7 +5,15 @@ import { parse as parseYaml } from 'yaml';
 
 import { type ClientTls, type ConnectOptions } from '../agent/index.js';
 import { type ServerTls } from '../coordinator/index.js';
-import { createCertificateAuthority, ErrorCode, fileError, GramfuseError, issueCertificate } from '../shared/index.js';
+import {
+  createCertificateAuthority,
+  ErrorCode,
+  fileError,
+  GramfuseError,
+  issueCertificate,
+  readPrivateFile,
+  writePrivateFile,
+} from '../shared/index.js';
 
 /** TLS flags shared by every command that talks to or serves the federation. */
 export interface TlsFlags {
@@ -34,7 +42,7 @@ export async function loadTls(flags: TlsFlags): Promise<ClientTls & ServerTls> {
   return {
     caPem: await readPem(flags.tlsCa, 'CA certificate'),
     certPem: await readPem(flags.tlsCert, 'certificate'),
-    keyPem: await readPem(flags.tlsKey, 'private key'),
+    keyPem: await readPrivateFile(flags.tlsKey, 'private key'),
   };
 }
 
@@ -52,16 +60,16 @@ export async function certsInit(dir: string, name: string): Promise<string[]> {
   await mkdir(dir, { recursive: true });
   const ca = await createCertificateAuthority(name);
   await writeFile(join(dir, 'ca.pem'), ca.certPem);
-  await writeFile(join(dir, 'ca-key.pem'), ca.keyPem, { mode: 0o600 });
+  await writePrivateFile(join(dir, 'ca-key.pem'), ca.keyPem, 'writing the CA key');
   return [join(dir, 'ca.pem'), join(dir, 'ca-key.pem')];
 }
 
 /** `gramfuse certs issue`: a participant (or, with hosts, the coordinator's server) certificate. */
 export async function certsIssue(dir: string, name: string, hosts: readonly string[]): Promise<string[]> {
-  const ca = { certPem: await readPem(join(dir, 'ca.pem'), 'CA certificate'), keyPem: await readPem(join(dir, 'ca-key.pem'), 'CA key') };
+  const ca = { certPem: await readPem(join(dir, 'ca.pem'), 'CA certificate'), keyPem: await readPrivateFile(join(dir, 'ca-key.pem'), 'CA key') };
   const cert = await issueCertificate(ca, name, { hosts });
   await writeFile(join(dir, `${name}.pem`), cert.certPem);
-  await writeFile(join(dir, `${name}-key.pem`), cert.keyPem, { mode: 0o600 });
+  await writePrivateFile(join(dir, `${name}-key.pem`), cert.keyPem);
   return [join(dir, `${name}.pem`), join(dir, `${name}-key.pem`)];
 }
 

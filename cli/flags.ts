@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-import { ErrorCode, GramfuseError } from '../shared/index.js';
+import { ErrorCode, GramfuseError } from '../shared/errors.js';
 
 /** Validates commander's options with zod and reports every problem at once, each with its flag. */
 export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
@@ -72,7 +72,8 @@ export const AgentFlags = z.object({
   owner: z.string().min(1).optional(),
   ...mergeSpecFlags,
   dtype: z.enum(['float64', 'float32'], { message: 'must be float64 or float32' }).default('float64'),
-  minRows: int(0).default(256),
+  minRows: int(0).optional(),
+  policy: z.string().min(1).optional(),
   allowLayers: z.string().optional(),
   expectFingerprint: z
     .string()
@@ -87,4 +88,9 @@ export const AgentEvaluateFlags = z.object({
   ...commonDataFlags,
   data: z.string().min(1, "name the owner's held-out data file"),
   labels: z.string().optional(),
+});
+
+export const CoordinatorLimitFlags = z.object({
+  maxOpenJobsPerCreator: int(1),
+  maxConcurrentSolves: int(1),
 });

@@ -6,44 +6,29 @@ import { createInterface } from 'node:readline/promises';
 
 import { Command, CommanderError, Option } from 'commander';
 
-import {
-  collectBundle,
-  connectFederation,
-  evaluateForJob,
-  formatPlan,
-  planForOwner,
-  runAgent,
-  runEvaluation,
-  type AgentOptions,
-} from '../agent/index.js';
-import { startCoordinatorServer } from '../coordinator/index.js';
-import {
-  DisclosurePolicy,
-  ErrorCode,
-  exitCodeByErrorCode,
-  fileError,
-  formatBytes,
-  GramfuseError,
-  MergeSpec,
-  packageVersion,
-  toGramfuseError,
-} from '../shared/index.js';
-import {
-  auditPublish,
-  auditReconcile,
-  auditReport,
-  auditVerify,
-  auditVerifyStream,
-  formatOwnerReport,
-  formatReconciliation,
-} from './audit-commands.js';
-import { formatDemoTable, runDemo } from './demo.js';
-import { certsInit, certsIssue, connectOptions, loadTls, parseSpecText, type TlsFlags } from './federation-commands.js';
-import { AgentEvaluateFlags, AgentFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
-import { inspectCommand } from './inspect.js';
-import { formatJobEvent, watchJob } from './watch.js';
-import { runLocalMerge } from './local-merge.js';
+import type { OwnerPolicy, AgentOptions } from '../agent/index.js';
+import type { TlsFlags } from './federation-commands.js';
+import { ErrorCode, exitCodeByErrorCode, fileError, GramfuseError, toGramfuseError } from '../shared/errors.js';
+import { packageVersion } from '../shared/version.js';
+import { AgentEvaluateFlags, AgentFlags, CoordinatorLimitFlags, EvalFlags, MergeFlags, parseFlags } from './flags.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from './progress.js';
+
+/**
+ * Everything a command runs, loaded only when a command runs (a preAction hook): `gramfuse --help` and
+ * `gramfuse <command> --help` load neither onnxruntime-node nor NATS.
+ */
+const loadCommandModules = async () => ({
+  ...(await import('../agent/index.js')),
+  ...(await import('../coordinator/index.js')),
+  ...(await import('../shared/index.js')),
+  ...(await import('./audit-commands.js')),
+  ...(await import('./demo.js')),
+  ...(await import('./federation-commands.js')),
+  ...(await import('./inspect.js')),
+  ...(await import('./local-merge.js')),
+  ...(await import('./watch.js')),
+});
+let H: Awaited<ReturnType<typeof loadCommandModules>>;
 
 const stdout = (text: string): void => {
   process.stdout.write(text);
@@ -53,6 +38,9 @@ function buildProgram(): Command {
   const program = new Command('gramfuse')
     .description('Fuse fine-tuned models across organizations with RegMean, without moving their data.')
     .version(packageVersion())
+    .hook('preAction', async () => {
+      H = await loadCommandModules();
+    })
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
@@ -62,7 +50,7 @@ function buildProgram(): Command {
     .argument('<model>', 'path to an .onnx file')
     .addOption(new Option('--json', 'print one JSON object'))
     .action(async (model: string, options: { json?: boolean }) => {
-      await inspectCommand(model, options, stdout);
+      await H.inspectCommand(model, options, stdout);
     });
 
   const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -99,7 +87,7 @@ function buildProgram(): Command {
     .option('--json', 'print one JSON summary object and nothing else on stdout')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(MergeFlags, raw);
-      const spec = MergeSpec.parse({
+      const spec = H.MergeSpec.parse({
         method: flags.method,
         alpha: flags.alpha,
         weighting: flags.weighting,
@@ -111,7 +99,7 @@ function buildProgram(): Command {
       const show = progressEnabled(flags.json);
       const bars = new Map<string, ReturnType<typeof createProgressBar>>();
       const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
-      const result = await runLocalMerge({
+      const result = await H.runLocalMerge({
         models: flags.model,
         data: flags.data,
         bundles: flags.bundle,
@@ -161,7 +149,7 @@ function buildProgram(): Command {
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
-      const result = await runEvaluation({
+      const result = await H.runEvaluation({
         models: flags.model,
         data: flags.data,
         tokenizer: flags.tokenizer,
@@ -196,7 +184,11 @@ function buildProgram(): Command {
       .option('--weighting <w>', "the job's weighting: equal | tokens", 'equal')
       .option('--include-padding', 'count padding tokens in Grams')
       .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
-      .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows', '256')
+      .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
+      .option(
+        '--policy <file>',
+        "the owner's policy file (YAML or JSON: minRowsPerGroup, allowedLayers, expectFingerprint); combined with the flags and each job's policy, strictest wins",
+      )
       .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
       .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
       .option('--max-examples <n>', 'a seeded random subset of at most n examples')
@@ -209,23 +201,31 @@ function buildProgram(): Command {
       .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
       .option('--threads <n>', 'onnxruntime threads')
       .option('--json', 'print one JSON object');
-  const toAgentOptions = (flags: ReturnType<typeof AgentFlags.parse>): AgentOptions => ({
+  /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
+  const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
+    H.ownerPolicy(
+      {
+        minRowsPerGroup: flags.minRows ?? H.DisclosurePolicy.parse({}).minRowsPerGroup,
+        minRowsGiven: flags.minRows !== undefined,
+        ...(flags.allowLayers === undefined
+          ? {}
+          : {
+              allowedLayers: flags.allowLayers
+                .split(',')
+                .map((l) => l.trim())
+                .filter((l) => l !== ''),
+            }),
+        ...(flags.expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint }),
+      },
+      flags.policy === undefined ? undefined : { path: flags.policy, policy: await H.readOwnerPolicyFile(flags.policy) },
+    );
+  const toAgentOptions = (flags: ReturnType<typeof AgentFlags.parse>, owner: OwnerPolicy): AgentOptions => ({
     model: flags.model,
     data: flags.data,
     tokenizer: flags.tokenizer,
-    spec: MergeSpec.parse({ method: flags.method, alpha: flags.alpha, weighting: flags.weighting, includePadding: flags.includePadding }),
+    spec: H.MergeSpec.parse({ method: flags.method, alpha: flags.alpha, weighting: flags.weighting, includePadding: flags.includePadding }),
     dtype: flags.dtype,
-    policy: DisclosurePolicy.parse({
-      minRowsPerGroup: flags.minRows,
-      ...(flags.allowLayers === undefined
-        ? {}
-        : {
-            allowedLayers: flags.allowLayers
-              .split(',')
-              .map((l) => l.trim())
-              .filter((l) => l !== ''),
-          }),
-    }),
+    policy: H.ownerOnly(owner).policy,
     maxLength: flags.maxLength,
     batchSize: flags.batchSize,
     seed: flags.seed,
@@ -233,7 +233,7 @@ function buildProgram(): Command {
     device: flags.device,
     toolVersion: packageVersion(),
     ...(flags.owner === undefined ? {} : { owner: flags.owner }),
-    ...(flags.expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint }),
+    ...(owner.expectFingerprint === undefined ? {} : { expectFingerprint: owner.expectFingerprint }),
     ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
     ...(flags.textPairField === undefined ? {} : { textPairField: flags.textPairField }),
     ...(flags.threads === undefined ? {} : { threads: flags.threads }),
@@ -243,8 +243,9 @@ function buildProgram(): Command {
     agent.command('plan').description('Print every statistic that would leave this machine, before anything is computed'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentFlags, raw);
-    const { plan, examples } = await planForOwner(toAgentOptions(flags));
-    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${formatPlan(plan, examples)}\n`);
+    const owner = await ownerPolicyOf(flags);
+    const { plan, examples } = await H.planForOwner(toAgentOptions(flags, owner));
+    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${H.formatPlan(plan, examples)}\n`);
   });
 
   agentOptions(
@@ -257,8 +258,8 @@ function buildProgram(): Command {
       const flags = parseFlags(AgentFlags, raw);
       const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
       let deviceReason = '';
-      const { manifest, result } = await collectBundle({
-        ...toAgentOptions(flags),
+      const { manifest, result } = await H.collectBundle({
+        ...toAgentOptions(flags, await ownerPolicyOf(flags)),
         out: flags.out!,
         onProgress: (p) => bar.update(p.examples, p.total),
         onDevice: (reason) => (deviceReason = reason),
@@ -270,7 +271,7 @@ function buildProgram(): Command {
         );
       } else {
         stdout(
-          `${formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
+          `${H.formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${H.formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
         );
       }
     });
@@ -290,7 +291,7 @@ function buildProgram(): Command {
     .requiredOption('--dir <dir>', 'where to write them')
     .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
     .action(async (raw: { dir: string; name: string }) => {
-      stdout(`${(await certsInit(raw.dir, raw.name)).join('\n')}\n`);
+      stdout(`${(await H.certsInit(raw.dir, raw.name)).join('\n')}\n`);
     });
   certs
     .command('issue')
@@ -301,7 +302,7 @@ function buildProgram(): Command {
     .requiredOption('--name <cn>', 'identity: the certificate subject common name')
     .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
     .action(async (raw: { dir: string; name: string; host?: string[] }) => {
-      stdout(`${(await certsIssue(raw.dir, raw.name, raw.host ?? [])).join('\n')}\n`);
+      stdout(`${(await H.certsIssue(raw.dir, raw.name, raw.host ?? [])).join('\n')}\n`);
     });
 
   tlsOptions(
@@ -311,36 +312,72 @@ function buildProgram(): Command {
       .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
       .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
       .requiredOption('--state <dir>', 'durable state directory')
-      .option('--creators <names>', 'comma-separated identities allowed to create jobs (default: any authenticated identity)')
+      .option(
+        '--creators <names>',
+        'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
+      )
+      .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
+      .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
+      .option(
+        '--template-dir <dir>',
+        'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
+        collect,
+      )
       .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
       .option('--json', 'print the listening address as one JSON line, and log lines as JSON'),
-  ).action(async (raw: TlsFlags & { listen: string; state: string; creators?: string; nats?: string; json?: boolean }) => {
-    const insecure = raw.insecureLoopback === true;
-    const log = (line: string): void => {
-      process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
-    };
-    const server = await startCoordinatorServer({
-      stateDir: raw.state,
-      listen: raw.listen,
-      log,
-      ...(insecure ? { insecureLoopback: true } : { tls: await loadTls(raw) }),
-      ...(raw.creators === undefined ? {} : { creators: raw.creators.split(',').map((c) => c.trim()) }),
-      ...(raw.nats === undefined ? {} : { nats: raw.nats }),
-    });
-    const host = raw.listen.slice(0, raw.listen.lastIndexOf(':'));
-    stdout(
-      raw.json === true
-        ? `${JSON.stringify({ listening: `${host}:${server.port}`, port: server.port, tls: !insecure })}\n`
-        : `coordinator listening on ${host}:${server.port}${insecure ? ' (INSECURE LOOPBACK: no TLS)' : ' (mTLS)'}\n`,
-    );
-    await new Promise<void>((resolve) => {
-      const stop = (): void => resolve();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-    });
-    log('draining (hard stop in 10 s)');
-    await server.close(10_000);
-  });
+  ).action(
+    async (
+      raw: TlsFlags & {
+        listen: string;
+        state: string;
+        creators?: string;
+        templateDir?: string[];
+        maxOpenJobsPerCreator: string;
+        maxConcurrentSolves: string;
+        nats?: string;
+        json?: boolean;
+      },
+    ) => {
+      const limits = parseFlags(CoordinatorLimitFlags, {
+        maxOpenJobsPerCreator: raw.maxOpenJobsPerCreator,
+        maxConcurrentSolves: raw.maxConcurrentSolves,
+      });
+      const insecure = raw.insecureLoopback === true;
+      const log = (line: string): void => {
+        process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
+      };
+      const server = await H.startCoordinatorServer({
+        stateDir: raw.state,
+        listen: raw.listen,
+        log,
+        ...(insecure ? { insecureLoopback: true } : { tls: await H.loadTls(raw) }),
+        ...(raw.creators === undefined
+          ? {}
+          : {
+              creators: raw.creators
+                .split(',')
+                .map((c) => c.trim())
+                .filter((c) => c !== ''),
+            }),
+        ...(raw.templateDir === undefined ? {} : { templateDirs: raw.templateDir }),
+        ...limits,
+        ...(raw.nats === undefined ? {} : { nats: raw.nats }),
+      });
+      const host = raw.listen.slice(0, raw.listen.lastIndexOf(':'));
+      stdout(
+        raw.json === true
+          ? `${JSON.stringify({ listening: `${host}:${server.port}`, port: server.port, tls: !insecure })}\n`
+          : `coordinator listening on ${host}:${server.port}${insecure ? ' (INSECURE LOOPBACK: no TLS)' : ' (mTLS)'}\n`,
+      );
+      await new Promise<void>((resolve) => {
+        const stop = (): void => resolve();
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      log('draining (hard stop in 10 s)');
+      await server.close(10_000);
+    },
+  );
 
   const job = program.command('job').description('Create and follow federated merge jobs');
   tlsOptions(
@@ -350,11 +387,14 @@ function buildProgram(): Command {
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--spec <path>', 'job spec (YAML or JSON): id, participants, quorum, merge, policy, limits')
       .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
-      .option('--template-on-coordinator', "--template is a path on the coordinator's disk (large models)")
+      .option(
+        '--template-on-coordinator',
+        "--template names a file inside one of the coordinator's --template-dir directories (large models)",
+      )
       .option('--json', 'print one JSON object'),
   ).action(
     async (raw: TlsFlags & { coordinator: string; spec: string; template: string; templateOnCoordinator?: boolean; json?: boolean }) => {
-      const client = connectFederation(await connectOptions(raw.coordinator, raw));
+      const client = H.connectFederation(await H.connectOptions(raw.coordinator, raw));
       try {
         let specText: string;
         try {
@@ -363,7 +403,7 @@ function buildProgram(): Command {
           throw fileError(error, raw.spec, 'reading the job spec');
         }
         const template = raw.templateOnCoordinator === true ? { path: raw.template } : await readFile(raw.template);
-        const status = await client.createJob(JSON.stringify(parseSpecText(specText, raw.spec)), template);
+        const status = await client.createJob(JSON.stringify(H.parseSpecText(specText, raw.spec)), template);
         stdout(
           raw.json === true
             ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
@@ -382,7 +422,7 @@ function buildProgram(): Command {
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .option('--json', 'print one JSON object'),
   ).action(async (id: string, raw: TlsFlags & { coordinator: string; json?: boolean }) => {
-    const client = connectFederation(await connectOptions(raw.coordinator, raw));
+    const client = H.connectFederation(await H.connectOptions(raw.coordinator, raw));
     try {
       const s = await client.getJob(id);
       const view = {
@@ -416,11 +456,11 @@ function buildProgram(): Command {
   ).action(async (id: string, raw: TlsFlags & { nats?: string; coordinator?: string; timeout: string; json?: boolean }) => {
     if ((raw.nats === undefined) === (raw.coordinator === undefined))
       throw new GramfuseError(ErrorCode.InvalidArgument, 'job watch: give --nats URL or --coordinator HOST:PORT (one of them)');
-    const final = await watchJob(id, {
+    const final = await H.watchJob(id, {
       ...(raw.nats === undefined ? {} : { nats: raw.nats }),
-      ...(raw.coordinator === undefined ? {} : { connect: await connectOptions(raw.coordinator, raw) }),
+      ...(raw.coordinator === undefined ? {} : { connect: await H.connectOptions(raw.coordinator, raw) }),
       timeoutSeconds: Number(raw.timeout),
-      onEvent: (event) => stdout(raw.json === true ? `${JSON.stringify(event)}\n` : `${formatJobEvent(event)}\n`),
+      onEvent: (event) => stdout(raw.json === true ? `${JSON.stringify(event)}\n` : `${H.formatJobEvent(event)}\n`),
     });
     if (final === 'failed') throw new GramfuseError(ErrorCode.JobClosed, `job ${id} failed (see the events above)`);
   });
@@ -433,7 +473,7 @@ function buildProgram(): Command {
       .requiredOption('--out <path>', 'where to write it')
       .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx'),
   ).action(async (id: string, raw: TlsFlags & { coordinator: string; out: string; artifact: string }) => {
-    const client = connectFederation(await connectOptions(raw.coordinator, raw));
+    const client = H.connectFederation(await H.connectOptions(raw.coordinator, raw));
     try {
       const status = await client.getJob(id);
       const { sha256, bytes } = await client.downloadTo(
@@ -483,14 +523,15 @@ function buildProgram(): Command {
         },
     ) => {
       const flags = parseFlags(AgentFlags, raw);
-      const base = toAgentOptions(flags);
+      const owner = await ownerPolicyOf(flags);
+      const base = toAgentOptions(flags, owner);
       const show = progressEnabled(flags.json);
       const collectBar = createProgressBar('collect', 'examples', show);
       const uploadBar = createProgressBar('upload', 'bytes', show);
       const progressLine = progressJsonWriter(raw.progressJson === true);
-      const result = await runAgent({
+      const result = await H.runAgent({
         ...base,
-        connect: await connectOptions(raw.coordinator, raw),
+        connect: await H.connectOptions(raw.coordinator, raw),
         jobId: raw.job,
         workDir: raw.workDir,
         yes: raw.yes === true,
@@ -500,8 +541,12 @@ function buildProgram(): Command {
         onRetry: (attempt, error) => {
           if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
         },
+        ownerPolicy: owner,
+        onPolicy: (effective) => {
+          if (!flags.json) process.stderr.write(`${H.formatPolicySources(effective)}\n`);
+        },
         onPlan: (plan, examples) => {
-          if (!flags.json) process.stderr.write(`${formatPlan(plan, examples)}\n\n`);
+          if (!flags.json) process.stderr.write(`${H.formatPlan(plan, examples)}\n\n`);
         },
         approve: async (summary) => {
           if (!process.stdin.isTTY) return false;
@@ -552,8 +597,8 @@ function buildProgram(): Command {
   ).action(async (raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; report: boolean }) => {
     const flags = parseFlags(AgentEvaluateFlags, raw);
     const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
-    const result = await evaluateForJob({
-      connect: await connectOptions(raw.coordinator, raw),
+    const result = await H.evaluateForJob({
+      connect: await H.connectOptions(raw.coordinator, raw),
       jobId: raw.job,
       workDir: raw.workDir,
       data: flags.data,
@@ -588,7 +633,7 @@ function buildProgram(): Command {
     .action(async (raw: { ledger?: string; nats?: string; keys?: string[] }) => {
       if ((raw.ledger === undefined) === (raw.nats === undefined))
         throw new GramfuseError(ErrorCode.InvalidArgument, 'audit verify: give --ledger FILE or --nats URL (one of them)');
-      stdout(`${raw.ledger !== undefined ? await auditVerify(raw.ledger, raw.keys) : await auditVerifyStream(raw.nats!, raw.keys)}\n`);
+      stdout(`${raw.ledger !== undefined ? await H.auditVerify(raw.ledger, raw.keys) : await H.auditVerifyStream(raw.nats!, raw.keys)}\n`);
     });
   audit
     .command('publish')
@@ -597,7 +642,7 @@ function buildProgram(): Command {
     .requiredOption('--nats <url>', 'NATS with JetStream')
     .option('--timeout <seconds>', 'give up after this long', '60')
     .action(async (raw: { ledger: string; nats: string; timeout: string }) => {
-      stdout(`${await auditPublish(raw.ledger, raw.nats, Number(raw.timeout))}\n`);
+      stdout(`${await H.auditPublish(raw.ledger, raw.nats, Number(raw.timeout))}\n`);
     });
   audit
     .command('reconcile')
@@ -607,8 +652,8 @@ function buildProgram(): Command {
     .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
     .option('--json', 'print one JSON object')
     .action(async (raw: { agentLedger: string; coordinatorLedger: string; keys?: string[]; json?: boolean }) => {
-      const result = await auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
-      stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${formatReconciliation(result)}\n`);
+      const result = await H.auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${H.formatReconciliation(result)}\n`);
       if (!result.agree)
         throw new GramfuseError(
           ErrorCode.AuditInvalid,
@@ -623,8 +668,8 @@ function buildProgram(): Command {
     .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
     .option('--json', 'print one JSON object')
     .action(async (raw: { ledger: string; owner: string; keys?: string[]; json?: boolean }) => {
-      const report = await auditReport(raw.ledger, raw.owner, raw.keys);
-      stdout(raw.json === true ? `${JSON.stringify(report)}\n` : `${formatOwnerReport(report, raw.ledger)}\n`);
+      const report = await H.auditReport(raw.ledger, raw.owner, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(report)}\n` : `${H.formatOwnerReport(report, raw.ledger)}\n`);
     });
 
   program
@@ -638,14 +683,14 @@ function buildProgram(): Command {
       const log = (line: string): void => {
         if (raw.json !== true) process.stderr.write(`demo: ${line}\n`);
       };
-      const result = await runDemo({ log, ...(raw.out === undefined ? {} : { out: raw.out }) });
+      const result = await H.runDemo({ log, ...(raw.out === undefined ? {} : { out: raw.out }) });
       if (raw.json === true) {
         stdout(`${JSON.stringify(result)}\n`);
         return;
       }
       stdout(
         [
-          formatDemoTable(result),
+          H.formatDemoTable(result),
           '',
           `merged model   ${result.mergedModel}`,
           `merge report   ${result.report}`,

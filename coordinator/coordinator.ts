@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { realpath, stat } from 'node:fs/promises';
+import { resolve as resolvePath, sep } from 'node:path';
 
 import {
   analyzeModel,
@@ -8,6 +10,8 @@ import {
   type EventBus,
   FileLedger,
   generateSigningKeys,
+  readPrivateFile,
+  writePrivateFile,
   GramfuseError,
   InProcessBus,
   type JobEvent,
@@ -27,6 +31,7 @@ import {
 } from '../shared/index.js';
 import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
 import { FileStore, sha256OfFile, statisticFile } from './store.js';
+import { authorize, type JobAccess } from './auth.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server.ts). */
 export interface ChunkIn {
@@ -64,6 +69,8 @@ export interface JobView {
   readonly failure?: { readonly code: string; readonly message: string };
   readonly result?: { readonly sha256: string; readonly bytes: number };
   readonly receiptPublicKey: string;
+  /** The identity that created the job (absent for jobs created before it was recorded). */
+  readonly createdBy?: string;
 }
 
 interface PersistedState {
@@ -156,8 +163,17 @@ function newJob(spec: JobSpec, analysis: ModelAnalysis, persisted: PersistedStat
 }
 
 export interface CoordinatorOptions {
-  /** Identities allowed to create jobs; default any authenticated identity. */
+  /** Identities allowed to create jobs (`authorize`, job.create). @default [] (nobody: list them with --creators) */
   readonly creators?: readonly string[];
+  /**
+   * Directories whose files a job creator may name as a template (`templatePath`) instead of sending its
+   * bytes: for large models with external data. @default [] (templates only as bytes)
+   */
+  readonly templateDirs?: readonly string[];
+  /** Jobs one creator may have open (not done or failed) at once; more is RESOURCE_EXHAUSTED. @default 16 */
+  readonly maxOpenJobsPerCreator?: number;
+  /** Solves run at once; later ones wait their turn (each holds a Gram group and the model in memory). @default 1 */
+  readonly maxConcurrentSolves?: number;
   /** The coordinator's own identity in audit records. Default `coordinator`. */
   readonly identity?: string;
   readonly log?: (line: string) => void;
@@ -176,13 +192,18 @@ export class Coordinator {
   /** The coordinator's audit ledger (state dir/audit.jsonl): everything it received and produced. */
   ledger!: FileLedger;
   private readonly solving = new Map<string, Promise<void>>();
+  /** Jobs whose state could not be loaded: reported with STATE_CORRUPT, never touched. */
+  private readonly quarantined = new Map<string, GramfuseError>();
+  private readonly solveSlots: Semaphore;
   /** Control-plane events (DESIGN.md §6): the gRPC Watch follows this bus; `options.events` gets a copy. */
   readonly events = new InProcessBus();
 
   private constructor(
     readonly store: FileStore,
     private readonly options: CoordinatorOptions,
-  ) {}
+  ) {
+    this.solveSlots = new Semaphore(Math.max(1, options.maxConcurrentSolves ?? 1));
+  }
 
   static async open(stateDir: string, options: CoordinatorOptions = {}): Promise<Coordinator> {
     const coordinator = new Coordinator(new FileStore(stateDir), options);
@@ -195,96 +216,129 @@ export class Coordinator {
   }
 
   private async load(): Promise<void> {
-    const keys = await this.store.readJson<SigningKeys>(['keys', 'receipts.json']);
-    if (keys === undefined) {
+    // The receipt signing key: 0600, refused when others can read it (KEY_FILE_EXPOSED).
+    const keyPath = this.store.path('keys', 'receipts.json');
+    let keyText: string | undefined;
+    try {
+      keyText = await readPrivateFile(keyPath, 'receipt signing key');
+    } catch (error) {
+      if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
+    }
+    if (keyText === undefined) {
       this.keys = generateSigningKeys();
-      await this.store.write(['keys', 'receipts.json'], JSON.stringify(this.keys));
-    } else this.keys = keys;
+      await writePrivateFile(keyPath, JSON.stringify(this.keys), 'writing the receipt signing key');
+    } else {
+      try {
+        this.keys = JSON.parse(keyText) as SigningKeys;
+      } catch {
+        throw new GramfuseError(ErrorCode.InvalidData, `${keyPath}: the receipt signing key is not valid JSON; restore it from a backup`, {
+          facts: { path: keyPath },
+        });
+      }
+    }
     this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
       this.log(line),
     );
     const ledgered = await this.ledgeredCommits();
     for (const id of await this.store.list(['jobs'])) {
-      const specValue = await this.store.readJson(['jobs', id, 'spec.json']);
-      const persisted = await this.store.readJson<PersistedState>(['jobs', id, 'state.json']);
-      if (specValue === undefined || persisted === undefined) {
-        // A crash while the job was being created: it was never acknowledged, so nobody knows it exists.
-        this.log(`job ${id}: creation did not finish before a stop; removing its files`);
-        await this.store.remove(['jobs', id]);
-        continue;
+      try {
+        await this.loadJob(id, ledgered);
+      } catch (error) {
+        // One corrupt job must not keep the others from loading: it is set aside, and `job status` says why.
+        const coded = toGramfuseError(error);
+        const reason = new GramfuseError(
+          ErrorCode.StateCorrupt,
+          `job ${id} is quarantined: its state on the coordinator could not be loaded (${coded.code}: ${coded.message}); the operator must repair or remove jobs/${id} in the state directory`,
+          { facts: { job: id, cause: coded.code } },
+        );
+        this.quarantined.set(id, reason);
+        this.log(reason.message);
       }
-      const spec = parseJobSpec(specValue, `job ${id}`);
-      const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')), { probe: false });
-      const job = newJob(spec, analysis, persisted);
-      const recovered = new Map<string, CommitBatch['entries']>();
-      for (const owner of await this.store.list(['jobs', id, 'owners'])) {
-        const ownerDir = ['jobs', id, 'owners', owner];
-        const manifest = await this.store.readJson<BundleManifest>([...ownerDir, 'manifest.json']);
-        if (manifest !== undefined) job.manifests.set(owner, manifest);
-        const committed = new Map<string, Receipt>();
-        for (const receipt of await this.readReceipts([...ownerDir, 'receipts.jsonl'])) {
-          committed.set(receipt.statisticId, receipt);
-          job.uploadedBytes += receipt.bytes;
-          // Receipts are the commit point; the ledger records come after them. A stop in between is mended here.
-          if (!ledgered.has(`${id}\u0000${owner}\u0000${receipt.statisticId}`)) {
-            const statistic = manifest?.plan.statistics.find((x) => x.id === receipt.statisticId);
-            if (statistic !== undefined) await this.ledger.appendAll(commitRecords(id, owner, statistic, receipt));
-          }
+    }
+  }
+
+  /** Loads one job from the state directory, mending what a stop left half done. */
+  private async loadJob(id: string, ledgered: Set<string>): Promise<void> {
+    const specValue = await this.store.readJson(['jobs', id, 'spec.json']);
+    const persisted = await this.store.readJson<PersistedState>(['jobs', id, 'state.json']);
+    if (specValue === undefined || persisted === undefined) {
+      // A crash while the job was being created: it was never acknowledged, so nobody knows it exists.
+      this.log(`job ${id}: creation did not finish before a stop; removing its files`);
+      await this.store.remove(['jobs', id]);
+      return;
+    }
+    const spec = parseJobSpec(specValue, `job ${id}`);
+    const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')), { probe: false });
+    const job = newJob(spec, analysis, persisted);
+    const recovered = new Map<string, CommitBatch['entries']>();
+    for (const owner of await this.store.list(['jobs', id, 'owners'])) {
+      const ownerDir = ['jobs', id, 'owners', owner];
+      const manifest = await this.store.readJson<BundleManifest>([...ownerDir, 'manifest.json']);
+      if (manifest !== undefined) job.manifests.set(owner, manifest);
+      const committed = new Map<string, Receipt>();
+      for (const receipt of await this.readReceipts([...ownerDir, 'receipts.jsonl'])) {
+        committed.set(receipt.statisticId, receipt);
+        job.uploadedBytes += receipt.bytes;
+        // Receipts are the commit point; the ledger records come after them. A stop in between is mended here.
+        if (!ledgered.has(`${id}\u0000${owner}\u0000${receipt.statisticId}`)) {
+          const statistic = manifest?.plan.statistics.find((x) => x.id === receipt.statisticId);
+          if (statistic !== undefined) await this.ledger.appendAll(commitRecords(id, owner, statistic, receipt));
         }
-        job.committed.set(owner, committed);
-        const held = new Map<string, Set<number>>();
-        const verified: CommitBatch['entries'] = [];
-        for (const s of manifest?.plan.statistics ?? []) {
-          if (committed.has(s.id)) continue;
-          // A statistic verified and moved into committed/ but stopped before its group commit: check it again and commit it.
-          const file = [...ownerDir, 'committed', `${statisticFile(s.id)}.bin`];
-          const digest = await this.store.sha256(file).catch(() => undefined);
-          if (digest !== undefined) {
-            if (digest.bytes === s.bytes && digest.sha256 === s.sha256) {
-              verified.push({ jobId: id, statistic: s, file });
-              continue;
-            }
-            await this.store.remove(file);
-          }
-          // Every chunk of it written but stopped before it was assembled: no chunk is left for the agent to send,
-          // so the statistic is checked and taken here.
-          const partial = [...ownerDir, 'partial', `${statisticFile(s.id)}.bin`];
-          const whole = await this.store.sha256(partial).catch(() => undefined);
-          if (whole !== undefined && whole.bytes === s.bytes && whole.sha256 === s.sha256) {
-            await this.store.rename(partial, file);
-            await this.store.remove([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]);
+      }
+      job.committed.set(owner, committed);
+      const held = new Map<string, Set<number>>();
+      const verified: CommitBatch['entries'] = [];
+      for (const s of manifest?.plan.statistics ?? []) {
+        if (committed.has(s.id)) continue;
+        // A statistic verified and moved into committed/ but stopped before its group commit: check it again and commit it.
+        const file = [...ownerDir, 'committed', `${statisticFile(s.id)}.bin`];
+        const digest = await this.store.sha256(file).catch(() => undefined);
+        if (digest !== undefined) {
+          if (digest.bytes === s.bytes && digest.sha256 === s.sha256) {
             verified.push({ jobId: id, statistic: s, file });
             continue;
           }
-          const text = (await this.store.read([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
-          // Only whole lines count: a line cut by a crash names a chunk whose write may not have finished.
-          const indices = (text ?? '').split('\n').slice(0, -1).map(Number).filter(Number.isInteger);
-          if (indices.length > 0) held.set(s.id, new Set(indices));
+          await this.store.remove(file);
         }
-        job.held.set(owner, held);
-        // Only a job still collecting takes them; a closed job's result does not change.
-        if (verified.length > 0 && (persisted.state === 'open' || persisted.state === 'collecting')) recovered.set(owner, verified);
-      }
-      this.jobs.set(id, job);
-      for (const [owner, entries] of recovered) {
-        this.log(`job ${id}: committing ${entries.length} statistics of ${owner} verified before the stop`);
-        await this.commitEntries(owner, job, entries);
-      }
-      // An owner whose last commit landed just before a stop may not be marked complete yet.
-      for (const [owner, manifest] of job.manifests) {
-        if (job.committed.get(owner)?.size === manifest.plan.statistics.length && !persisted.completed.includes(owner)) {
-          persisted.completed.push(owner);
-          await this.persist(id);
+        // Every chunk of it written but stopped before it was assembled: no chunk is left for the agent to send,
+        // so the statistic is checked and taken here.
+        const partial = [...ownerDir, 'partial', `${statisticFile(s.id)}.bin`];
+        const whole = await this.store.sha256(partial).catch(() => undefined);
+        if (whole !== undefined && whole.bytes === s.bytes && whole.sha256 === s.sha256) {
+          await this.store.rename(partial, file);
+          await this.store.remove([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]);
+          verified.push({ jobId: id, statistic: s, file });
+          continue;
         }
+        const text = (await this.store.read([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
+        // Only whole lines count: a line cut by a crash names a chunk whose write may not have finished.
+        const indices = (text ?? '').split('\n').slice(0, -1).map(Number).filter(Number.isInteger);
+        if (indices.length > 0) held.set(s.id, new Set(indices));
       }
-      this.scheduleDeadline(id);
-      this.log(`loaded job ${id} (${persisted.state}, ${persisted.completed.length} owners complete)`);
-      const quorum = spec.quorum ?? spec.participants.length;
-      // A solve that failed for lack of disk space is tried again once the coordinator restarts (with space, one hopes).
-      const retry = persisted.state === 'failed' && persisted.failure?.code === ErrorCode.StorageFull && persisted.completed.length >= quorum;
-      if (retry) this.log(`job ${id}: its solve failed for lack of disk space; trying again`);
-      if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum)) void this.solve(id);
+      job.held.set(owner, held);
+      // Only a job still collecting takes them; a closed job's result does not change.
+      if (verified.length > 0 && (persisted.state === 'open' || persisted.state === 'collecting')) recovered.set(owner, verified);
     }
+    this.jobs.set(id, job);
+    for (const [owner, entries] of recovered) {
+      this.log(`job ${id}: committing ${entries.length} statistics of ${owner} verified before the stop`);
+      await this.commitEntries(owner, job, entries);
+    }
+    // An owner whose last commit landed just before a stop may not be marked complete yet.
+    for (const [owner, manifest] of job.manifests) {
+      if (job.committed.get(owner)?.size === manifest.plan.statistics.length && !persisted.completed.includes(owner)) {
+        persisted.completed.push(owner);
+        await this.persist(id);
+      }
+    }
+    this.scheduleDeadline(id);
+    this.log(`loaded job ${id} (${persisted.state}, ${persisted.completed.length} owners complete)`);
+    const quorum = spec.quorum ?? spec.participants.length;
+    // A solve that failed for lack of disk space is tried again once the coordinator restarts (with space, one hopes).
+    const retry = persisted.state === 'failed' && persisted.failure?.code === ErrorCode.StorageFull && persisted.completed.length >= quorum;
+    if (retry) this.log(`job ${id}: its solve failed for lack of disk space; trying again`);
+    if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum))
+      void this.solve(id);
   }
 
   /** (job, owner, statistic) of every statistic.committed record in the coordinator's ledger. */
@@ -312,6 +366,8 @@ export class Coordinator {
   }
 
   private job(id: string): Job {
+    const quarantined = this.quarantined.get(id);
+    if (quarantined !== undefined) throw quarantined;
     const job = this.jobs.get(id);
     if (job === undefined)
       throw new GramfuseError(ErrorCode.JobNotFound, `job ${id}: no such job on this coordinator`, { facts: { job: id } });
@@ -329,6 +385,17 @@ export class Coordinator {
       receiptPublicKey: this.keys.publicKeyPem,
       ...(job.persisted.failure === undefined ? {} : { failure: job.persisted.failure }),
       ...(job.persisted.result === undefined ? {} : { result: job.persisted.result }),
+      ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
+    };
+  }
+
+  /** Who may do what on a job (for `authorize`); JOB_NOT_FOUND when there is no such job. */
+  access(id: string): JobAccess {
+    const job = this.job(id);
+    return {
+      id,
+      participants: job.spec.participants,
+      ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
     };
   }
 
@@ -346,7 +413,9 @@ export class Coordinator {
   private emit(job: string, type: JobEvent['type'], data: Record<string, unknown>): void {
     const event: JobEvent = { job, type, time: new Date().toISOString(), data };
     void this.events.publish(event);
-    this.options.events?.publish(event).catch((error: unknown) => this.log(`event ${type} of job ${job} not sent: ${(error as Error).message}`));
+    this.options.events
+      ?.publish(event)
+      .catch((error: unknown) => this.log(`event ${type} of job ${job} not sent: ${(error as Error).message}`));
   }
 
   private async persist(id: string): Promise<void> {
@@ -374,14 +443,19 @@ export class Coordinator {
   }
 
   async createJob(identity: string, specValue: unknown, templateSource: Uint8Array | string): Promise<JobView> {
-    if (this.options.creators !== undefined && !this.options.creators.includes(identity)) {
-      throw new GramfuseError(
-        ErrorCode.NotAuthorized,
-        `${identity} may not create jobs on this coordinator (creators: ${this.options.creators.join(', ')})`,
-        { facts: { identity } },
-      );
-    }
+    authorize(identity, 'job.create', undefined, { creators: this.options.creators ?? [] });
     const spec = parseJobSpec(specValue, 'job spec');
+    const open = [...this.jobs.values()].filter(
+      (j) => j.persisted.createdBy === identity && j.persisted.state !== 'done' && j.persisted.state !== 'failed' && j.spec.id !== spec.id,
+    ).length;
+    const maxOpen = this.options.maxOpenJobsPerCreator ?? 16;
+    if (open >= maxOpen)
+      throw new GramfuseError(
+        ErrorCode.ResourceExhausted,
+        `${identity} has ${open} open jobs on this coordinator, its limit (--max-open-jobs-per-creator ${maxOpen}); wait for one to finish`,
+        { facts: { identity, open, limit: maxOpen } },
+      );
+    if (typeof templateSource === 'string') templateSource = await this.allowedTemplatePath(templateSource);
     const template = await loadModel(templateSource);
     const analysis = await analyzeModel(template, { probe: false });
     if (spec.fingerprint !== undefined && spec.fingerprint !== analysis.fingerprint) {
@@ -419,6 +493,39 @@ export class Coordinator {
     });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
+  }
+
+  /**
+   * A template named by path must lie inside a directory the operator allowed (`templateDirs`), after
+   * symbolic links are resolved; the answer is the same whether or not the file exists, so the remote API
+   * can neither read nor probe anything else on this disk.
+   */
+  private async allowedTemplatePath(requested: string): Promise<string> {
+    const refuse = (): never => {
+      throw new GramfuseError(
+        ErrorCode.NotAuthorized,
+        `template path "${requested}" is not a file inside a template directory of this coordinator; send the template's bytes, or ask the operator to allow its directory (coordinator serve --template-dir)`,
+        { facts: { templatePath: requested } },
+      );
+    };
+    if (requested.includes('\0')) refuse();
+    for (const dir of this.options.templateDirs ?? []) {
+      let root: string;
+      try {
+        root = await realpath(dir);
+      } catch {
+        continue;
+      }
+      const candidate = resolvePath(root, requested);
+      if (!candidate.startsWith(`${root}${sep}`)) continue;
+      try {
+        const real = await realpath(candidate);
+        if (real.startsWith(`${root}${sep}`) && (await stat(real)).isFile()) return real;
+      } catch {
+        // absent: refused below like any other path outside
+      }
+    }
+    return refuse();
   }
 
   /** A job still collecting when its `deadlines.collect` passes fails with DEADLINE_EXCEEDED (and says who was missing). */
@@ -534,6 +641,14 @@ export class Coordinator {
           { facts: { identity, statistic: s.id } },
         );
       }
+      const width = s.dtype === 'float64' ? 8 : s.dtype === 'float32' ? 4 : 0;
+      const bytes = e.shape.reduce((a, b) => a * b, 1) * width;
+      if (width === 0 || s.bytes !== bytes)
+        throw new GramfuseError(
+          ErrorCode.UploadInvalid,
+          `${identity}: statistic ${s.id} declares ${s.bytes} bytes of ${s.dtype}, but its shape [${e.shape.join(', ')}] holds ${bytes}`,
+          { facts: { identity, statistic: s.id } },
+        );
       if (s.sha256 === undefined)
         throw new GramfuseError(ErrorCode.UploadInvalid, `${identity}: statistic ${s.id} has no SHA-256 in the manifest`, {
           facts: { statistic: s.id },
@@ -565,11 +680,16 @@ export class Coordinator {
       await this.store.remove(['jobs', jobId, 'owners', identity, 'partial']);
       job.held.set(identity, new Map());
     }
-    if (previous === undefined && job.uploadedBytes + total > job.spec.limits.maxJobBytes) {
+    // The budget counts every owner's declared bytes (a re-join replaces its own, it does not reset others'):
+    // chunks must lie inside their statistics, so nothing held or committed can exceed it.
+    const others = [...job.manifests]
+      .filter(([owner]) => owner !== identity)
+      .reduce((sum, [, m]) => sum + m.plan.statistics.reduce((s, x) => s + x.bytes, 0), 0);
+    if (others + total > job.spec.limits.maxJobBytes) {
       throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `job ${jobId}: ${total} more bytes would pass the job's budget of ${job.spec.limits.maxJobBytes}`,
-        { facts: { job: jobId } },
+        ErrorCode.ResourceExhausted,
+        `job ${jobId}: ${identity}'s ${total} bytes would bring the job to ${others + total} bytes, past its budget of ${job.spec.limits.maxJobBytes} (limits.maxJobBytes)`,
+        { facts: { job: jobId, bytes: total, limit: job.spec.limits.maxJobBytes } },
       );
     }
     job.manifests.set(identity, manifest);
@@ -773,9 +893,12 @@ export class Coordinator {
 
   private async runSolve(jobId: string): Promise<void> {
     const job = this.job(jobId);
+    let releaseSlot = (): void => undefined;
     try {
       delete job.persisted.failure;
       await this.transition(jobId, 'solving');
+      await this.solveSlots.acquire();
+      releaseSlot = () => this.solveSlots.release();
       const owners = [...job.persisted.completed].sort();
       const request: SolveRequest = {
         stateDir: this.store.root,
@@ -802,7 +925,11 @@ export class Coordinator {
       });
       failpoint('solve.recorded');
       await this.transition(jobId, 'done');
-      this.emit(jobId, 'result', { sha256: outcome.modelSha256, bytes: outcome.modelBytes, artifacts: ['merged.onnx', 'merged.safetensors', 'report.json'] });
+      this.emit(jobId, 'result', {
+        sha256: outcome.modelSha256,
+        bytes: outcome.modelBytes,
+        artifacts: ['merged.onnx', 'merged.safetensors', 'report.json'],
+      });
       const s = outcome.seconds;
       this.log(
         `job ${jobId}: solved (${s.solve.toFixed(2)} s solve, ${s.average.toFixed(2)} s average, ${s.write.toFixed(2)} s write` +
@@ -810,6 +937,8 @@ export class Coordinator {
       );
     } catch (error) {
       await this.fail(jobId, toGramfuseError(error));
+    } finally {
+      releaseSlot();
     }
   }
 
@@ -831,8 +960,47 @@ export class Coordinator {
   async recordEvaluation(identity: string, jobId: string, metrics: { examples: number; accuracy: number; macroF1: number }): Promise<void> {
     const job = this.job(jobId);
     this.participant(job, identity);
+    if (job.persisted.state !== 'done' || job.persisted.result === undefined)
+      throw new GramfuseError(
+        ErrorCode.JobClosed,
+        `job ${jobId} is ${job.persisted.state}: an evaluation reports on its merged model, which it does not have yet`,
+        {
+          facts: { job: jobId },
+        },
+      );
+    const problems: string[] = [];
+    if (!Number.isSafeInteger(metrics.examples) || metrics.examples < 1)
+      problems.push(`examples must be a whole number ≥ 1 (got ${metrics.examples})`);
+    for (const key of ['accuracy', 'macroF1'] as const)
+      if (!Number.isFinite(metrics[key]) || metrics[key] < 0 || metrics[key] > 1)
+        problems.push(`${key} must be in [0, 1] (got ${metrics[key]})`);
+    if (problems.length > 0)
+      throw new GramfuseError(ErrorCode.InvalidArgument, `evaluation report for job ${jobId}: ${problems.join('; ')}`, {
+        facts: { job: jobId },
+      });
     job.persisted.evaluations.push({ owner: identity, ...metrics, at: new Date().toISOString() });
     await this.persist(jobId);
-    await this.ledger.append('evaluation.reported', jobId, { owner: identity, ...metrics });
+    await this.ledger.append('evaluation.reported', jobId, { owner: identity, model: job.persisted.result.sha256, ...metrics });
+  }
+}
+
+/** At most `size` holders at once; the others wait in arrival order. */
+class Semaphore {
+  private held = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(private readonly size: number) {}
+
+  async acquire(): Promise<void> {
+    if (this.held < this.size) {
+      this.held++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  release(): void {
+    const next = this.waiting.shift();
+    if (next !== undefined) next();
+    else this.held--;
   }
 }

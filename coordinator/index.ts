@@ -1,5 +1,13 @@
 /** coordinator/: receives statistics, sums, solves and writes the merged model. Public entry. */
-export { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type JobView, type Receipt, type ReceiptFields } from './coordinator.js';
+export {
+  type ChunkIn,
+  CommitBatch,
+  Coordinator,
+  type CoordinatorOptions,
+  type JobView,
+  type Receipt,
+  type ReceiptFields,
+} from './coordinator.js';
 export {
   type CoordinatorServer,
   type CoordinatorServerOptions,

@@ -4,7 +4,16 @@ import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../proto/index.js';
-import { AuditPublisher, ErrorCode, GramfuseError, grpcStatusByErrorCode, NatsEventBus, toGramfuseError } from '../shared/index.js';
+import {
+  AuditPublisher,
+  ErrorCode,
+  GramfuseError,
+  grpcStatusByErrorCode,
+  isValidIdentity,
+  NatsEventBus,
+  toGramfuseError,
+} from '../shared/index.js';
+import { type Action, authorize, canSee } from './auth.js';
 import { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
@@ -100,13 +109,56 @@ export function decodeChunk(bytes: Uint8Array): ChunkIn {
   return chunkFromProto(message);
 }
 
+const UNDECODABLE = Symbol('undecodable request');
+
+/**
+ * The service definition with gramfuse's own coded decoder: a request that is not a valid message becomes a
+ * marker the handlers turn into INVALID_ARGUMENT naming the method and the fix, instead of grpc-js's bare
+ * `INTERNAL: Error deserializing request`.
+ */
+function withCodedDecoding<S extends grpc.ServiceDefinition>(service: S): S {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(service)) {
+    out[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return method.requestDeserialize(bytes) as unknown;
+        } catch (error) {
+          return {
+            [UNDECODABLE]: new GramfuseError(
+              ErrorCode.InvalidArgument,
+              `${method.path}: the request is not a valid protobuf message (${(error as Error).message}); send messages built from proto/gramfuse/v1/federation.proto`,
+              { facts: { method: method.path } },
+            ),
+          };
+        }
+      },
+    };
+  }
+  return out as S;
+}
+
+/** Throws the coded error of a request the decoder could not read. */
+function decoded<T>(request: T): T {
+  const invalid = (request as { [UNDECODABLE]?: GramfuseError } | undefined)?.[UNDECODABLE];
+  if (invalid !== undefined) throw invalid;
+  return request;
+}
+
+/** Chunks received but not yet handled on one upload stream before the stream is paused, and cancelled. */
+const PAUSE_AT = 4;
+const MAX_PENDING_CHUNKS = 16;
+
 /** Starts the coordinator's gRPC server. */
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
   let state: ServerState = 'starting';
   const events = options.nats === undefined ? undefined : await NatsEventBus.connect(options.nats, 'gramfuse coordinator');
   const coordinator = await Coordinator.open(options.stateDir, { ...options, ...(events === undefined ? {} : { events }) });
   const publisher =
-    options.nats === undefined ? undefined : await AuditPublisher.start(coordinator.ledger, options.nats, 'gramfuse coordinator audit', options.log);
+    options.nats === undefined
+      ? undefined
+      : await AuditPublisher.start(coordinator.ledger, options.nats, 'gramfuse coordinator audit', options.log);
   if (options.tls === undefined && options.insecureLoopback !== true) {
     throw new GramfuseError(
       ErrorCode.InvalidArgument,
@@ -125,6 +177,8 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       const claimed = call.metadata.get('x-gramfuse-identity')[0];
       if (typeof claimed !== 'string' || claimed === '')
         throw new GramfuseError(ErrorCode.NotAuthorized, 'insecure loopback mode: send the x-gramfuse-identity header');
+      if (!isValidIdentity(claimed))
+        throw new GramfuseError(ErrorCode.NotAuthorized, `identity ${JSON.stringify(claimed.slice(0, 80))} is not a valid identity name`);
       return claimed;
     }
     const cert = call.getAuthContext().sslPeerCertificate;
@@ -132,13 +186,29 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     const cn = Array.isArray(raw) ? raw[0] : raw;
     if (typeof cn !== 'string' || cn === '')
       throw new GramfuseError(ErrorCode.NotAuthorized, 'no client certificate with a subject common name');
+    if (!isValidIdentity(cn))
+      throw new GramfuseError(
+        ErrorCode.NotAuthorized,
+        `certificate common name ${JSON.stringify(cn.slice(0, 80))} is not a valid identity name (letters, digits, . _ @ -)`,
+      );
     return cn;
+  };
+  const auth = { creators: options.creators ?? [] };
+  type Call = Parameters<typeof identity>[0];
+  /** The caller's identity, once `authorize` allowed it `action` on job `jobId`: every RPC goes through here. */
+  const guard = (call: Call, action: Action, jobId?: string): string => {
+    const who = identity(call);
+    authorize(who, action, jobId === undefined ? undefined : coordinator.access(jobId), auth);
+    return who;
   };
   const unary =
     <Req, Res>(handler: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       Promise.resolve()
-        .then(() => handler(call))
+        .then(() => {
+          decoded(call.request);
+          return handler(call);
+        })
         .then(
           (result) => callback(null, result),
           (error: unknown) => callback(toStatus(error)),
@@ -147,7 +217,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
 
   // 64 MiB for inline templates; statistic chunks are held to the job's maxChunkBytes (4 MiB) by the coordinator.
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
-  server.addService(federation.JobsService, {
+  server.addService(withCodedDecoding(federation.JobsService), {
     create: unary<federation.CreateJobRequest, federation.JobStatus>(async (call) => {
       let spec: unknown;
       try {
@@ -155,12 +225,12 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       } catch (error) {
         throw new GramfuseError(ErrorCode.InvalidArgument, `job spec is not valid JSON: ${(error as Error).message}`);
       }
-      const who = identity(call);
+      const who = guard(call, 'job.create');
       const template = call.request.templatePath !== '' ? call.request.templatePath : call.request.templateOnnx;
       return jobToProto(await coordinator.createJob(who, spec, template));
     }),
     get: unary<federation.GetJobRequest, federation.JobStatus>((call) => {
-      identity(call);
+      guard(call, 'job.read', call.request.jobId);
       return jobToProto(coordinator.view(call.request.jobId));
     }),
     list: unary<federation.ListJobsRequest, federation.ListJobsReply>((call) => {
@@ -168,14 +238,21 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       return {
         jobs: coordinator
           .list()
-          .filter((j) => j.spec.participants.includes(who) || options.creators === undefined || options.creators.includes(who))
+          .filter((j) =>
+            canSee(who, {
+              id: j.spec.id,
+              participants: j.spec.participants,
+              ...(j.createdBy === undefined ? {} : { createdBy: j.createdBy }),
+            }),
+          )
           .map(jobToProto),
       };
     }),
     watch: (call: grpc.ServerWritableStream<federation.GetJobRequest, federation.JobStatus>) => {
       void (async () => {
         try {
-          identity(call);
+          decoded(call.request);
+          guard(call, 'job.read', call.request.jobId);
           let stop: (() => Promise<void>) | undefined = undefined;
           let ended = false;
           const send = (): void => {
@@ -199,9 +276,9 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     },
   } satisfies federation.JobsServer);
 
-  server.addService(federation.UploadsService, {
+  server.addService(withCodedDecoding(federation.UploadsService), {
     join: unary<federation.JoinRequest, federation.UploadState>(async (call) => {
-      const who = identity(call);
+      const who = guard(call, 'job.upload', call.request.jobId);
       const held = await coordinator.join(who, call.request.jobId, call.request.fingerprint, call.request.manifestJson);
       return {
         jobId: call.request.jobId,
@@ -214,7 +291,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       };
     }),
     state: unary<federation.GetJobRequest, federation.UploadState>(async (call) => {
-      const held = await coordinator.uploadState(identity(call), call.request.jobId);
+      const held = await coordinator.uploadState(guard(call, 'job.upload', call.request.jobId), call.request.jobId);
       return {
         jobId: call.request.jobId,
         statistics: [...held].map(([statisticId, s]) => ({
@@ -241,6 +318,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         return;
       }
       const receipts: Receipt[] = [];
+      let streamJob: string | undefined;
       const batch = new CommitBatch();
       let received = 0;
       let skipped = 0;
@@ -253,11 +331,41 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       const commit = async (): Promise<void> => addReceipts(await coordinator.commit(who, batch));
       // Chunks are handled one at a time, each acknowledged once stored; the agent waits for the ack before
       // sending the next (backpressure, and at most one chunk in flight).
+      // A client that ignores acks (sends ahead) is paused, so HTTP/2 flow control holds it back; one whose
+      // chunks still pile up past the limit is cancelled with RESOURCE_EXHAUSTED. Memory held per stream stays
+      // at a few chunks whatever the client does.
       let queue = Promise.resolve();
+      let pending = 0;
       call.on('data', (chunk: federation.Chunk) => {
+        pending++;
+        if (pending >= PAUSE_AT) call.pause();
+        if (pending > MAX_PENDING_CHUNKS) {
+          fail(
+            new GramfuseError(
+              ErrorCode.ResourceExhausted,
+              `${who} sent ${pending} chunks without waiting for their acknowledgements (at most ${MAX_PENDING_CHUNKS}); wait for each ack before sending more`,
+              { facts: { identity: who, pending } },
+            ),
+          );
+          return;
+        }
         queue = queue.then(async () => {
+          pending--;
+          if (pending <= 1 && call.isPaused()) call.resume();
           if (failed) return;
           try {
+            decoded(chunk);
+            // One stream carries one job's statistics, and only a participant's, into that job.
+            if (streamJob === undefined) {
+              authorize(who, 'job.upload', coordinator.access(chunk.jobId), auth);
+              streamJob = chunk.jobId;
+            } else if (chunk.jobId !== streamJob) {
+              throw new GramfuseError(
+                ErrorCode.UploadInvalid,
+                `a chunk for job ${chunk.jobId} arrived on an upload stream of job ${streamJob}; send each job's statistics on a stream of its own`,
+                { facts: { job: streamJob, chunkJob: chunk.jobId } },
+              );
+            }
             const result = await coordinator.acceptChunk(who, chunkFromProto(chunk), batch);
             if (result.skipped) skipped++;
             else received++;
@@ -294,11 +402,16 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     },
   } satisfies federation.UploadsServer);
 
-  server.addService(federation.ResultsService, {
+  server.addService(withCodedDecoding(federation.ResultsService), {
     download: (call: grpc.ServerWritableStream<federation.DownloadRequest, federation.DownloadChunk>) => {
       void (async () => {
         try {
-          const bytes = await coordinator.artifact(identity(call), call.request.jobId, call.request.artifact);
+          decoded(call.request);
+          const bytes = await coordinator.artifact(
+            guard(call, 'result.read', call.request.jobId),
+            call.request.jobId,
+            call.request.artifact,
+          );
           const digest = createHash('sha256').update(bytes).digest('hex');
           const chunk = 1024 * 1024;
           for (let offset = Number(call.request.offset); offset < bytes.byteLength; offset += chunk) {
@@ -318,7 +431,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       })();
     },
     reportEvaluation: unary<federation.EvaluationReport, federation.EvaluationReply>(async (call) => {
-      await coordinator.recordEvaluation(identity(call), call.request.jobId, {
+      await coordinator.recordEvaluation(guard(call, 'result.report', call.request.jobId), call.request.jobId, {
         examples: Number(call.request.examples),
         accuracy: call.request.accuracy,
         macroF1: call.request.macroF1,

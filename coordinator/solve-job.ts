@@ -63,7 +63,10 @@ export interface SolveOutcome {
   readonly resumedGroups: number;
 }
 
-export async function runSolveJob(request: SolveRequest, onProgress: (progress: SolveProgress) => void = () => undefined): Promise<SolveOutcome> {
+export async function runSolveJob(
+  request: SolveRequest,
+  onProgress: (progress: SolveProgress) => void = () => undefined,
+): Promise<SolveOutcome> {
   const store = new FileStore(request.stateDir);
   const { jobId, analysis, spec } = request;
   const job = (...parts: string[]): string[] => ['jobs', jobId, ...parts];
@@ -74,7 +77,9 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
   const planned = (owner: (typeof request.owners)[number], id: string): PlannedStatistic => {
     const s = owner.statistics.find((x) => x.id === id);
     if (s === undefined)
-      throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner} committed no statistic ${id}`, { facts: { statistic: id } });
+      throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner} committed no statistic ${id}`, {
+        facts: { statistic: id },
+      });
     return s;
   };
   const committed = (owner: (typeof request.owners)[number], id: string): string[] =>
@@ -106,7 +111,10 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
       const values = await read(owner, id);
       sum ??= new Float64Array(values.length);
       if (values.length !== sum.length)
-        throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s ${id} has ${values.length} values, others ${sum.length}`);
+        throw new GramfuseError(
+          ErrorCode.InvalidData,
+          `job ${jobId}: ${owner.owner}'s ${id} has ${values.length} values, others ${sum.length}`,
+        );
       for (let i = 0; i < sum.length; i++) sum[i] = sum[i]! + values[i]!;
     }
     aggregateSeconds += (performance.now() - started) / 1000;
@@ -123,16 +131,23 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
     const typed = dtype === 'float64' ? values : Float32Array.from(values);
     for (let i = 0; i < typed.length; i++) {
       if (!Number.isFinite(typed[i]!)) {
-        throw new GramfuseError(ErrorCode.NonFinite, `parameter ${name}: merged value ${typed[i]} at index ${i} is not finite; nothing was written`, {
-          facts: { parameter: name, index: i },
-        });
+        throw new GramfuseError(
+          ErrorCode.NonFinite,
+          `parameter ${name}: merged value ${typed[i]} at index ${i} is not finite; nothing was written`,
+          {
+            facts: { parameter: name, index: i },
+          },
+        );
       }
     }
     await store.write(solvedFile(name), typedArrayBytes(typed));
   };
 
   if (spec.method !== 'regmean' && spec.method !== 'average')
-    throw new GramfuseError(ErrorCode.InvalidArgument, `job ${jobId}: the federated solve merges with regmean or average, not ${spec.method}`);
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `job ${jobId}: the federated solve merges with regmean or average, not ${spec.method}`,
+    );
   const weight = (await Promise.all(request.owners.map((o) => read(o, 'count/weight')))).reduce((s, v) => s + v[0]!, 0);
   const owners = request.owners.map((o) => o.owner);
 
@@ -198,7 +213,10 @@ export async function runSolveJob(request: SolveRequest, onProgress: (progress: 
           for (const [k, owner] of request.owners.entries()) {
             const width = stats[k]!.dtype === 'float32' ? 4 : 8;
             if (stats[k]!.bytes !== count * width)
-              throw new GramfuseError(ErrorCode.InvalidData, `job ${jobId}: ${owner.owner}'s ${id} has ${stats[k]!.bytes} bytes, the template needs ${count * width}`);
+              throw new GramfuseError(
+                ErrorCode.InvalidData,
+                `job ${jobId}: ${owner.owner}'s ${id} has ${stats[k]!.bytes} bytes, the template needs ${count * width}`,
+              );
             const values = view(await store.readRange(committed(owner, id), start * width, length * width), stats[k]!.dtype);
             for (let i = 0; i < length; i++) sum[i] = sum[i]! + values[i]!;
           }

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
-import { ErrorCode, fileError, GramfuseError, writeAll, writeFileAtomic } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError, syncDirectory, writeAll, writeFileAtomic } from '../shared/index.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to
@@ -55,7 +55,10 @@ export class FileStore {
     }
   }
 
-  /** fsyncs files written earlier without it (a group commit: one pass for many statistics). */
+  /**
+   * fsyncs files written (or renamed into place) earlier without it, and then their directories, so the
+   * renames are durable too: a group commit, one pass for many statistics, before any receipt is written.
+   */
   async sync(paths: readonly string[][]): Promise<void> {
     for (const parts of paths) {
       const path = this.path(...parts);
@@ -68,6 +71,13 @@ export class FileStore {
         }
       } catch (error) {
         throw fileError(error, path, 'making coordinator state durable');
+      }
+    }
+    for (const dir of new Set(paths.map((parts) => dirname(this.path(...parts))))) {
+      try {
+        await syncDirectory(dir);
+      } catch (error) {
+        throw fileError(error, dir, 'making coordinator state durable');
       }
     }
   }
@@ -129,7 +139,14 @@ export class FileStore {
 
   async readJson<T>(parts: string[]): Promise<T | undefined> {
     const bytes = await this.read(parts);
-    return bytes === undefined ? undefined : (JSON.parse(bytes.toString('utf8')) as T);
+    if (bytes === undefined) return undefined;
+    try {
+      return JSON.parse(bytes.toString('utf8')) as T;
+    } catch (error) {
+      throw new GramfuseError(ErrorCode.StateCorrupt, `${this.path(...parts)}: not valid JSON (${(error as Error).message})`, {
+        facts: { path: this.path(...parts) },
+      });
+    }
   }
 
   async list(parts: string[]): Promise<string[]> {
@@ -145,7 +162,6 @@ export class FileStore {
     await rm(this.path(...parts), { recursive: true, force: true });
   }
 }
-
 
 /** SHA-256 and size of a file, read in 4 MiB pieces. */
 export async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: number }> {

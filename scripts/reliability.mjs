@@ -41,6 +41,15 @@ tmpfs that fills up, and random bytes into the decoders.
 | --- | --- | --- |
 ${rows.join('\n')}
 
+## Durability guarantee
+
+Every file that commits coordinator state (job specs and states, committed statistics, manifests, results, keys)
+is written to a temporary file, fsynced, renamed into place, and then its
+directory is fsynced, so the rename itself survives a power loss. A group commit fsyncs each statistic file and
+the directories it was renamed into *before* the receipt log and the ledger are written: a receipt never survives a
+power loss that loses its statistic. Private keys are written the same way, with mode 0600. What the fault tests
+above kill is the process (SIGKILL); a power loss is not simulated, the fsync order is what guards against it.
+
 What the outcomes mean, and how they are checked, is in the tests under \`test/integration/faults/\` and
 \`test/integration/nats/\`; the guarantees are summarized in the README ("What happens when…").
 `;

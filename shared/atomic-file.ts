@@ -31,11 +31,12 @@ export async function writeFileAtomic(
   what = 'writing the file',
   createDirectory = false,
   sync = true,
+  mode = 0o666,
 ): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     if (createDirectory) await mkdir(dirname(path), { recursive: true });
-    const handle = await open(tmp, 'w');
+    const handle = await open(tmp, 'wx', mode);
     try {
       const list: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array> =
         typeof parts === 'string' || parts instanceof Uint8Array ? [parts] : parts;
@@ -45,9 +46,22 @@ export async function writeFileAtomic(
       await handle.close();
     }
     await rename(tmp, path);
+    // The rename is durable only once the directory entry is: without this a power loss could keep a
+    // receipt written later while losing the statistic it acknowledges.
+    if (sync) await syncDirectory(dirname(path));
   } catch (error) {
     await rm(tmp, { force: true });
     throw fileError(error, path, what);
+  }
+}
+
+/** fsync of a directory, so that renames and creations inside it survive a power loss. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

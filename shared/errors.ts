@@ -54,6 +54,12 @@ export const ErrorCode = {
   DeadlineExceeded: 'DEADLINE_EXCEEDED',
   /** The disk (or quota) is full: nothing half-written was kept; free space and retry. */
   StorageFull: 'STORAGE_FULL',
+  /** A private key file is readable or writable by group or others: refused until it is `chmod 600`. */
+  KeyFileExposed: 'KEY_FILE_EXPOSED',
+  /** A limit of the coordinator's was reached (bytes held, open jobs, concurrent solves): not retried. */
+  ResourceExhausted: 'RESOURCE_EXHAUSTED',
+  /** A file of the coordinator's state (or a ledger) is corrupt: the job is quarantined, the rest go on. */
+  StateCorrupt: 'STATE_CORRUPT',
   /** Something that should never happen did; a bug in gramfuse. */
   Internal: 'INTERNAL',
 } as const;
@@ -132,6 +138,9 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   BUNDLE_INVALID: 31,
   DEADLINE_EXCEEDED: 45,
   STORAGE_FULL: 6,
+  KEY_FILE_EXPOSED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  STATE_CORRUPT: 9,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
@@ -178,21 +187,32 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   JOB_NOT_FOUND: 5,
   NOT_AUTHORIZED: 7,
   JOB_CLOSED: 9,
-  UPLOAD_INVALID: 15,
+  UPLOAD_INVALID: 3,
   UNAVAILABLE: 14,
   AUDIT_INVALID: 15,
   DEADLINE_EXCEEDED: 4,
   STORAGE_FULL: 8,
+  KEY_FILE_EXPOSED: 13,
+  RESOURCE_EXHAUSTED: 8,
+  STATE_CORRUPT: 9,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */
-export function errorFromGrpc(status: { code?: number; details?: string; message?: string }): GramfuseError {
+export function errorFromGrpc(status: { code?: number; details?: string; message?: string }, address?: string): GramfuseError {
   const details = status.details ?? status.message ?? '';
   const match = /^([A-Z_]+): (.*)$/s.exec(details);
   const codes = Object.values(ErrorCode) as string[];
   if (match !== null && codes.includes(match[1]!)) return new GramfuseError(match[1] as ErrorCode, match[2]!);
   if (status.code === 4)
     return new GramfuseError(ErrorCode.DeadlineExceeded, `the coordinator did not answer before the call's deadline: ${details}`);
-  if (status.code === 14) return new GramfuseError(ErrorCode.Unavailable, `coordinator unreachable: ${details}`);
+  if (status.code === 14) {
+    // grpc-js says e.g. "No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: "
+    const reason = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1] ?? details.replace(/\s*Resolution note:.*$/s, '');
+    return new GramfuseError(
+      ErrorCode.Unavailable,
+      `the coordinator${address === undefined ? '' : ` at ${address}`} is unreachable (${reason.trim() || 'no connection'}); check the address and port, that \`gramfuse coordinator serve\` is running there, and that both sides' certificates come from the same CA (--tls-ca)`,
+      address === undefined ? {} : { facts: { address } },
+    );
+  }
   return new GramfuseError(ErrorCode.Internal, `remote error (gRPC status ${status.code ?? '?'}): ${details}`);
 }

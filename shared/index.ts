@@ -28,7 +28,7 @@ export { formatBytes, formatTable } from './text-format.js';
 export * from './security/index.js';
 export * from './federation/index.js';
 export { packageVersion } from './version.js';
-export { ensureDirectoryFor, writeAll, writeFileAtomic } from './atomic-file.js';
+export { ensureDirectoryFor, syncDirectory, writeAll, writeFileAtomic } from './atomic-file.js';
 export * from './audit/index.js';
 export { callWorker, startWorker, type WorkerMessage } from './worker-thread.js';
 export * from './events/index.js';

@@ -10,6 +10,7 @@ import { canonicalJson, signFields, type SigningKeys, verifyFields } from '../se
 /** What an audit record says happened (DESIGN.md §6). */
 export const AuditKind = z.enum([
   'ledger.opened',
+  'key.rotated',
   'job.created',
   'plan.approved',
   'statistic.committed',
@@ -57,7 +58,7 @@ const lineHash = (line: string): string => createHash('sha256').update(line).dig
 export class FileLedger {
   private constructor(
     readonly path: string,
-    private readonly keys: SigningKeys,
+    private keys: SigningKeys,
     private readonly actor: string,
     private seq: number,
     private prev: string,
@@ -95,6 +96,20 @@ export class FileLedger {
   onAppend(listener: (record: AuditRecord, line: string) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Changes the signing key: a `key.rotated` record naming the new public key, signed by the current one;
+   * every record after it is signed by the new key. Keep the new key's private half as private as the old.
+   */
+  rotateKey(next: SigningKeys): Promise<AuditRecord> {
+    const done = this.tail.then(async () => {
+      const [record] = await this.write([{ kind: 'key.rotated', job: '', facts: { publicKey: next.publicKeyPem, previousKey: keyId(this.keys.publicKeyPem) } }]);
+      this.keys = next;
+      return record!;
+    });
+    this.tail = done.catch(() => undefined);
+    return done;
   }
 
   append(kind: AuditKind, job: string, facts: Record<string, unknown>): Promise<AuditRecord> {
@@ -179,7 +194,7 @@ export async function readLedgerRecords(path: string): Promise<{ record: AuditRe
  * of the line before, each signature valid for its key (keys from `ledger.opened` records, or `trustedKeys`
  * only when given). Throws AUDIT_INVALID naming the first bad record.
  */
-export async function verifyLedger(path: string, trustedKeys?: readonly string[]): Promise<{ records: AuditRecord[] }> {
+export async function verifyLedger(path: string, trustedKeys?: readonly string[]): Promise<{ records: AuditRecord[]; trustedKeyIds: string[] }> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -190,7 +205,11 @@ export async function verifyLedger(path: string, trustedKeys?: readonly string[]
 }
 
 /** The same checks on a ledger's text (a file's content, or one writer's records read back from JetStream). */
-export function verifyLedgerText(text: string, source: string, trustedKeys?: readonly string[]): { records: AuditRecord[] } {
+export function verifyLedgerText(
+  text: string,
+  source: string,
+  trustedKeys?: readonly string[],
+): { records: AuditRecord[]; trustedKeyIds: string[] } {
   const invalid = (line: number, reason: string): GramfuseError =>
     new GramfuseError(ErrorCode.AuditInvalid, `${source}: record at line ${line} ${reason}; the ledger does not verify`, {
       facts: { source, line },
@@ -199,6 +218,8 @@ export function verifyLedgerText(text: string, source: string, trustedKeys?: rea
   const lines = text.split('\n').slice(0, -1);
   const keys = new Map<string, string>((trustedKeys ?? []).map((pem) => [keyId(pem), pem]));
   const records: AuditRecord[] = [];
+  const used = new Set<string>();
+  let current: string | undefined;
   let prev = GENESIS;
   for (const [i, line] of lines.entries()) {
     let record: AuditRecord;
@@ -211,18 +232,35 @@ export function verifyLedgerText(text: string, source: string, trustedKeys?: rea
     if (record.seq !== i + 1) throw invalid(i + 1, `has seq ${record.seq}, expected ${i + 1} (a record was deleted, inserted or moved)`);
     if (record.prev !== prev)
       throw invalid(i + 1, `(seq ${record.seq}) does not chain to the record before it (a record was changed, deleted, inserted or moved)`);
-    if (record.kind === 'ledger.opened' && trustedKeys === undefined) {
-      const declared = record.facts.publicKey;
-      const pem = typeof declared === 'string' ? declared : '';
-      keys.set(keyId(pem), pem);
+    // Without trusted keys, the ledger is not self-certifying: only its first record may introduce a key
+    // (the one an auditor compares out of band), and a later key only through `key.rotated`, signed by the
+    // key in force before it. Records after a rotation must be signed by the new key.
+    const declared = typeof record.facts.publicKey === 'string' ? record.facts.publicKey : '';
+    if (record.kind === 'ledger.opened') {
+      if (record.seq !== 1) throw invalid(i + 1, `(seq ${record.seq}) opens the ledger again: only the first record may introduce a key`);
+      if (trustedKeys === undefined) {
+        keys.set(keyId(declared), declared);
+        current = keyId(declared);
+      }
     }
     const pem = keys.get(record.key);
     if (pem === undefined) throw invalid(i + 1, `(seq ${record.seq}) is signed by an unknown key ${record.key}`);
+    if (trustedKeys === undefined && current !== undefined && record.key !== current)
+      throw invalid(i + 1, `(seq ${record.seq}) is signed by key ${record.key}, but the key in force is ${current}`);
     const { signature, ...unsigned } = record;
     if (!verifyFields(unsigned, signature, pem))
       throw invalid(i + 1, `(seq ${record.seq}) has a signature that does not verify (its content was changed)`);
+    if (record.kind === 'key.rotated') {
+      if (declared === '') throw invalid(i + 1, `(seq ${record.seq}) rotates to no key (facts.publicKey missing)`);
+      if (trustedKeys === undefined) {
+        keys.set(keyId(declared), declared);
+        current = keyId(declared);
+      }
+    }
+    used.add(record.key);
     records.push(record);
     prev = lineHash(line);
   }
-  return { records };
+  const first = records[0];
+  return { records, trustedKeyIds: trustedKeys === undefined ? (first === undefined ? [] : [first.key]) : [...used] };
 }

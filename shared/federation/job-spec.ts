@@ -3,6 +3,18 @@ import { z } from 'zod';
 import { ErrorCode, GramfuseError } from '../errors.js';
 import { DisclosurePolicy, MergeSpec } from '../merge/index.js';
 
+/**
+ * What an identity (a certificate's common name, a participant) may look like: it becomes a file name on the
+ * coordinator and the agent, so no path separators, no leading dot, bounded length.
+ */
+export const IDENTITY_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+export const IdentityName = z
+  .string()
+  .regex(IDENTITY_PATTERN, 'letters, digits, . _ @ - (at most 64, starting with a letter or digit; no path separators)');
+
+/** True when `name` can serve as an identity (see IDENTITY_PATTERN). */
+export const isValidIdentity = (name: string): boolean => IDENTITY_PATTERN.test(name);
+
 /** A federated merge job (issue #5). Every field has a default or says why it has none. */
 export const JobSpec = z
   .object({
@@ -11,8 +23,9 @@ export const JobSpec = z
       .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'lowercase letters, digits, . _ - (at most 63)')
       .describe('job id, unique on the coordinator'),
     participants: z
-      .array(z.string().min(1))
+      .array(IdentityName)
       .min(1)
+      .max(1000)
       .describe('agent identities (certificate subject common names) that may join and upload'),
     quorum: z.number().int().positive().optional().describe('owners needed before solving; default all participants'),
     merge: MergeSpec.default(MergeSpec.parse({})).describe('method and parameters (α, weighting, padding rule)'),

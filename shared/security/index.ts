@@ -1,2 +1,3 @@
 export { type CertificateBundle, certificateName, createCertificateAuthority, issueCertificate, type IssueOptions } from './certs.js';
 export { canonicalJson, generateSigningKeys, signFields, type SigningKeys, verifyFields } from './receipts.js';
+export { readPrivateFile, writePrivateFile } from './key-files.js';

@@ -14,13 +14,20 @@ export class CoordinatorProcess {
   readonly exits: (string | number)[] = [];
   private exited: Promise<void> = Promise.resolve();
 
+  /** `tlsArgs`: `--tls-ca … --tls-cert … --tls-key …` for an mTLS coordinator; default insecure loopback. */
   constructor(
     readonly port: number,
     readonly stateDir: string,
+    readonly tlsArgs?: readonly string[],
   ) {}
 
   get address(): string {
     return `127.0.0.1:${this.port}`;
+  }
+
+  /** The running process's pid (undefined when stopped). */
+  get pid(): number | undefined {
+    return this.running ? this.child!.pid : undefined;
   }
 
   get running(): boolean {
@@ -30,7 +37,20 @@ export class CoordinatorProcess {
   async start(failpoint?: string, extraArgs: string[] = []): Promise<void> {
     const child = spawn(
       process.execPath,
-      [CLI, 'coordinator', 'serve', '--listen', this.address, '--state', this.stateDir, '--insecure-loopback', '--json', ...extraArgs],
+      [
+        CLI,
+        'coordinator',
+        'serve',
+        '--listen',
+        this.address,
+        '--state',
+        this.stateDir,
+        ...(this.tlsArgs ?? ['--insecure-loopback']),
+        '--creators',
+        'creator',
+        '--json',
+        ...extraArgs,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(failpoint === undefined ? {} : { GRAMFUSE_FAILPOINT: failpoint }) } },
     );
     this.child = child;

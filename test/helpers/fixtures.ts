@@ -2,8 +2,12 @@ import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** `../shared/fixtures` beside the repository: real models and data (see its README). */
-export const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), '../../../shared/fixtures');
+/**
+ * The full fixture set: real models and data (see its README). `GRAMFUSE_FIXTURES`, or `../shared/fixtures`
+ * beside the repository. Test files that need it start with `// @needs-fixtures` (vitest.config.ts skips them
+ * where it is absent, except in CI).
+ */
+export const FIXTURES = process.env.GRAMFUSE_FIXTURES ?? resolve(dirname(fileURLToPath(import.meta.url)), '../../../shared/fixtures');
 
 export const fixture = (...parts: string[]): string => join(FIXTURES, ...parts);
 export const fixtureModel = (scenario: string, org: string, file = 'model.onnx'): string => fixture('models', scenario, org, file);

@@ -13,7 +13,7 @@ const records = (path: string): { kind: string; job: string; facts: Record<strin
   readFileSync(path, 'utf8')
     .split('\n')
     .filter((l) => l.trim() !== '')
-    .map((l) => (JSON.parse(l) as { record: { kind: string; job: string; facts: Record<string, unknown> } }).record);
+    .map((l) => JSON.parse(l) as { kind: string; job: string; facts: Record<string, unknown> });
 
 /** `gramfuse demo` on the shipped label-skew-v1 example (runs on a clone without ../shared too). */
 describe('gramfuse demo', () => {

@@ -19,7 +19,8 @@ import {
   readParameterValues,
 } from '../../shared/index.js';
 import { runCli } from '../helpers/cli.js';
-import { fixture, fixtureModel, maxAbsDiff, TOKENIZER } from '../helpers/fixtures.js';
+import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
+import { maxAbsDiff } from '../helpers/fixtures.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-federation-'));
 const orgs = ['org0', 'org1', 'org2'];
@@ -41,12 +42,14 @@ async function startServer(state: string): Promise<CoordinatorServer> {
     stateDir: join(work, state),
     listen: '127.0.0.1:0',
     tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
+    creators: ['creator'],
+    templateDirs: [work],
   });
 }
 
 async function createJob(server: CoordinatorServer, id: string, participants = orgs): Promise<void> {
   const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
-  await client.createJob(JSON.stringify({ id, participants }), readFileSync(fixtureModel('label-skew', 'org0')));
+  await client.createJob(JSON.stringify({ id, participants }), readFileSync(exampleModel('org0')));
   client.close();
 }
 
@@ -58,11 +61,11 @@ const agentArgs = (org: string, port: number, job: string, workDir: string): str
   '--job',
   job,
   '--model',
-  fixtureModel('label-skew', org),
+  exampleModel(org),
   '--data',
-  fixture('scenarios', 'label-skew', `${org}.jsonl`),
+  EXAMPLE_DATA(org),
   '--tokenizer',
-  TOKENIZER,
+  EXAMPLE_TOKENIZER,
   '--max-examples',
   MAX,
   '--work-dir',
@@ -85,9 +88,9 @@ function agentOptions(org: string, port: number, job: string, workDir: string, c
     jobId: job,
     workDir,
     yes: true,
-    model: fixtureModel('label-skew', org),
-    data: fixture('scenarios', 'label-skew', `${org}.jsonl`),
-    tokenizer: TOKENIZER,
+    model: exampleModel(org),
+    data: EXAMPLE_DATA(org),
+    tokenizer: EXAMPLE_TOKENIZER,
     dtype: 'float64',
     maxLength: 128,
     batchSize: 32,
@@ -118,7 +121,7 @@ describe('federation over gRPC with mTLS', () => {
     writeFileSync(join(work, 'ca.pem'), ca.certPem);
     for (const org of orgs) {
       writeFileSync(join(work, `${org}.pem`), certs.get(org)!.certPem);
-      writeFileSync(join(work, `${org}-key.pem`), certs.get(org)!.keyPem);
+      writeFileSync(join(work, `${org}-key.pem`), certs.get(org)!.keyPem, { mode: 0o600 });
     }
     await using server = await startServer('main');
     await createJob(server, 'fed');
@@ -136,7 +139,15 @@ describe('federation over gRPC with mTLS', () => {
     // Each agent's receipts match the coordinator's committed statistics byte for byte.
     for (const r of results) {
       const { ledger, owner } = JSON.parse(r.stdout) as { ledger: string; owner: string };
-      const reconciled = await runCli(['audit', 'reconcile', '--agent-ledger', ledger, '--coordinator-ledger', coordinatorLedger, '--json']);
+      const reconciled = await runCli([
+        'audit',
+        'reconcile',
+        '--agent-ledger',
+        ledger,
+        '--coordinator-ledger',
+        coordinatorLedger,
+        '--json',
+      ]);
       expect(reconciled.code, reconciled.stderr).toBe(0);
       expect(JSON.parse(reconciled.stdout)).toMatchObject({ owner, agree: true });
     }
@@ -155,11 +166,11 @@ describe('federation over gRPC with mTLS', () => {
     localMerged = join(work, 'local.onnx');
     const local = await runCli([
       'merge',
-      ...orgs.flatMap((o) => ['--model', fixtureModel('label-skew', o), '--data', fixture('scenarios', 'label-skew', `${o}.jsonl`)]),
+      ...orgs.flatMap((o) => ['--model', exampleModel(o), '--data', EXAMPLE_DATA(o)]),
       '--max-examples',
       MAX,
       '--tokenizer',
-      TOKENIZER,
+      EXAMPLE_TOKENIZER,
       '--out',
       localMerged,
     ]);
@@ -205,14 +216,20 @@ describe('federation over gRPC with mTLS', () => {
         }
       },
     }).catch((e: unknown) => e);
-    expect(error).toBeDefined();
+    // The run failed, and because of the cut (a run that succeeded would resolve to its result, not an Error).
+    expect(error).toBeInstanceOf(Error);
+    expect((error as Error).message).toMatch(/link cut/);
     const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org0') });
     const state = await client.uploadState('fed');
     client.close();
-    const heldChunks = state.statistics.reduce((s, x) => s + x.held.length, 0);
-    const committedStats = state.statistics.filter((s) => s.committed).length;
-    expect(heldChunks + committedStats).toBeGreaterThan(0);
-    const delivered = cut;
+    // Measured, not assumed: the chunks the coordinator holds, plus every chunk of each committed statistic.
+    const manifest = JSON.parse(readFileSync(join(work, 'resume', 'org0', 'fed', 'bundle', 'manifest.json'), 'utf8')) as {
+      plan: { statistics: { id: string; bytes: number }[] };
+    };
+    const chunksOf = new Map(manifest.plan.statistics.map((s) => [s.id, Math.max(1, Math.ceil(s.bytes / chunkBytes))]));
+    const delivered = state.statistics.reduce((sum, x) => sum + (x.committed ? chunksOf.get(x.statisticId)! : x.held.length), 0);
+    expect(delivered).toBeGreaterThan(0);
+    expect(delivered).toBeLessThanOrEqual(cut);
     const resumed = await runAgent(agentOptions('org0', server.port, 'fed', join(work, 'resume', 'org0'), chunkBytes));
     expect(resumed.reusedBundle).toBe(true);
     // Everything before the cut is held: the resumed run sends the rest plus at most the chunk in flight.
@@ -233,7 +250,7 @@ describe('federation over gRPC with mTLS', () => {
     });
     await client.createJob(
       JSON.stringify({ id: 'late', participants: ['org0', 'org1'], deadlines: { collect: new Date(Date.now() + 1500).toISOString() } }),
-      readFileSync(fixtureModel('label-skew', 'org0')),
+      readFileSync(exampleModel('org0')),
     );
     const final = await client.watch('late', () => undefined);
     client.close();
@@ -251,7 +268,7 @@ describe('federation over gRPC with mTLS', () => {
     const external = join(work, 'external-template', 'model.onnx');
     const { mkdirSync } = await import('node:fs');
     mkdirSync(join(work, 'external-template'));
-    await saveModel(await loadModel(fixtureModel('label-skew', 'org0')), external, { externalData: 'always' });
+    await saveModel(await loadModel(exampleModel('org0')), external, { externalData: 'always' });
     const first = await startServer('external');
     const client = connectFederation({ address: `localhost:${first.port}`, tls: tlsOf('creator') });
     const created = await client.createJob(JSON.stringify({ id: 'ext', participants: orgs }), { path: external });
@@ -306,7 +323,7 @@ describe('federation over gRPC with mTLS', () => {
       client.close();
       // The TLS handshake refuses it: the call never reaches the coordinator's logic.
       expect((error as GramfuseError).code).toBe(ErrorCode.Unavailable);
-      expect((error as GramfuseError).message).toMatch(/coordinator unreachable/);
+      expect((error as GramfuseError).message).toMatch(/the coordinator at localhost:\d+ is unreachable/);
     });
 
     it('a plain-text client against the TLS server', async () => {
@@ -376,7 +393,7 @@ describe('federation over gRPC with mTLS', () => {
           });
         }
         const wrong = await client.upload(bad(), 30).catch((e: unknown) => e as { code: number; details: string });
-        expect((wrong as { code: number }).code).toBe(15);
+        expect((wrong as { code: number }).code).toBe(3); // INVALID_ARGUMENT: the sender's fault, not data loss
         expect((wrong as { details: string }).details).toMatch(/^UPLOAD_INVALID: chunk 0 of gram\/g0 fails its SHA-256 check/);
         client.close();
         // The same owner uploading again: nothing is sent twice.

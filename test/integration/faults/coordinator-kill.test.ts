@@ -13,8 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
 import { auditReconcile } from '../../../cli/index.js';
 import { packageVersion, verifyLedger } from '../../../shared/index.js';
+import { SMALL_JOB_OWNER_POLICY } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
-import { fixture, fixtureModel, TOKENIZER } from '../../helpers/fixtures.js';
+import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
 import { recordFault } from '../../helpers/reliability.js';
 
@@ -81,7 +82,7 @@ async function runJob(name: string, failpoint: string | undefined): Promise<RunR
     const creator = connectFederation({ address: coordinator.address, insecureIdentity: 'creator', deadlineSeconds: 10 });
     await creator.createJob(
       JSON.stringify({ id: 'chaos', participants: orgs, policy: { minRowsPerGroup: 16 } }),
-      readFileSync(fixtureModel('label-skew', 'org0')),
+      readFileSync(exampleModel('org0')),
     );
     creator.close();
     const chunksSent = new Map<string, number>();
@@ -89,7 +90,8 @@ async function runJob(name: string, failpoint: string | undefined): Promise<RunR
       orgs.map(async (org) => {
         const workDir = join(dir, 'agents', org);
         // Reuse the baseline's bundle: the run is about uploads and the coordinator, not collection.
-        if (name !== 'baseline') cpSync(join(work, 'baseline', 'agents', org, 'chaos', 'bundle'), join(workDir, 'chaos', 'bundle'), { recursive: true });
+        if (name !== 'baseline')
+          cpSync(join(work, 'baseline', 'agents', org, 'chaos', 'bundle'), join(workDir, 'chaos', 'bundle'), { recursive: true });
         let count = 0;
         for (let run = 0; ; run++) {
           try {
@@ -98,9 +100,9 @@ async function runJob(name: string, failpoint: string | undefined): Promise<RunR
               jobId: 'chaos',
               workDir,
               yes: true,
-              model: fixtureModel('label-skew', org),
-              data: fixture('scenarios', 'label-skew', `${org}.jsonl`),
-              tokenizer: TOKENIZER,
+              model: exampleModel(org),
+              data: EXAMPLE_DATA(org),
+              tokenizer: EXAMPLE_TOKENIZER,
               dtype: 'float64',
               maxLength: 128,
               batchSize: 32,
@@ -110,6 +112,7 @@ async function runJob(name: string, failpoint: string | undefined): Promise<RunR
               device: 'cpu',
               threads: 1,
               toolVersion: packageVersion(),
+              ownerPolicy: SMALL_JOB_OWNER_POLICY,
               chunkBytes: CHUNK,
               uploadAttempts: 10,
               onUpload: () => {
@@ -168,7 +171,9 @@ describe(`coordinator killed with SIGKILL at ${POINTS} seeded points (seed ${SEE
 
   afterAll(() => {
     const fired = outcomes.filter((o) => o.kills > 0).length;
-    process.stdout.write(`chaos: seed ${SEED}, ${outcomes.length} kill points, ${fired} fired; resent chunks per agent ≤ ${Math.max(0, ...outcomes.map((o) => o.resent))}\n`);
+    process.stdout.write(
+      `chaos: seed ${SEED}, ${outcomes.length} kill points, ${fired} fired; resent chunks per agent ≤ ${Math.max(0, ...outcomes.map((o) => o.resent))}\n`,
+    );
   });
 
   it.each(killPoints(POINTS).map((p, i) => [i + 1, p]))('kill point %i: %s', { timeout: 300_000 }, async (index, point) => {
@@ -183,7 +188,9 @@ describe(`coordinator killed with SIGKILL at ${POINTS} seeded points (seed ${SEE
     expect(resent, `seed ${SEED}, ${point}: chunks re-sent`).toBeLessThanOrEqual(result.kills);
     // Nothing committed twice; both sides' ledgers verify and agree.
     const { records } = await verifyLedger(join(result.stateDir, 'audit.jsonl'));
-    const commits = records.filter((r) => r.kind === 'statistic.committed').map((r) => `${String(r.facts.owner)}/${String(r.facts.statistic)}`);
+    const commits = records
+      .filter((r) => r.kind === 'statistic.committed')
+      .map((r) => `${String(r.facts.owner)}/${String(r.facts.statistic)}`);
     expect(new Set(commits).size).toBe(commits.length);
     expect(commits.length).toBe(3 * 64);
     for (const ledger of result.agentLedgers) {

@@ -19,7 +19,7 @@ import {
   verifyLedgerText,
 } from '../../../shared/index.js';
 import { runCli } from '../../helpers/cli.js';
-import { fixture, fixtureModel, TOKENIZER } from '../../helpers/fixtures.js';
+import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
 import { NatsServer } from '../../helpers/nats-server.js';
 import { recordFault } from '../../helpers/reliability.js';
 
@@ -69,7 +69,10 @@ describe('audit records on JetStream (real nats-server)', () => {
     const verified = await runCli(['audit', 'verify', '--nats', nats.url]);
     expect(verified.code, verified.stderr).toBe(0);
     expect(verified.stdout).toContain(`writer ${ledger.keyId} (writer-a): 14 records, jobs job-two, job.one; chain and signatures verify`);
-    recordFault('nats-server SIGKILL while audit records are written; publisher progress marker lost', 'records reached the stream after restart, in order, exactly once; stream == file byte for byte');
+    recordFault(
+      'nats-server SIGKILL while audit records are written; publisher progress marker lost',
+      'records reached the stream after restart, in order, exactly once; stream == file byte for byte',
+    );
   });
 
   it('appends racing a NATS kill and restart lose and duplicate nothing', async () => {
@@ -101,88 +104,99 @@ describe('a federated job with --nats', () => {
   const certs = new Map<string, CertificateBundle>();
   const tlsOf = (name: string): ClientTls => ({ caPem: ca.certPem, certPem: certs.get(name)!.certPem, keyPem: certs.get(name)!.keyPem });
 
-  it('keeps every audit record of both sides through a NATS restart, reconciles, and job watch follows it on NATS', { timeout: 300_000 }, async () => {
-    ca = await createCertificateAuthority('nats test CA');
-    const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
-    for (const name of ['creator', ...orgs]) certs.set(name, await issueCertificate(ca, name));
-    const logs: string[] = [];
-    await using server = await startCoordinatorServer({
-      stateDir: join(work, 'coordinator'),
-      listen: '127.0.0.1:0',
-      tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
-      nats: nats.url,
-      log: (line) => logs.push(line),
-    });
-    const creator = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
-    await creator.createJob(JSON.stringify({ id: 'nats.job', participants: orgs }), readFileSync(fixtureModel('label-skew', 'org0')));
-    const agent = (org: string): Parameters<typeof runAgent>[0] => ({
-      connect: { address: `localhost:${server.port}`, tls: tlsOf(org) },
-      jobId: 'nats.job',
-      workDir: join(work, 'agents', org),
-      yes: true,
-      model: fixtureModel('label-skew', org),
-      data: fixture('scenarios', 'label-skew', `${org}.jsonl`),
-      tokenizer: TOKENIZER,
-      dtype: 'float64',
-      maxLength: 128,
-      batchSize: 32,
-      maxExamples: 300,
-      seed: 1,
-      textField: 'text',
-      device: 'cpu',
-      toolVersion: packageVersion(),
-      nats: nats.url,
-    });
-    const first = await runAgent(agent('org0'));
-    expect(first.auditBacklog).toBe(0);
-    // NATS goes down: org1's statistics are committed and recorded in the files only…
-    await nats.kill();
-    const second = await runAgent(agent('org1'));
-    expect(second.auditBacklog).toBeGreaterThan(0);
-    const final = await creator.watch('nats.job', () => undefined);
-    expect(final.state).toBe('done');
-    creator.close();
-    // …and reach the stream once NATS is back (the agent's backlog at its next run).
-    await nats.start();
-    const resumed = await runCli(['audit', 'publish', '--ledger', second.ledger, '--nats', nats.url]);
-    expect(resumed.code, resumed.stderr).toBe(0);
-    expect(resumed.stdout).toMatch(/records are on NATS/);
-    await server.close();
+  it(
+    'keeps every audit record of both sides through a NATS restart, reconciles, and job watch follows it on NATS',
+    { timeout: 300_000 },
+    async () => {
+      ca = await createCertificateAuthority('nats test CA');
+      const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
+      for (const name of ['creator', ...orgs]) certs.set(name, await issueCertificate(ca, name));
+      const logs: string[] = [];
+      await using server = await startCoordinatorServer({
+        stateDir: join(work, 'coordinator'),
+        listen: '127.0.0.1:0',
+        tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
+        nats: nats.url,
+        creators: ['creator'],
+        log: (line) => logs.push(line),
+      });
+      const creator = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+      await creator.createJob(JSON.stringify({ id: 'nats.job', participants: orgs }), readFileSync(exampleModel('org0')));
+      const agent = (org: string): Parameters<typeof runAgent>[0] => ({
+        connect: { address: `localhost:${server.port}`, tls: tlsOf(org) },
+        jobId: 'nats.job',
+        workDir: join(work, 'agents', org),
+        yes: true,
+        model: exampleModel(org),
+        data: EXAMPLE_DATA(org),
+        tokenizer: EXAMPLE_TOKENIZER,
+        dtype: 'float64',
+        maxLength: 128,
+        batchSize: 32,
+        maxExamples: 300,
+        seed: 1,
+        textField: 'text',
+        device: 'cpu',
+        toolVersion: packageVersion(),
+        nats: nats.url,
+      });
+      const first = await runAgent(agent('org0'));
+      expect(first.auditBacklog).toBe(0);
+      // NATS goes down: org1's statistics are committed and recorded in the files only…
+      await nats.kill();
+      const second = await runAgent(agent('org1'));
+      expect(second.auditBacklog).toBeGreaterThan(0);
+      const final = await creator.watch('nats.job', () => undefined);
+      expect(final.state).toBe('done');
+      creator.close();
+      // …and reach the stream once NATS is back (the agent's backlog at its next run).
+      await nats.start();
+      const resumed = await runCli(['audit', 'publish', '--ledger', second.ledger, '--nats', nats.url]);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout).toMatch(/records are in stream GRAMFUSE_AUDIT on nats:\/\/127\.0\.0\.1:\d+ \(checked against the stream, record by record\)/);
+      await server.close();
 
-    const stream = await readAuditStream(nats.url, 'nats.job');
-    const files = [join(work, 'coordinator', 'audit.jsonl'), first.ledger, second.ledger];
-    for (const file of files) {
-      const text = await readFile(file, 'utf8');
-      const writer = JSON.parse(text.split('\n')[0]!).key as string;
-      expect(stream.find((l) => l.writer === writer)?.text, file).toBe(text);
-    }
-    expect(logs.some((l) => /wait for NATS/.test(l))).toBe(true);
+      const stream = await readAuditStream(nats.url, 'nats.job');
+      const files = [join(work, 'coordinator', 'audit.jsonl'), first.ledger, second.ledger];
+      for (const file of files) {
+        const text = await readFile(file, 'utf8');
+        const writer = JSON.parse(text.split('\n')[0]!).key as string;
+        expect(stream.find((l) => l.writer === writer)?.text, file).toBe(text);
+      }
+      expect(logs.some((l) => /wait for NATS/.test(l))).toBe(true);
 
-    for (const org of orgs) {
-      const reconciled = await runCli([
-        'audit',
-        'reconcile',
-        '--agent-ledger',
-        join(work, 'agents', org, 'audit.jsonl'),
-        '--coordinator-ledger',
-        files[0]!,
-      ]);
-      expect(reconciled.code, reconciled.stderr).toBe(0);
-      expect(reconciled.stdout).toMatch(new RegExp(`^${org}: the agent's and the coordinator's ledgers agree: 64 statistics in 1 job`));
-    }
-    // A coordinator ledger with one record changed no longer reconciles (nor verifies).
-    const tampered = join(work, 'tampered.jsonl');
-    writeFileSync(tampered, readFileSync(files[0]!, 'utf8').replace(/"bytes":131072/, '"bytes":131073'));
-    const bad = await runCli(['audit', 'reconcile', '--agent-ledger', first.ledger, '--coordinator-ledger', tampered]);
-    expect(bad.code).toBe(50);
-    expect(bad.stderr).toMatch(/AUDIT_INVALID: .*tampered.jsonl: record at line \d+/);
+      for (const org of orgs) {
+        const reconciled = await runCli([
+          'audit',
+          'reconcile',
+          '--agent-ledger',
+          join(work, 'agents', org, 'audit.jsonl'),
+          '--coordinator-ledger',
+          files[0]!,
+        ]);
+        expect(reconciled.code, reconciled.stderr).toBe(0);
+        expect(reconciled.stdout).toMatch(new RegExp(`^${org}: the agent's and the coordinator's ledgers agree: 64 statistics in 1 job`));
+      }
+      // A coordinator ledger with one record changed no longer reconciles (nor verifies).
+      const tampered = join(work, 'tampered.jsonl');
+      writeFileSync(tampered, readFileSync(files[0]!, 'utf8').replace(/"bytes":131072/, '"bytes":131073'));
+      const bad = await runCli(['audit', 'reconcile', '--agent-ledger', first.ledger, '--coordinator-ledger', tampered]);
+      expect(bad.code).toBe(50);
+      expect(bad.stderr).toMatch(/AUDIT_INVALID: .*tampered.jsonl: record at line \d+/);
 
-    const watch = await runCli(['job', 'watch', 'nats.job', '--nats', nats.url, '--json', '--timeout', '30']);
-    expect(watch.code, watch.stderr).toBe(0);
-    const events = watch.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string; data: Record<string, unknown> });
-    expect(events.filter((e) => e.type === 'state').map((e) => e.data.state)).toEqual(['open', 'collecting', 'solving', 'done']);
-    expect(events.some((e) => e.type === 'joined' && e.data.owner === 'org0')).toBe(true);
-    expect(events.some((e) => e.type === 'solve')).toBe(true);
-    recordFault('nats-server down while an owner uploads and the job solves', 'both sides\' records reached the stream exactly once after restart; job events replayed in order; ledgers reconcile');
-  });
+      const watch = await runCli(['job', 'watch', 'nats.job', '--nats', nats.url, '--json', '--timeout', '30']);
+      expect(watch.code, watch.stderr).toBe(0);
+      const events = watch.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { type: string; data: Record<string, unknown> });
+      expect(events.filter((e) => e.type === 'state').map((e) => e.data.state)).toEqual(['open', 'collecting', 'solving', 'done']);
+      expect(events.some((e) => e.type === 'joined' && e.data.owner === 'org0')).toBe(true);
+      expect(events.some((e) => e.type === 'solve')).toBe(true);
+      recordFault(
+        'nats-server down while an owner uploads and the job solves',
+        "both sides' records reached the stream exactly once after restart; job events replayed in order; ledgers reconcile",
+      );
+    },
+  );
 });

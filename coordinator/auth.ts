@@ -1,0 +1,68 @@
+import { ErrorCode, GramfuseError } from '../shared/index.js';
+
+/**
+ * Every RPC's permission, decided here and nowhere else. The caller's identity is its mTLS certificate's
+ * subject common name (or, in insecure loopback mode, the name it claims).
+ */
+export type Action =
+  /** Jobs/Create: only identities the operator listed as creators. */
+  | 'job.create'
+  /** Jobs/Get, Jobs/Watch: the job's participants and its creator. */
+  | 'job.read'
+  /** Uploads/Join, Uploads/State, Uploads/Upload: only the job's participants, each for itself. */
+  | 'job.upload'
+  /** Results/Download: the job's participants and its creator. */
+  | 'result.read'
+  /** Results/ReportEvaluation: only the job's participants. */
+  | 'result.report';
+
+/** Who may do what on a job: the facts `authorize` decides on. */
+export interface JobAccess {
+  readonly id: string;
+  readonly participants: readonly string[];
+  /** Absent for jobs created before creators were recorded. */
+  readonly createdBy?: string;
+}
+
+export interface AuthorizationConfig {
+  /** Identities allowed to create jobs. Empty: nobody (the coordinator then only serves jobs it already has). */
+  readonly creators: readonly string[];
+}
+
+/** May `identity` see this job at all (get, watch, list, download)? */
+export function canSee(identity: string, job: JobAccess): boolean {
+  return job.participants.includes(identity) || job.createdBy === identity;
+}
+
+/** Throws NOT_AUTHORIZED unless `identity` may perform `action` (on `job`, for every action but job.create). */
+export function authorize(identity: string, action: Action, job: JobAccess | undefined, config: AuthorizationConfig): void {
+  const deny = (message: string): never => {
+    throw new GramfuseError(ErrorCode.NotAuthorized, message, {
+      facts: { identity, action, ...(job === undefined ? {} : { job: job.id }) },
+    });
+  };
+  if (action === 'job.create') {
+    if (!config.creators.includes(identity))
+      deny(
+        config.creators.length === 0
+          ? `${identity} may not create jobs: this coordinator lists no creators (start it with --creators NAME[,NAME…])`
+          : `${identity} may not create jobs on this coordinator (creators: ${config.creators.join(', ')})`,
+      );
+    return;
+  }
+  if (job === undefined) throw new GramfuseError(ErrorCode.Internal, `authorize(${action}) needs the job`);
+  const participant = job.participants.includes(identity);
+  switch (action) {
+    case 'job.read':
+    case 'result.read':
+      if (!canSee(identity, job)) deny(`${identity} may not see job ${job.id}: only its participants and its creator may`);
+      return;
+    case 'job.upload':
+    case 'result.report':
+      if (!participant)
+        deny(
+          `${identity} is not a participant of job ${job.id}: only its participants may ${action === 'job.upload' ? 'upload to it' : 'report evaluations of it'}`,
+        );
+      return;
+  }
+}

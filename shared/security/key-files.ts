@@ -1,0 +1,34 @@
+import { readFile, stat } from 'node:fs/promises';
+
+import { writeFileAtomic } from '../atomic-file.js';
+import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+
+/** Writes a private key (or a file holding one) readable by its owner only (0600), atomically. */
+export async function writePrivateFile(path: string, data: string | Uint8Array, what = 'writing a private key'): Promise<void> {
+  await writeFileAtomic(path, data, what, true, true, 0o600);
+}
+
+/**
+ * Reads a private key file, refusing it (KEY_FILE_EXPOSED) when its group or others may read or write it,
+ * as ssh does: a key others can read is no longer private, whatever it then signs.
+ */
+export async function readPrivateFile(path: string, what = 'private key'): Promise<string> {
+  let mode: number;
+  try {
+    mode = (await stat(path)).mode;
+  } catch (error) {
+    throw fileError(error, path, `reading the ${what}`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new GramfuseError(
+      ErrorCode.KeyFileExposed,
+      `${path}: the ${what} is accessible by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); restrict it with \`chmod 600 ${path}\``,
+      { facts: { path, mode: mode & 0o777 } },
+    );
+  }
+  try {
+    return await readFile(path, 'utf8');
+  } catch (error) {
+    throw fileError(error, path, `reading the ${what}`);
+  }
+}

@@ -1,0 +1,42 @@
+import { ownerPolicy, type RunAgentOptions } from '../../agent/index.js';
+import { packageVersion } from '../../shared/index.js';
+import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from './examples.js';
+
+/**
+ * `runAgent` options for one of the shipped example orgs (org0–org2): the few real models the core tests
+ * run on. Small jobs (64 examples) need the owner to allow Grams of 16 rows: the owner's own policy, which a
+ * job can only tighten, says so here.
+ */
+export function exampleAgent(
+  org: string,
+  connect: RunAgentOptions['connect'],
+  jobId: string,
+  workDir: string,
+  overrides: Partial<RunAgentOptions> = {},
+): RunAgentOptions {
+  return {
+    connect,
+    jobId,
+    workDir,
+    yes: true,
+    model: exampleModel(org),
+    data: EXAMPLE_DATA(org),
+    tokenizer: EXAMPLE_TOKENIZER,
+    dtype: 'float64',
+    maxLength: 128,
+    batchSize: 32,
+    maxExamples: 64,
+    seed: 1,
+    textField: 'text',
+    device: 'cpu',
+    toolVersion: packageVersion(),
+    ownerPolicy: SMALL_JOB_OWNER_POLICY,
+    ...overrides,
+  };
+}
+
+/** An owner who deliberately allows Grams of 16 rows or more (the tests' small jobs). */
+export const SMALL_JOB_OWNER_POLICY = ownerPolicy({ minRowsPerGroup: 16, minRowsGiven: true });
+
+/** The same for `gramfuse agent run`: a flag. */
+export const SMALL_JOB_OWNER_FLAGS = ['--min-rows', '16'];
