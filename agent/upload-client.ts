@@ -12,6 +12,7 @@ import {
   DisclosurePolicy,
   ErrorCode,
   errorFromGrpc,
+  fileError,
   AuditPublisher,
   FileLedger,
   readLedgerRecords,
@@ -429,7 +430,9 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         })),
       });
     }
-    const file = await readFile(join(bundleDir, BUNDLE_TENSORS));
+    const file = await readFile(join(bundleDir, BUNDLE_TENSORS)).catch((error: unknown) => {
+      throw fileError(error, join(bundleDir, BUNDLE_TENSORS), 'reading the statistics bundle');
+    });
     const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
     const chunkBytes = options.chunkBytes ?? 4 * 1024 * 1024;
     let sent = 0;

@@ -58,7 +58,6 @@ export interface LocalMergeOptions {
   readonly batchSize?: number;
   readonly maxLength?: number;
   readonly textField?: string;
-  readonly labelField?: string;
   readonly threads?: number;
   readonly onCollect?: (owner: string, progress: Progress) => void;
   readonly onSolve?: (done: number, total: number, layer: LayerDiagnostics) => void;

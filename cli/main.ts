@@ -80,7 +80,6 @@ function buildProgram(): Command {
     .option('--batch-size <n>', 'examples per batch', '32')
     .option('--max-length <n>', 'tokens per example, special tokens included', '128')
     .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--label-field <name>', 'field holding the label', 'label')
     .option('--threads <n>', 'onnxruntime threads')
     .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
     .option('--report <path>', 'where to write the merge report (JSON)')
@@ -110,7 +109,6 @@ function buildProgram(): Command {
         batchSize: flags.batchSize,
         maxLength: flags.maxLength,
         textField: flags.textField,
-        labelField: flags.labelField,
         ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
         ...(flags.base === undefined ? {} : { base: flags.base }),
         ...(flags.report === undefined ? {} : { report: flags.report }),
@@ -197,7 +195,6 @@ function buildProgram(): Command {
       .option('--max-length <n>', 'tokens per example', '128')
       .option('--text-field <name>', 'field holding the text', 'text')
       .option('--text-pair-field <name>', 'field holding the second text of a pair')
-      .option('--label-field <name>', 'field holding the label (not disclosed)', 'label')
       .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
       .option('--threads <n>', 'onnxruntime threads')
       .option('--json', 'print one JSON object');

@@ -598,11 +598,18 @@ export class Coordinator {
     }
     let manifest: BundleManifest;
     try {
-      manifest = BundleManifest.parse(JSON.parse(manifestJson));
+      const parsed = BundleManifest.safeParse(JSON.parse(manifestJson));
+      if (!parsed.success) {
+        // Dot paths, as the job spec reports them: never a raw zod dump.
+        const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+        const more = parsed.error.issues.length > 5 ? `; and ${parsed.error.issues.length - 5} more` : '';
+        throw new Error(`${issues.join('; ')}${more}`);
+      }
+      manifest = parsed.data;
     } catch (error) {
       throw new GramfuseError(
         ErrorCode.UploadInvalid,
-        `${identity}: the manifest is not a valid statistics manifest (${(error as Error).message.slice(0, 300)})`,
+        `${identity}: the manifest is not a valid statistics manifest (${(error as Error).message.slice(0, 400)})`,
         { facts: { identity } },
       );
     }

@@ -31,12 +31,25 @@ const report = join(dir, 'report.json');
 const ok = run('vitest', 'npx', ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...extra]);
 let line = ok ? '0 passed, 0 failed' : '0 passed, 1 failed';
 if (existsSync(report)) {
+  // Count tests, file by file: a file that failed without a failed test (its beforeAll threw, or it did not
+  // load) counts its tests as failed, not skipped; a file with no tests at all counts as one failed test.
   const json = JSON.parse(readFileSync(report, 'utf8'));
-  const failed =
-    json.numFailedTests +
-    (json.numFailedTestSuites ?? 0) -
-    (json.testResults ?? []).filter((s) => s.status === 'failed' && s.assertionResults?.some((a) => a.status === 'failed')).length;
-  line = `${json.numPassedTests} passed, ${Math.max(failed, ok ? 0 : 1)} failed, ${json.numPendingTests + json.numTodoTests} skipped`;
+  let passed = 0;
+  let failed = 0;
+  let skipped = 0;
+  for (const file of json.testResults ?? []) {
+    const tests = file.assertionResults ?? [];
+    const fileFailed = file.status === 'failed';
+    const anyFailed = tests.some((t) => t.status === 'failed');
+    for (const t of tests) {
+      if (t.status === 'passed') passed++;
+      else if (t.status === 'failed') failed++;
+      else if (fileFailed && !anyFailed) failed++;
+      else skipped++;
+    }
+    if (fileFailed && tests.length === 0) failed++;
+  }
+  line = `${passed} passed, ${Math.max(failed, ok ? 0 : 1)} failed, ${skipped} skipped`;
 }
 rmSync(dir, { recursive: true, force: true });
 console.log(line);

@@ -153,6 +153,13 @@ export function fileError(error: unknown, path: string, doing: string): Gramfuse
     });
   }
   const reason = error instanceof Error ? error.message : String(error);
+  if (code === 'ERR_FS_FILE_TOO_LARGE') {
+    return new GramfuseError(
+      ErrorCode.InvalidData,
+      `${path}: larger than 2 GiB, which gramfuse still reads whole here (while ${doing}); files this large need the streamed path of the LLM-scale work`,
+      { facts: { path, errno: code }, cause: error },
+    );
+  }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new GramfuseError(ErrorCode.StorageFull, `${path}: the disk is full (while ${doing}); nothing partial was kept: free space and retry`, {
       facts: { path, errno: code },

@@ -582,6 +582,53 @@ describe('errors a user can act on', () => {
     expect(JSON.parse(readFileSync(EXAMPLE_LABELS, 'utf8'))).toHaveLength(14);
   });
 
+  it('merge refuses --label-field (it reads no labels) instead of ignoring it', async () => {
+    const result = await runCli([
+      'merge',
+      '--method',
+      'average',
+      '--model',
+      exampleModel('org0'),
+      '--model',
+      exampleModel('org1'),
+      '--label-field',
+      'x',
+      '--out',
+      join(work, 'x.onnx'),
+    ]);
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toMatch(/unknown option '--label-field'/);
+  });
+
+  it('a manifest that fails its schema gets dot-path messages, not a zod dump', async () => {
+    const client = clientOf('org0');
+    const error = (await client
+      .join({
+        jobId: 'job-a',
+        fingerprint: (await client.getJob('job-a')).fingerprint,
+        manifestJson: JSON.stringify({ plan: { owner: 5 } }),
+      })
+      .catch((e: unknown) => e)) as GramfuseError;
+    client.close();
+    expect(error.code).toBe(ErrorCode.UploadInvalid);
+    expect(error.message).toMatch(/the manifest is not a valid statistics manifest \((\(root\)|plan\.owner|[a-z.]+): /);
+    expect(error.message).not.toMatch(/"code":|\[\s*\{/);
+  });
+
+  it('a bundle file over 2 GiB is a coded error, not INTERNAL', async () => {
+    const { truncateSync } = await import('node:fs');
+    const dir = join(work, 'huge-bundle');
+    mkdirSync(dir);
+    const big = join(dir, 'big.bin');
+    writeFileSync(big, '');
+    truncateSync(big, 2 ** 31 + 16); // sparse: no disk used
+    const { fileError } = await import('../../shared/index.js');
+    const error = await readFileBig(big).catch((e: unknown) => fileError(e, big, 'reading the statistics bundle'));
+    expect(error.code).toBe(ErrorCode.InvalidData);
+    expect(error.message).toMatch(/larger than 2 GiB/);
+    rmSync(big);
+  });
+
   it('audit publish to a NATS server that is not there fails and says nothing is confirmed', async () => {
     const path = join(work, 'publish.jsonl');
     const ledger = await FileLedger.open(path, generateSigningKeys(), 'writer');
@@ -592,6 +639,12 @@ describe('errors a user can act on', () => {
     expect(result.stderr).toMatch(/UNAVAILABLE/);
   }, 60_000);
 });
+
+async function readFileBig(path: string): Promise<never> {
+  const { readFile } = await import('node:fs/promises');
+  await readFile(path);
+  throw new Error(`${path}: read whole, unexpectedly`);
+}
 
 function writeTemp(name: string, text: string, mode = 0o644): string {
   const path = join(work, name);

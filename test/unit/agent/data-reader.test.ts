@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { collectExamples, loadTokenizer, readExamples } from '../../../agent/index.js';
 import { ErrorCode, GramfuseError } from '../../../shared/index.js';
-import { TOKENIZER } from '../../helpers/fixtures.js';
+import { EXAMPLE_TOKENIZER as TOKENIZER } from '../../helpers/examples.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-reader-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));

@@ -1,3 +1,4 @@
+// @needs-fixtures: reads the full fixture set (../shared/fixtures, or GRAMFUSE_FIXTURES); skipped where it is absent, never in CI.
 import { describe, expect, it } from 'vitest';
 
 import { analyzeModel, ErrorCode, GramfuseError, inspectReport, loadModel } from '../../../shared/index.js';

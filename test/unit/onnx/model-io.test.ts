@@ -1,3 +1,4 @@
+// @needs-fixtures: reads the full fixture set (../shared/fixtures, or GRAMFUSE_FIXTURES); skipped where it is absent, never in CI.
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,7 +59,9 @@ describe('streamed save (one tensor in memory at a time)', () => {
       expect(Buffer.compare(withoutTensors(reloaded), withoutTensors(model))).toBe(0);
       expect(reloaded.proto.graph!.initializer.map((t) => t.name)).toEqual(model.proto.graph!.initializer.map((t) => t.name));
       for (const [i, tensor] of reloaded.proto.graph!.initializer.entries())
-        expect(Buffer.compare(Buffer.from(tensorBytes(reloaded, tensor)), Buffer.from(tensorBytes(model, model.proto.graph!.initializer[i]!)))).toBe(0);
+        expect(
+          Buffer.compare(Buffer.from(tensorBytes(reloaded, tensor)), Buffer.from(tensorBytes(model, model.proto.graph!.initializer[i]!))),
+        ).toBe(0);
       // onnxruntime parses the file's own bytes (initializers after the other graph fields).
       const { feeds } = probeFeeds(modelInputs(indexGraph(model.proto.graph!)));
       const a = await createSession(model);
@@ -66,7 +69,8 @@ describe('streamed save (one tensor in memory at a time)', () => {
       const [x, y] = [await runSession(a, feeds, 'original'), await runSession(b, feeds, 'streamed')];
       await a.release();
       await b.release();
-      for (const name of Object.keys(x)) expect(Array.from(y[name]!.data as Float32Array)).toEqual(Array.from(x[name]!.data as Float32Array));
+      for (const name of Object.keys(x))
+        expect(Array.from(y[name]!.data as Float32Array)).toEqual(Array.from(x[name]!.data as Float32Array));
     },
   );
 });

@@ -1,0 +1,46 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { CLI, REPO } from '../helpers/cli.js';
+
+const work = mkdtempSync(join(tmpdir(), 'gramfuse-help-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** The modules the ESM loader resolved while `gramfuse ARGS` ran (through a resolve hook). */
+function loaded(args: string[], name: string): { urls: string[]; status: number | null; stdout: string } {
+  const trace = join(work, `${name}.txt`);
+  const run = spawnSync(process.execPath, ['--import', join(REPO, 'test/helpers/trace-imports.mjs'), CLI, ...args], {
+    env: { ...process.env, GRAMFUSE_TRACE_IMPORTS: trace },
+    encoding: 'utf8',
+  });
+  return {
+    urls: readFileSync(trace, 'utf8')
+      .split('\n')
+      .filter((l) => l !== ''),
+    status: run.status,
+    stdout: run.stdout,
+  };
+}
+
+describe('the CLI loads what a command needs, when it runs', () => {
+  it.each([
+    ['--help', ['--help']],
+    ['inspect --help', ['inspect', '--help']],
+    ['agent run --help', ['agent', 'run', '--help']],
+  ])('gramfuse %s loads neither onnxruntime-node nor NATS', (name, args) => {
+    const { urls, status, stdout } = loaded(args, name.replace(/\W+/g, '-'));
+    expect(status).toBe(0);
+    expect(stdout).toMatch(/Usage: gramfuse/);
+    expect(urls.some((u) => u.includes('/cli/main.js'))).toBe(true); // the trace works
+    expect(urls.filter((u) => /onnxruntime|@nats-io/.test(u))).toEqual([]);
+  });
+
+  it('a command that runs does load them (the trace can see them)', () => {
+    const { urls } = loaded(['inspect', join(REPO, 'examples/label-skew-v1/org0/model.onnx'), '--json'], 'inspect');
+    expect(urls.some((u) => u.includes('onnxruntime'))).toBe(true);
+  });
+});
