@@ -171,16 +171,20 @@ function buildProgram(): Command {
     });
 
   const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
-  const agentOptions = (command: Command): Command =>
-    command
+  /** The owner's flags; `agent run` takes the merge settings from the job, so only plan and collect offer them. */
+  const agentOptions = (command: Command, forJob = false): Command =>
+    (forJob
+      ? command
+      : command
+          .option('--owner <name>', 'owner name recorded in the plan (default: from the model path)')
+          .option('--method <name>', 'the merge method: regmean | average | task-arithmetic | ties', 'regmean')
+          .option('--alpha <a>', 'RegMean alpha', '0.9')
+          .option('--weighting <w>', 'weighting: equal | tokens', 'equal')
+          .option('--include-padding', 'count padding tokens in Grams')
+    )
       .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
       .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
       .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
-      .option('--owner <name>', 'owner name recorded in the plan (default: from the model path)')
-      .option('--method <name>', "the job's method: regmean | average | task-arithmetic | ties", 'regmean')
-      .option('--alpha <a>', "the job's RegMean alpha", '0.9')
-      .option('--weighting <w>', "the job's weighting: equal | tokens", 'equal')
-      .option('--include-padding', 'count padding tokens in Grams')
       .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
       .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
       .option(
@@ -273,13 +277,15 @@ function buildProgram(): Command {
       }
     });
 
-  const tlsOptions = (command: Command): Command =>
+  /** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
+  const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {
     command
       .option('--tls-ca <path>', 'the federation CA certificate (PEM)')
       .option('--tls-cert <path>', "this party's certificate (PEM); its subject is its identity")
-      .option('--tls-key <path>', "this party's private key (PEM)")
-      .option('--insecure-loopback', 'plain text on 127.0.0.1 only, for local experiments (says so in every log line)')
-      .option('--identity <name>', 'with --insecure-loopback: the identity to claim');
+      .option('--tls-key <path>', "this party's private key (PEM, mode 0600)")
+      .option('--insecure-loopback', 'plain text on 127.0.0.1 only, for local experiments (says so in every log line)');
+    return role === 'client' ? command.option('--identity <name>', 'with --insecure-loopback: the identity to claim') : command;
+  };
 
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
   certs
@@ -305,6 +311,7 @@ function buildProgram(): Command {
   tlsOptions(
     program
       .command('coordinator')
+      .description("The party that sums the owners' statistics and solves: gramfuse coordinator serve")
       .command('serve')
       .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
       .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
@@ -321,7 +328,8 @@ function buildProgram(): Command {
         collect,
       )
       .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
-      .option('--json', 'print the listening address as one JSON line, and log lines as JSON'),
+      .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
+    'server',
   ).action(
     async (
       raw: TlsFlags & {
@@ -380,7 +388,7 @@ function buildProgram(): Command {
   tlsOptions(
     job
       .command('create')
-      .description('Create a job from a spec file (JSON) and a template model')
+      .description('Create a job from a spec file (YAML or JSON) and a template model')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--spec <path>', 'job spec (YAML or JSON): id, participants, quorum, merge, policy, limits')
       .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
@@ -492,6 +500,7 @@ function buildProgram(): Command {
         .description(
           'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
         ),
+      true,
     )
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--job <id>', 'job id')

@@ -37,7 +37,10 @@ export interface CreateJobRequest {
   specJson: string;
   /** The template model (ONNX bytes, up to 64 MiB): the graph the merged model takes. */
   templateOnnx: Uint8Array;
-  /** Or a path on the coordinator's own disk (large models; external data beside it is read from there). */
+  /**
+   * Or a file inside one of the directories the operator allowed with `coordinator serve --template-dir`, relative
+   * to it or absolute (large models; external data beside it is read from there). Any other path is refused.
+   */
   templatePath: string;
 }
 
