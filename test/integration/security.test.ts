@@ -23,6 +23,7 @@ import {
   parseSafetensors,
   verifyLedger,
 } from '../../shared/index.js';
+import { exampleAgent } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, EXAMPLE_LABELS, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 
@@ -291,24 +292,17 @@ describe('templates, names and the insecure mode', () => {
 });
 
 describe("the owner's policy is final", () => {
-  const agent = (jobId: string, extra: Partial<Parameters<typeof runAgent>[0]> = {}): Parameters<typeof runAgent>[0] => ({
-    connect: { address: `localhost:${server.port}`, tls: tlsOf('org0'), deadlineSeconds: 10 },
-    jobId,
-    workDir: join(work, 'agent-org0', jobId),
-    yes: true,
-    model: exampleModel('org0'),
-    data: EXAMPLE_DATA('org0'),
-    tokenizer: EXAMPLE_TOKENIZER,
-    dtype: 'float64',
-    maxLength: 64,
-    batchSize: 32,
-    maxExamples: 64,
-    seed: 1,
-    textField: 'text',
-    device: 'cpu',
-    toolVersion: packageVersion(),
-    ...extra,
-  });
+  const agent = (jobId: string, extra: Partial<Parameters<typeof runAgent>[0]> = {}): Parameters<typeof runAgent>[0] =>
+    exampleAgent(
+      'org0',
+      { address: `localhost:${server.port}`, tls: tlsOf('org0'), deadlineSeconds: 10 },
+      jobId,
+      join(work, 'agent-org0', jobId),
+      {
+        maxLength: 64,
+        ...extra,
+      },
+    );
 
   it("a job that lowers the owner's row minimum does not lower it", async () => {
     const creator = clientOf('creator');
@@ -411,28 +405,15 @@ describe('key files, results and evaluation reports', () => {
   it('a federated job end to end: reports are range-checked, the download is verified and atomic', { timeout: 180_000 }, async () => {
     const creator = clientOf('creator');
     await creator.createJob(JSON.stringify({ id: 'solo', participants: ['org0'], policy: { minRowsPerGroup: 16 } }), template());
-    const { ownerPolicy } = await import('../../agent/index.js');
     // Before a result exists, a report is refused and nothing is signed into the ledger.
     const org0 = clientOf('org0');
     expect(await codeOf(org0.reportEvaluation({ jobId: 'solo', examples: 5n, accuracy: 0.5, macroF1: 0.5 }))).toBe(ErrorCode.JobClosed);
-    await runAgent({
-      connect: { address: `localhost:${server.port}`, tls: tlsOf('org0') },
-      jobId: 'solo',
-      workDir: join(work, 'solo-agent'),
-      yes: true,
-      model: exampleModel('org0'),
-      data: EXAMPLE_DATA('org0'),
-      tokenizer: EXAMPLE_TOKENIZER,
-      dtype: 'float64',
-      maxLength: 64,
-      batchSize: 32,
-      maxExamples: 64,
-      seed: 1,
-      textField: 'text',
-      device: 'cpu',
-      toolVersion: packageVersion(),
-      ownerPolicy: ownerPolicy({ minRowsPerGroup: 16, minRowsGiven: true }),
-    });
+    // The owner allows Grams of 16 rows (exampleAgent's owner policy): the job's 16 is then the same rule.
+    await runAgent(
+      exampleAgent('org0', { address: `localhost:${server.port}`, tls: tlsOf('org0') }, 'solo', join(work, 'solo-agent'), {
+        maxLength: 64,
+      }),
+    );
     const final = await creator.watch('solo', () => undefined);
     expect(final.state).toBe('done');
     for (const [examples, accuracy, macroF1] of [

@@ -17,6 +17,7 @@ import {
   MergeSpec,
   packageVersion,
 } from '../../../shared/index.js';
+import { exampleAgent } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
@@ -171,24 +172,9 @@ describe('a malicious participant cannot hurt the coordinator', () => {
       expect(['OK', ErrorCode.ResourceExhausted, ErrorCode.UploadInvalid]).toContain(flood.code);
       client.close();
       // The honest job next door still runs to the end.
-      await runAgent({
-        connect: { address: coordinator.address, insecureIdentity: 'org0' },
-        jobId: 'honest',
-        workDir: join(work, 'org0'),
-        yes: true,
-        model: exampleModel('org0'),
-        data: EXAMPLE_DATA('org0'),
-        tokenizer: EXAMPLE_TOKENIZER,
-        dtype: 'float64',
-        maxLength: 64,
-        batchSize: 32,
-        maxExamples: 64,
-        seed: 1,
-        textField: 'text',
-        device: 'cpu',
-        toolVersion: packageVersion(),
-        ownerPolicy: (await import('../../../agent/index.js')).ownerPolicy({ minRowsPerGroup: 16, minRowsGiven: true }),
-      });
+      await runAgent(
+        exampleAgent('org0', { address: coordinator.address, insecureIdentity: 'org0' }, 'honest', join(work, 'org0'), { maxLength: 64 }),
+      );
       const watcher = connectFederation({ address: coordinator.address, insecureIdentity: 'creator' });
       const final = await watcher.watch('honest', () => undefined);
       watcher.close();

@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent } from '../../../agent/index.js';
-import { ErrorCode, type GramfuseError, loadModel, packageVersion, verifyLedger } from '../../../shared/index.js';
+import { ErrorCode, type GramfuseError, loadModel, verifyLedger } from '../../../shared/index.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
-import { SMALL_JOB_OWNER_POLICY } from '../../helpers/agent-options.js';
-import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
+import { exampleAgent } from '../../helpers/agent-options.js';
+import { exampleModel } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
 import { recordFault } from '../../helpers/reliability.js';
 
@@ -42,24 +42,8 @@ function leaveFree(bytes: number): void {
   if (fill > 0) writeFileSync(join(mountPoint, 'filler'), Buffer.alloc(fill));
 }
 
-const agent = (org: string, address: string): Parameters<typeof runAgent>[0] => ({
-  connect: { address, insecureIdentity: org },
-  jobId: 'full',
-  workDir: join(work, 'agents', org),
-  yes: true,
-  model: exampleModel(org),
-  data: EXAMPLE_DATA(org),
-  tokenizer: EXAMPLE_TOKENIZER,
-  dtype: 'float64',
-  maxLength: 128,
-  batchSize: 32,
-  maxExamples: 64,
-  seed: 1,
-  textField: 'text',
-  device: 'cpu',
-  toolVersion: packageVersion(),
-  ownerPolicy: SMALL_JOB_OWNER_POLICY,
-});
+const agent = (org: string, address: string): Parameters<typeof runAgent>[0] =>
+  exampleAgent(org, { address, insecureIdentity: org }, 'full', join(work, 'agents', org));
 
 describe('disk full on the coordinator', () => {
   it.skipIf(!mounted)(

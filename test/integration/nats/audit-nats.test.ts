@@ -153,7 +153,9 @@ describe('a federated job with --nats', () => {
       await nats.start();
       const resumed = await runCli(['audit', 'publish', '--ledger', second.ledger, '--nats', nats.url]);
       expect(resumed.code, resumed.stderr).toBe(0);
-      expect(resumed.stdout).toMatch(/records are in stream GRAMFUSE_AUDIT on nats:\/\/127\.0\.0\.1:\d+ \(checked against the stream, record by record\)/);
+      expect(resumed.stdout).toMatch(
+        /records are in stream GRAMFUSE_AUDIT on nats:\/\/127\.0\.0\.1:\d+ \(checked against the stream, record by record\)/,
+      );
       await server.close();
 
       const stream = await readAuditStream(nats.url, 'nats.job');
