@@ -16,16 +16,13 @@ import {
   AuditPublisher,
   FileLedger,
   readLedgerRecords,
-  generateSigningKeys,
-  type SigningKeys,
   GramfuseError,
   MergeSpec,
   parseSafetensors,
   readBundle,
   verifyFields,
-  readPrivateFile,
   writeFileAtomic,
-  writePrivateFile,
+  signingKeysAt,
 } from '../shared/index.js';
 import type { Progress } from './collect.js';
 import { type AgentOptions, collectBundle, planForOwner } from './commands.js';
@@ -573,26 +570,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
 
 /** The agent's ledger (work dir/audit.jsonl), signed with a key made on this machine and kept beside it. */
 export async function openAgentLedger(workDir: string, identity: string): Promise<FileLedger> {
-  const keyPath = join(workDir, 'keys', 'audit.json');
-  let keys: SigningKeys;
-  let text: string | undefined;
-  try {
-    text = await readPrivateFile(keyPath, "agent's audit signing key");
-  } catch (error) {
-    if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
-  }
-  if (text === undefined) {
-    keys = generateSigningKeys();
-    await mkdir(join(workDir, 'keys'), { recursive: true, mode: 0o700 });
-    await writePrivateFile(keyPath, JSON.stringify(keys), "writing the agent's audit signing key");
-  } else {
-    try {
-      keys = JSON.parse(text) as SigningKeys;
-    } catch {
-      throw new GramfuseError(ErrorCode.InvalidData, `${keyPath}: the agent's audit signing key is not valid JSON; restore it from a backup (a new key would not match the ledger)`, {
-        facts: { path: keyPath },
-      });
-    }
-  }
+  // The keys directory is the owner's alone; the key file in it is 0600 (signingKeysAt).
+  await mkdir(join(workDir, 'keys'), { recursive: true, mode: 0o700 });
+  const keys = await signingKeysAt(join(workDir, 'keys', 'audit.json'), "agent's audit signing key");
   return FileLedger.open(join(workDir, 'audit.jsonl'), keys, identity);
 }

@@ -9,9 +9,6 @@ import {
   ErrorCode,
   type EventBus,
   FileLedger,
-  generateSigningKeys,
-  readPrivateFile,
-  writePrivateFile,
   GramfuseError,
   InProcessBus,
   type JobEvent,
@@ -28,6 +25,7 @@ import {
   type SigningKeys,
   toGramfuseError,
   failpoint,
+  signingKeysAt,
 } from '../shared/index.js';
 import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
 import { FileStore, sha256OfFile, statisticFile } from './store.js';
@@ -217,25 +215,7 @@ export class Coordinator {
 
   private async load(): Promise<void> {
     // The receipt signing key: 0600, refused when others can read it (KEY_FILE_EXPOSED).
-    const keyPath = this.store.path('keys', 'receipts.json');
-    let keyText: string | undefined;
-    try {
-      keyText = await readPrivateFile(keyPath, 'receipt signing key');
-    } catch (error) {
-      if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
-    }
-    if (keyText === undefined) {
-      this.keys = generateSigningKeys();
-      await writePrivateFile(keyPath, JSON.stringify(this.keys), 'writing the receipt signing key');
-    } else {
-      try {
-        this.keys = JSON.parse(keyText) as SigningKeys;
-      } catch {
-        throw new GramfuseError(ErrorCode.InvalidData, `${keyPath}: the receipt signing key is not valid JSON; restore it from a backup`, {
-          facts: { path: keyPath },
-        });
-      }
-    }
+    this.keys = await signingKeysAt(this.store.path('keys', 'receipts.json'), 'receipt signing key');
     this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
       this.log(line),
     );

@@ -1,3 +1,3 @@
 export { type CertificateBundle, certificateName, createCertificateAuthority, issueCertificate, type IssueOptions } from './certs.js';
 export { canonicalJson, generateSigningKeys, signFields, type SigningKeys, verifyFields } from './receipts.js';
-export { readPrivateFile, writePrivateFile } from './key-files.js';
+export { readPrivateFile, signingKeysAt, writePrivateFile } from './key-files.js';

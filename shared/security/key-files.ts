@@ -2,6 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 
 import { writeFileAtomic } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+import { generateSigningKeys, type SigningKeys } from './receipts.js';
 
 /** Writes a private key (or a file holding one) readable by its owner only (0600), atomically. */
 export async function writePrivateFile(path: string, data: string | Uint8Array, what = 'writing a private key'): Promise<void> {
@@ -30,5 +31,33 @@ export async function readPrivateFile(path: string, what = 'private key'): Promi
     return await readFile(path, 'utf8');
   } catch (error) {
     throw fileError(error, path, `reading the ${what}`);
+  }
+}
+
+/**
+ * The Ed25519 signing keys kept at `path` (a ledger's or the receipts' key): read through `readPrivateFile`
+ * (KEY_FILE_EXPOSED when others can read it), or made and written 0600 when the file does not exist yet.
+ * A file that is there but not valid JSON is INVALID_DATA: a new key would not match what the old one signed.
+ */
+export async function signingKeysAt(path: string, what: string): Promise<SigningKeys> {
+  let text: string | undefined;
+  try {
+    text = await readPrivateFile(path, what);
+  } catch (error) {
+    if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
+  }
+  if (text === undefined) {
+    const keys = generateSigningKeys();
+    await writePrivateFile(path, JSON.stringify(keys), `writing the ${what}`);
+    return keys;
+  }
+  try {
+    return JSON.parse(text) as SigningKeys;
+  } catch {
+    throw new GramfuseError(
+      ErrorCode.InvalidData,
+      `${path}: the ${what} is not valid JSON; restore it from a backup (a new key would not match what this one signed)`,
+      { facts: { path } },
+    );
   }
 }
