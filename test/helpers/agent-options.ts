@@ -1,5 +1,5 @@
-import { ownerPolicy, type RunAgentOptions } from '../../agent/index.js';
-import { packageVersion } from '../../shared/index.js';
+import { collectBundle, ownerPolicy, type RunAgentOptions } from '../../agent/index.js';
+import { DisclosurePolicy, MergeSpec, packageVersion } from '../../shared/index.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from './examples.js';
 
 /**
@@ -40,3 +40,32 @@ export const SMALL_JOB_OWNER_POLICY = ownerPolicy({ minRowsPerGroup: 16, minRows
 
 /** The same for `gramfuse agent run`: a flag. */
 export const SMALL_JOB_OWNER_FLAGS = ['--min-rows', '16'];
+
+/**
+ * A statistics bundle of example org0's model and data, collected in-process (32 examples, Grams of ≥ 16 rows
+ * allowed), named as `owner`: what a test that talks to the coordinator directly joins and uploads with.
+ */
+export function exampleBundle(
+  owner: string,
+  out: string,
+  overrides: Partial<Parameters<typeof collectBundle>[0]> = {},
+): ReturnType<typeof collectBundle> {
+  return collectBundle({
+    model: exampleModel('org0'),
+    data: EXAMPLE_DATA('org0'),
+    tokenizer: EXAMPLE_TOKENIZER,
+    out,
+    owner,
+    spec: MergeSpec.parse({}),
+    policy: DisclosurePolicy.parse({ minRowsPerGroup: 16 }),
+    dtype: 'float64',
+    maxLength: 64,
+    batchSize: 32,
+    maxExamples: 32,
+    seed: 1,
+    textField: 'text',
+    device: 'cpu',
+    toolVersion: packageVersion(),
+    ...overrides,
+  });
+}

@@ -5,25 +5,22 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type ClientTls, collectBundle, connectFederation, type FederationClient, runAgent } from '../../agent/index.js';
+import { type ClientTls, connectFederation, type FederationClient, runAgent } from '../../agent/index.js';
 import { Coordinator, type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
 import {
   type CertificateBundle,
   createCertificateAuthority,
-  DisclosurePolicy,
   ErrorCode,
   FileLedger,
   generateSigningKeys,
   errorFromGrpc,
   GramfuseError,
   issueCertificate,
-  MergeSpec,
-  packageVersion,
   parseSafetensors,
   verifyLedger,
 } from '../../shared/index.js';
-import { exampleAgent } from '../helpers/agent-options.js';
+import { exampleAgent, exampleBundle } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, EXAMPLE_LABELS, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 
@@ -235,23 +232,7 @@ describe('templates, names and the insecure mode', () => {
     await creator.createJob(JSON.stringify({ id: 'job-c', participants: ['org0'], policy: { minRowsPerGroup: 16 } }), template());
     creator.close();
     const bundleDir = join(work, 'mix-bundle');
-    const { manifest } = await collectBundle({
-      model: exampleModel('org0'),
-      data: EXAMPLE_DATA('org0'),
-      tokenizer: EXAMPLE_TOKENIZER,
-      out: bundleDir,
-      owner: 'org0',
-      spec: MergeSpec.parse({}),
-      policy: DisclosurePolicy.parse({ minRowsPerGroup: 16 }),
-      dtype: 'float64',
-      maxLength: 64,
-      batchSize: 32,
-      maxExamples: 32,
-      seed: 1,
-      textField: 'text',
-      device: 'cpu',
-      toolVersion: packageVersion(),
-    });
+    const { manifest } = await exampleBundle('org0', bundleDir);
     const client = clientOf('org0');
     for (const jobId of ['mix', 'job-c'])
       await client.join({ jobId, fingerprint: manifest.plan.fingerprint, manifestJson: JSON.stringify(manifest) });

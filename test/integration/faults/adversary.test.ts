@@ -6,20 +6,12 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { collectBundle, connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
+import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
 import { federation } from '../../../proto/index.js';
-import {
-  type BundleManifest,
-  DisclosurePolicy,
-  ErrorCode,
-  errorFromGrpc,
-  type GramfuseError,
-  MergeSpec,
-  packageVersion,
-} from '../../../shared/index.js';
-import { exampleAgent } from '../../helpers/agent-options.js';
+import { type BundleManifest, ErrorCode, errorFromGrpc, type GramfuseError } from '../../../shared/index.js';
+import { exampleAgent, exampleBundle } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
-import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
+import { exampleModel } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
 
 /**
@@ -61,23 +53,7 @@ beforeAll(async () => {
   );
   await creator.createJob(JSON.stringify({ id: 'honest', participants: ['org0'], policy: { minRowsPerGroup: 16 } }), template);
   creator.close();
-  ({ manifest } = await collectBundle({
-    model: exampleModel('org0'),
-    data: EXAMPLE_DATA('org0'),
-    tokenizer: EXAMPLE_TOKENIZER,
-    out: join(work, 'bundle'),
-    owner: 'mallory',
-    spec: MergeSpec.parse({}),
-    policy: DisclosurePolicy.parse({ minRowsPerGroup: 16 }),
-    dtype: 'float64',
-    maxLength: 64,
-    batchSize: 32,
-    maxExamples: 32,
-    seed: 1,
-    textField: 'text',
-    device: 'cpu',
-    toolVersion: packageVersion(),
-  }));
+  ({ manifest } = await exampleBundle('mallory', join(work, 'bundle')));
 }, 120_000);
 afterAll(async () => {
   await coordinator?.kill('SIGTERM');

@@ -10,17 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent } from '../../../agent/index.js';
 import { auditReconcile } from '../../../cli/index.js';
-import {
-  createCertificateAuthority,
-  ErrorCode,
-  type GramfuseError,
-  issueCertificate,
-  packageVersion,
-  verifyLedger,
-} from '../../../shared/index.js';
+import { createCertificateAuthority, ErrorCode, type GramfuseError, issueCertificate, verifyLedger } from '../../../shared/index.js';
 import { CLI, runCli } from '../../helpers/cli.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
-import { SMALL_JOB_OWNER_FLAGS, SMALL_JOB_OWNER_POLICY } from '../../helpers/agent-options.js';
+import { exampleAgent, SMALL_JOB_OWNER_FLAGS } from '../../helpers/agent-options.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
 import { recordFault } from '../../helpers/reliability.js';
@@ -153,32 +146,18 @@ describe('agent and network faults', () => {
     let chunks = 0;
     const retries: string[] = [];
     try {
-      const result = await runAgent({
-        connect: { address: proxy.address, tls: await tlsOf('org1') },
-        jobId: 'cut',
-        workDir: join(work, 'agents', 'cut', 'org1'),
-        yes: true,
-        model: exampleModel('org1'),
-        data: EXAMPLE_DATA('org1'),
-        tokenizer: EXAMPLE_TOKENIZER,
-        dtype: 'float64',
-        maxLength: 128,
-        batchSize: 32,
-        maxExamples: 64,
-        seed: 1,
-        textField: 'text',
-        device: 'cpu',
-        toolVersion: packageVersion(),
-        ownerPolicy: SMALL_JOB_OWNER_POLICY,
-        chunkBytes: 16 * 1024,
-        onUpload: async () => {
-          if (++chunks === 300) {
-            await new Promise((r) => setTimeout(r, 200));
-            proxy.cut();
-          }
-        },
-        onRetry: (_attempt, error) => retries.push(error.code),
-      });
+      const result = await runAgent(
+        exampleAgent('org1', { address: proxy.address, tls: await tlsOf('org1') }, 'cut', join(work, 'agents', 'cut', 'org1'), {
+          chunkBytes: 16 * 1024,
+          onUpload: async () => {
+            if (++chunks === 300) {
+              await new Promise((r) => setTimeout(r, 200));
+              proxy.cut();
+            }
+          },
+          onRetry: (_attempt, error) => retries.push(error.code),
+        }),
+      );
       expect(proxy.cuts).toBe(1);
       expect(retries).toEqual([ErrorCode.Unavailable]);
       expect(result.receipts).toBe(64);

@@ -12,10 +12,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
 import { auditReconcile } from '../../../cli/index.js';
-import { packageVersion, verifyLedger } from '../../../shared/index.js';
-import { SMALL_JOB_OWNER_POLICY } from '../../helpers/agent-options.js';
+import { verifyLedger } from '../../../shared/index.js';
+import { exampleAgent } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
-import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
+import { exampleModel } from '../../helpers/examples.js';
 import { freePort } from '../../helpers/nats-server.js';
 import { recordFault } from '../../helpers/reliability.js';
 
@@ -95,30 +95,16 @@ async function runJob(name: string, failpoint: string | undefined): Promise<RunR
         let count = 0;
         for (let run = 0; ; run++) {
           try {
-            await runAgent({
-              connect: { address: coordinator.address, insecureIdentity: org, deadlineSeconds: 10 },
-              jobId: 'chaos',
-              workDir,
-              yes: true,
-              model: exampleModel(org),
-              data: EXAMPLE_DATA(org),
-              tokenizer: EXAMPLE_TOKENIZER,
-              dtype: 'float64',
-              maxLength: 128,
-              batchSize: 32,
-              maxExamples: 64,
-              seed: 1,
-              textField: 'text',
-              device: 'cpu',
-              threads: 1,
-              toolVersion: packageVersion(),
-              ownerPolicy: SMALL_JOB_OWNER_POLICY,
-              chunkBytes: CHUNK,
-              uploadAttempts: 10,
-              onUpload: () => {
-                count++;
-              },
-            });
+            await runAgent(
+              exampleAgent(org, { address: coordinator.address, insecureIdentity: org, deadlineSeconds: 10 }, 'chaos', workDir, {
+                threads: 1,
+                chunkBytes: CHUNK,
+                uploadAttempts: 10,
+                onUpload: () => {
+                  count++;
+                },
+              }),
+            );
             break;
           } catch (error) {
             // Every restart of the agent counts: the command is simply run again, as an operator would.

@@ -7,11 +7,12 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { collectBundle, seededRandom } from '../../../agent/index.js';
+import { seededRandom } from '../../../agent/index.js';
 import { CommitBatch, Coordinator, decodeChunk, startCoordinatorServer } from '../../../coordinator/index.js';
 import { federation } from '../../../proto/index.js';
-import { DisclosurePolicy, GramfuseError, MergeSpec, packageVersion } from '../../../shared/index.js';
-import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
+import { GramfuseError } from '../../../shared/index.js';
+import { exampleBundle } from '../../helpers/agent-options.js';
+import { exampleModel } from '../../helpers/examples.js';
 import { recordFault } from '../../helpers/reliability.js';
 
 const SEED = Number(process.env.GRAMFUSE_FUZZ_SEED ?? 7);
@@ -30,23 +31,7 @@ beforeAll(async () => {
     readFileSync(exampleModel('org0')),
   );
   fingerprint = view.fingerprint;
-  const bundle = await collectBundle({
-    model: exampleModel('org0'),
-    data: EXAMPLE_DATA('org0'),
-    tokenizer: EXAMPLE_TOKENIZER,
-    out: join(work, 'bundle'),
-    owner: 'org0',
-    spec: MergeSpec.parse({}),
-    policy: DisclosurePolicy.parse({ minRowsPerGroup: 16 }),
-    dtype: 'float64',
-    maxLength: 128,
-    batchSize: 32,
-    maxExamples: 32,
-    seed: 1,
-    textField: 'text',
-    device: 'cpu',
-    toolVersion: packageVersion(),
-  });
+  const bundle = await exampleBundle('org0', join(work, 'bundle'), { maxLength: 128 });
   manifestJson = JSON.stringify(bundle.manifest);
 }, 120_000);
 
