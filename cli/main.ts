@@ -128,38 +128,49 @@ function buildProgram(): Command {
       stdout(flags.json ? `${JSON.stringify(result.report)}\n` : `${result.reportText}\n`);
     });
 
-  program
-    .command('eval')
-    .description('Accuracy and macro-F1 of a model (or, with --ensemble, the logit average of several) on labelled data')
-    .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect)
-    .requiredOption('--data <path>', 'labelled data (.jsonl or .csv)')
-    .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
-    .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
+  /** The labelled-data flags `eval` and `agent evaluate` share. */
+  const labelledDataOptions = (command: Command, data: string): Command =>
+    command
+      .requiredOption('--data <path>', data)
+      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+      .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
+      .option('--max-examples <n>', 'evaluate a seeded random subset')
+      .option('--seed <n>', 'seed of that subset', '1')
+      .option('--max-length <n>', 'tokens per example', '128')
+      .option('--text-field <name>', 'field holding the text', 'text')
+      .option('--label-field <name>', 'field holding the label', 'label')
+      .option('--threads <n>', 'onnxruntime threads');
+  /** Those flags, parsed, as evaluation options. */
+  const labelledData = (flags: ReturnType<typeof AgentEvaluateFlags.parse>) => ({
+    data: flags.data,
+    tokenizer: flags.tokenizer,
+    seed: flags.seed,
+    maxLength: flags.maxLength,
+    textField: flags.textField,
+    labelField: flags.labelField,
+    ...(flags.labels === undefined ? {} : { labels: flags.labels }),
+    ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+    ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+  });
+
+  labelledDataOptions(
+    program
+      .command('eval')
+      .description('Accuracy and macro-F1 of a model (or, with --ensemble, the logit average of several) on labelled data')
+      .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect),
+    'labelled data (.jsonl or .csv)',
+  )
     .option('--ensemble', 'average the logits of all --model')
-    .option('--max-examples <n>', 'evaluate a seeded random subset')
-    .option('--seed <n>', 'seed of that subset', '1')
     .option('--batch-size <n>', 'examples per batch', '64')
-    .option('--max-length <n>', 'tokens per example', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--label-field <name>', 'field holding the label', 'label')
-    .option('--threads <n>', 'onnxruntime threads')
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
       const result = await H.runEvaluation({
+        ...labelledData(flags),
         models: flags.model,
-        data: flags.data,
-        tokenizer: flags.tokenizer,
         ensemble: flags.ensemble,
-        seed: flags.seed,
         batchSize: flags.batchSize,
-        maxLength: flags.maxLength,
-        textField: flags.textField,
-        labelField: flags.labelField,
-        ...(flags.labels === undefined ? {} : { labels: flags.labels }),
-        ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
-        ...(flags.threads === undefined ? {} : { threads: flags.threads }),
         onProgress: (p) => bar.update(p.examples, p.total),
       });
       bar.stop();
@@ -581,23 +592,17 @@ function buildProgram(): Command {
   );
 
   tlsOptions(
-    agent
-      .command('evaluate')
-      .description(
-        "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
-      )
+    labelledDataOptions(
+      agent
+        .command('evaluate')
+        .description(
+          "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
+        ),
+      "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine",
+    )
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--job <id>', 'job id')
-      .requiredOption('--data <path>', "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine")
-      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
-      .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
       .option('--work-dir <dir>', "this agent's work directory (as for agent run)", 'gramfuse-agent')
-      .option('--max-examples <n>', 'evaluate a seeded random subset')
-      .option('--seed <n>', 'seed of that subset', '1')
-      .option('--max-length <n>', 'tokens per example', '128')
-      .option('--text-field <name>', 'field holding the text', 'text')
-      .option('--label-field <name>', 'field holding the label', 'label')
-      .option('--threads <n>', 'onnxruntime threads')
       .option('--no-report', 'evaluate only; send nothing to the coordinator')
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; report: boolean }) => {
@@ -607,16 +612,8 @@ function buildProgram(): Command {
       connect: await H.connectOptions(raw.coordinator, raw),
       jobId: raw.job,
       workDir: raw.workDir,
-      data: flags.data,
-      tokenizer: flags.tokenizer,
-      seed: flags.seed,
-      maxLength: flags.maxLength,
-      textField: flags.textField,
-      labelField: flags.labelField,
+      ...labelledData(flags),
       report: raw.report,
-      ...(flags.labels === undefined ? {} : { labels: flags.labels }),
-      ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
-      ...(flags.threads === undefined ? {} : { threads: flags.threads }),
       onProgress: (p) => bar.update(p.examples, p.total),
     });
     bar.stop();
