@@ -4,20 +4,23 @@ import importPlugin from 'eslint-plugin-import';
 import tseslint from 'typescript-eslint';
 
 const onlyEntry = (folder) => [`**/${folder}/**`, `!**/${folder}/index.js`];
-// shared/ also has two light entries, errors.js and version.js, that load nothing heavy: the CLI entry imports
-// them statically so that `gramfuse --help` loads neither onnxruntime-node nor NATS (everything else lazily).
-const sharedEntries = [...onlyEntry('shared'), '!**/shared/errors.js', '!**/shared/version.js'];
+// shared/ has one entry per domain (shared/onnx/index.js, shared/merge/index.js, …) and a root entry of light
+// helpers; there is no roll-up, so importing one domain never loads another's dependencies (DESIGN.md §7).
+// errors.js and version.js load nothing at all: the CLI entry imports them statically, so that `gramfuse --help`
+// loads neither onnxruntime-node nor NATS (everything else lazily).
+const sharedDomainEntries = ['**/shared/*.js', '!**/shared/index.js', '**/shared/*/*', '!**/shared/*/index.js'];
+const sharedEntries = [...sharedDomainEntries, '!**/shared/errors.js', '!**/shared/version.js'];
 const restrict = (groups, message) => ({ group: groups, message });
 
 const boundaries = {
   agent: [
     restrict(['**/coordinator/**', '**/cli/**'], 'agent/ never imports coordinator/ or cli/ (DESIGN.md §7).'),
-    restrict(onlyEntry('shared'), 'import shared/ only through shared/index.js.'),
+    restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   coordinator: [
     restrict(['**/agent/**', '**/cli/**'], 'coordinator/ never imports agent/ or cli/ (DESIGN.md §7).'),
-    restrict(onlyEntry('shared'), 'import shared/ only through shared/index.js.'),
+    restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   shared: [
@@ -25,7 +28,10 @@ const boundaries = {
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   outside: [
-    restrict(sharedEntries, 'import shared/ only through shared/index.js (or its light entries errors.js, version.js).'),
+    restrict(
+      sharedEntries,
+      'import shared/ only through its entries: shared/index.js, shared/<domain>/index.js (or errors.js, version.js).',
+    ),
     restrict(onlyEntry('agent'), 'import agent/ only through agent/index.js.'),
     restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),

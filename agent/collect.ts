@@ -1,5 +1,5 @@
+import { type GramStatistics } from '../shared/merge/index.js';
 import {
-  type GramStatistics,
   createSession,
   instrumentGrams,
   type ModelAnalysis,
@@ -7,7 +7,7 @@ import {
   runSession,
   type SessionOptions,
   type Tensor,
-} from '../shared/index.js';
+} from '../shared/onnx/index.js';
 import { buildFeeds, inputRoles } from './batches.js';
 import type { Example } from './data-reader.js';
 import type { TextTokenizer, TokenizedExample } from './tokenizer.js';

@@ -1,18 +1,14 @@
+import { ErrorCode, GramfuseError } from '../shared/index.js';
+import { buildContribution, type Contribution, type GramStatistics, type MergeSpec } from '../shared/merge/index.js';
 import {
   analyzeModel,
-  buildContribution,
-  type Contribution,
   type DeviceChoice,
   fingerprint,
-  type GramStatistics,
   loadModel,
-  type MergeSpec,
   type ModelAnalysis,
   resolveDevice,
   serializeModel,
-  ErrorCode,
-  GramfuseError,
-} from '../shared/index.js';
+} from '../shared/onnx/index.js';
 import { collectGramStatistics, type Progress } from './collect.js';
 import { collectExamples, readExamples } from './data-reader.js';
 import { loadTokenizer } from './tokenizer.js';

@@ -1,19 +1,16 @@
 import { basename, dirname, extname, resolve } from 'node:path';
 
+import { ErrorCode, formatBytes, formatTable, GramfuseError } from '../shared/index.js';
 import {
   checkPolicyAfterCollection,
   checkPolicyBeforeCollection,
   type DisclosurePlan,
   type DisclosurePolicy,
-  ErrorCode,
-  formatBytes,
-  formatTable,
-  GramfuseError,
   type MergeSpec,
-  type ModelAnalysis,
   planDisclosure,
   writeBundle,
-} from '../shared/index.js';
+} from '../shared/merge/index.js';
+import { type ModelAnalysis } from '../shared/onnx/index.js';
 import type { Progress } from './collect.js';
 import { readExamples } from './data-reader.js';
 import { loadTokenizer } from './tokenizer.js';

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 
-import { ErrorCode, fileError, GramfuseError, loadModel, modelInputs, indexGraph, type OnnxModel } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { loadModel, modelInputs, indexGraph, type OnnxModel } from '../shared/onnx/index.js';
 import { classificationMetrics, predictLogits, type Progress } from './collect.js';
 import { collectExamples, type Example } from './data-reader.js';
 import { loadTokenizer } from './tokenizer.js';

@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-import { DisclosurePolicy, ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { DisclosurePolicy } from '../shared/merge/index.js';
 
 /**
  * The owner's policy file (e.g. `agent-policy.yaml` beside the agent), zod-checked. Every field is optional;
@@ -93,8 +94,14 @@ export function ownerPolicy(
       minRowsPerGroup: minRowsFromFile ? fromFile : flags.minRowsGiven ? '--min-rows' : 'default',
       ...(allowedLayers === undefined
         ? {}
-        : { allowedLayers: [flags.allowedLayers === undefined ? '' : '--allow-layers', f?.allowedLayers === undefined ? '' : fromFile].filter((x) => x !== '').join(' and ') }),
-      ...(expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint !== undefined ? '--expect-fingerprint' : fromFile }),
+        : {
+            allowedLayers: [flags.allowedLayers === undefined ? '' : '--allow-layers', f?.allowedLayers === undefined ? '' : fromFile]
+              .filter((x) => x !== '')
+              .join(' and '),
+          }),
+      ...(expectFingerprint === undefined
+        ? {}
+        : { expectFingerprint: flags.expectFingerprint !== undefined ? '--expect-fingerprint' : fromFile }),
     },
   };
 }
@@ -130,7 +137,13 @@ export function combinePolicies(owner: OwnerPolicy, job: DisclosurePolicy, jobFi
   }
   const allowedLayers = intersect(owner.allowedLayers, job.allowedLayers);
   const source = (ownerValue: unknown, jobValue: unknown, ownerWins: boolean, ownerSet: boolean): RuleSource =>
-    JSON.stringify(ownerValue) === JSON.stringify(jobValue) && ownerSet ? 'owner and job' : ownerWins ? (ownerSet ? 'owner' : 'default') : 'job';
+    JSON.stringify(ownerValue) === JSON.stringify(jobValue) && ownerSet
+      ? 'owner and job'
+      : ownerWins
+        ? ownerSet
+          ? 'owner'
+          : 'default'
+        : 'job';
   const ownerRowsSet = owner.origin.minRowsPerGroup !== 'default';
   return {
     policy: DisclosurePolicy.parse({

@@ -5,25 +5,11 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../proto/index.js';
-import {
-  BUNDLE_TENSORS,
-  type BundleManifest,
-  certificateName,
-  DisclosurePolicy,
-  ErrorCode,
-  errorFromGrpc,
-  fileError,
-  AuditPublisher,
-  FileLedger,
-  readLedgerRecords,
-  GramfuseError,
-  MergeSpec,
-  parseSafetensors,
-  readBundle,
-  verifyFields,
-  writeFileAtomic,
-  signingKeysAt,
-} from '../shared/index.js';
+import { ErrorCode, errorFromGrpc, fileError, GramfuseError, writeFileAtomic } from '../shared/index.js';
+import { FileLedger, readLedgerRecords } from '../shared/audit/index.js';
+import { BUNDLE_TENSORS, type BundleManifest, DisclosurePolicy, MergeSpec, parseSafetensors, readBundle } from '../shared/merge/index.js';
+import { AuditPublisher } from '../shared/nats/index.js';
+import { certificateName, verifyFields, signingKeysAt } from '../shared/security/index.js';
 import type { Progress } from './collect.js';
 import { type AgentOptions, collectBundle, planForOwner } from './commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from './policy.js';

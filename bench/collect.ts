@@ -3,7 +3,7 @@
 import { resolve } from 'node:path';
 
 import { buildFeeds, collectExamples, collectGramStatistics, inputRoles, lengthBatches, loadTokenizer } from '../agent/index.js';
-import { analyzeModel, createSession, loadModel, runSession } from '../shared/index.js';
+import { analyzeModel, createSession, loadModel, runSession } from '../shared/onnx/index.js';
 import { type BenchContext, median, table } from './harness.js';
 
 const fixtures = resolve(import.meta.dirname, '../../shared/fixtures');

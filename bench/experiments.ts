@@ -15,21 +15,17 @@ import {
   predictLogits,
   type TextTokenizer,
 } from '../agent/index.js';
+import { createOrtSolver } from '../shared/linalg/index.js';
 import {
   addContribution,
-  analyzeModel,
   buildContribution,
-  createOrtSolver,
   emptyAggregate,
   finishParameters,
   type GramStatistics,
-  loadModel,
   MergeSpec,
-  type ModelAnalysis,
-  type OnnxModel,
   solveRegMean,
-  withParameterValues,
-} from '../shared/index.js';
+} from '../shared/merge/index.js';
+import { analyzeModel, loadModel, type ModelAnalysis, type OnnxModel, withParameterValues } from '../shared/onnx/index.js';
 import { runLocalMerge } from '../cli/index.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');

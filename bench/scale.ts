@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { connectFederation } from '../agent/index.js';
-import { formatBytes, loadModel, analyzeModel } from '../shared/index.js';
+import { formatBytes } from '../shared/index.js';
+import { loadModel, analyzeModel } from '../shared/onnx/index.js';
 import { type BenchContext, table } from './harness.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
 
@@ -59,13 +60,19 @@ interface ScaleResult {
 
 async function federatedMerge(dir: string, model: string, agents: number, examples: number): Promise<ScaleResult> {
   const state = join(dir, `state-${agents}`);
-  const coordinator = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--creators', 'creator', '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const coordinator = spawn(
+    process.execPath,
+    [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--creators', 'creator', '--json'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let log = '';
   coordinator.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
   const port = await new Promise<number>((resolvePromise, reject) => {
-    coordinator.stdout.setEncoding('utf8').once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
+    coordinator.stdout
+      .setEncoding('utf8')
+      .once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
     coordinator.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
   });
   const started = performance.now();
@@ -185,7 +192,18 @@ export async function benchScale(context: BenchContext): Promise<void> {
         `scale — synthetic BERT (${options.layers} layers, hidden ${options.hidden}, FFN ${options.ffn}, vocab ${options.vocab}; ${formatBytes(modelBytes)}), ` +
           `${examples} examples × 64 tokens per agent, float32 statistics, loopback, agents one after another`,
         table(
-          ['agents', 'collect s', 'upload s', 'aggregate s', 'solve s', 'write s', 'total s', 'wire', 'coordinator peak RSS MB', 'agent peak RSS MB'],
+          [
+            'agents',
+            'collect s',
+            'upload s',
+            'aggregate s',
+            'solve s',
+            'write s',
+            'total s',
+            'wire',
+            'coordinator peak RSS MB',
+            'agent peak RSS MB',
+          ],
           results.map((r) => [
             r.agents,
             r.seconds.collect.toFixed(1),
@@ -203,7 +221,12 @@ export async function benchScale(context: BenchContext): Promise<void> {
           `budget 3 × largest Gram group (${largestGroup}², float64: ${largestGramMb.toFixed(0)} MB) + model = ${budgetMb.toFixed(0)} MB: ` +
           `3 agents ${three.coordinatorPeakRssMb.toFixed(0)} MB, 6 agents ${six.coordinatorPeakRssMb.toFixed(0)} MB`,
         `coordinator RSS peaks by phase (sampled every 100 ms): ${results
-          .map((r) => `${r.agents} agents: ${Object.entries(r.coordinatorRssMbByPhase).map(([k, v]) => `${k} ${v} MB`).join(', ')}`)
+          .map(
+            (r) =>
+              `${r.agents} agents: ${Object.entries(r.coordinatorRssMbByPhase)
+                .map(([k, v]) => `${k} ${v} MB`)
+                .join(', ')}`,
+          )
           .join('; ')}`,
       ].join('\n'),
     );

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { createOrtSolver, referenceSolve } from '../shared/index.js';
+import { createOrtSolver, referenceSolve } from '../shared/linalg/index.js';
 import { type BenchContext, median, table } from './harness.js';
 
 function randomGram(n: number, seed: number): Float64Array {

@@ -3,7 +3,7 @@
 // feed-forward, post-LayerNorm), pooler and classifier — the graph shape of a Hugging Face BERT export, with
 // seeded random weights. bench/scale uses the BERT-base size (hidden 768, FFN 3072, 12 layers, 12 heads).
 import { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from '../proto/index.js';
-import { type OnnxModel, saveModel } from '../shared/index.js';
+import { type OnnxModel, saveModel } from '../shared/onnx/index.js';
 
 export interface SyntheticBertOptions {
   readonly layers: number;
@@ -83,10 +83,11 @@ export function syntheticBert(o: SyntheticBertOptions): OnnxModel {
   const linear = (x: string, prefix: string, inDim: number, outDim: number): string =>
     op('Add', [op('MatMul', [x, floats(`${prefix}.weight`, [inDim, outDim], 'random')]), floats(`${prefix}.bias`, [outDim], 'zeros')]);
   const layerNorm = (x: string, prefix: string): string =>
-    op('LayerNormalization', [x, floats(`${prefix}.weight`, [o.hidden], 'ones'), floats(`${prefix}.bias`, [o.hidden], 'zeros')], [
-      int('axis', -1),
-      float('epsilon', 1e-12),
-    ]);
+    op(
+      'LayerNormalization',
+      [x, floats(`${prefix}.weight`, [o.hidden], 'ones'), floats(`${prefix}.bias`, [o.hidden], 'zeros')],
+      [int('axis', -1), float('epsilon', 1e-12)],
+    );
 
   const dh = o.hidden / o.heads;
   const seqLength = op('Gather', [op('Shape', ['input_ids']), constant([1], 'int64', [])], [int('axis', 0)]);
@@ -98,20 +99,38 @@ export function syntheticBert(o: SyntheticBertOptions): OnnxModel {
   ]);
   const words = op('Gather', [floats('bert.embeddings.word_embeddings.weight', [o.vocab, o.hidden], 'random'), 'input_ids']);
   let x = layerNorm(op('Add', [words, positions]), 'bert.embeddings.LayerNorm');
-  const padding = op('Mul', [op('Sub', [constant([1], 'float', []), op('Cast', ['attention_mask'], [int('to', 1)])]), constant([-10000], 'float', [])]);
+  const padding = op('Mul', [
+    op('Sub', [constant([1], 'float', []), op('Cast', ['attention_mask'], [int('to', 1)])]),
+    constant([-10000], 'float', []),
+  ]);
   const mask = op('Unsqueeze', [padding, constant([1, 2], 'int64')]);
   const headShape = constant([0, 0, o.heads, dh], 'int64');
   for (let l = 0; l < o.layers; l++) {
     const p = `bert.encoder.layer.${l}`;
-    const q = op('Transpose', [op('Reshape', [linear(x, `${p}.attention.self.query`, o.hidden, o.hidden), headShape])], [ints('perm', [0, 2, 1, 3])]);
-    const k = op('Transpose', [op('Reshape', [linear(x, `${p}.attention.self.key`, o.hidden, o.hidden), headShape])], [ints('perm', [0, 2, 3, 1])]);
-    const v = op('Transpose', [op('Reshape', [linear(x, `${p}.attention.self.value`, o.hidden, o.hidden), headShape])], [ints('perm', [0, 2, 1, 3])]);
+    const q = op(
+      'Transpose',
+      [op('Reshape', [linear(x, `${p}.attention.self.query`, o.hidden, o.hidden), headShape])],
+      [ints('perm', [0, 2, 1, 3])],
+    );
+    const k = op(
+      'Transpose',
+      [op('Reshape', [linear(x, `${p}.attention.self.key`, o.hidden, o.hidden), headShape])],
+      [ints('perm', [0, 2, 3, 1])],
+    );
+    const v = op(
+      'Transpose',
+      [op('Reshape', [linear(x, `${p}.attention.self.value`, o.hidden, o.hidden), headShape])],
+      [ints('perm', [0, 2, 1, 3])],
+    );
     const scores = op('Add', [op('Mul', [op('MatMul', [q, k]), constant([1 / Math.sqrt(dh)], 'float', [])]), mask]);
     const context = op('Reshape', [
       op('Transpose', [op('MatMul', [op('Softmax', [scores], [int('axis', -1)]), v])], [ints('perm', [0, 2, 1, 3])]),
       constant([0, 0, o.hidden], 'int64'),
     ]);
-    const attended = layerNorm(op('Add', [linear(context, `${p}.attention.output.dense`, o.hidden, o.hidden), x]), `${p}.attention.output.LayerNorm`);
+    const attended = layerNorm(
+      op('Add', [linear(context, `${p}.attention.output.dense`, o.hidden, o.hidden), x]),
+      `${p}.attention.output.LayerNorm`,
+    );
     const h = linear(attended, `${p}.intermediate.dense`, o.hidden, o.ffn);
     const gelu = op('Mul', [
       op('Mul', [h, constant([0.5], 'float', [])]),
@@ -142,7 +161,12 @@ export function syntheticBert(o: SyntheticBertOptions): OnnxModel {
     ],
   });
   return {
-    proto: ModelProto.fromPartial({ irVersion: 8n, producerName: 'gramfuse bench/synthetic-bert', opsetImport: [{ domain: '', version: 17n }], graph }),
+    proto: ModelProto.fromPartial({
+      irVersion: 8n,
+      producerName: 'gramfuse bench/synthetic-bert',
+      opsetImport: [{ domain: '', version: 17n }],
+      graph,
+    }),
     baseDir: undefined,
     source: `synthetic BERT (${o.layers} layers, hidden ${o.hidden}, FFN ${o.ffn})`,
   };

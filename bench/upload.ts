@@ -9,7 +9,9 @@ import * as grpc from '@grpc/grpc-js';
 
 import { collectBundle, connectFederation, runAgent } from '../agent/index.js';
 import { startCoordinatorServer } from '../coordinator/index.js';
-import { createCertificateAuthority, DisclosurePolicy, issueCertificate, MergeSpec, packageVersion } from '../shared/index.js';
+import { packageVersion } from '../shared/index.js';
+import { DisclosurePolicy, MergeSpec } from '../shared/merge/index.js';
+import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
 import { type BenchContext, median, table } from './harness.js';
 
 const fixtures = resolve(import.meta.dirname, '../../shared/fixtures');

@@ -1,18 +1,8 @@
 import { readFile } from 'node:fs/promises';
 
-import {
-  AuditPublisher,
-  type AuditRecord,
-  ErrorCode,
-  fileError,
-  formatBytes,
-  formatTable,
-  GramfuseError,
-  readAuditStream,
-  toGramfuseError,
-  verifyLedger,
-  verifyLedgerText,
-} from '../shared/index.js';
+import { ErrorCode, fileError, formatBytes, formatTable, GramfuseError, toGramfuseError } from '../shared/index.js';
+import { type AuditRecord, verifyLedger, verifyLedgerText } from '../shared/audit/index.js';
+import { AuditPublisher, readAuditStream } from '../shared/nats/index.js';
 
 async function trustedKeys(paths: readonly string[] | undefined): Promise<string[] | undefined> {
   if (paths === undefined || paths.length === 0) return undefined;
@@ -87,7 +77,10 @@ export async function auditPublish(ledger: string, url: string, timeoutSeconds: 
     .map((line, i) => ({ line, seq: i + 1 }))
     .filter(({ line }) => !held.has(line));
   if (missing.length > 0) {
-    const seqs = missing.slice(0, 10).map((m) => m.seq).join(', ');
+    const seqs = missing
+      .slice(0, 10)
+      .map((m) => m.seq)
+      .join(', ');
     throw new GramfuseError(
       ErrorCode.Unavailable,
       `${ledger}: ${missing.length} of ${records.length} records are not in stream GRAMFUSE_AUDIT on ${url} (seq ${seqs}${missing.length > 10 ? ', …' : ''}); run audit publish again`,

@@ -6,7 +6,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { connectFederation, evaluateEach } from '../agent/index.js';
-import { ErrorCode, GramfuseError, MergeSpec } from '../shared/index.js';
+import { ErrorCode, GramfuseError } from '../shared/index.js';
+import { MergeSpec } from '../shared/merge/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
 import { certsInit, certsIssue, loadTls } from './federation-commands.js';
 import { runLocalMerge } from './local-merge.js';

@@ -5,15 +5,8 @@ import { parse as parseYaml } from 'yaml';
 
 import { type ClientTls, type ConnectOptions } from '../agent/index.js';
 import { type ServerTls } from '../coordinator/index.js';
-import {
-  createCertificateAuthority,
-  ErrorCode,
-  fileError,
-  GramfuseError,
-  issueCertificate,
-  readPrivateFile,
-  writePrivateFile,
-} from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { createCertificateAuthority, issueCertificate, readPrivateFile, writePrivateFile } from '../shared/security/index.js';
 
 /** TLS flags shared by every command that talks to or serves the federation. */
 export interface TlsFlags {
@@ -66,7 +59,10 @@ export async function certsInit(dir: string, name: string): Promise<string[]> {
 
 /** `gramfuse certs issue`: a participant (or, with hosts, the coordinator's server) certificate. */
 export async function certsIssue(dir: string, name: string, hosts: readonly string[]): Promise<string[]> {
-  const ca = { certPem: await readPem(join(dir, 'ca.pem'), 'CA certificate'), keyPem: await readPrivateFile(join(dir, 'ca-key.pem'), 'CA key') };
+  const ca = {
+    certPem: await readPem(join(dir, 'ca.pem'), 'CA certificate'),
+    keyPem: await readPrivateFile(join(dir, 'ca-key.pem'), 'CA key'),
+  };
   const cert = await issueCertificate(ca, name, { hosts });
   await writeFile(join(dir, `${name}.pem`), cert.certPem);
   await writePrivateFile(join(dir, `${name}-key.pem`), cert.keyPem);

@@ -1,4 +1,5 @@
-import { analyzeModel, formatBytes, formatTable, type InspectReport, inspectReport, loadModel } from '../shared/index.js';
+import { formatBytes, formatTable } from '../shared/index.js';
+import { analyzeModel, type InspectReport, inspectReport, loadModel } from '../shared/onnx/index.js';
 
 export interface InspectOptions {
   /** Print exactly one JSON object instead of tables. */

@@ -1,42 +1,43 @@
-import { createHash } from 'node:crypto';
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
 import { collectInWorker, ownerFromModelPath, type Progress } from '../agent/index.js';
+import { ensureDirectoryFor, ErrorCode, GramfuseError, packageVersion, writeFileAtomic } from '../shared/index.js';
+import { createOrtSolver } from '../shared/linalg/index.js';
+import { parseStatisticId } from '../shared/federation/index.js';
 import {
-  addContribution,
-  analyzeModel,
   buildContribution,
-  createOrtSolver,
-  emptyAggregate,
-  ensureDirectoryFor,
-  ErrorCode,
-  fingerprint,
-  finishParameters,
-  formatMergeReport,
+  type Contribution,
+  contributionTensors,
   defaultLambda,
-  GramfuseError,
+  DisclosurePolicy,
+  formatMergeReport,
   headIsAveraged,
-  headParameters,
   type LayerDiagnostics,
-  listParameters,
-  loadModel,
+  mergedMetadata,
   type MergeReport,
   type MergeSpec,
   needsBase,
-  packageVersion,
-  type OnnxModel,
+  planDisclosure,
   readBundle,
-  readParameterValues,
-  saveModel,
-  solveRegMean,
+  runMergePipeline,
+  StatisticDirectory,
   sumMaps,
   tiesAgree,
   tiesElect,
   tiesFinish,
   tiesTrim,
-  withParameterValues,
-  writeFileAtomic,
-  writeSafetensors,
-} from '../shared/index.js';
+} from '../shared/merge/index.js';
+import {
+  analyzeModel,
+  fingerprint,
+  headParameters,
+  listParameters,
+  loadModel,
+  type ModelAnalysis,
+  type OnnxModel,
+  readParameterValues,
+} from '../shared/onnx/index.js';
 
 /** Everything `gramfuse merge` needs: N models, each with its owner's data, one tokenizer. */
 export interface LocalMergeOptions {
@@ -145,147 +146,148 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   }
 
   const averagedHead = new Set(headIsAveraged(spec) ? headParameters(analysis) : []);
-  const tiesAveraged = emptyAggregate(analysis.fingerprint);
-  const aggregate = emptyAggregate(analysis.fingerprint);
-  const owners: MergeReport['owners'][number][] = [];
-  let collectSeconds = 0;
-  const tiesTrimmed: Map<string, Float64Array>[] = [];
-  for (const [i, model] of models.entries()) {
-    const owner = names[i]!;
-    const dataPath = options.data[i];
-    let collected: Awaited<ReturnType<typeof collectInWorker>> | undefined;
-    if (spec.method === 'regmean') {
-      // The agent's own collection job, in its worker thread: one implementation for both modes.
-      collected = await collectInWorker(
-        {
-          owner,
-          // The template's analysis serves every owner: their fingerprints were checked against it above.
-          analysis,
-          modelPath: options.models[i]!,
-          dataPath: dataPath!,
-          tokenizerPath: options.tokenizer!,
-          spec,
-          maxLength: options.maxLength ?? 128,
-          batchSize: options.batchSize ?? 32,
-          seed: options.seed ?? 1,
-          textField: options.textField ?? 'text',
-          device: 'cpu',
-          ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
-          ...(options.threads === undefined ? {} : { threads: options.threads }),
-        },
-        (p) => options.onCollect?.(owner, p),
-      );
-      collectSeconds += collected.seconds;
-    }
-    if (spec.method === 'ties') {
-      const theta = new Map(listParameters(model).map((p) => [p.name, readParameterValues(model, p.name)]));
-      const head = new Map([...theta].filter(([name]) => averagedHead.has(name)));
-      for (const name of head.keys()) theta.delete(name);
-      tiesTrimmed.push(tiesTrim(theta, baseValues!, spec.tiesK));
-      addContribution(tiesAveraged, {
-        owner,
-        fingerprint: analysis.fingerprint,
-        weight: 1,
-        examples: 0,
-        tokens: 0,
-        rows: {},
-        grams: new Map(),
-        gramTimesWeight: new Map(),
-        parameters: head,
-      });
-    } else {
-      addContribution(aggregate, collected?.contribution ?? (await buildContribution(owner, model, analysis, spec, undefined)));
-    }
-    owners.push({
-      name: owner,
-      model: model.source,
-      data: dataPath ?? null,
-      examples: collected?.statistics.examples ?? 0,
-      tokens: collected?.statistics.tokens ?? 0,
-      rows: collected?.statistics.rows ?? {},
-    });
-  }
-  for (const path of bundles) {
-    if (spec.method === 'ties') {
-      throw new GramfuseError(
-        ErrorCode.InvalidArgument,
-        '--bundle: TIES needs a second round with each owner; merge its models locally or federate',
-        {
-          facts: { flag: 'bundle' },
-        },
-      );
-    }
-    const { manifest, contribution } = await readBundle(path);
-    const b = manifest.plan.spec;
-    if (b.method !== spec.method || b.alpha !== spec.alpha || b.weighting !== spec.weighting || b.includePadding !== spec.includePadding) {
-      throw new GramfuseError(
-        ErrorCode.InvalidArgument,
-        `--bundle ${path}: collected for ${b.method} (alpha ${b.alpha}, weighting ${b.weighting}, padding ${b.includePadding ? 'included' : 'excluded'}), but this merge is ${spec.method} (alpha ${spec.alpha}, weighting ${spec.weighting}, padding ${spec.includePadding ? 'included' : 'excluded'}); pass the same settings`,
-        { facts: { bundle: path } },
-      );
-    }
-    addContribution(aggregate, contribution);
-    owners.push({
-      name: contribution.owner,
-      model: `bundle ${path}`,
-      data: null,
-      examples: contribution.examples,
-      tokens: contribution.tokens,
-      rows: contribution.rows,
-    });
-  }
-
-  const t1 = performance.now();
-  let values: Map<string, Float64Array>;
-  let layers: LayerDiagnostics[] = [];
-  if (spec.method === 'ties') {
-    // Round 1 (sum of trimmed task vectors → elected signs), round 2 (agreeing entries and counts).
-    const elected = tiesElect(sumMaps(tiesTrimmed));
-    const agreed = tiesTrimmed.map((t) => tiesAgree(t, elected));
-    const tiesBase = new Map([...baseValues!].filter(([name]) => !averagedHead.has(name)));
-    values = tiesFinish(
-      tiesBase,
-      sumMaps(agreed.map((a) => a.values)),
-      sumMaps(agreed.map((a) => a.counts)),
-      spec.lambda ?? defaultLambda('ties'),
-    );
-    for (const [name, v] of finishParameters(tiesAveraged, { ...spec, method: 'average' }, undefined)) values.set(name, v);
-  } else {
-    values = finishParameters(aggregate, spec, baseValues, averagedHead);
-    if (spec.method === 'regmean') {
-      const solver = await createOrtSolver(options.threads === undefined ? {} : { threads: options.threads });
-      try {
-        const solved = await solveRegMean(aggregate, analysis, solver, options.onSolve);
-        for (const [name, v] of solved.values) values.set(name, v);
-        layers = solved.layers;
-      } finally {
-        await solver.release();
-      }
-    }
-  }
-  const solveSeconds = (performance.now() - t1) / 1000;
-
-  const t2 = performance.now();
-  const merged = withParameterValues(template, values);
-  await saveModel(merged, options.out);
-  const written: string[] = [options.out];
+  // Each owner's statistics go to a scratch directory beside the output, one owner in memory at a time; the
+  // one merge pipeline (the coordinator's too) reads them back from there.
+  const scratch = await StatisticDirectory.create(dirname(options.out));
+  const written = [options.out, safetensorsPath, reportPath];
   try {
-    const params = listParameters(template);
-    await writeSafetensors(
+    const owners: MergeReport['owners'][number][] = [];
+    let collectSeconds = 0;
+    const tiesTrimmed: Map<string, Float64Array>[] = [];
+    for (const [i, model] of models.entries()) {
+      const owner = names[i]!;
+      const dataPath = options.data[i];
+      let collected: Awaited<ReturnType<typeof collectInWorker>> | undefined;
+      if (spec.method === 'regmean') {
+        // The agent's own collection job, in its worker thread: one implementation for both modes.
+        collected = await collectInWorker(
+          {
+            owner,
+            // The template's analysis serves every owner: their fingerprints were checked against it above.
+            analysis,
+            modelPath: options.models[i]!,
+            dataPath: dataPath!,
+            tokenizerPath: options.tokenizer!,
+            spec,
+            maxLength: options.maxLength ?? 128,
+            batchSize: options.batchSize ?? 32,
+            seed: options.seed ?? 1,
+            textField: options.textField ?? 'text',
+            device: 'cpu',
+            ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+            ...(options.threads === undefined ? {} : { threads: options.threads }),
+          },
+          (p) => options.onCollect?.(owner, p),
+        );
+        collectSeconds += collected.seconds;
+      }
+      if (spec.method === 'ties') {
+        // Round 1 needs each owner's trimmed task vector; only the averaged head goes through the statistics.
+        const theta = new Map(listParameters(model).map((p) => [p.name, readParameterValues(model, p.name)]));
+        const head = new Map([...theta].filter(([name]) => averagedHead.has(name)));
+        for (const name of head.keys()) theta.delete(name);
+        tiesTrimmed.push(tiesTrim(theta, baseValues!, spec.tiesK));
+        await addOwner(scratch, analysis, spec, {
+          owner,
+          fingerprint: analysis.fingerprint,
+          weight: 1,
+          examples: 0,
+          tokens: 0,
+          rows: {},
+          grams: new Map(),
+          gramTimesWeight: new Map(),
+          parameters: head,
+        });
+      } else {
+        await addOwner(
+          scratch,
+          analysis,
+          spec,
+          collected?.contribution ?? (await buildContribution(owner, model, analysis, spec, undefined)),
+        );
+      }
+      owners.push({
+        name: owner,
+        model: model.source,
+        data: dataPath ?? null,
+        examples: collected?.statistics.examples ?? 0,
+        tokens: collected?.statistics.tokens ?? 0,
+        rows: collected?.statistics.rows ?? {},
+      });
+    }
+    for (const path of bundles) {
+      if (spec.method === 'ties') {
+        throw new GramfuseError(
+          ErrorCode.InvalidArgument,
+          '--bundle: TIES needs a second round with each owner; merge its models locally or federate',
+          {
+            facts: { flag: 'bundle' },
+          },
+        );
+      }
+      const { manifest, contribution } = await readBundle(path);
+      const b = manifest.plan.spec;
+      if (
+        b.method !== spec.method ||
+        b.alpha !== spec.alpha ||
+        b.weighting !== spec.weighting ||
+        b.includePadding !== spec.includePadding
+      ) {
+        throw new GramfuseError(
+          ErrorCode.InvalidArgument,
+          `--bundle ${path}: collected for ${b.method} (alpha ${b.alpha}, weighting ${b.weighting}, padding ${b.includePadding ? 'included' : 'excluded'}), but this merge is ${spec.method} (alpha ${spec.alpha}, weighting ${spec.weighting}, padding ${spec.includePadding ? 'included' : 'excluded'}); pass the same settings`,
+          { facts: { bundle: path } },
+        );
+      }
+      if (contribution.fingerprint !== analysis.fingerprint) {
+        throw new GramfuseError(
+          ErrorCode.FingerprintMismatch,
+          `--bundle ${path}: collected on a model with fingerprint ${contribution.fingerprint}, the template's is ${analysis.fingerprint}`,
+          { facts: { bundle: path, found: contribution.fingerprint, expected: analysis.fingerprint } },
+        );
+      }
+      await scratch.add(manifest.plan, contributionTensors(manifest.plan, contribution));
+      owners.push({
+        name: contribution.owner,
+        model: `bundle ${path}`,
+        data: null,
+        examples: contribution.examples,
+        tokens: contribution.tokens,
+        rows: contribution.rows,
+      });
+    }
+
+    // TIES round 2 (agreeing entries and their counts), computed here; the pipeline writes the result.
+    let precomputed: Map<string, Float64Array> | undefined;
+    if (spec.method === 'ties') {
+      const elected = tiesElect(sumMaps(tiesTrimmed));
+      const agreed = tiesTrimmed.map((t) => tiesAgree(t, elected));
+      const tiesBase = new Map([...baseValues!].filter(([name]) => !averagedHead.has(name)));
+      precomputed = tiesFinish(
+        tiesBase,
+        sumMaps(agreed.map((a) => a.values)),
+        sumMaps(agreed.map((a) => a.counts)),
+        spec.lambda ?? defaultLambda('ties'),
+      );
+    }
+    const outcome = await runMergePipeline({
+      source: scratch,
+      analysis,
+      spec,
+      templatePath,
+      workDir: scratch.workDir,
+      modelPath: options.out,
       safetensorsPath,
-      params.map((p) => ({
-        name: p.name,
-        dtype: 'F32' as const,
-        shape: p.shape,
-        data: Float32Array.from(values.get(p.name) ?? readParameterValues(template, p.name)),
-      })),
-      { producer: `gramfuse ${packageVersion()}`, method: spec.method, fingerprint: analysis.fingerprint },
-    );
-    written.push(safetensorsPath);
-    const modelSha256 = createHash('sha256')
-      .update(await readFile(options.out))
-      .digest('hex');
-    const solvedNames = new Set(layers.flatMap((l) => l.weights));
+      metadata: mergedMetadata(spec, analysis.fingerprint),
+      createSolver: () => createOrtSolver(options.threads === undefined ? {} : { threads: options.threads }),
+      ...(baseValues === undefined ? {} : { base: (name: string) => baseValues.get(name)! }),
+      averaged: averagedHead,
+      ...(precomputed === undefined ? {} : { precomputed }),
+      onProgress: (p) => {
+        if (p.phase === 'solve' && p.layer !== undefined) options.onSolve?.(p.done, p.total, p.layer);
+      },
+    });
+    const { seconds } = outcome;
     const report: MergeReport = {
       tool: { name: 'gramfuse', version: packageVersion() },
       createdAt: new Date().toISOString(),
@@ -294,25 +296,37 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       fingerprint: analysis.fingerprint,
       base: options.base ?? null,
       owners,
-      layers,
-      averaged: listParameters(template)
-        .map((p) => p.name)
-        .filter((n) => !solvedNames.has(n)),
+      layers: outcome.layers,
+      averaged: outcome.averaged,
       seconds: {
         collect: collectSeconds,
-        solve: solveSeconds,
-        write: (performance.now() - t2) / 1000,
+        aggregate: seconds.aggregate,
+        solve: seconds.solve + seconds.average,
+        write: seconds.write,
         total: (performance.now() - started) / 1000,
       },
       peakRssMb: process.resourceUsage().maxRSS / 1024,
-      outputs: { model: options.out, modelSha256, safetensors: safetensorsPath, report: reportPath },
+      outputs: { model: options.out, modelSha256: outcome.model.sha256, safetensors: safetensorsPath, report: reportPath },
     };
     await writeFileAtomic(reportPath, `${JSON.stringify(report, null, 2)}\n`, 'writing the merge report');
-    written.push(reportPath);
     return { report, reportText: formatMergeReport(report) };
   } catch (error) {
     // A merge that could not write all its outputs leaves none of them behind.
     for (const path of written) await rm(path, { force: true });
     throw error;
+  } finally {
+    await scratch.remove();
   }
+}
+
+/** One owner's statistics into the scratch directory, in float64 under the disclosure plan's ids. */
+async function addOwner(scratch: StatisticDirectory, analysis: ModelAnalysis, spec: MergeSpec, contribution: Contribution): Promise<void> {
+  const full = planDisclosure(contribution.owner, analysis, spec, 'float64', DisclosurePolicy.parse({}));
+  // TIES sends only the averaged head through the statistics: the plan is cut to what the contribution holds.
+  const present = (id: string): boolean => {
+    const parsed = parseStatisticId(id);
+    return parsed.kind !== 'parameter' || contribution.parameters.has(parsed.parameter);
+  };
+  const plan = { ...full, statistics: full.statistics.filter((s) => present(s.id)) };
+  await scratch.add(plan, contributionTensors(plan, contribution));
 }

@@ -1,5 +1,7 @@
 import { type ConnectOptions, connectFederation } from '../agent/index.js';
-import { ErrorCode, GramfuseError, type JobEvent, NatsEventBus } from '../shared/index.js';
+import { ErrorCode, GramfuseError } from '../shared/index.js';
+import { type JobEvent } from '../shared/events/index.js';
+import { NatsEventBus } from '../shared/nats/index.js';
 
 export interface WatchOptions {
   readonly nats?: string;

@@ -2,33 +2,15 @@ import { createHash } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
 import { resolve as resolvePath, sep } from 'node:path';
 
-import {
-  analyzeModel,
-  BundleManifest,
-  callWorker,
-  ErrorCode,
-  type EventBus,
-  FileLedger,
-  GramfuseError,
-  InProcessBus,
-  type JobEvent,
-  type JobSpec,
-  type JobState,
-  loadModel,
-  type ModelAnalysis,
-  parseJobSpec,
-  planDisclosure,
-  type PlannedStatistic,
-  readLedgerRecords,
-  saveModel,
-  signFields,
-  type SigningKeys,
-  toGramfuseError,
-  failpoint,
-  signingKeysAt,
-} from '../shared/index.js';
+import { callWorker, ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../shared/index.js';
+import { FileLedger, readLedgerRecords } from '../shared/audit/index.js';
+import { type EventBus, InProcessBus, type JobEvent } from '../shared/events/index.js';
+import { type JobSpec, type JobState, parseJobSpec, statisticFile } from '../shared/federation/index.js';
+import { BundleManifest, planDisclosure, type PlannedStatistic } from '../shared/merge/index.js';
+import { analyzeModel, loadModel, type ModelAnalysis, saveModel } from '../shared/onnx/index.js';
+import { signFields, type SigningKeys, signingKeysAt } from '../shared/security/index.js';
 import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
-import { FileStore, sha256OfFile, statisticFile } from './store.js';
+import { FileStore } from './store.js';
 import { authorize, type JobAccess } from './auth.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server.ts). */

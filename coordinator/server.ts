@@ -4,15 +4,9 @@ import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../proto/index.js';
-import {
-  AuditPublisher,
-  ErrorCode,
-  GramfuseError,
-  grpcStatusByErrorCode,
-  isValidIdentity,
-  NatsEventBus,
-  toGramfuseError,
-} from '../shared/index.js';
+import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../shared/index.js';
+import { isValidIdentity } from '../shared/federation/index.js';
+import { AuditPublisher, NatsEventBus } from '../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
 

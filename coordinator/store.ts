@@ -1,9 +1,8 @@
-import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
-import { ErrorCode, fileError, GramfuseError, syncDirectory, writeAll, writeFileAtomic } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError, sha256OfFile, syncDirectory, writeAll, writeFileAtomic } from '../shared/index.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to
@@ -161,32 +160,4 @@ export class FileStore {
   async remove(parts: string[]): Promise<void> {
     await rm(this.path(...parts), { recursive: true, force: true });
   }
-}
-
-/** SHA-256 and size of a file, read in 4 MiB pieces. */
-export async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
-  let bytes = 0;
-  try {
-    const handle = await open(path, 'r');
-    try {
-      for (;;) {
-        const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, bytes);
-        if (bytesRead === 0) break;
-        hash.update(buffer.subarray(0, bytesRead));
-        bytes += bytesRead;
-      }
-    } finally {
-      await handle.close();
-    }
-  } catch (error) {
-    throw fileError(error, path, 'reading a file to hash it');
-  }
-  return { sha256: hash.digest('hex'), bytes };
-}
-
-/** A file-system-safe name for a statistic id (ids contain '/' and '::'). */
-export function statisticFile(id: string): string {
-  return createHash('sha256').update(id).digest('hex').slice(0, 32);
 }

@@ -1,4 +1,6 @@
-/** shared/: code both the agent and the coordinator use. The only entry other folders import. */
+// shared/: code both the agent and the coordinator use. This entry holds only the light helpers (errors, dtypes,
+// atomic files, formatting, worker threads); each domain has its own entry (shared/onnx, shared/merge, shared/nats,
+// …) so that importing one never loads onnxruntime-node or NATS for another (DESIGN.md §7).
 export {
   bytesToFloat32,
   bytesToFloat64,
@@ -21,16 +23,9 @@ export {
   isGramfuseError,
   toGramfuseError,
 } from './errors.js';
-export * from './onnx/index.js';
-export * from './linalg/index.js';
-export * from './merge/index.js';
 export { formatBytes, formatTable } from './text-format.js';
-export * from './security/index.js';
-export * from './federation/index.js';
 export { packageVersion } from './version.js';
 export { ensureDirectoryFor, syncDirectory, writeAll, writeFileAtomic } from './atomic-file.js';
-export * from './audit/index.js';
+export { sha256OfFile } from './file-hash.js';
 export { callWorker, startWorker, type WorkerMessage } from './worker-thread.js';
-export * from './events/index.js';
-export * from './nats/index.js';
 export { failpoint } from './failpoint.js';

@@ -1,2 +1,3 @@
-/** shared/federation/: the job spec and identity rules both sides of the federation use. */
+/** shared/federation/: what both sides of the federation agree on, each defined once: the job spec, identities, statistic ids. */
 export { IDENTITY_PATTERN, IdentityName, isValidIdentity, JobSpec, type JobState, parseJobSpec } from './job-spec.js';
+export { type CountName, type ParsedStatisticId, parseStatisticId, type StatisticId, StatisticIds, statisticFile } from './statistic-id.js';

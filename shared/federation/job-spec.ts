@@ -62,7 +62,7 @@ export const JobSpec = z
       })
       .strict()
       .default({})
-      .describe('wall-clock limits of the job (per-call deadlines are the clients\' own)'),
+      .describe("wall-clock limits of the job (per-call deadlines are the clients' own)"),
   })
   .strict()
   .refine((spec) => spec.quorum === undefined || spec.quorum <= spec.participants.length, {

@@ -34,3 +34,13 @@ export {
   planDisclosure,
   StatisticKind,
 } from './plan.js';
+export {
+  type MergePipelineInput,
+  type MergePipelineOutcome,
+  mergedMetadata,
+  ownerCounts,
+  type PipelineProgress,
+  runMergePipeline,
+  type StatisticSource,
+} from './pipeline.js';
+export { StatisticDirectory } from './statistic-directory.js';

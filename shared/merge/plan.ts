@@ -1,6 +1,7 @@
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError } from '../errors.js';
+import { parseStatisticId, StatisticIds } from '../federation/statistic-id.js';
 import { packedLength } from '../linalg/index.js';
 import type { ModelAnalysis } from '../onnx/index.js';
 import type { Contribution } from './contributions.js';
@@ -73,7 +74,7 @@ export function planDisclosure(
     const layers = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
     for (const group of analysis.gramGroups) {
       add({
-        id: `gram/${group.id}`,
+        id: StatisticIds.gram(group.id),
         kind: 'gram',
         tensors: [...group.weights],
         shape: [packedLength(group.inDim)],
@@ -83,7 +84,7 @@ export function planDisclosure(
       for (const weight of group.weights) {
         const layer = layers.get(weight)!;
         add({
-          id: `gram_times_weight/${weight}`,
+          id: StatisticIds.gramTimesWeight(weight),
           kind: 'gram_times_weight',
           tensors: [weight],
           shape: [layer.inDim, layer.outDim],
@@ -92,13 +93,13 @@ export function planDisclosure(
         });
         solved.add(weight);
       }
-      add({ id: `count/rows/${group.id}`, kind: 'count', tensors: [...group.weights], shape: [], dtype: 'float64', packing: 'dense' });
+      add({ id: StatisticIds.rows(group.id), kind: 'count', tensors: [...group.weights], shape: [], dtype: 'float64', packing: 'dense' });
     }
   }
   for (const parameter of analysis.parameters) {
     if (solved.has(parameter.name)) continue;
     add({
-      id: `parameter/${parameter.name}`,
+      id: StatisticIds.parameter(parameter.name),
       kind: 'parameter',
       tensors: [parameter.name],
       shape: [...parameter.shape],
@@ -106,8 +107,8 @@ export function planDisclosure(
       packing: 'dense',
     });
   }
-  for (const what of ['examples', 'tokens', 'weight'])
-    add({ id: `count/${what}`, kind: 'count', tensors: [], shape: [], dtype: 'float64', packing: 'dense' });
+  for (const what of ['examples', 'tokens', 'weight'] as const)
+    add({ id: StatisticIds.count(what), kind: 'count', tensors: [], shape: [], dtype: 'float64', packing: 'dense' });
   return {
     owner,
     fingerprint: analysis.fingerprint,
@@ -143,9 +144,8 @@ export function checkPolicyBeforeCollection(plan: DisclosurePlan): void {
 /** Policy checks after collection: every Gram from at least `minRowsPerGroup` rows. Throws POLICY_VIOLATION. */
 export function checkPolicyAfterCollection(plan: DisclosurePlan, rows: Readonly<Record<string, number>>): DisclosurePlan {
   const statistics = plan.statistics.map((s) => {
-    const group =
-      s.kind === 'gram' ? s.id.slice('gram/'.length) : s.id.startsWith('count/rows/') ? s.id.slice('count/rows/'.length) : undefined;
-    return group === undefined ? s : { ...s, rows: rows[group] ?? 0 };
+    const id = parseStatisticId(s.id);
+    return id.kind === 'gram' || id.kind === 'rows' ? { ...s, rows: rows[id.group] ?? 0 } : s;
   });
   const few = statistics.filter((s) => s.kind === 'gram' && (s.rows ?? 0) < plan.policy.minRowsPerGroup);
   if (few.length > 0) {
@@ -164,24 +164,19 @@ export function checkPolicyAfterCollection(plan: DisclosurePlan, rows: Readonly<
 /** The contribution's tensors under the plan's ids, converted to each statistic's dtype. */
 export function contributionTensors(plan: DisclosurePlan, contribution: Contribution): Map<string, Float32Array | Float64Array> {
   const out = new Map<string, Float32Array | Float64Array>();
-  const group = (id: string): string => id.split('/').slice(1).join('/');
   for (const s of plan.statistics) {
-    let values: Float64Array | undefined;
-    if (s.kind === 'gram') values = contribution.grams.get(group(s.id));
-    else if (s.kind === 'gram_times_weight') values = contribution.gramTimesWeight.get(group(s.id));
-    else if (s.kind === 'parameter') values = contribution.parameters.get(group(s.id));
-    else {
-      const what = group(s.id);
-      const count =
-        what === 'examples'
-          ? contribution.examples
-          : what === 'tokens'
-            ? contribution.tokens
-            : what === 'weight'
-              ? contribution.weight
-              : contribution.rows[what.slice('rows/'.length)];
-      values = count === undefined ? undefined : Float64Array.of(count);
-    }
+    const id = parseStatisticId(s.id);
+    const count = (n: number | undefined): Float64Array | undefined => (n === undefined ? undefined : Float64Array.of(n));
+    const values =
+      id.kind === 'gram'
+        ? contribution.grams.get(id.group)
+        : id.kind === 'gram_times_weight'
+          ? contribution.gramTimesWeight.get(id.weight)
+          : id.kind === 'parameter'
+            ? contribution.parameters.get(id.parameter)
+            : id.kind === 'rows'
+              ? count(contribution.rows[id.group])
+              : count(contribution[id.count]);
     if (values === undefined) throw new GramfuseError(ErrorCode.Internal, `statistic ${s.id} is in the plan but not in the contribution`);
     out.set(s.id, s.dtype === 'float32' ? Float32Array.from(values) : values);
   }
@@ -197,12 +192,12 @@ export function contributionFromTensors(plan: DisclosurePlan, tensors: ReadonlyM
   const counts: Record<string, number> = {};
   for (const s of plan.statistics) {
     const values = tensors.get(s.id)!;
-    const name = s.id.split('/').slice(1).join('/');
-    if (s.kind === 'gram') grams.set(name, values);
-    else if (s.kind === 'gram_times_weight') gramTimesWeight.set(name, values);
-    else if (s.kind === 'parameter') parameters.set(name, values);
-    else if (name.startsWith('rows/')) rows[name.slice('rows/'.length)] = values[0]!;
-    else counts[name] = values[0]!;
+    const id = parseStatisticId(s.id);
+    if (id.kind === 'gram') grams.set(id.group, values);
+    else if (id.kind === 'gram_times_weight') gramTimesWeight.set(id.weight, values);
+    else if (id.kind === 'parameter') parameters.set(id.parameter, values);
+    else if (id.kind === 'rows') rows[id.group] = values[0]!;
+    else counts[id.count] = values[0]!;
   }
   return {
     owner: plan.owner,

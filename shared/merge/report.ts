@@ -22,7 +22,13 @@ export interface MergeReport {
   /** Parameters averaged (or combined by the baseline) rather than solved. */
   readonly averaged: readonly string[];
   /** aggregate (federated solve only): reading and summing the owners' statistics, not counted in `solve`. */
-  readonly seconds: { readonly collect: number; readonly aggregate?: number; readonly solve: number; readonly write: number; readonly total: number };
+  readonly seconds: {
+    readonly collect: number;
+    readonly aggregate?: number;
+    readonly solve: number;
+    readonly write: number;
+    readonly total: number;
+  };
   readonly peakRssMb: number;
   readonly outputs: { readonly model: string; readonly modelSha256: string; readonly safetensors: string; readonly report: string };
 }

@@ -1,5 +1,6 @@
 import { collectBundle, ownerPolicy, type RunAgentOptions } from '../../agent/index.js';
-import { DisclosurePolicy, MergeSpec, packageVersion } from '../../shared/index.js';
+import { packageVersion } from '../../shared/index.js';
+import { DisclosurePolicy, MergeSpec } from '../../shared/merge/index.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from './examples.js';
 
 /**

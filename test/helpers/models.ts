@@ -1,5 +1,5 @@
 import { GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from '../../proto/index.js';
-import type { OnnxModel } from '../../shared/index.js';
+import type { OnnxModel } from '../../shared/onnx/index.js';
 
 /** Builds a small float32 model from nodes and initializers, for graph-shape tests. */
 export function syntheticModel(options: {

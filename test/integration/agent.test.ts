@@ -5,14 +5,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { collectInWorker } from '../../agent/index.js';
-import {
-  cudaProviderLibraries,
-  exitCodeByErrorCode,
-  loadModel,
-  MergeSpec,
-  parseSafetensors,
-  readParameterValues,
-} from '../../shared/index.js';
+import { exitCodeByErrorCode } from '../../shared/index.js';
+import { MergeSpec, parseSafetensors } from '../../shared/merge/index.js';
+import { cudaProviderLibraries, loadModel, readParameterValues } from '../../shared/onnx/index.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 import { maxAbsDiff } from '../helpers/fixtures.js';

@@ -9,15 +9,9 @@ import { type ClientTls, connectFederation, runAgent } from '../../agent/index.j
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
 import type { GramfuseError } from '../../shared/index.js';
-import {
-  type CertificateBundle,
-  createCertificateAuthority,
-  ErrorCode,
-  issueCertificate,
-  loadModel,
-  packageVersion,
-  readParameterValues,
-} from '../../shared/index.js';
+import { ErrorCode, packageVersion } from '../../shared/index.js';
+import { loadModel, readParameterValues } from '../../shared/onnx/index.js';
+import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 import { maxAbsDiff } from '../helpers/fixtures.js';
@@ -264,7 +258,7 @@ describe('federation over gRPC with mTLS', () => {
   });
 
   it("a template on the coordinator's disk with external data survives a restart", { timeout: 120_000 }, async () => {
-    const { saveModel } = await import('../../shared/index.js');
+    const { saveModel } = await import('../../shared/onnx/index.js');
     const external = join(work, 'external-template', 'model.onnx');
     const { mkdirSync } = await import('node:fs');
     mkdirSync(join(work, 'external-template'));
@@ -354,7 +348,7 @@ describe('federation over gRPC with mTLS', () => {
         const ok = await runAgent(options);
         expect(ok.receipts).toBe(64);
         const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org1') });
-        const { readBundle } = await import('../../shared/index.js');
+        const { readBundle } = await import('../../shared/merge/index.js');
         const { manifest } = await readBundle(join(work, 'reject', 'org0', 'fed', 'bundle'));
         // org1 joins with a manifest that claims an extra statistic.
         const forged = {

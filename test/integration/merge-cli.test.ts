@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { collectExamples, loadTokenizer, predictLogits } from '../../agent/index.js';
-import { exitCodeByErrorCode, indexGraph, loadModel, modelInputs, readParameterValues } from '../../shared/index.js';
+import { exitCodeByErrorCode } from '../../shared/index.js';
+import { indexGraph, loadModel, modelInputs, readParameterValues } from '../../shared/onnx/index.js';
 import { runCli } from '../helpers/cli.js';
 import { fixture, fixtureModel, TOKENIZER } from '../helpers/fixtures.js';
 

@@ -8,18 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClientTls, connectFederation, type FederationClient, runAgent } from '../../agent/index.js';
 import { Coordinator, type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
-import {
-  type CertificateBundle,
-  createCertificateAuthority,
-  ErrorCode,
-  FileLedger,
-  generateSigningKeys,
-  errorFromGrpc,
-  GramfuseError,
-  issueCertificate,
-  parseSafetensors,
-  verifyLedger,
-} from '../../shared/index.js';
+import { ErrorCode, errorFromGrpc, GramfuseError } from '../../shared/index.js';
+import { FileLedger, verifyLedger } from '../../shared/audit/index.js';
+import { parseSafetensors } from '../../shared/merge/index.js';
+import { type CertificateBundle, createCertificateAuthority, generateSigningKeys, issueCertificate } from '../../shared/security/index.js';
 import { exampleAgent, exampleBundle } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, EXAMPLE_LABELS, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';

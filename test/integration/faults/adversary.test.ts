@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
 import { federation } from '../../../proto/index.js';
-import { type BundleManifest, ErrorCode, errorFromGrpc, type GramfuseError } from '../../../shared/index.js';
+import { ErrorCode, errorFromGrpc, type GramfuseError } from '../../../shared/index.js';
+import { type BundleManifest } from '../../../shared/merge/index.js';
 import { exampleAgent, exampleBundle } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
 import { exampleModel } from '../../helpers/examples.js';

@@ -10,7 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent } from '../../../agent/index.js';
 import { auditReconcile } from '../../../cli/index.js';
-import { createCertificateAuthority, ErrorCode, type GramfuseError, issueCertificate, verifyLedger } from '../../../shared/index.js';
+import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
+import { verifyLedger } from '../../../shared/audit/index.js';
+import { createCertificateAuthority, issueCertificate } from '../../../shared/security/index.js';
 import { CLI, runCli } from '../../helpers/cli.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
 import { exampleAgent, SMALL_JOB_OWNER_FLAGS } from '../../helpers/agent-options.js';

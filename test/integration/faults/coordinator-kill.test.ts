@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
 import { auditReconcile } from '../../../cli/index.js';
-import { verifyLedger } from '../../../shared/index.js';
+import { verifyLedger } from '../../../shared/audit/index.js';
 import { exampleAgent } from '../../helpers/agent-options.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
 import { exampleModel } from '../../helpers/examples.js';

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { connectFederation, runAgent } from '../../../agent/index.js';
-import { ErrorCode, type GramfuseError, loadModel, verifyLedger } from '../../../shared/index.js';
+import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
+import { verifyLedger } from '../../../shared/audit/index.js';
+import { loadModel } from '../../../shared/onnx/index.js';
 import { CoordinatorProcess } from '../../helpers/coordinator-process.js';
 import { exampleAgent } from '../../helpers/agent-options.js';
 import { exampleModel } from '../../helpers/examples.js';

@@ -7,17 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { type ClientTls, connectFederation, runAgent } from '../../../agent/index.js';
 import { startCoordinatorServer } from '../../../coordinator/index.js';
+import { packageVersion } from '../../../shared/index.js';
+import { FileLedger, verifyLedgerText } from '../../../shared/audit/index.js';
+import { AuditPublisher, readAuditStream } from '../../../shared/nats/index.js';
 import {
-  AuditPublisher,
   type CertificateBundle,
   createCertificateAuthority,
-  FileLedger,
   generateSigningKeys,
   issueCertificate,
-  packageVersion,
-  readAuditStream,
-  verifyLedgerText,
-} from '../../../shared/index.js';
+} from '../../../shared/security/index.js';
 import { runCli } from '../../helpers/cli.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../../helpers/examples.js';
 import { NatsServer } from '../../helpers/nats-server.js';

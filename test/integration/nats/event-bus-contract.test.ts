@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type EventBus, InProcessBus, type JobEvent, NatsEventBus } from '../../../shared/index.js';
+import { type EventBus, InProcessBus, type JobEvent } from '../../../shared/events/index.js';
+import { NatsEventBus } from '../../../shared/nats/index.js';
 import { NatsServer } from '../../helpers/nats-server.js';
 
 // One contract, two implementations (issue #6): the embedded bus and NATS must behave alike.

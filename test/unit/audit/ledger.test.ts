@@ -4,7 +4,9 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { ErrorCode, FileLedger, generateSigningKeys, GramfuseError, verifyLedger } from '../../../shared/index.js';
+import { ErrorCode, GramfuseError } from '../../../shared/index.js';
+import { FileLedger, verifyLedger } from '../../../shared/audit/index.js';
+import { generateSigningKeys } from '../../../shared/security/index.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-ledger-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));

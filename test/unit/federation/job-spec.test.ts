@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { parseSpecText } from '../../../cli/index.js';
-import { ErrorCode, GramfuseError, parseJobSpec } from '../../../shared/index.js';
+import { ErrorCode, GramfuseError } from '../../../shared/index.js';
+import { parseJobSpec } from '../../../shared/federation/index.js';
 
 describe('job spec', () => {
   it('fills every default', () => {

@@ -1,28 +1,23 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { createOrtSolver, type SpdSolver } from '../../../shared/linalg/index.js';
 import {
   addContribution,
-  analyzeModel,
   buildContribution,
-  createOrtSolver,
   emptyAggregate,
   finishParameters,
   type GramStatistics,
   MergeSpec,
   type MergeSpecInput,
-  type ModelAnalysis,
-  type OnnxModel,
-  readParameterValues,
   solveRegMean,
-  type SpdSolver,
   sumMaps,
   tiesAgree,
   tiesElect,
   tiesFinish,
   tiesTrim,
   transpose,
-  withParameterValues,
-} from '../../../shared/index.js';
+} from '../../../shared/merge/index.js';
+import { analyzeModel, type ModelAnalysis, type OnnxModel, readParameterValues, withParameterValues } from '../../../shared/onnx/index.js';
 import { relativeFrobenius } from '../../helpers/fixtures.js';
 import { syntheticModel } from '../../helpers/models.js';
 import { gramOf, randn, rng } from '../../helpers/random.js';

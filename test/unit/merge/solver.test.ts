@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { createOrtSolver, ErrorCode, GramfuseError, matmul, referenceSolve, type SpdSolver } from '../../../shared/index.js';
+import { ErrorCode, GramfuseError } from '../../../shared/index.js';
+import { createOrtSolver, matmul, referenceSolve, type SpdSolver } from '../../../shared/linalg/index.js';
 import { relativeFrobenius } from '../../helpers/fixtures.js';
 import { gramOf, randn, rng } from '../../helpers/random.js';
 

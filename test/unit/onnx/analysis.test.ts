@@ -1,7 +1,8 @@
 // @needs-fixtures: reads the full fixture set (../shared/fixtures, or GRAMFUSE_FIXTURES); skipped where it is absent, never in CI.
 import { describe, expect, it } from 'vitest';
 
-import { analyzeModel, ErrorCode, GramfuseError, inspectReport, loadModel } from '../../../shared/index.js';
+import { ErrorCode, GramfuseError } from '../../../shared/index.js';
+import { analyzeModel, inspectReport, loadModel } from '../../../shared/onnx/index.js';
 import { ALL_MODELS, fixtureModel } from '../../helpers/fixtures.js';
 import { syntheticModel } from '../../helpers/models.js';
 

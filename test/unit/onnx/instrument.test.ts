@@ -18,7 +18,7 @@ import {
   saveModel,
   type Tensor,
   withExtraOutputs,
-} from '../../../shared/index.js';
+} from '../../../shared/onnx/index.js';
 import { fixture, fixtureModel, jsonlRows, maxAbsDiff, relativeFrobenius, TOKENIZER } from '../../helpers/fixtures.js';
 
 const cases = [

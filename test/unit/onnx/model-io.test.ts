@@ -6,10 +6,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { ModelProto, TensorProto } from '../../../proto/index.js';
+import { ErrorCode, GramfuseError } from '../../../shared/index.js';
 import {
   createSession,
-  ErrorCode,
-  GramfuseError,
   loadModel,
   indexGraph,
   modelInputs,
@@ -18,7 +17,7 @@ import {
   saveModel,
   saveModelStreamed,
   tensorBytes,
-} from '../../../shared/index.js';
+} from '../../../shared/onnx/index.js';
 import { ALL_MODELS, fixtureModel } from '../../helpers/fixtures.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-model-io-'));
