@@ -15,16 +15,22 @@ const restrict = (groups, message) => ({ group: groups, message });
 const boundaries = {
   agent: [
     restrict(['**/coordinator/**', '**/cli/**'], 'agent/ never imports coordinator/ or cli/ (DESIGN.md §7).'),
+    restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   coordinator: [
-    restrict(['**/agent/**', '**/cli/**'], 'coordinator/ never imports agent/ or cli/ (DESIGN.md §7).'),
+    restrict(['**/agent/**', '**/cli/**', '**/client/**'], 'coordinator/ never imports agent/, client/ or cli/ (DESIGN.md §7).'),
+    restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  client: [
+    restrict(['**/agent/**', '**/coordinator/**', '**/cli/**'], 'client/ imports only shared/ and proto/ (DESIGN.md §7).'),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   shared: [
-    restrict(['**/agent/**', '**/coordinator/**', '**/cli/**'], 'shared/ is the base: it imports neither side.'),
+    restrict(['**/agent/**', '**/coordinator/**', '**/cli/**', '**/client/**'], 'shared/ is the base: it imports neither side.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   outside: [
@@ -34,6 +40,7 @@ const boundaries = {
     ),
     restrict(onlyEntry('agent'), 'import agent/ only through agent/index.js.'),
     restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
+    restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   // bench/ and test/ also reach cli/ only through its entry.
@@ -64,6 +71,7 @@ export default tseslint.config(
     },
   },
   { files: ['agent/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.agent }] } },
+  { files: ['client/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.client }] } },
   { files: ['coordinator/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.coordinator }] } },
   {
     files: ['shared/**/*.ts'],

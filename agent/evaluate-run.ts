@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import type { Progress } from './collect.js';
 import { evaluateEach, type EvaluationResult } from './evaluate.js';
-import { connectFederation, type ConnectOptions, openAgentLedger } from './upload-client.js';
+import { connectFederation, type ConnectOptions } from '../client/index.js';
+import { openAgentLedger } from './run/index.js';
 
 export interface EvaluateForJobOptions {
   readonly connect: ConnectOptions;

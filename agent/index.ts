@@ -27,13 +27,4 @@ export {
   type RuleSource,
 } from './policy.js';
 export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';
-export {
-  type ClientTls,
-  type ConnectOptions,
-  connectFederation,
-  type FederationClient,
-  runAgent,
-  type RunAgentOptions,
-  type RunAgentResult,
-  withRetries,
-} from './upload-client.js';
+export { openAgentLedger, runAgent, type RunAgentOptions, type RunAgentResult } from './run/index.js';

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { connectFederation } from '../agent/index.js';
+import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
 import { loadModel, analyzeModel } from '../shared/onnx/index.js';
 import { type BenchContext, table } from './harness.js';

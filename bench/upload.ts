@@ -7,7 +7,8 @@ import { join, resolve } from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { collectBundle, connectFederation, runAgent } from '../agent/index.js';
+import { collectBundle, runAgent } from '../agent/index.js';
+import { connectFederation } from '../client/index.js';
 import { startCoordinatorServer } from '../coordinator/index.js';
 import { packageVersion } from '../shared/index.js';
 import { DisclosurePolicy, MergeSpec } from '../shared/merge/index.js';

@@ -5,7 +5,8 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-import { connectFederation, evaluateEach } from '../agent/index.js';
+import { evaluateEach } from '../agent/index.js';
+import { connectFederation } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { MergeSpec } from '../shared/merge/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';

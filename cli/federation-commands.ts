@@ -3,7 +3,7 @@ import { join } from 'node:path';
 
 import { parse as parseYaml } from 'yaml';
 
-import { type ClientTls, type ConnectOptions } from '../agent/index.js';
+import { type ClientTls, type ConnectOptions } from '../client/index.js';
 import { type ServerTls } from '../coordinator/index.js';
 import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
 import { createCertificateAuthority, issueCertificate, readPrivateFile, writePrivateFile } from '../shared/security/index.js';

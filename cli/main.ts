@@ -19,6 +19,7 @@ import { createProgressBar, progressEnabled, progressJsonWriter } from './progre
  */
 const loadCommandModules = async () => ({
   ...(await import('../agent/index.js')),
+  ...(await import('../client/index.js')),
   ...(await import('../coordinator/index.js')),
   ...(await import('../shared/index.js')),
   ...(await import('../shared/merge/index.js')),

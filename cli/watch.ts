@@ -1,4 +1,4 @@
-import { type ConnectOptions, connectFederation } from '../agent/index.js';
+import { type ConnectOptions, connectFederation } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { type JobEvent } from '../shared/events/index.js';
 import { NatsEventBus } from '../shared/nats/index.js';

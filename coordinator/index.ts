@@ -1,13 +1,15 @@
 /** coordinator/: receives statistics, sums, solves and writes the merged model. Public entry. */
+export { CommitBatch } from './intake/index.js';
 export {
   type ChunkIn,
-  CommitBatch,
+  checkTransition,
   Coordinator,
   type CoordinatorOptions,
   type JobView,
   type Receipt,
   type ReceiptFields,
-} from './coordinator.js';
+  TRANSITIONS,
+} from './jobs/index.js';
 export {
   type CoordinatorServer,
   type CoordinatorServerOptions,
@@ -15,5 +17,6 @@ export {
   type ServerState,
   type ServerTls,
   startCoordinatorServer,
-} from './server.js';
-export { FileStore } from './store.js';
+} from './server/index.js';
+export { type SolveExecutor, workerThreadExecutor } from './solve/index.js';
+export { FileStore } from './store/index.js';

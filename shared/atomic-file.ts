@@ -12,7 +12,12 @@ export async function writeAll(handle: FileHandle, data: Uint8Array | string, po
   const bytes = typeof data === 'string' ? Buffer.from(data) : data;
   let written = 0;
   while (written < bytes.byteLength) {
-    const { bytesWritten } = await handle.write(bytes, written, bytes.byteLength - written, position === undefined ? null : position + written);
+    const { bytesWritten } = await handle.write(
+      bytes,
+      written,
+      bytes.byteLength - written,
+      position === undefined ? null : position + written,
+    );
     if (bytesWritten === 0) throw Object.assign(new Error('no space left on device (a write made no progress)'), { code: 'ENOSPC' });
     written += bytesWritten;
   }

@@ -161,10 +161,14 @@ export function fileError(error: unknown, path: string, doing: string): Gramfuse
     );
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new GramfuseError(ErrorCode.StorageFull, `${path}: the disk is full (while ${doing}); nothing partial was kept: free space and retry`, {
-      facts: { path, errno: code },
-      cause: error,
-    });
+    return new GramfuseError(
+      ErrorCode.StorageFull,
+      `${path}: the disk is full (while ${doing}); nothing partial was kept: free space and retry`,
+      {
+        facts: { path, errno: code },
+        cause: error,
+      },
+    );
   }
   return new GramfuseError(ErrorCode.FileAccess, `${path}: cannot ${doing}: ${reason}`, {
     facts: { path, errno: code ?? null },
@@ -214,7 +218,8 @@ export function errorFromGrpc(status: { code?: number; details?: string; message
     return new GramfuseError(ErrorCode.DeadlineExceeded, `the coordinator did not answer before the call's deadline: ${details}`);
   if (status.code === 14) {
     // grpc-js says e.g. "No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: "
-    const reason = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1] ?? details.replace(/\s*Resolution note:.*$/s, '');
+    const reason =
+      /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1] ?? details.replace(/\s*Resolution note:.*$/s, '');
     return new GramfuseError(
       ErrorCode.Unavailable,
       `the coordinator${address === undefined ? '' : ` at ${address}`} is unreachable (${reason.trim() || 'no connection'}); check the address and port, that \`gramfuse coordinator serve\` is running there, and that both sides' certificates come from the same CA (--tls-ca)`,

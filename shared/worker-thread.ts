@@ -23,12 +23,7 @@ export type WorkerMessage<P, T> =
   | { readonly type: 'error'; readonly error: { readonly code: ErrorCode; readonly message: string; readonly facts: ErrorFacts } };
 
 /** Posts `request` to a fresh worker and resolves with its one result; the worker is terminated afterwards. */
-export async function callWorker<P, T>(
-  base: string,
-  name: string,
-  request: unknown,
-  onProgress?: (progress: P) => void,
-): Promise<T> {
+export async function callWorker<P, T>(base: string, name: string, request: unknown, onProgress?: (progress: P) => void): Promise<T> {
   const worker = startWorker(base, name);
   try {
     return await new Promise<T>((resolve, reject) => {

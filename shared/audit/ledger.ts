@@ -104,7 +104,9 @@ export class FileLedger {
    */
   rotateKey(next: SigningKeys): Promise<AuditRecord> {
     const done = this.tail.then(async () => {
-      const [record] = await this.write([{ kind: 'key.rotated', job: '', facts: { publicKey: next.publicKeyPem, previousKey: keyId(this.keys.publicKeyPem) } }]);
+      const [record] = await this.write([
+        { kind: 'key.rotated', job: '', facts: { publicKey: next.publicKeyPem, previousKey: keyId(this.keys.publicKeyPem) } },
+      ]);
       this.keys = next;
       return record!;
     });
@@ -194,7 +196,10 @@ export async function readLedgerRecords(path: string): Promise<{ record: AuditRe
  * of the line before, each signature valid for its key (keys from `ledger.opened` records, or `trustedKeys`
  * only when given). Throws AUDIT_INVALID naming the first bad record.
  */
-export async function verifyLedger(path: string, trustedKeys?: readonly string[]): Promise<{ records: AuditRecord[]; trustedKeyIds: string[] }> {
+export async function verifyLedger(
+  path: string,
+  trustedKeys?: readonly string[],
+): Promise<{ records: AuditRecord[]; trustedKeyIds: string[] }> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');

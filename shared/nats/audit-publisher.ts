@@ -52,7 +52,12 @@ export class AuditPublisher {
   ) {}
 
   /** Starts mirroring `ledger`: records not yet published (from earlier runs too) go first. Never throws for NATS being down. */
-  static async start(ledger: LedgerSource, url: string, name: string, log: (line: string) => void = () => undefined): Promise<AuditPublisher> {
+  static async start(
+    ledger: LedgerSource,
+    url: string,
+    name: string,
+    log: (line: string) => void = () => undefined,
+  ): Promise<AuditPublisher> {
     const publisher = new AuditPublisher(ledger, url, name, log);
     publisher.published = (await publisher.readMarker()) ?? 0;
     for (const { record, line } of await readLedgerRecords(ledger.path))

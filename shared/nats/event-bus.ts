@@ -3,7 +3,15 @@ import { randomUUID } from 'node:crypto';
 import { type ConsumerMessages, DeliverPolicy, jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 
-import { checkEvent, type EventBus, JobEvent, jobEventSubject, type SubscribeOptions, subjectToken, type Unsubscribe } from '../events/index.js';
+import {
+  checkEvent,
+  type EventBus,
+  JobEvent,
+  jobEventSubject,
+  type SubscribeOptions,
+  subjectToken,
+  type Unsubscribe,
+} from '../events/index.js';
 import { toGramfuseError } from '../errors.js';
 import { connectNats, ensureStreams, JOBS_STREAM } from './connection.js';
 

@@ -389,7 +389,10 @@ export async function saveModelStreamed(
     for (const t of tensors) {
       const bytes = await bytesOf(t.tensor);
       if (bytes.byteLength !== t.payload)
-        throw new GramfuseError(ErrorCode.Internal, `tensor ${t.tensor.name ?? '?'}: ${bytes.byteLength} bytes, its shape needs ${t.payload}`);
+        throw new GramfuseError(
+          ErrorCode.Internal,
+          `tensor ${t.tensor.name ?? '?'}: ${bytes.byteLength} bytes, its shape needs ${t.payload}`,
+        );
       yield lengthTag(5);
       yield varint(t.length);
       yield t.bare;

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type ClientTls, connectFederation, runAgent } from '../../agent/index.js';
+import { runAgent } from '../../agent/index.js';
+import { type ClientTls, connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
 import type { GramfuseError } from '../../shared/index.js';

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { collectBundle, connectFederation, runAgent } from '../../agent/index.js';
+import { collectBundle, runAgent } from '../../agent/index.js';
+import { connectFederation } from '../../client/index.js';
 import { runLocalMerge } from '../../cli/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { packageVersion } from '../../shared/index.js';

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type ClientTls, connectFederation, type FederationClient, runAgent } from '../../agent/index.js';
+import { runAgent } from '../../agent/index.js';
+import { type ClientTls, connectFederation, type FederationClient } from '../../client/index.js';
 import { Coordinator, type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
 import { ErrorCode, errorFromGrpc, GramfuseError } from '../../shared/index.js';

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
+import { runAgent, seededRandom } from '../../../agent/index.js';
+import { connectFederation } from '../../../client/index.js';
 import { federation } from '../../../proto/index.js';
 import { ErrorCode, errorFromGrpc, type GramfuseError } from '../../../shared/index.js';
 import { type BundleManifest } from '../../../shared/merge/index.js';

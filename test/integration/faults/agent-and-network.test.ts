@@ -8,7 +8,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { connectFederation, runAgent } from '../../../agent/index.js';
+import { runAgent } from '../../../agent/index.js';
+import { connectFederation } from '../../../client/index.js';
 import { auditReconcile } from '../../../cli/index.js';
 import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
 import { verifyLedger } from '../../../shared/audit/index.js';

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { connectFederation, runAgent, seededRandom } from '../../../agent/index.js';
+import { runAgent, seededRandom } from '../../../agent/index.js';
+import { connectFederation } from '../../../client/index.js';
 import { auditReconcile } from '../../../cli/index.js';
 import { verifyLedger } from '../../../shared/audit/index.js';
 import { exampleAgent } from '../../helpers/agent-options.js';

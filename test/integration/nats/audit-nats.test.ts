@@ -5,7 +5,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type ClientTls, connectFederation, runAgent } from '../../../agent/index.js';
+import { runAgent } from '../../../agent/index.js';
+import { type ClientTls, connectFederation } from '../../../client/index.js';
 import { startCoordinatorServer } from '../../../coordinator/index.js';
 import { packageVersion } from '../../../shared/index.js';
 import { FileLedger, verifyLedgerText } from '../../../shared/audit/index.js';

@@ -4,9 +4,9 @@
 // `jobs/<id>/solve/` is its work directory, so a restarted solve skips what is already on disk.
 import { createHash } from 'node:crypto';
 
-import { failpoint, ErrorCode, GramfuseError, packageVersion } from '../shared/index.js';
-import { type StatisticId, statisticFile } from '../shared/federation/index.js';
-import { createOrtSolver } from '../shared/linalg/index.js';
+import { failpoint, ErrorCode, GramfuseError, packageVersion } from '../../shared/index.js';
+import { type StatisticId, statisticFile } from '../../shared/federation/index.js';
+import { createOrtSolver } from '../../shared/linalg/index.js';
 import {
   formatMergeReport,
   mergedMetadata,
@@ -16,9 +16,9 @@ import {
   type PlannedStatistic,
   runMergePipeline,
   type StatisticSource,
-} from '../shared/merge/index.js';
-import { type ModelAnalysis } from '../shared/onnx/index.js';
-import { FileStore } from './store.js';
+} from '../../shared/merge/index.js';
+import { type ModelAnalysis } from '../../shared/onnx/index.js';
+import { FileStore } from '../store/index.js';
 
 export interface SolveRequest {
   readonly stateDir: string;

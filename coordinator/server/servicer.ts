@@ -3,12 +3,14 @@ import type { PeerCertificate } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { federation } from '../proto/index.js';
-import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../shared/index.js';
-import { isValidIdentity } from '../shared/federation/index.js';
-import { AuditPublisher, NatsEventBus } from '../shared/nats/index.js';
+import { federation } from '../../proto/index.js';
+import { ErrorCode, GramfuseError } from '../../shared/index.js';
+import { isValidIdentity } from '../../shared/federation/index.js';
+import { AuditPublisher, NatsEventBus } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
-import { type ChunkIn, CommitBatch, Coordinator, type CoordinatorOptions, type JobView, type Receipt } from './coordinator.js';
+import { CommitBatch } from '../intake/index.js';
+import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
+import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, withCodedDecoding } from './wire.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
 export interface ServerTls {
@@ -42,105 +44,6 @@ export interface CoordinatorServer extends AsyncDisposable {
 }
 
 /** Maps any error to a gRPC status with `CODE: message` details (the one table is in shared/errors.ts). */
-function toStatus(error: unknown): Partial<grpc.StatusObject> {
-  const coded = toGramfuseError(error);
-  return { code: grpcStatusByErrorCode[coded.code], details: `${coded.code}: ${coded.message}` };
-}
-
-function jobToProto(view: JobView): federation.JobStatus {
-  return federation.JobStatus.fromPartial({
-    jobId: view.spec.id,
-    state: view.state,
-    fingerprint: view.fingerprint,
-    participants: [...view.spec.participants],
-    completed: [...view.completed],
-    quorum: view.quorum,
-    failureCode: view.failure?.code ?? '',
-    failureMessage: view.failure?.message ?? '',
-    mergeSpecJson: JSON.stringify(view.spec.merge),
-    policyJson: JSON.stringify(view.spec.policy),
-    receiptPublicKey: view.receiptPublicKey,
-    resultSha256: view.result?.sha256 ?? '',
-    resultBytes: BigInt(view.result?.bytes ?? 0),
-  });
-}
-
-function receiptToProto(r: Receipt): federation.Receipt {
-  return federation.Receipt.fromPartial({
-    jobId: r.jobId,
-    owner: r.owner,
-    statisticId: r.statisticId,
-    sha256: r.sha256,
-    bytes: BigInt(r.bytes),
-    committedAt: r.committedAt,
-    signature: r.signature,
-  });
-}
-
-function chunkFromProto(c: federation.Chunk): ChunkIn {
-  return {
-    jobId: c.jobId,
-    statisticId: c.statisticId,
-    dtype: c.dtype,
-    shape: c.shape.map(Number),
-    packing: c.packing,
-    index: c.index,
-    count: c.count,
-    offset: Number(c.offset),
-    data: c.data,
-    sha256: c.sha256,
-  };
-}
-
-/** A chunk message from its wire bytes; bytes that are not a valid message are UPLOAD_INVALID (the fuzz tests' entry). */
-export function decodeChunk(bytes: Uint8Array): ChunkIn {
-  let message: federation.Chunk;
-  try {
-    message = federation.Chunk.decode(bytes);
-  } catch (error) {
-    throw new GramfuseError(ErrorCode.UploadInvalid, `a chunk message that is not valid protobuf (${(error as Error).message}); resend it`);
-  }
-  return chunkFromProto(message);
-}
-
-const UNDECODABLE = Symbol('undecodable request');
-
-/**
- * The service definition with gramfuse's own coded decoder: a request that is not a valid message becomes a
- * marker the handlers turn into INVALID_ARGUMENT naming the method and the fix, instead of grpc-js's bare
- * `INTERNAL: Error deserializing request`.
- */
-function withCodedDecoding<S extends grpc.ServiceDefinition>(service: S): S {
-  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
-  for (const [name, method] of Object.entries(service)) {
-    out[name] = {
-      ...method,
-      requestDeserialize: (bytes: Buffer) => {
-        try {
-          return method.requestDeserialize(bytes) as unknown;
-        } catch (error) {
-          return {
-            [UNDECODABLE]: new GramfuseError(
-              ErrorCode.InvalidArgument,
-              `${method.path}: the request is not a valid protobuf message (${(error as Error).message}); send messages built from proto/gramfuse/v1/federation.proto`,
-              { facts: { method: method.path } },
-            ),
-          };
-        }
-      },
-    };
-  }
-  return out as S;
-}
-
-/** Throws the coded error of a request the decoder could not read. */
-function decoded<T>(request: T): T {
-  const invalid = (request as { [UNDECODABLE]?: GramfuseError } | undefined)?.[UNDECODABLE];
-  if (invalid !== undefined) throw invalid;
-  return request;
-}
-
-/** Chunks received but not yet handled on one upload stream before the stream is paused, and cancelled. */
 const PAUSE_AT = 4;
 const MAX_PENDING_CHUNKS = 16;
 

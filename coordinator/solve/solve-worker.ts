@@ -1,7 +1,7 @@
 // The coordinator's solve worker thread: see solve-job.ts.
 import { parentPort } from 'node:worker_threads';
 
-import { toGramfuseError } from '../shared/index.js';
+import { toGramfuseError } from '../../shared/index.js';
 import { runSolveJob, type SolveRequest } from './solve-job.js';
 
 const port = parentPort;

@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
-import { ErrorCode, fileError, GramfuseError, sha256OfFile, syncDirectory, writeAll, writeFileAtomic } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError, sha256OfFile, syncDirectory, writeAll, writeFileAtomic } from '../../shared/index.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to

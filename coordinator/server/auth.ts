@@ -1,4 +1,4 @@
-import { ErrorCode, GramfuseError } from '../shared/index.js';
+import { ErrorCode, GramfuseError } from '../../shared/index.js';
 
 /**
  * Every RPC's permission, decided here and nowhere else. The caller's identity is its mTLS certificate's

@@ -2,145 +2,34 @@ import { createHash } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
 import { resolve as resolvePath, sep } from 'node:path';
 
-import { callWorker, ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../shared/index.js';
-import { FileLedger, readLedgerRecords } from '../shared/audit/index.js';
-import { type EventBus, InProcessBus, type JobEvent } from '../shared/events/index.js';
-import { type JobSpec, type JobState, parseJobSpec, statisticFile } from '../shared/federation/index.js';
-import { BundleManifest, planDisclosure, type PlannedStatistic } from '../shared/merge/index.js';
-import { analyzeModel, loadModel, type ModelAnalysis, saveModel } from '../shared/onnx/index.js';
-import { signFields, type SigningKeys, signingKeysAt } from '../shared/security/index.js';
-import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
-import { FileStore } from './store.js';
-import { authorize, type JobAccess } from './auth.js';
+import { ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../../shared/index.js';
+import { FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
+import { type EventBus, InProcessBus, type JobEvent } from '../../shared/events/index.js';
+import {
+  chunkBoundsProblem,
+  type JobState,
+  parseJobSpec,
+  type Receipt,
+  type ReceiptFields,
+  type StatisticChunk,
+  statisticFile,
+} from '../../shared/federation/index.js';
+import type { BundleManifest } from '../../shared/merge/index.js';
+import { analyzeModel, loadModel, saveModel } from '../../shared/onnx/index.js';
+import { signFields, type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
+import { admitManifest, checkJobBudget, type CommitBatch, commitRecords } from '../intake/index.js';
+// auth.ts is a leaf (it imports only shared/): the facade authorizes every call in one place, the servicer too.
+import { authorize, type JobAccess } from '../server/auth.js';
+import { Slots, type SolveExecutor, type SolveRequest, workerThreadExecutor } from '../solve/index.js';
+import { FileStore } from '../store/index.js';
+import { checkTransition } from './lifecycle.js';
+import { type Job, type JobView, newJob, type PersistedState } from './job.js';
 
-/** A statistic chunk as the coordinator sees it (converted from the wire message in server.ts). */
-export interface ChunkIn {
-  readonly jobId: string;
-  readonly statisticId: string;
-  readonly dtype: string;
-  readonly shape: readonly number[];
-  readonly packing: string;
-  readonly index: number;
-  readonly count: number;
-  readonly offset: number;
-  readonly data: Uint8Array;
-  readonly sha256: string;
-}
-
-export interface ReceiptFields {
-  readonly jobId: string;
-  readonly owner: string;
-  readonly statisticId: string;
-  readonly sha256: string;
-  readonly bytes: number;
-  readonly committedAt: string;
-}
-
-export interface Receipt extends ReceiptFields {
-  readonly signature: string;
-}
-
-export interface JobView {
-  readonly spec: JobSpec;
-  readonly state: JobState;
-  readonly fingerprint: string;
-  readonly completed: readonly string[];
-  readonly quorum: number;
-  readonly failure?: { readonly code: string; readonly message: string };
-  readonly result?: { readonly sha256: string; readonly bytes: number };
-  readonly receiptPublicKey: string;
-  /** The identity that created the job (absent for jobs created before it was recorded). */
-  readonly createdBy?: string;
-}
-
-interface PersistedState {
-  state: JobState;
-  /** The identity that created the job: it may watch and download results too. */
-  createdBy?: string;
-  completed: string[];
-  failure?: { code: string; message: string };
-  result?: { sha256: string; bytes: number };
-  evaluations: { owner: string; examples: number; accuracy: number; macroF1: number; at: string }[];
-}
-
-interface Job {
-  spec: JobSpec;
-  fingerprint: string;
-  analysis: ModelAnalysis;
-  persisted: PersistedState;
-  manifests: Map<string, BundleManifest>;
-  /** owner → statistic id → held chunk indices */
-  held: Map<string, Map<string, Set<number>>>;
-  committed: Map<string, Map<string, Receipt>>;
-  uploadedBytes: number;
-  /** owner → the group commit in progress (uploadState waits for it, so a resumed upload sees its result). */
-  committing: Map<string, Promise<unknown>>;
-}
-
-/** The two ledger records of a commit: what was received, and the receipt given for it. */
-function commitRecords(
-  job: string,
-  owner: string,
-  statistic: PlannedStatistic,
-  receipt: Receipt,
-): { kind: 'statistic.committed' | 'receipt.issued'; job: string; facts: Record<string, unknown> }[] {
-  return [
-    {
-      kind: 'statistic.committed',
-      job,
-      facts: {
-        owner,
-        statistic: statistic.id,
-        kind: statistic.kind,
-        tensors: statistic.tensors,
-        shape: statistic.shape,
-        dtype: statistic.dtype,
-        bytes: statistic.bytes,
-        rows: statistic.rows ?? null,
-        sha256: statistic.sha256,
-      },
-    },
-    {
-      kind: 'receipt.issued',
-      job,
-      facts: {
-        owner,
-        statistic: statistic.id,
-        sha256: statistic.sha256,
-        bytes: statistic.bytes,
-        committedAt: receipt.committedAt,
-        signature: receipt.signature,
-      },
-    },
-  ];
-}
-
-/** Statistics verified in one upload stream and not yet committed: committed together (one fsync pass). */
-export class CommitBatch {
-  readonly entries: { jobId: string; statistic: PlannedStatistic; file: string[] }[] = [];
-  bytes = 0;
-
-  has(jobId: string, statisticId: string): boolean {
-    return this.entries.some((e) => e.jobId === jobId && e.statistic.id === statisticId);
-  }
-}
+/** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
+export type ChunkIn = StatisticChunk;
+export type { Receipt, ReceiptFields };
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
-
-/** A job's in-memory record: what was loaded or created, with nothing uploaded yet. The template stays on disk. */
-function newJob(spec: JobSpec, analysis: ModelAnalysis, persisted: PersistedState): Job {
-  return {
-    spec,
-    fingerprint: analysis.fingerprint,
-    analysis,
-    persisted,
-    manifests: new Map(),
-    held: new Map(),
-    committed: new Map(),
-    uploadedBytes: 0,
-    committing: new Map(),
-  };
-}
 
 export interface CoordinatorOptions {
   /** Identities allowed to create jobs (`authorize`, job.create). @default [] (nobody: list them with --creators) */
@@ -154,6 +43,8 @@ export interface CoordinatorOptions {
   readonly maxOpenJobsPerCreator?: number;
   /** Solves run at once; later ones wait their turn (each holds a Gram group and the model in memory). @default 1 */
   readonly maxConcurrentSolves?: number;
+  /** Where solves run. @default workerThreadExecutor (a worker thread of this process) */
+  readonly solveExecutor?: SolveExecutor;
   /** The coordinator's own identity in audit records. Default `coordinator`. */
   readonly identity?: string;
   readonly log?: (line: string) => void;
@@ -174,7 +65,8 @@ export class Coordinator {
   private readonly solving = new Map<string, Promise<void>>();
   /** Jobs whose state could not be loaded: reported with STATE_CORRUPT, never touched. */
   private readonly quarantined = new Map<string, GramfuseError>();
-  private readonly solveSlots: Semaphore;
+  private readonly solveSlots: Slots;
+  private readonly executor: SolveExecutor;
   /** Control-plane events (DESIGN.md §6): the gRPC Watch follows this bus; `options.events` gets a copy. */
   readonly events = new InProcessBus();
 
@@ -182,7 +74,8 @@ export class Coordinator {
     readonly store: FileStore,
     private readonly options: CoordinatorOptions,
   ) {
-    this.solveSlots = new Semaphore(Math.max(1, options.maxConcurrentSolves ?? 1));
+    this.solveSlots = new Slots(Math.max(1, options.maxConcurrentSolves ?? 1));
+    this.executor = options.solveExecutor ?? workerThreadExecutor;
   }
 
   static async open(stateDir: string, options: CoordinatorOptions = {}): Promise<Coordinator> {
@@ -388,6 +281,7 @@ export class Coordinator {
   /** Moves a job to `state`, durably, and says so on the event bus. */
   private async transition(id: string, state: JobState): Promise<void> {
     const job = this.job(id);
+    checkTransition(id, job.persisted.state, state);
     job.persisted.state = state;
     // Watchers hear of the change even when it cannot be written (a full disk): the error still reaches the caller.
     const written = await this.persist(id).then(
@@ -551,91 +445,8 @@ export class Coordinator {
     const job = this.job(jobId);
     this.participant(job, identity);
     this.accepting(job);
-    if (fingerprintValue !== job.fingerprint) {
-      throw new GramfuseError(
-        ErrorCode.FingerprintMismatch,
-        `${identity}'s model has fingerprint ${fingerprintValue}, the job's template ${job.fingerprint}`,
-        { facts: { identity, job: jobId } },
-      );
-    }
-    let manifest: BundleManifest;
-    try {
-      const parsed = BundleManifest.safeParse(JSON.parse(manifestJson));
-      if (!parsed.success) {
-        // Dot paths, as the job spec reports them: never a raw zod dump.
-        const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-        const more = parsed.error.issues.length > 5 ? `; and ${parsed.error.issues.length - 5} more` : '';
-        throw new Error(`${issues.join('; ')}${more}`);
-      }
-      manifest = parsed.data;
-    } catch (error) {
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `${identity}: the manifest is not a valid statistics manifest (${(error as Error).message.slice(0, 400)})`,
-        { facts: { identity } },
-      );
-    }
+    const manifest = admitManifest(identity, job.spec, job.analysis, fingerprintValue, manifestJson);
     const plan = manifest.plan;
-    if (plan.owner !== identity)
-      throw new GramfuseError(ErrorCode.UploadInvalid, `manifest owner ${plan.owner} is not the caller ${identity}`, {
-        facts: { identity },
-      });
-    const m = job.spec.merge;
-    if (
-      plan.spec.method !== m.method ||
-      plan.spec.alpha !== m.alpha ||
-      plan.spec.weighting !== m.weighting ||
-      plan.spec.includePadding !== m.includePadding
-    ) {
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `${identity}: statistics were collected with ${JSON.stringify(plan.spec)}, the job needs ${JSON.stringify(m)}`,
-        { facts: { identity } },
-      );
-    }
-    // The template decides which statistics may exist, with which shapes: an agent cannot send a tensor the model does not have.
-    const expected = new Map(
-      planDisclosure(identity, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics.map((s) => [s.id, s]),
-    );
-    for (const s of plan.statistics) {
-      const e = expected.get(s.id);
-      if (e === undefined)
-        throw new GramfuseError(ErrorCode.UploadInvalid, `${identity}: statistic ${s.id} is not in the job's template`, {
-          facts: { identity, statistic: s.id },
-        });
-      if (e.shape.join(',') !== s.shape.join(',') || (s.kind === 'count' && s.dtype !== 'float64')) {
-        throw new GramfuseError(
-          ErrorCode.UploadInvalid,
-          `${identity}: statistic ${s.id} has shape [${s.shape.join(', ')}], the template needs [${e.shape.join(', ')}]`,
-          { facts: { identity, statistic: s.id } },
-        );
-      }
-      const width = s.dtype === 'float64' ? 8 : s.dtype === 'float32' ? 4 : 0;
-      const bytes = e.shape.reduce((a, b) => a * b, 1) * width;
-      if (width === 0 || s.bytes !== bytes)
-        throw new GramfuseError(
-          ErrorCode.UploadInvalid,
-          `${identity}: statistic ${s.id} declares ${s.bytes} bytes of ${s.dtype}, but its shape [${e.shape.join(', ')}] holds ${bytes}`,
-          { facts: { identity, statistic: s.id } },
-        );
-      if (s.sha256 === undefined)
-        throw new GramfuseError(ErrorCode.UploadInvalid, `${identity}: statistic ${s.id} has no SHA-256 in the manifest`, {
-          facts: { statistic: s.id },
-        });
-      if (s.kind === 'gram' && (s.rows ?? 0) < job.spec.policy.minRowsPerGroup) {
-        throw new GramfuseError(
-          ErrorCode.PolicyViolation,
-          `${identity}: ${s.id} comes from ${s.rows ?? 0} rows, the job's policy needs ${job.spec.policy.minRowsPerGroup}`,
-          { facts: { statistic: s.id } },
-        );
-      }
-    }
-    if (plan.statistics.length !== expected.size)
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `${identity}: the manifest lists ${plan.statistics.length} statistics, the job needs ${expected.size}`,
-        { facts: { identity } },
-      );
     const total = plan.statistics.reduce((s, x) => s + x.bytes, 0);
     const previous = job.manifests.get(identity);
     if (previous !== undefined && JSON.stringify(previous.plan.statistics) !== JSON.stringify(plan.statistics)) {
@@ -654,13 +465,7 @@ export class Coordinator {
     const others = [...job.manifests]
       .filter(([owner]) => owner !== identity)
       .reduce((sum, [, m]) => sum + m.plan.statistics.reduce((s, x) => s + x.bytes, 0), 0);
-    if (others + total > job.spec.limits.maxJobBytes) {
-      throw new GramfuseError(
-        ErrorCode.ResourceExhausted,
-        `job ${jobId}: ${identity}'s ${total} bytes would bring the job to ${others + total} bytes, past its budget of ${job.spec.limits.maxJobBytes} (limits.maxJobBytes)`,
-        { facts: { job: jobId, bytes: total, limit: job.spec.limits.maxJobBytes } },
-      );
-    }
+    checkJobBudget(job.spec, identity, total, others);
     job.manifests.set(identity, manifest);
     await this.store.write(['jobs', jobId, 'owners', identity, 'manifest.json'], JSON.stringify(manifest));
     if (!job.held.has(identity)) job.held.set(identity, new Map());
@@ -719,18 +524,11 @@ export class Coordinator {
         { facts: { statistic: chunk.statisticId } },
       );
     }
-    if (
-      !Number.isSafeInteger(chunk.offset) ||
-      chunk.offset < 0 ||
-      chunk.index < 0 ||
-      chunk.data.byteLength > job.spec.limits.maxChunkBytes ||
-      chunk.offset + chunk.data.byteLength > planned.bytes ||
-      chunk.index >= chunk.count ||
-      chunk.count < 1
-    ) {
+    const problem = chunkBoundsProblem(chunk, planned.bytes, job.spec.limits.maxChunkBytes);
+    if (problem !== undefined) {
       throw new GramfuseError(
         ErrorCode.UploadInvalid,
-        `chunk ${chunk.index}/${chunk.count} of ${chunk.statisticId}: bytes ${chunk.offset}..${chunk.offset + chunk.data.byteLength} do not fit the statistic's ${planned.bytes} bytes`,
+        `chunk ${chunk.index}/${chunk.count} of ${chunk.statisticId}: ${problem}; it was not stored`,
         { facts: { statistic: chunk.statisticId } },
       );
     }
@@ -877,10 +675,8 @@ export class Coordinator {
         analysis: job.analysis,
         owners: owners.map((owner) => ({ owner, statistics: job.manifests.get(owner)!.plan.statistics })),
       };
-      // The solve runs in a worker thread: onnxruntime's run() blocks its thread, and gRPC must keep being served.
-      const outcome = await callWorker<SolveProgress, SolveOutcome>(import.meta.url, 'solve-worker', request, (progress) =>
-        this.emit(jobId, 'solve', { ...progress }),
-      );
+      // By default in a worker thread: onnxruntime's run() blocks its thread, and gRPC must keep being served.
+      const outcome = await this.executor.solve(request, (progress) => this.emit(jobId, 'solve', { ...progress }));
       failpoint('solve.finished');
       job.persisted.result = { sha256: outcome.modelSha256, bytes: outcome.modelBytes };
       await this.ledger.append('solve.done', jobId, {
@@ -954,22 +750,3 @@ export class Coordinator {
 }
 
 /** At most `size` holders at once; the others wait in arrival order. */
-class Semaphore {
-  private held = 0;
-  private readonly waiting: (() => void)[] = [];
-  constructor(private readonly size: number) {}
-
-  async acquire(): Promise<void> {
-    if (this.held < this.size) {
-      this.held++;
-      return;
-    }
-    await new Promise<void>((resolve) => this.waiting.push(resolve));
-  }
-
-  release(): void {
-    const next = this.waiting.shift();
-    if (next !== undefined) next();
-    else this.held--;
-  }
-}

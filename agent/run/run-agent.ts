@@ -1,0 +1,320 @@
+// `gramfuse agent run`: approval, policy (the owner's, strictest wins), bundle reuse, chunk upload, receipts, and
+// the agent's ledger.
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
+import { federation } from '../../proto/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
+import { type FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
+import { chunkAt, chunkCount, DEFAULT_CHUNK_BYTES, receiptFields } from '../../shared/federation/index.js';
+import {
+  BUNDLE_TENSORS,
+  type BundleManifest,
+  DisclosurePolicy,
+  MergeSpec,
+  parseSafetensors,
+  readBundle,
+} from '../../shared/merge/index.js';
+import { AuditPublisher } from '../../shared/nats/index.js';
+import { verifyFields } from '../../shared/security/index.js';
+import type { Progress } from '../collect.js';
+import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
+import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
+import { openAgentLedger } from './ledger.js';
+
+export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
+  /**
+   * The owner's own limits (flags, policy file), combined with the job's strictest-wins; a job that asks for
+   * more than they allow is refused with POLICY_VIOLATION before anything is computed.
+   * @default the DisclosurePolicy defaults (at least 256 rows per Gram, every layer, any fingerprint)
+   */
+  readonly ownerPolicy?: OwnerPolicy;
+  /** Called with the policy in force for this job and where each rule came from. */
+  readonly onPolicy?: (effective: EffectivePolicy) => void;
+  readonly connect: ConnectOptions;
+  readonly jobId: string;
+  /** Where the agent keeps its bundle and receipts for this job (reused on restart). */
+  readonly workDir: string;
+  /** Approval: true skips the question (automation); otherwise `approve` is asked. */
+  readonly yes: boolean;
+  readonly approve?: (planText: string) => Promise<boolean>;
+  readonly chunkBytes?: number;
+  readonly onPlan?: (plan: BundleManifest['plan'], examples: number) => void;
+  readonly onCollect?: (progress: Progress) => void;
+  /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
+  readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
+  /** NATS with JetStream: the agent's audit records are also published there (what is not, is published next run). */
+  readonly nats?: string;
+  /** Upload attempts on UNAVAILABLE / DEADLINE_EXCEEDED (a dropped link, a restarting coordinator). Default 5. */
+  readonly uploadAttempts?: number;
+  readonly onRetry?: (attempt: number, error: GramfuseError) => void;
+}
+
+export interface RunAgentResult {
+  readonly owner: string;
+  /** The agent's audit ledger: what it approved and every receipt it got. */
+  readonly ledger: string;
+  readonly bundle: string;
+  readonly receiptsPath: string;
+  readonly receipts: number;
+  readonly chunksSent: number;
+  readonly chunksSkipped: number;
+  readonly bytesSent: number;
+  readonly reusedBundle: boolean;
+  /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
+  readonly auditBacklog?: number;
+  /** Wall time of collection (0 when the bundle was reused) and of join + upload + receipts. */
+  readonly seconds: { readonly collect: number; readonly upload: number };
+  /** This process's peak resident memory so far (from the OS). */
+  readonly peakRssMb: number;
+}
+
+/**
+ * `gramfuse agent run`: fetch the job, plan, get approval, collect (or reuse this job's bundle), join,
+ * and upload only what the coordinator does not hold; every receipt is verified and saved locally.
+ */
+export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult> {
+  const client = connectFederation(options.connect);
+  let publisher: AuditPublisher | undefined;
+  try {
+    const status = await client.getJob(options.jobId);
+    // A closed job accepts nothing new, but an agent whose statistics were committed (its run was cut off,
+    // or the coordinator committed them while recovering) still collects its receipts from it.
+    const closed = status.state === 'done' || status.state === 'failed' || status.state === 'solving';
+    const closedError = (): GramfuseError =>
+      new GramfuseError(ErrorCode.JobClosed, `job ${options.jobId} is ${status.state}; it accepts no more statistics`, {
+        facts: { job: options.jobId },
+      });
+    const spec = MergeSpec.parse(JSON.parse(status.mergeSpecJson));
+    const jobPolicy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
+    // The owner's word is final: the job's policy can only tighten the owner's.
+    const effective = combinePolicies(
+      options.ownerPolicy ?? ownerPolicy({ minRowsPerGroup: DisclosurePolicy.parse({}).minRowsPerGroup, minRowsGiven: false }),
+      jobPolicy,
+      status.fingerprint,
+    );
+    options.onPolicy?.(effective);
+    const policy = effective.policy;
+    const agentOptions: AgentOptions = { ...options, spec, policy, owner: client.identity, expectFingerprint: status.fingerprint };
+    const jobDir = join(options.workDir, options.jobId);
+    const bundleDir = join(jobDir, 'bundle');
+    await mkdir(jobDir, { recursive: true });
+    let manifest: BundleManifest;
+    let reusedBundle = false;
+    let collectSeconds = 0;
+    let existing: Awaited<ReturnType<typeof readBundle>> | undefined;
+    try {
+      existing = await readBundle(bundleDir);
+    } catch (error) {
+      if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
+    }
+    if (
+      existing !== undefined &&
+      existing.manifest.plan.fingerprint === status.fingerprint &&
+      JSON.stringify(existing.manifest.plan.spec) === JSON.stringify(spec) &&
+      JSON.stringify(existing.manifest.plan.policy) === JSON.stringify(policy)
+    ) {
+      manifest = existing.manifest;
+      reusedBundle = true;
+      options.onPlan?.(manifest.plan, Number(manifest.settings.examples ?? 0));
+    } else {
+      if (closed) throw closedError();
+      const { plan, examples } = await planForOwner(agentOptions);
+      options.onPlan?.(plan, examples);
+      if (!options.yes) {
+        const approved =
+          options.approve === undefined
+            ? false
+            : await options.approve(`${plan.totals.statistics} statistics, ${plan.totals.bytes} bytes, to ${options.connect.address}`);
+        if (!approved) {
+          throw new GramfuseError(
+            ErrorCode.NotAuthorized,
+            'the owner did not approve the disclosure plan; nothing was computed or sent (read it with `gramfuse agent plan`, then rerun with --yes)',
+          );
+        }
+      }
+      const collectStarted = performance.now();
+      manifest = (
+        await collectBundle({
+          ...agentOptions,
+          out: bundleDir,
+          ...(options.onCollect === undefined ? {} : { onProgress: options.onCollect }),
+        })
+      ).manifest;
+      collectSeconds = (performance.now() - collectStarted) / 1000;
+    }
+    const uploadStarted = performance.now();
+    const ledger = await openAgentLedger(options.workDir, client.identity);
+    publisher =
+      options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
+    // The approval is recorded once per job. A bundle reused without a recorded approval (the agent stopped
+    // between collecting and recording, or the bundle was copied here) is approved again before anything is sent.
+    // What this job's earlier runs recorded: the approval, and the receipts already kept (read once).
+    const earlier = (await readLedgerRecords(ledger.path)).map((r) => r.record).filter((r) => r.job === options.jobId);
+    const approvalRecorded = earlier.some((r) => r.kind === 'plan.approved');
+    if (!approvalRecorded && reusedBundle && !options.yes) {
+      const approved =
+        options.approve === undefined
+          ? false
+          : await options.approve(
+              `${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}`,
+            );
+      if (!approved)
+        throw new GramfuseError(
+          ErrorCode.NotAuthorized,
+          'the owner did not approve the disclosure plan; nothing was sent (rerun with --yes to approve)',
+        );
+    }
+    if (!approvalRecorded) {
+      await ledger.append('plan.approved', options.jobId, {
+        coordinator: options.connect.address,
+        approvedBy: options.yes ? '--yes' : 'prompt',
+        fingerprint: manifest.plan.fingerprint,
+        spec: manifest.plan.spec,
+        policy: manifest.plan.policy,
+        totals: manifest.plan.totals,
+        statistics: manifest.plan.statistics.map((s) => ({
+          id: s.id,
+          shape: s.shape,
+          dtype: s.dtype,
+          bytes: s.bytes,
+          rows: s.rows ?? null,
+          sha256: s.sha256 ?? null,
+        })),
+      });
+    }
+    const file = await readFile(join(bundleDir, BUNDLE_TENSORS)).catch((error: unknown) => {
+      throw fileError(error, join(bundleDir, BUNDLE_TENSORS), 'reading the statistics bundle');
+    });
+    const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
+    const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    let sent = 0;
+    let chunksSent = 0;
+    let chunksSkipped = 0;
+    async function* chunks(
+      pending: readonly (typeof manifest.plan.statistics)[number][],
+      held: ReadonlyMap<string, { held: number[] }>,
+      total: number,
+    ): AsyncGenerator<federation.Chunk> {
+      for (const s of pending) {
+        const bytes = tensors.get(s.id)!.bytes;
+        const have = new Set(held.get(s.id)?.held ?? []);
+        for (let index = 0; index < chunkCount(bytes.byteLength, chunkBytes); index++) {
+          if (have.has(index)) continue;
+          const chunk = chunkAt(bytes, index, chunkBytes);
+          await options.onUpload?.(sent + chunk.data.byteLength, total);
+          sent += chunk.data.byteLength;
+          chunksSent++;
+          yield federation.Chunk.fromPartial({
+            ...chunk,
+            jobId: options.jobId,
+            statisticId: s.id,
+            dtype: s.dtype,
+            shape: s.shape.map(BigInt),
+            packing: s.packing,
+            offset: BigInt(chunk.offset),
+          });
+        }
+      }
+    }
+    // Join (idempotent) → what the coordinator holds → send the rest. A dropped link or an unavailable
+    // coordinator is retried with backoff and jitter; each retry asks again, so nothing committed is resent.
+    try {
+      await withRetries(
+        async () => {
+          const state = await client.join({
+            jobId: options.jobId,
+            fingerprint: status.fingerprint,
+            manifestJson: JSON.stringify(manifest),
+          });
+          const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
+          const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
+          if (pending.length > 0) {
+            const total = pending.reduce((sum, s) => sum + s.bytes, 0);
+            const reply = await client.upload(chunks(pending, held, total), 600);
+            chunksSkipped += reply.chunksSkipped;
+          }
+        },
+        {
+          address: options.connect.address,
+          ...(options.uploadAttempts === undefined ? {} : { attempts: options.uploadAttempts }),
+          ...(options.onRetry === undefined ? {} : { onRetry: options.onRetry }),
+        },
+      );
+    } catch (error) {
+      // Solving already: what was committed is what counts.
+      if (codedError(error).code !== ErrorCode.JobClosed) throw error;
+    }
+    // Every committed statistic's receipt comes with the coordinator's state, so receipts whose reply was
+    // lost (a cut link, a crash of either side) are recovered too; each is verified before it is kept.
+    const after = await client.uploadState(options.jobId);
+    const committedIds = new Set(after.statistics.filter((s) => s.committed).map((s) => s.statisticId));
+    const missing = manifest.plan.statistics.filter((s) => !committedIds.has(s.id)).map((s) => s.id);
+    if (missing.length > 0) {
+      if (closed || (await client.getJob(options.jobId)).state !== 'collecting') throw closedError();
+      throw new GramfuseError(
+        ErrorCode.Unavailable,
+        `${missing.length} statistics are not committed yet (${missing
+          .slice(0, 3)
+          .map((id) => `${id}: ${after.statistics.find((x) => x.statisticId === id)?.held.length ?? 0} chunks held`)
+          .join(', ')}); run the same command again to resume`,
+        { facts: { missing: missing.length } },
+      );
+    }
+    const receiptsPath = join(jobDir, 'receipts.jsonl');
+    // The agent's ledger says which receipts are already recorded (receipts.jsonl is a copy written after it).
+    const known = new Set(earlier.filter((r) => r.kind === 'receipt.issued').map((r) => String(r.facts.statistic)));
+    const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
+    const lines: string[] = [];
+    const records: Parameters<FileLedger['appendAll']>[0][number][] = [];
+    for (const r of after.statistics.flatMap((s) => (s.receipt === undefined || known.has(s.statisticId) ? [] : [s.receipt]))) {
+      const fields = receiptFields(r);
+      if (
+        !verifyFields({ ...fields }, r.signature, status.receiptPublicKey) ||
+        planned.get(r.statisticId)?.sha256 !== r.sha256 ||
+        r.owner !== client.identity
+      ) {
+        throw new GramfuseError(
+          ErrorCode.UploadInvalid,
+          `receipt for ${r.statisticId} does not verify against the coordinator's key and this bundle's digest`,
+          { facts: { statistic: r.statisticId } },
+        );
+      }
+      lines.push(`${JSON.stringify({ ...fields, signature: r.signature })}\n`);
+      records.push({
+        kind: 'receipt.issued',
+        job: options.jobId,
+        facts: {
+          coordinator: options.connect.address,
+          statistic: r.statisticId,
+          sha256: r.sha256,
+          bytes: Number(r.bytes),
+          committedAt: r.committedAt,
+          coordinatorSignature: r.signature,
+          coordinatorKey: status.receiptPublicKey,
+        },
+      });
+    }
+    // Receipts are verified all before any is kept; then recorded (one fsynced ledger write) and copied.
+    await ledger.appendAll(records);
+    if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
+    return {
+      owner: client.identity,
+      ledger: ledger.path,
+      bundle: bundleDir,
+      receiptsPath,
+      receipts: lines.length,
+      chunksSent,
+      chunksSkipped,
+      bytesSent: sent,
+      reusedBundle,
+      ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
+      seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
+      peakRssMb: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    client.close();
+    await publisher?.close();
+  }
+}

@@ -1,0 +1,230 @@
+// The federation gRPC client (DESIGN.md §7): connect over mTLS (or insecure loopback), typed calls with
+// deadlines, the one retry policy of retry.ts, streamed downloads verified against the coordinator's digest.
+import { createHash } from 'node:crypto';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { federation } from '../proto/index.js';
+import { ErrorCode, errorFromGrpc, GramfuseError, writeFileAtomic } from '../shared/index.js';
+import { certificateName } from '../shared/security/index.js';
+import { withRetries } from './retry.js';
+
+/** mTLS material of a client: the federation CA and its own certificate (whose subject is its identity). */
+export interface ClientTls {
+  readonly caPem: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+}
+
+export interface ConnectOptions {
+  readonly address: string;
+  readonly tls?: ClientTls;
+  /** Insecure loopback mode only: the identity to claim. */
+  readonly insecureIdentity?: string;
+  /** Deadline of each unary call. Default 30 s. */
+  readonly deadlineSeconds?: number;
+}
+
+export interface FederationClient {
+  readonly identity: string;
+  getJob(jobId: string): Promise<federation.JobStatus>;
+  createJob(specJson: string, template: Uint8Array | { readonly path: string }): Promise<federation.JobStatus>;
+  join(request: federation.JoinRequest): Promise<federation.UploadState>;
+  uploadState(jobId: string): Promise<federation.UploadState>;
+  upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number): Promise<federation.UploadReply>;
+  download(jobId: string, artifact: string): Promise<Buffer>;
+  /**
+   * Streams an artifact into `path`: written beside it, its SHA-256 checked against the coordinator's
+   * digest (and `expectedSha256` when given, e.g. the job status's `resultSha256`), fsynced, renamed into
+   * place. A mismatch leaves no file and is UPLOAD_INVALID. Returns the digest and size.
+   */
+  downloadTo(jobId: string, artifact: string, path: string, expectedSha256?: string): Promise<{ sha256: string; bytes: number }>;
+  reportEvaluation(report: federation.EvaluationReport): Promise<void>;
+  watch(jobId: string, onStatus: (status: federation.JobStatus) => void): Promise<federation.JobStatus>;
+  close(): void;
+}
+
+/** The host part of host:port ([v6]:port too). */
+function hostOf(address: string): string {
+  const at = address.lastIndexOf(':');
+  const host = at < 0 ? address : address.slice(0, at);
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
+export function connectFederation(options: ConnectOptions): FederationClient {
+  if (options.tls === undefined && !LOOPBACK.has(hostOf(options.address))) {
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `--insecure-loopback talks to 127.0.0.1, localhost or [::1] only, not ${options.address}: use mTLS (--tls-ca, --tls-cert, --tls-key) for any other address`,
+      { facts: { address: options.address } },
+    );
+  }
+  const retry = <T>(call: () => Promise<T>): Promise<T> => withRetries(call, { address: options.address });
+  const credentials =
+    options.tls === undefined
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem));
+  const identity = options.tls === undefined ? (options.insecureIdentity ?? '') : certificateName(options.tls.certPem);
+  const channelOptions = { 'grpc.max_receive_message_length': 5 * 1024 * 1024 };
+  const jobs = new federation.JobsClient(options.address, credentials, channelOptions);
+  const uploads = new federation.UploadsClient(options.address, credentials, channelOptions);
+  const results = new federation.ResultsClient(options.address, credentials, channelOptions);
+  const metadata = (): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    if (options.tls === undefined) m.set('x-gramfuse-identity', identity);
+    return m;
+  };
+  const deadline = (seconds = options.deadlineSeconds ?? 30): Date => new Date(Date.now() + seconds * 1000);
+  const unary = <Req, Res>(
+    fn: (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+    req: Req,
+  ): Promise<Res> =>
+    new Promise((resolve, reject) => {
+      fn(req, metadata(), { deadline: deadline() }, (error, response) => (error === null ? resolve(response) : reject(error)));
+    });
+  return {
+    identity,
+    getJob: (jobId) => retry(() => unary(jobs.get.bind(jobs), { jobId })),
+    createJob: (specJson, template) =>
+      retry(() =>
+        unary(
+          jobs.create.bind(jobs),
+          template instanceof Uint8Array
+            ? { specJson, templateOnnx: template, templatePath: '' }
+            : { specJson, templateOnnx: new Uint8Array(0), templatePath: template.path },
+        ),
+      ),
+    join: (request) => retry(() => unary(uploads.join.bind(uploads), request)),
+    uploadState: (jobId) => retry(() => unary(uploads.state.bind(uploads), { jobId })),
+    upload: (chunks, deadlineSeconds) =>
+      new Promise((resolve, reject) => {
+        const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) });
+        let reply: federation.UploadReply | undefined;
+        let sent = 0;
+        let acked = 0;
+        let stopped = false;
+        let wake: (() => void) | undefined;
+        const fail = (error: unknown): void => {
+          if (stopped) return;
+          stopped = true;
+          wake?.();
+          reject(error instanceof Error ? error : new Error(String(error)));
+        };
+        stream.on('data', (ack: federation.UploadAck) => {
+          if (ack.reply !== undefined) reply = ack.reply;
+          else acked++;
+          wake?.();
+        });
+        stream.on('error', fail);
+        stream.on('end', () => {
+          if (reply !== undefined) resolve(reply);
+          else
+            fail(new GramfuseError(ErrorCode.Unavailable, "the upload stream ended without the coordinator's reply; run again to resume"));
+        });
+        void (async () => {
+          try {
+            const iterator = chunks[Symbol.asyncIterator]();
+            for (;;) {
+              // At most one chunk unacknowledged (and the next one is not even produced before the ack): a dropped
+              // link or a coordinator crash loses only the chunk in flight.
+              while (sent - acked >= 1 && !stopped) await new Promise<void>((r) => (wake = r));
+              if (stopped) return;
+              const next = await iterator.next();
+              if (next.done === true) break;
+              stream.write(next.value);
+              sent++;
+            }
+            stream.end();
+          } catch (error) {
+            stream.cancel();
+            fail(error);
+          }
+        })();
+      }),
+    download: (jobId, artifact) =>
+      retry(async () => {
+        const parts: Buffer[] = [];
+        let received = 0;
+        await new Promise<void>((resolve, reject) => {
+          const stream = results.download({ jobId, artifact, offset: 0n }, metadata(), { deadline: deadline(600) });
+          stream.on('data', (chunk: federation.DownloadChunk) => {
+            parts.push(Buffer.from(chunk.data));
+            received += chunk.data.byteLength;
+          });
+          stream.on('error', reject);
+          stream.on('end', () => resolve());
+        });
+        return Buffer.concat(parts, received);
+      }),
+    downloadTo: (jobId, artifact, path, expectedSha256) =>
+      retry(async () => {
+        const hash = createHash('sha256');
+        let received = 0;
+        let announced = '';
+        let total = -1;
+        let digest = '';
+        const stream = results.download({ jobId, artifact, offset: 0n }, metadata(), { deadline: deadline(3600) });
+        async function* parts(): AsyncGenerator<Uint8Array> {
+          for await (const chunk of stream as AsyncIterable<federation.DownloadChunk>) {
+            if (BigInt(received) !== chunk.offset)
+              throw new GramfuseError(
+                ErrorCode.UploadInvalid,
+                `${artifact}: a chunk at offset ${chunk.offset} arrived, expected ${received}`,
+              );
+            announced = chunk.sha256;
+            total = Number(chunk.totalBytes);
+            hash.update(chunk.data);
+            received += chunk.data.byteLength;
+            yield chunk.data;
+          }
+          digest = hash.digest('hex');
+          const expected = expectedSha256 ?? announced;
+          if (
+            (total >= 0 && received !== total) ||
+            (announced !== '' && digest !== announced) ||
+            (expected !== '' && digest !== expected)
+          ) {
+            throw new GramfuseError(
+              ErrorCode.UploadInvalid,
+              `${artifact} of job ${jobId}: received ${received} bytes with SHA-256 ${digest}, expected ${total} bytes with ${expected}; nothing was kept, download again`,
+              { facts: { job: jobId, artifact, sha256: digest, expected } },
+            );
+          }
+        }
+        try {
+          await writeFileAtomic(path, parts(), `writing the downloaded ${artifact}`);
+        } catch (error) {
+          const cause = (error as GramfuseError).cause;
+          if (cause instanceof GramfuseError) throw cause;
+          if (typeof (cause as { code?: unknown } | undefined)?.code === 'number') throw cause;
+          throw error;
+        }
+        return { sha256: digest, bytes: received };
+      }),
+    reportEvaluation: async (report) => {
+      await retry(() => unary(results.reportEvaluation.bind(results), report));
+    },
+    watch: (jobId, onStatus) =>
+      new Promise((resolve, reject) => {
+        let last: federation.JobStatus | undefined;
+        const stream = jobs.watch({ jobId }, metadata(), { deadline: deadline(3600) });
+        stream.on('data', (status: federation.JobStatus) => {
+          last = status;
+          onStatus(status);
+        });
+        stream.on('error', (error: grpc.ServiceError) => reject(errorFromGrpc(error, options.address)));
+        stream.on('end', () =>
+          last === undefined
+            ? reject(new GramfuseError(ErrorCode.Unavailable, `job ${jobId}: the watch ended without a status`))
+            : resolve(last),
+        );
+      }),
+    close: () => {
+      jobs.close();
+      uploads.close();
+      results.close();
+    },
+  };
+}

@@ -1,0 +1,3 @@
+/** client/: the federation gRPC client the agent, the CLI and the benchmarks use (never the coordinator). */
+export { type ClientTls, type ConnectOptions, connectFederation, type FederationClient } from './connect.js';
+export { backoffMs, codedError, isRetryable, type RetryPolicy, withRetries } from './retry.js';

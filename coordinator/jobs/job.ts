@@ -1,0 +1,56 @@
+// A job as the coordinator holds it: what is persisted (state.json), what is rebuilt in memory on restart.
+import type { JobSpec, JobState, Receipt } from '../../shared/federation/index.js';
+import type { BundleManifest } from '../../shared/merge/index.js';
+import type { ModelAnalysis } from '../../shared/onnx/index.js';
+
+export interface JobView {
+  readonly spec: JobSpec;
+  readonly state: JobState;
+  readonly fingerprint: string;
+  readonly completed: readonly string[];
+  readonly quorum: number;
+  readonly failure?: { readonly code: string; readonly message: string };
+  readonly result?: { readonly sha256: string; readonly bytes: number };
+  readonly receiptPublicKey: string;
+  /** The identity that created the job (absent for jobs created before it was recorded). */
+  readonly createdBy?: string;
+}
+
+export interface PersistedState {
+  state: JobState;
+  /** The identity that created the job: it may watch and download results too. */
+  createdBy?: string;
+  completed: string[];
+  failure?: { code: string; message: string };
+  result?: { sha256: string; bytes: number };
+  evaluations: { owner: string; examples: number; accuracy: number; macroF1: number; at: string }[];
+}
+
+export interface Job {
+  spec: JobSpec;
+  fingerprint: string;
+  analysis: ModelAnalysis;
+  persisted: PersistedState;
+  manifests: Map<string, BundleManifest>;
+  /** owner → statistic id → held chunk indices */
+  held: Map<string, Map<string, Set<number>>>;
+  committed: Map<string, Map<string, Receipt>>;
+  uploadedBytes: number;
+  /** owner → the group commit in progress (uploadState waits for it, so a resumed upload sees its result). */
+  committing: Map<string, Promise<unknown>>;
+}
+
+/** A job's in-memory record: what was loaded or created, with nothing uploaded yet. The template stays on disk. */
+export function newJob(spec: JobSpec, analysis: ModelAnalysis, persisted: PersistedState): Job {
+  return {
+    spec,
+    fingerprint: analysis.fingerprint,
+    analysis,
+    persisted,
+    manifests: new Map(),
+    held: new Map(),
+    committed: new Map(),
+    uploadedBytes: 0,
+    committing: new Map(),
+  };
+}

@@ -1,0 +1,4 @@
+/** coordinator/solve/: a job's solve (the one merge pipeline over committed statistics) behind a SolveExecutor. */
+export { type SolveExecutor, workerThreadExecutor } from './executor.js';
+export { Slots } from './slots.js';
+export { committedStatistics, runSolveJob, type SolveOutcome, type SolveProgress, type SolveRequest } from './solve-job.js';

@@ -1,0 +1,53 @@
+// The chunk codec, defined once: how the agent cuts a statistic into chunks and what the coordinator accepts.
+import { createHash } from 'node:crypto';
+
+/** One chunk of a statistic, as both sides see it (the wire message is converted at each edge). */
+export interface StatisticChunk {
+  readonly jobId: string;
+  readonly statisticId: string;
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  readonly packing: string;
+  /** 0-based; chunk `index` holds bytes [offset, offset + data.byteLength) of the statistic. */
+  readonly index: number;
+  readonly count: number;
+  readonly offset: number;
+  readonly data: Uint8Array;
+  /** SHA-256 of `data`, hex. */
+  readonly sha256: string;
+}
+
+/** The default and largest chunk (grpc-js receives 4 MiB by default). */
+export const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
+
+export const sha256Hex = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+
+/** How many chunks of `chunkBytes` a statistic of `bytes` is cut into (an empty statistic is one empty chunk). */
+export const chunkCount = (bytes: number, chunkBytes: number): number => Math.max(1, Math.ceil(bytes / chunkBytes));
+
+/** Chunk `index` of a statistic's bytes: its slice, offset and digest. */
+export function chunkAt(
+  bytes: Uint8Array,
+  index: number,
+  chunkBytes: number,
+): Pick<StatisticChunk, 'index' | 'count' | 'offset' | 'data' | 'sha256'> {
+  const data = bytes.subarray(index * chunkBytes, Math.min(bytes.byteLength, (index + 1) * chunkBytes));
+  return { index, count: chunkCount(bytes.byteLength, chunkBytes), offset: index * chunkBytes, data, sha256: sha256Hex(data) };
+}
+
+/**
+ * Why a chunk cannot belong to a statistic of `plannedBytes` under a job's `maxChunkBytes` (offsets and
+ * indices a remote party controls), or `undefined` when it fits. Its digest is checked separately.
+ */
+export function chunkBoundsProblem(
+  chunk: Pick<StatisticChunk, 'index' | 'count' | 'offset' | 'data'>,
+  plannedBytes: number,
+  maxChunkBytes: number,
+): string | undefined {
+  if (!Number.isSafeInteger(chunk.offset) || chunk.offset < 0) return `offset ${chunk.offset} is not a byte offset`;
+  if (chunk.count < 1 || chunk.index < 0 || chunk.index >= chunk.count) return `index ${chunk.index} of ${chunk.count} chunks`;
+  if (chunk.data.byteLength > maxChunkBytes) return `${chunk.data.byteLength} bytes, more than the job's ${maxChunkBytes} per chunk`;
+  if (chunk.offset + chunk.data.byteLength > plannedBytes)
+    return `bytes ${chunk.offset}..${chunk.offset + chunk.data.byteLength} do not fit the statistic's ${plannedBytes} bytes`;
+  return undefined;
+}
