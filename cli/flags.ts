@@ -94,3 +94,18 @@ export const CoordinatorLimitFlags = z.object({
   maxOpenJobsPerCreator: int(1),
   maxConcurrentSolves: int(1),
 });
+
+/** `agent run`: the owner's flags plus the upload's. */
+export const AgentRunFlags = AgentFlags.extend({
+  coordinator: z.string().min(1),
+  job: z.string().min(1),
+  workDir: z.string().min(1),
+  yes: z.boolean().default(false),
+  chunkBytes: int(1).max(4 * 1024 * 1024, 'must be at most 4194304 (4 MiB, what the coordinator accepts)'),
+  nats: z.string().min(1).optional(),
+  uploadAttempts: int(1),
+  progressJson: z.boolean().default(false),
+});
+
+/** A `--timeout <seconds>` flag (audit publish, job watch). */
+export const TimeoutFlags = z.object({ timeout: z.coerce.number().positive('must be a positive number of seconds') });

@@ -1,28 +1,27 @@
 import { createHash } from 'node:crypto';
-import { realpath, stat } from 'node:fs/promises';
-import { resolve as resolvePath, sep } from 'node:path';
 
 import { ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../../shared/index.js';
-import { FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
+import { FileLedger } from '../../shared/audit/index.js';
 import { type EventBus, InProcessBus, type JobEvent } from '../../shared/events/index.js';
-import {
-  chunkBoundsProblem,
-  type JobState,
-  parseJobSpec,
-  type Receipt,
-  type ReceiptFields,
-  type StatisticChunk,
-  statisticFile,
-} from '../../shared/federation/index.js';
-import type { BundleManifest } from '../../shared/merge/index.js';
+import { type JobState, parseJobSpec, type Receipt, type ReceiptFields, type StatisticChunk } from '../../shared/federation/index.js';
 import { analyzeModel, loadModel, saveModel } from '../../shared/onnx/index.js';
-import { signFields, type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
-import { admitManifest, checkJobBudget, type CommitBatch, commitRecords } from '../intake/index.js';
+import { type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
+import {
+  admitManifest,
+  allowedTemplatePath,
+  checkChunk,
+  checkJobBudget,
+  type CommitBatch,
+  commitRecords,
+  signReceipts,
+  storeChunk,
+} from '../intake/index.js';
 // auth.ts is a leaf (it imports only shared/): the facade authorizes every call in one place, the servicer too.
 import { authorize, type JobAccess } from '../server/auth.js';
 import { Slots, type SolveExecutor, type SolveRequest, workerThreadExecutor } from '../solve/index.js';
 import { FileStore } from '../store/index.js';
 import { checkTransition } from './lifecycle.js';
+import { ledgeredCommits, recoverOwners } from './recovery.js';
 import { type Job, type JobView, newJob, type PersistedState } from './job.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
@@ -94,7 +93,7 @@ export class Coordinator {
     this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
       this.log(line),
     );
-    const ledgered = await this.ledgeredCommits();
+    const ledgered = await ledgeredCommits(this.ledger);
     for (const id of await this.store.list(['jobs'])) {
       try {
         await this.loadJob(id, ledgered);
@@ -125,55 +124,7 @@ export class Coordinator {
     const spec = parseJobSpec(specValue, `job ${id}`);
     const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')), { probe: false });
     const job = newJob(spec, analysis, persisted);
-    const recovered = new Map<string, CommitBatch['entries']>();
-    for (const owner of await this.store.list(['jobs', id, 'owners'])) {
-      const ownerDir = ['jobs', id, 'owners', owner];
-      const manifest = await this.store.readJson<BundleManifest>([...ownerDir, 'manifest.json']);
-      if (manifest !== undefined) job.manifests.set(owner, manifest);
-      const committed = new Map<string, Receipt>();
-      for (const receipt of await this.readReceipts([...ownerDir, 'receipts.jsonl'])) {
-        committed.set(receipt.statisticId, receipt);
-        job.uploadedBytes += receipt.bytes;
-        // Receipts are the commit point; the ledger records come after them. A stop in between is mended here.
-        if (!ledgered.has(`${id}\u0000${owner}\u0000${receipt.statisticId}`)) {
-          const statistic = manifest?.plan.statistics.find((x) => x.id === receipt.statisticId);
-          if (statistic !== undefined) await this.ledger.appendAll(commitRecords(id, owner, statistic, receipt));
-        }
-      }
-      job.committed.set(owner, committed);
-      const held = new Map<string, Set<number>>();
-      const verified: CommitBatch['entries'] = [];
-      for (const s of manifest?.plan.statistics ?? []) {
-        if (committed.has(s.id)) continue;
-        // A statistic verified and moved into committed/ but stopped before its group commit: check it again and commit it.
-        const file = [...ownerDir, 'committed', `${statisticFile(s.id)}.bin`];
-        const digest = await this.store.sha256(file).catch(() => undefined);
-        if (digest !== undefined) {
-          if (digest.bytes === s.bytes && digest.sha256 === s.sha256) {
-            verified.push({ jobId: id, statistic: s, file });
-            continue;
-          }
-          await this.store.remove(file);
-        }
-        // Every chunk of it written but stopped before it was assembled: no chunk is left for the agent to send,
-        // so the statistic is checked and taken here.
-        const partial = [...ownerDir, 'partial', `${statisticFile(s.id)}.bin`];
-        const whole = await this.store.sha256(partial).catch(() => undefined);
-        if (whole !== undefined && whole.bytes === s.bytes && whole.sha256 === s.sha256) {
-          await this.store.rename(partial, file);
-          await this.store.remove([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]);
-          verified.push({ jobId: id, statistic: s, file });
-          continue;
-        }
-        const text = (await this.store.read([...ownerDir, 'partial', `${statisticFile(s.id)}.held`]))?.toString('utf8');
-        // Only whole lines count: a line cut by a crash names a chunk whose write may not have finished.
-        const indices = (text ?? '').split('\n').slice(0, -1).map(Number).filter(Number.isInteger);
-        if (indices.length > 0) held.set(s.id, new Set(indices));
-      }
-      job.held.set(owner, held);
-      // Only a job still collecting takes them; a closed job's result does not change.
-      if (verified.length > 0 && (persisted.state === 'open' || persisted.state === 'collecting')) recovered.set(owner, verified);
-    }
+    const recovered = await recoverOwners({ store: this.store, ledger: this.ledger, log: (line) => this.log(line) }, job, ledgered);
     this.jobs.set(id, job);
     for (const [owner, entries] of recovered) {
       this.log(`job ${id}: committing ${entries.length} statistics of ${owner} verified before the stop`);
@@ -194,30 +145,6 @@ export class Coordinator {
     if (retry) this.log(`job ${id}: its solve failed for lack of disk space; trying again`);
     if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum))
       void this.solve(id);
-  }
-
-  /** (job, owner, statistic) of every statistic.committed record in the coordinator's ledger. */
-  private async ledgeredCommits(): Promise<Set<string>> {
-    return new Set(
-      (await readLedgerRecords(this.ledger.path))
-        .map((r) => r.record)
-        .filter((r) => r.kind === 'statistic.committed')
-        .map((r) => `${r.job}\u0000${String(r.facts.owner)}\u0000${String(r.facts.statistic)}`),
-    );
-  }
-
-  /** An owner's receipt log; a last line cut short by a crash (no newline) was never a commit and is dropped. */
-  private async readReceipts(parts: string[]): Promise<Receipt[]> {
-    const text = (await this.store.read(parts))?.toString('utf8') ?? '';
-    const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-    if (complete !== text) {
-      this.log(`${parts.join('/')}: dropping a receipt line cut short by a stop`);
-      await this.store.write(parts, complete);
-    }
-    return complete
-      .split('\n')
-      .filter((line) => line.trim() !== '')
-      .map((line) => JSON.parse(line) as Receipt);
   }
 
   private job(id: string): Job {
@@ -311,7 +238,7 @@ export class Coordinator {
         `${identity} has ${open} open jobs on this coordinator, its limit (--max-open-jobs-per-creator ${maxOpen}); wait for one to finish`,
         { facts: { identity, open, limit: maxOpen } },
       );
-    if (typeof templateSource === 'string') templateSource = await this.allowedTemplatePath(templateSource);
+    if (typeof templateSource === 'string') templateSource = await allowedTemplatePath(templateSource, this.options.templateDirs ?? []);
     const template = await loadModel(templateSource);
     const analysis = await analyzeModel(template, { probe: false });
     if (spec.fingerprint !== undefined && spec.fingerprint !== analysis.fingerprint) {
@@ -349,39 +276,6 @@ export class Coordinator {
     });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
-  }
-
-  /**
-   * A template named by path must lie inside a directory the operator allowed (`templateDirs`), after
-   * symbolic links are resolved; the answer is the same whether or not the file exists, so the remote API
-   * can neither read nor probe anything else on this disk.
-   */
-  private async allowedTemplatePath(requested: string): Promise<string> {
-    const refuse = (): never => {
-      throw new GramfuseError(
-        ErrorCode.NotAuthorized,
-        `template path "${requested}" is not a file inside a template directory of this coordinator; send the template's bytes, or ask the operator to allow its directory (coordinator serve --template-dir)`,
-        { facts: { templatePath: requested } },
-      );
-    };
-    if (requested.includes('\0')) refuse();
-    for (const dir of this.options.templateDirs ?? []) {
-      let root: string;
-      try {
-        root = await realpath(dir);
-      } catch {
-        continue;
-      }
-      const candidate = resolvePath(root, requested);
-      if (!candidate.startsWith(`${root}${sep}`)) continue;
-      try {
-        const real = await realpath(candidate);
-        if (real.startsWith(`${root}${sep}`) && (await stat(real)).isFile()) return real;
-      } catch {
-        // absent: refused below like any other path outside
-      }
-    }
-    return refuse();
   }
 
   /** A job still collecting when its `deadlines.collect` passes fails with DEADLINE_EXCEEDED (and says who was missing). */
@@ -505,76 +399,9 @@ export class Coordinator {
     if (existing !== undefined) return { receipt: existing, skipped: true }; // idempotent replay
     if (batch.has(chunk.jobId, chunk.statisticId)) return { skipped: true };
     this.accepting(job);
-    const manifest = job.manifests.get(identity);
-    if (manifest === undefined)
-      throw new GramfuseError(ErrorCode.UploadInvalid, `${identity} must join job ${chunk.jobId} (send its manifest) before uploading`, {
-        facts: { identity },
-      });
-    const planned = manifest.plan.statistics.find((s) => s.id === chunk.statisticId);
-    if (planned === undefined)
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `statistic ${chunk.statisticId} is not in ${identity}'s manifest (nor the template)`,
-        { facts: { statistic: chunk.statisticId } },
-      );
-    if (planned.dtype !== chunk.dtype || planned.shape.join(',') !== chunk.shape.join(',')) {
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `chunk of ${chunk.statisticId}: ${chunk.dtype}[${chunk.shape.join(', ')}] disagrees with the manifest's ${planned.dtype}[${planned.shape.join(', ')}]`,
-        { facts: { statistic: chunk.statisticId } },
-      );
-    }
-    const problem = chunkBoundsProblem(chunk, planned.bytes, job.spec.limits.maxChunkBytes);
-    if (problem !== undefined) {
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `chunk ${chunk.index}/${chunk.count} of ${chunk.statisticId}: ${problem}; it was not stored`,
-        { facts: { statistic: chunk.statisticId } },
-      );
-    }
-    if (sha256(chunk.data) !== chunk.sha256) {
-      throw new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `chunk ${chunk.index} of ${chunk.statisticId} fails its SHA-256 check; it was not stored (resend it)`,
-        { facts: { statistic: chunk.statisticId, index: chunk.index } },
-      );
-    }
-    const owner = ['jobs', chunk.jobId, 'owners', identity];
-    const name = statisticFile(chunk.statisticId);
-    const committedFile = [...owner, 'committed', `${name}.bin`];
-    const held = job.held.get(identity)!;
-    const mismatch = (): GramfuseError =>
-      new GramfuseError(
-        ErrorCode.UploadInvalid,
-        `statistic ${chunk.statisticId} assembled from ${chunk.count} chunks does not match its manifest digest; its chunks were discarded (resend)`,
-        { facts: { statistic: chunk.statisticId } },
-      );
-    if (chunk.count === 1) {
-      // A one-chunk statistic is checked in memory and written once, without fsync: the group commit syncs it.
-      if (chunk.data.byteLength !== planned.bytes || sha256(chunk.data) !== planned.sha256) throw mismatch();
-      await this.store.write(committedFile, chunk.data, false);
-      failpoint('chunk.written');
-    } else {
-      // Chunks go straight to their offsets of one file; `.held` lists the chunks written (no fsync: the
-      // statistic's digest is checked when the last chunk arrives, so a torn chunk is found, not used).
-      await this.store.writeAt([...owner, 'partial', `${name}.bin`], chunk.offset, chunk.data);
-      await this.store.appendLines([...owner, 'partial', `${name}.held`], [String(chunk.index)], false);
-      let indices = held.get(chunk.statisticId);
-      if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
-      indices.add(chunk.index);
-      failpoint('chunk.written');
-      if (indices.size < chunk.count) return { skipped: false };
-      const whole = await this.store.sha256([...owner, 'partial', `${name}.bin`]);
-      if (whole.bytes !== planned.bytes || whole.sha256 !== planned.sha256) {
-        await this.store.remove([...owner, 'partial', `${name}.bin`]);
-        await this.store.remove([...owner, 'partial', `${name}.held`]);
-        held.delete(chunk.statisticId);
-        throw mismatch();
-      }
-      await this.store.rename([...owner, 'partial', `${name}.bin`], committedFile);
-      await this.store.remove([...owner, 'partial', `${name}.held`]);
-      held.delete(chunk.statisticId);
-    }
+    const planned = checkChunk(identity, job.manifests.get(identity), chunk, job.spec.limits.maxChunkBytes);
+    const committedFile = await storeChunk(this.store, job.held.get(identity)!, identity, chunk, planned);
+    if (committedFile === undefined) return { skipped: false };
     failpoint('statistic.verified');
     batch.entries.push({ jobId: chunk.jobId, statistic: planned, file: committedFile });
     batch.bytes += planned.bytes;
@@ -602,18 +429,7 @@ export class Coordinator {
     const jobId = job.spec.id;
     await this.store.sync(entries.map((e) => e.file));
     failpoint('commit.synced');
-    const committedAt = new Date().toISOString();
-    const receipts = entries.map(({ statistic }) => {
-      const fields: ReceiptFields = {
-        jobId,
-        owner: identity,
-        statisticId: statistic.id,
-        sha256: statistic.sha256!,
-        bytes: statistic.bytes,
-        committedAt,
-      };
-      return { ...fields, signature: signFields({ ...fields }, this.keys.privateKeyPem) };
-    });
+    const receipts = signReceipts(jobId, identity, entries, this.keys);
     await this.store.appendLines(
       ['jobs', jobId, 'owners', identity, 'receipts.jsonl'],
       receipts.map((r) => JSON.stringify(r)),

@@ -1,3 +1,4 @@
+/** shared/events/: job control-plane events and the EventBus contract (in-process here; NATS in shared/nats). */
 export {
   checkEvent,
   type EventBus,

@@ -1,3 +1,4 @@
+/** shared/linalg/: the SPD solver contract (SpdSolver) and its onnxruntime float64 kernels; dense float64 references. */
 export { choleskyInPlace, frobenius, invertLower, matmul, packedLength, packUpper, referenceSolve, unpackSymmetric } from './dense.js';
 export {
   createOrtSolver,

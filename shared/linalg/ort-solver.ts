@@ -31,15 +31,16 @@ export interface SpdSolver {
 }
 
 export interface OrtSolverOptions {
-  /** Block size of the left-looking blocked Cholesky. Default 192. */
+  /** Block size of the left-looking blocked Cholesky. @default 192 */
   readonly blockSize?: number;
-  /** onnxruntime intra-op threads. Default: onnxruntime's choice (all cores). */
+  /** onnxruntime intra-op threads. @default onnxruntime's choice (all cores) */
   readonly threads?: number;
-  /** Jitter steps, relative to the mean diagonal, tried in order when A is not positive definite. */
+  /** Jitter steps, relative to the mean diagonal, tried in order when A is not positive definite. @default DEFAULT_JITTER_STEPS */
   readonly jitterSteps?: readonly number[];
   /**
    * onnxruntime's memory arena (default on). The coordinator turns it off: its peak memory is then about one
    * Gram group's working set instead of the largest buffers ever allocated, at some speed (docs/BENCHMARKS.md).
+   * @default true
    */
   readonly memoryArena?: boolean;
 }

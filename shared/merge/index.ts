@@ -1,3 +1,7 @@
+/**
+ * shared/merge/: the merge math (contributions, RegMean solve, baselines, TIES), the disclosure plan, bundles, and the
+ * one streamed merge pipeline over a StatisticSource that local mode, bundles and the coordinator all run.
+ */
 export {
   addContribution,
   type Aggregate,

@@ -1,3 +1,4 @@
+/** shared/onnx/: ONNX model I/O (streamed, external data), graph analysis, Gram instrumentation, onnxruntime sessions. */
 export { analyzeModel, headParameters, inspectReport, type InspectReport, type ModelAnalysis } from './analyze.js';
 export { formGramGroups, type GramGroup } from './gram-groups.js';
 export { indexGraph, type GraphIndex } from './graph-index.js';

@@ -1,0 +1,244 @@
+import { createInterface } from 'node:readline/promises';
+
+import type { Command } from 'commander';
+
+import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
+import type { TlsFlags } from '../federation-commands.js';
+import { packageVersion } from '../../shared/version.js';
+import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
+import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
+import { h, labelledData, labelledDataOptions, stdout, tlsOptions } from './common.js';
+
+export function registerAgentCommands(program: Command): void {
+  const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
+  /** The owner's flags; `agent run` takes the merge settings from the job, so only plan and collect offer them. */
+  const agentOptions = (command: Command, forJob = false): Command =>
+    (forJob
+      ? command
+      : command
+          .option('--owner <name>', 'owner name recorded in the plan (default: from the model path)')
+          .option('--method <name>', 'the merge method: regmean | average | task-arithmetic | ties', 'regmean')
+          .option('--alpha <a>', 'RegMean alpha', '0.9')
+          .option('--weighting <w>', 'weighting: equal | tokens', 'equal')
+          .option('--include-padding', 'count padding tokens in Grams')
+    )
+      .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
+      .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
+      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+      .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
+      .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
+      .option(
+        '--policy <file>',
+        "the owner's policy file (YAML or JSON: minRowsPerGroup, allowedLayers, expectFingerprint); combined with the flags and each job's policy, strictest wins",
+      )
+      .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
+      .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
+      .option('--max-examples <n>', 'a seeded random subset of at most n examples')
+      .option('--seed <n>', 'seed of that subset', '1')
+      .option('--batch-size <n>', 'examples per batch', '32')
+      .option('--max-length <n>', 'tokens per example', '128')
+      .option('--text-field <name>', 'field holding the text', 'text')
+      .option('--text-pair-field <name>', 'field holding the second text of a pair')
+      .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
+      .option('--threads <n>', 'onnxruntime threads')
+      .option('--json', 'print one JSON object');
+  /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
+  const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
+    h().ownerPolicy(
+      {
+        minRowsPerGroup: flags.minRows ?? h().DisclosurePolicy.parse({}).minRowsPerGroup,
+        minRowsGiven: flags.minRows !== undefined,
+        ...(flags.allowLayers === undefined
+          ? {}
+          : {
+              allowedLayers: flags.allowLayers
+                .split(',')
+                .map((l) => l.trim())
+                .filter((l) => l !== ''),
+            }),
+        ...(flags.expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint }),
+      },
+      flags.policy === undefined ? undefined : { path: flags.policy, policy: await h().readOwnerPolicyFile(flags.policy) },
+    );
+  const toAgentOptions = (flags: ReturnType<typeof AgentFlags.parse>, owner: OwnerPolicy): AgentOptions => ({
+    model: flags.model,
+    data: flags.data,
+    tokenizer: flags.tokenizer,
+    spec: h().MergeSpec.parse({
+      method: flags.method,
+      alpha: flags.alpha,
+      weighting: flags.weighting,
+      includePadding: flags.includePadding,
+    }),
+    dtype: flags.dtype,
+    policy: h().ownerOnly(owner).policy,
+    maxLength: flags.maxLength,
+    batchSize: flags.batchSize,
+    seed: flags.seed,
+    textField: flags.textField,
+    device: flags.device,
+    toolVersion: packageVersion(),
+    ...(flags.owner === undefined ? {} : { owner: flags.owner }),
+    ...(owner.expectFingerprint === undefined ? {} : { expectFingerprint: owner.expectFingerprint }),
+    ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+    ...(flags.textPairField === undefined ? {} : { textPairField: flags.textPairField }),
+    ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+  });
+
+  agentOptions(
+    agent.command('plan').description('Print every statistic that would leave this machine, before anything is computed'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(AgentFlags, raw);
+    const owner = await ownerPolicyOf(flags);
+    const { plan, examples } = await h().planForOwner(toAgentOptions(flags, owner));
+    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${h().formatPlan(plan, examples)}\n`);
+  });
+
+  agentOptions(
+    agent
+      .command('collect')
+      .description('Compute the statistics of the plan and write them as a verified bundle (statistics.safetensors + manifest.json)'),
+  )
+    .requiredOption('--out <dir>', 'the bundle directory to create (never overwritten)')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AgentFlags, raw);
+      const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
+      let deviceReason = '';
+      const { manifest, result } = await h().collectBundle({
+        ...toAgentOptions(flags, await ownerPolicyOf(flags)),
+        out: flags.out!,
+        onProgress: (p) => bar.update(p.examples, p.total),
+        onDevice: (reason) => (deviceReason = reason),
+      });
+      bar.stop();
+      if (flags.json) {
+        stdout(
+          `${JSON.stringify({ bundle: flags.out, device: result.device, seconds: result.seconds, examples: result.statistics.examples, tokens: result.statistics.tokens, plan: manifest.plan })}\n`,
+        );
+      } else {
+        stdout(
+          `${h().formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${h().formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
+        );
+      }
+    });
+
+  tlsOptions(
+    agentOptions(
+      agent
+        .command('run')
+        .description(
+          'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
+        ),
+      true,
+    )
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--job <id>', 'job id')
+      .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
+      .option('--yes', 'approve the disclosure plan without asking (automation)')
+      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
+      .option(
+        '--upload-attempts <n>',
+        'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
+        '5',
+      )
+      .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+  ).action(
+    async (
+      raw: Record<string, unknown> &
+        TlsFlags & {
+          coordinator: string;
+          job: string;
+          workDir: string;
+          yes?: boolean;
+          chunkBytes: string;
+          nats?: string;
+          uploadAttempts: string;
+          progressJson?: boolean;
+        },
+    ) => {
+      const flags = parseFlags(AgentRunFlags, raw);
+      const owner = await ownerPolicyOf(flags);
+      const base = toAgentOptions(flags, owner);
+      const show = progressEnabled(flags.json);
+      const collectBar = createProgressBar('collect', 'examples', show);
+      const uploadBar = createProgressBar('upload', 'bytes', show);
+      const progressLine = progressJsonWriter(flags.progressJson);
+      const result = await h().runAgent({
+        ...base,
+        connect: await h().connectOptions(raw.coordinator, raw),
+        jobId: flags.job,
+        workDir: flags.workDir,
+        yes: flags.yes,
+        chunkBytes: flags.chunkBytes,
+        ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+        uploadAttempts: flags.uploadAttempts,
+        onRetry: (attempt, error) => {
+          if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
+        },
+        ownerPolicy: owner,
+        onPolicy: (effective) => {
+          if (!flags.json) process.stderr.write(`${h().formatPolicySources(effective)}\n`);
+        },
+        onPlan: (plan, examples) => {
+          if (!flags.json) process.stderr.write(`${h().formatPlan(plan, examples)}\n\n`);
+        },
+        approve: async (summary) => {
+          if (!process.stdin.isTTY) return false;
+          const rl = createInterface({ input: process.stdin, output: process.stderr });
+          const answer = await rl.question(`Send ${summary}? [y/N] `);
+          rl.close();
+          return /^y(es)?$/i.test(answer.trim());
+        },
+        onCollect: (p) => {
+          collectBar.update(p.examples, p.total);
+          progressLine('collect', p.examples, p.total);
+        },
+        onUpload: (sent, total) => {
+          uploadBar.update(sent, total);
+          progressLine('upload', sent, total);
+        },
+      });
+      collectBar.stop();
+      uploadBar.stop();
+      stdout(
+        flags.json
+          ? `${JSON.stringify(result)}\n`
+          : `uploaded ${result.bytesSent} bytes in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
+      );
+    },
+  );
+
+  tlsOptions(
+    labelledDataOptions(
+      agent
+        .command('evaluate')
+        .description(
+          "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
+        ),
+      "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine",
+    )
+      .requiredOption('--coordinator <host:port>', 'coordinator address')
+      .requiredOption('--job <id>', 'job id')
+      .option('--work-dir <dir>', "this agent's work directory (as for agent run)", 'gramfuse-agent')
+      .option('--no-report', 'evaluate only; send nothing to the coordinator')
+      .option('--json', 'print one JSON object'),
+  ).action(async (raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; report: boolean }) => {
+    const flags = parseFlags(AgentEvaluateFlags, raw);
+    const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
+    const result = await h().evaluateForJob({
+      connect: await h().connectOptions(raw.coordinator, raw),
+      jobId: raw.job,
+      workDir: raw.workDir,
+      ...labelledData(flags),
+      report: raw.report,
+      onProgress: (p) => bar.update(p.examples, p.total),
+    });
+    bar.stop();
+    stdout(
+      flags.json
+        ? `${JSON.stringify(result)}\n`
+        : `job ${result.job}: merged model ${result.modelSha256.slice(0, 16)}… on ${result.examples} held-out examples of ${result.owner}: accuracy ${(result.accuracy * 100).toFixed(2)} %, macro-F1 ${(result.macroF1 * 100).toFixed(2)} %${result.reported ? ' (reported to the coordinator, recorded in both ledgers)' : ' (not reported)'}\n`,
+    );
+  });
+}

@@ -1,0 +1,60 @@
+import type { Command } from 'commander';
+
+import { ErrorCode, GramfuseError } from '../../shared/errors.js';
+import { parseFlags, TimeoutFlags } from '../flags.js';
+import { collect, h, stdout } from './common.js';
+
+export function registerAuditCommands(program: Command): void {
+  const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
+  audit
+    .command('verify')
+    .description(
+      "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
+    )
+    .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .option('--nats <url>', "instead: every writer's records in the GRAMFUSE_AUDIT JetStream stream")
+    .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
+    .action(async (raw: { ledger?: string; nats?: string; keys?: string[] }) => {
+      if ((raw.ledger === undefined) === (raw.nats === undefined))
+        throw new GramfuseError(ErrorCode.InvalidArgument, 'audit verify: give --ledger FILE or --nats URL (one of them)');
+      stdout(
+        `${raw.ledger !== undefined ? await h().auditVerify(raw.ledger, raw.keys) : await h().auditVerifyStream(raw.nats!, raw.keys)}\n`,
+      );
+    });
+  audit
+    .command('publish')
+    .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
+    .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
+    .requiredOption('--nats <url>', 'NATS with JetStream')
+    .option('--timeout <seconds>', 'give up after this long', '60')
+    .action(async (raw: { ledger: string; nats: string; timeout: string }) => {
+      stdout(`${await h().auditPublish(raw.ledger, raw.nats, parseFlags(TimeoutFlags, raw).timeout)}\n`);
+    });
+  audit
+    .command('reconcile')
+    .description("Show that an agent's and the coordinator's ledgers agree: every receipt matches a committed statistic, byte for byte")
+    .requiredOption('--agent-ledger <path>', "the agent's audit.jsonl")
+    .requiredOption('--coordinator-ledger <path>', "the coordinator's audit.jsonl")
+    .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
+    .option('--json', 'print one JSON object')
+    .action(async (raw: { agentLedger: string; coordinatorLedger: string; keys?: string[]; json?: boolean }) => {
+      const result = await h().auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
+      if (!result.agree)
+        throw new GramfuseError(
+          ErrorCode.AuditInvalid,
+          `the ledgers disagree on ${result.rows.filter((r) => r.status !== 'match').length} statistics`,
+        );
+    });
+  audit
+    .command('report')
+    .description('What left an owner, when, in which job, and which merged models used it')
+    .requiredOption('--ledger <path>', 'an audit ledger (coordinator or agent)')
+    .requiredOption('--owner <id>', 'owner identity')
+    .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
+    .option('--json', 'print one JSON object')
+    .action(async (raw: { ledger: string; owner: string; keys?: string[]; json?: boolean }) => {
+      const report = await h().auditReport(raw.ledger, raw.owner, raw.keys);
+      stdout(raw.json === true ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, raw.ledger)}\n`);
+    });
+}

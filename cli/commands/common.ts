@@ -1,0 +1,77 @@
+// What the command modules share: the heavy modules (loaded once a command runs, never for --help), stdout, and
+// the flag groups more than one command declares.
+import type { Command } from 'commander';
+
+import type { AgentEvaluateFlags } from '../flags.js';
+
+/**
+ * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
+ * `gramfuse <command> --help` load neither onnxruntime-node nor NATS.
+ */
+const loadCommandModules = async () => ({
+  ...(await import('../../agent/index.js')),
+  ...(await import('../../client/index.js')),
+  ...(await import('../../coordinator/index.js')),
+  ...(await import('../../shared/index.js')),
+  ...(await import('../../shared/merge/index.js')),
+  ...(await import('../audit-commands.js')),
+  ...(await import('../demo.js')),
+  ...(await import('../federation-commands.js')),
+  ...(await import('../inspect.js')),
+  ...(await import('../local-merge.js')),
+  ...(await import('../watch.js')),
+});
+let loaded: Awaited<ReturnType<typeof loadCommandModules>> | undefined;
+
+/** Loads the command modules (once). */
+export async function loadCommands(): Promise<void> {
+  loaded ??= await loadCommandModules();
+}
+
+/** The loaded command modules; only inside an action (after the preAction hook). */
+export function h(): Awaited<ReturnType<typeof loadCommandModules>> {
+  if (loaded === undefined) throw new Error('command modules used before a command ran');
+  return loaded;
+}
+
+export const stdout = (text: string): void => {
+  process.stdout.write(text);
+};
+
+/** A repeatable flag's values. */
+export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/** The labelled-data flags `eval` and `agent evaluate` share. */
+export const labelledDataOptions = (command: Command, data: string): Command =>
+  command
+    .requiredOption('--data <path>', data)
+    .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+    .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
+    .option('--max-examples <n>', 'evaluate a seeded random subset')
+    .option('--seed <n>', 'seed of that subset', '1')
+    .option('--max-length <n>', 'tokens per example', '128')
+    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--label-field <name>', 'field holding the label', 'label')
+    .option('--threads <n>', 'onnxruntime threads');
+/** Those flags, parsed, as evaluation options. */
+export const labelledData = (flags: ReturnType<typeof AgentEvaluateFlags.parse>) => ({
+  data: flags.data,
+  tokenizer: flags.tokenizer,
+  seed: flags.seed,
+  maxLength: flags.maxLength,
+  textField: flags.textField,
+  labelField: flags.labelField,
+  ...(flags.labels === undefined ? {} : { labels: flags.labels }),
+  ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+  ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+});
+
+/** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
+export const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {
+  command
+    .option('--tls-ca <path>', 'the federation CA certificate (PEM)')
+    .option('--tls-cert <path>', "this party's certificate (PEM); its subject is its identity")
+    .option('--tls-key <path>', "this party's private key (PEM, mode 0600)")
+    .option('--insecure-loopback', 'plain text on 127.0.0.1 only, for local experiments (says so in every log line)');
+  return role === 'client' ? command.option('--identity <name>', 'with --insecure-loopback: the identity to claim') : command;
+};

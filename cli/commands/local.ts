@@ -1,0 +1,118 @@
+import type { Command } from 'commander';
+import { Option } from 'commander';
+
+import { EvalFlags, MergeFlags, parseFlags } from '../flags.js';
+import { createProgressBar, progressEnabled } from '../progress.js';
+import { collect, h, labelledData, labelledDataOptions, stdout } from './common.js';
+
+export function registerLocalCommands(program: Command): void {
+  program
+    .command('inspect')
+    .description('Show the linear layers, Gram groups, row rules and fingerprint gramfuse finds in a model')
+    .argument('<model>', 'path to an .onnx file')
+    .addOption(new Option('--json', 'print one JSON object'))
+    .action(async (model: string, options: { json?: boolean }) => {
+      await h().inspectCommand(model, options, stdout);
+    });
+
+  program
+    .command('merge')
+    .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
+    .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
+    .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+    .option(
+      '--bundle <dir>',
+      'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
+      collect,
+    )
+    .option('--template <path>', 'the model whose graph the merged model takes (default: the first --model)')
+    .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
+    .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
+    .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
+    .option('--weighting <w>', 'equal (each owner counts the same) | tokens (weighted by rows)', 'equal')
+    .option('--include-padding', 'count padding tokens in Grams (the reference code does)')
+    .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
+    .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
+    .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
+    .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)')
+    .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
+    .option('--seed <n>', 'seed of that subset', '1')
+    .option('--batch-size <n>', 'examples per batch', '32')
+    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
+    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--threads <n>', 'onnxruntime threads')
+    .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
+    .option('--report <path>', 'where to write the merge report (JSON)')
+    .option('--json', 'print one JSON summary object and nothing else on stdout')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(MergeFlags, raw);
+      const spec = h().MergeSpec.parse({
+        method: flags.method,
+        alpha: flags.alpha,
+        weighting: flags.weighting,
+        includePadding: flags.includePadding,
+        tiesK: flags.tiesK,
+        ...(flags.lambda === undefined ? {} : { lambda: flags.lambda }),
+        ...(flags.head === undefined ? {} : { head: flags.head }),
+      });
+      const show = progressEnabled(flags.json);
+      const bars = new Map<string, ReturnType<typeof createProgressBar>>();
+      const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
+      const result = await h().runLocalMerge({
+        models: flags.model,
+        data: flags.data,
+        bundles: flags.bundle,
+        ...(flags.template === undefined ? {} : { template: flags.template }),
+        spec,
+        out: flags.out,
+        seed: flags.seed,
+        batchSize: flags.batchSize,
+        maxLength: flags.maxLength,
+        textField: flags.textField,
+        ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
+        ...(flags.base === undefined ? {} : { base: flags.base }),
+        ...(flags.report === undefined ? {} : { report: flags.report }),
+        ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
+        ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+        onCollect: (owner, p) => {
+          let bar = bars.get(owner);
+          if (bar === undefined) bars.set(owner, (bar = createProgressBar(`collect ${owner}`, 'examples', show)));
+          bar.update(p.examples, p.total);
+          if (p.examples === p.total) bar.stop();
+        },
+        onSolve: (done, total) => {
+          solveBar.update(done, total);
+          if (done === total) solveBar.stop();
+        },
+      });
+      stdout(flags.json ? `${JSON.stringify(result.report)}\n` : `${result.reportText}\n`);
+    });
+
+  labelledDataOptions(
+    program
+      .command('eval')
+      .description('Accuracy and macro-F1 of a model (or, with --ensemble, the logit average of several) on labelled data')
+      .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect),
+    'labelled data (.jsonl or .csv)',
+  )
+    .option('--ensemble', 'average the logits of all --model')
+    .option('--batch-size <n>', 'examples per batch', '64')
+    .option('--json', 'print one JSON object')
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(EvalFlags, raw);
+      const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
+      const result = await h().runEvaluation({
+        ...labelledData(flags),
+        models: flags.model,
+        ensemble: flags.ensemble,
+        batchSize: flags.batchSize,
+        onProgress: (p) => bar.update(p.examples, p.total),
+      });
+      bar.stop();
+      stdout(
+        flags.json
+          ? `${JSON.stringify(result)}\n`
+          : `examples ${result.examples}\naccuracy ${(result.accuracy * 100).toFixed(2)} %\nmacro-F1 ${(result.macroF1 * 100).toFixed(2)} %\n`,
+      );
+    });
+}
