@@ -149,7 +149,8 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   // Each owner's statistics go to a scratch directory beside the output, one owner in memory at a time; the
   // one merge pipeline (the coordinator's too) reads them back from there.
   const scratch = await StatisticDirectory.create(dirname(options.out));
-  const written = [options.out, safetensorsPath, reportPath];
+  // What this merge wrote (a failure removes these, and never a file it did not write).
+  const written: string[] = [];
   try {
     const owners: MergeReport['owners'][number][] = [];
     let collectSeconds = 0;
@@ -285,6 +286,7 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       ...(precomputed === undefined ? {} : { precomputed }),
       onProgress: (p) => {
         if (p.phase === 'solve' && p.layer !== undefined) options.onSolve?.(p.done, p.total, p.layer);
+        if (p.phase === 'write') written.push(p.done === 1 ? options.out : safetensorsPath);
       },
     });
     const { seconds } = outcome;
@@ -309,6 +311,7 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       outputs: { model: options.out, modelSha256: outcome.model.sha256, safetensors: safetensorsPath, report: reportPath },
     };
     await writeFileAtomic(reportPath, `${JSON.stringify(report, null, 2)}\n`, 'writing the merge report');
+    written.push(reportPath);
     return { report, reportText: formatMergeReport(report) };
   } catch (error) {
     // A merge that could not write all its outputs leaves none of them behind.

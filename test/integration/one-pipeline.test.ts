@@ -3,7 +3,7 @@
 // every baseline each mode offers (federated jobs: regmean and average; bundles: not TIES, which needs a
 // second round with each owner; local mode: all four).
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -166,4 +166,24 @@ describe('one merge pipeline for local mode, bundles and federation', () => {
       expect(sha(a.safetensors)).not.toBe(sha(average.safetensors));
     },
   );
+
+  it('a merge that fails leaves what was there before, and no scratch directory', { timeout: 120_000 }, async () => {
+    const dir = join(work, 'keep');
+    mkdirSync(dir, { recursive: true });
+    const out = join(dir, 'merged.onnx');
+    writeFileSync(out, 'an earlier merge');
+    // A bundle collected for `average` (the test above) cannot enter a RegMean merge: refused before anything is written.
+    await expect(
+      runLocalMerge({
+        models: [],
+        data: [],
+        bundles: [join(work, 'bundles-average', 'org0')],
+        template: exampleModel('org0'),
+        spec: MergeSpec.parse({}),
+        out,
+      }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    expect(readFileSync(out, 'utf8')).toBe('an earlier merge');
+    expect(readdirSync(dir)).toEqual(['merged.onnx']);
+  });
 });
