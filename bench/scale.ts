@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
@@ -62,7 +62,22 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
   const state = join(dir, `state-${agents}`);
   const coordinator = spawn(
     process.execPath,
-    [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--state', state, '--insecure-loopback', '--creators', 'creator', '--json'],
+    [
+      cli,
+      'coordinator',
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--state',
+      state,
+      '--insecure-loopback',
+      '--creators',
+      'creator',
+      // The template is named by path (the coordinator reads it from disk): its directory must be allowed.
+      '--template-dir',
+      dirname(model),
+      '--json',
+    ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
@@ -118,6 +133,9 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
         'float32',
         '--work-dir',
         join(dir, `agents-${agents}`, owner),
+        // The owner's own policy is final: a synthetic benchmark owner allows Grams of a single row.
+        '--min-rows',
+        '1',
         '--yes',
         '--json',
       ]);
