@@ -1,9 +1,14 @@
-import { createHash } from 'node:crypto';
-
 import { ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../../shared/index.js';
 import { FileLedger } from '../../shared/audit/index.js';
 import { type EventBus, InProcessBus, type JobEvent } from '../../shared/events/index.js';
-import { type JobState, parseJobSpec, type Receipt, type ReceiptFields, type StatisticChunk } from '../../shared/federation/index.js';
+import {
+  type JobState,
+  parseJobSpec,
+  type Receipt,
+  type ReceiptFields,
+  sha256Hex as sha256,
+  type StatisticChunk,
+} from '../../shared/federation/index.js';
 import { analyzeModel, loadModel, saveModel } from '../../shared/onnx/index.js';
 import { type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
 import {
@@ -27,8 +32,6 @@ import { type Job, type JobView, newJob, type PersistedState } from './job.js';
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
 export type ChunkIn = StatisticChunk;
 export type { Receipt, ReceiptFields };
-
-const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
 export interface CoordinatorOptions {
   /** Identities allowed to create jobs (`authorize`, job.create). @default [] (nobody: list them with --creators) */

@@ -10,7 +10,7 @@ import { AuditPublisher, NatsEventBus } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
-import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, withCodedDecoding } from './wire.js';
+import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, uploadStateToProto, withCodedDecoding } from './wire.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
 export interface ServerTls {
@@ -177,27 +177,11 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     join: unary<federation.JoinRequest, federation.UploadState>(async (call) => {
       const who = guard(call, 'job.upload', call.request.jobId);
       const held = await coordinator.join(who, call.request.jobId, call.request.fingerprint, call.request.manifestJson);
-      return {
-        jobId: call.request.jobId,
-        statistics: [...held].map(([statisticId, s]) => ({
-          statisticId,
-          held: s.held,
-          committed: s.committed,
-          ...(s.receipt === undefined ? {} : { receipt: receiptToProto(s.receipt) }),
-        })),
-      };
+      return uploadStateToProto(call.request.jobId, held);
     }),
     state: unary<federation.GetJobRequest, federation.UploadState>(async (call) => {
       const held = await coordinator.uploadState(guard(call, 'job.upload', call.request.jobId), call.request.jobId);
-      return {
-        jobId: call.request.jobId,
-        statistics: [...held].map(([statisticId, s]) => ({
-          statisticId,
-          held: s.held,
-          committed: s.committed,
-          ...(s.receipt === undefined ? {} : { receipt: receiptToProto(s.receipt) }),
-        })),
-      };
+      return uploadStateToProto(call.request.jobId, held);
     }),
     upload: (call: grpc.ServerDuplexStream<federation.Chunk, federation.UploadAck>) => {
       let failed = false;

@@ -105,3 +105,19 @@ export function decoded<T>(request: T): T {
 }
 
 /** Chunks received but not yet handled on one upload stream before the stream is paused, and cancelled. */
+
+/** What the coordinator holds of an owner's statistics (join and state answer alike), as the wire message. */
+export function uploadStateToProto(
+  jobId: string,
+  held: ReadonlyMap<string, { held: number[]; committed: boolean; receipt?: Receipt }>,
+): federation.UploadState {
+  return federation.UploadState.fromPartial({
+    jobId,
+    statistics: [...held].map(([statisticId, s]) => ({
+      statisticId,
+      held: s.held,
+      committed: s.committed,
+      ...(s.receipt === undefined ? {} : { receipt: receiptToProto(s.receipt) }),
+    })),
+  });
+}
