@@ -19,4 +19,4 @@ export {
   startCoordinatorServer,
 } from './server/index.js';
 export { type SolveExecutor, workerThreadExecutor } from './solve/index.js';
-export { FileStore } from './store/index.js';
+export { FileStore, type StatisticStore } from './store/index.js';

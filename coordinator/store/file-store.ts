@@ -3,13 +3,14 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 import { ErrorCode, fileError, GramfuseError, sha256OfFile, syncDirectory, writeAll, writeFileAtomic } from '../../shared/index.js';
+import type { StatisticStore } from './statistic-store.js';
 
 /**
  * The coordinator's durable state, as plain files under one directory (DESIGN.md §5). Every write goes to
  * a temporary file that is fsynced and renamed into place, so a crash leaves either the old or the new
  * file, never half of one.
  */
-export class FileStore {
+export class FileStore implements StatisticStore {
   constructor(readonly root: string) {}
 
   path(...parts: string[]): string {
