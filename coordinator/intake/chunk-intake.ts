@@ -4,7 +4,7 @@
 import { ErrorCode, GramfuseError, failpoint } from '../../shared/index.js';
 import { chunkBoundsProblem, sha256Hex as sha256, type StatisticChunk, statisticFile } from '../../shared/federation/index.js';
 import type { BundleManifest, PlannedStatistic } from '../../shared/merge/index.js';
-import type { FileStore } from '../store/index.js';
+import type { StatisticStore } from '../store/index.js';
 
 /** The planned statistic a chunk belongs to, after every check that needs no disk; throws UPLOAD_INVALID naming the problem. */
 export function checkChunk(
@@ -52,7 +52,7 @@ export function checkChunk(
  * batch to commit), or `undefined` while chunks are missing. `held`: statistic id → chunk indices held.
  */
 export async function storeChunk(
-  store: FileStore,
+  store: StatisticStore,
   held: Map<string, Set<number>>,
   identity: string,
   chunk: StatisticChunk,

@@ -1,33 +1,29 @@
-import { ErrorCode, GramfuseError, toGramfuseError, failpoint, sha256OfFile } from '../../shared/index.js';
+import { ErrorCode, GramfuseError, toGramfuseError, failpoint } from '../../shared/index.js';
 import { FileLedger } from '../../shared/audit/index.js';
 import { type EventBus, InProcessBus, type JobEvent } from '../../shared/events/index.js';
 import {
   type JobState,
-  parseJobSpec,
   type Receipt,
   type ReceiptFields,
   sha256Hex as sha256,
   type StatisticChunk,
 } from '../../shared/federation/index.js';
-import { analyzeModel, loadModel, saveModel } from '../../shared/onnx/index.js';
 import { type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
-import {
-  admitManifest,
-  allowedTemplatePath,
-  checkChunk,
-  checkJobBudget,
-  type CommitBatch,
-  commitRecords,
-  signReceipts,
-  storeChunk,
-} from '../intake/index.js';
+import { admitManifest, checkChunk, checkJobBudget, type CommitBatch, storeChunk } from '../intake/index.js';
 // auth.ts is a leaf (it imports only shared/): the facade authorizes every call in one place, the servicer too.
 import { authorize, type JobAccess } from '../server/auth.js';
-import { Slots, type SolveExecutor, type SolveRequest, workerThreadExecutor } from '../solve/index.js';
+import { Slots, type SolveExecutor, workerThreadExecutor } from '../solve/index.js';
 import { FileStore } from '../store/index.js';
+import { commitEntries } from './commit.js';
+import type { JobContext } from './context.js';
+import { prepareJob } from './creation.js';
+import { scheduleDeadline } from './deadline.js';
+import { evaluationProblems } from './evaluation.js';
 import { checkTransition } from './lifecycle.js';
-import { ledgeredCommits, recoverOwners } from './recovery.js';
-import { type Job, type JobView, newJob, type PersistedState } from './job.js';
+import { readJob, resumeJob } from './loading.js';
+import { ledgeredCommits } from './recovery.js';
+import { type Job, jobAccess, type JobView, jobView, newJob, type PersistedState } from './job.js';
+import { runSolve } from './solve-run.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
 export type ChunkIn = StatisticChunk;
@@ -90,6 +86,24 @@ export class Coordinator {
     this.options.log?.(line);
   }
 
+  private lent?: JobContext;
+  /** What the job pieces (commit, solve run) may use of the facade. */
+  private context(): JobContext {
+    this.lent ??= {
+      store: this.store,
+      ledger: this.ledger,
+      keys: this.keys,
+      log: (line) => this.log(line),
+      emit: (job, type, data) => this.emit(job, type, data),
+      persist: (id) => this.persist(id),
+      transition: (id, state) => this.transition(id, state),
+      fail: (id, error) => this.fail(id, error),
+      solve: (id) => this.solve(id),
+      scheduleDeadline: (id) => this.scheduleDeadline(id),
+    };
+    return this.lent;
+  }
+
   private async load(): Promise<void> {
     // The receipt signing key: 0600, refused when others can read it (KEY_FILE_EXPOSED).
     this.keys = await signingKeysAt(this.store.path('keys', 'receipts.json'), 'receipt signing key');
@@ -114,40 +128,12 @@ export class Coordinator {
     }
   }
 
-  /** Loads one job from the state directory, mending what a stop left half done. */
+  /** Loads one job from the state directory, mending what a stop left half done (jobs/loading.ts). */
   private async loadJob(id: string, ledgered: Set<string>): Promise<void> {
-    const specValue = await this.store.readJson(['jobs', id, 'spec.json']);
-    const persisted = await this.store.readJson<PersistedState>(['jobs', id, 'state.json']);
-    if (specValue === undefined || persisted === undefined) {
-      // A crash while the job was being created: it was never acknowledged, so nobody knows it exists.
-      this.log(`job ${id}: creation did not finish before a stop; removing its files`);
-      await this.store.remove(['jobs', id]);
-      return;
-    }
-    const spec = parseJobSpec(specValue, `job ${id}`);
-    const analysis = await analyzeModel(await loadModel(this.store.path('jobs', id, 'template.onnx')), { probe: false });
-    const job = newJob(spec, analysis, persisted);
-    const recovered = await recoverOwners({ store: this.store, ledger: this.ledger, log: (line) => this.log(line) }, job, ledgered);
-    this.jobs.set(id, job);
-    for (const [owner, entries] of recovered) {
-      this.log(`job ${id}: committing ${entries.length} statistics of ${owner} verified before the stop`);
-      await this.commitEntries(owner, job, entries);
-    }
-    // An owner whose last commit landed just before a stop may not be marked complete yet.
-    for (const [owner, manifest] of job.manifests) {
-      if (job.committed.get(owner)?.size === manifest.plan.statistics.length && !persisted.completed.includes(owner)) {
-        persisted.completed.push(owner);
-        await this.persist(id);
-      }
-    }
-    this.scheduleDeadline(id);
-    this.log(`loaded job ${id} (${persisted.state}, ${persisted.completed.length} owners complete)`);
-    const quorum = spec.quorum ?? spec.participants.length;
-    // A solve that failed for lack of disk space is tried again once the coordinator restarts (with space, one hopes).
-    const retry = persisted.state === 'failed' && persisted.failure?.code === ErrorCode.StorageFull && persisted.completed.length >= quorum;
-    if (retry) this.log(`job ${id}: its solve failed for lack of disk space; trying again`);
-    if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum))
-      void this.solve(id);
+    const loaded = await readJob(this.context(), id, ledgered);
+    if (loaded === undefined) return;
+    this.jobs.set(id, loaded.job);
+    await resumeJob(this.context(), loaded.job, loaded.recovered);
   }
 
   private job(id: string): Job {
@@ -160,28 +146,12 @@ export class Coordinator {
   }
 
   view(id: string): JobView {
-    const job = this.job(id);
-    return {
-      spec: job.spec,
-      state: job.persisted.state,
-      fingerprint: job.fingerprint,
-      completed: job.persisted.completed,
-      quorum: job.spec.quorum ?? job.spec.participants.length,
-      receiptPublicKey: this.keys.publicKeyPem,
-      ...(job.persisted.failure === undefined ? {} : { failure: job.persisted.failure }),
-      ...(job.persisted.result === undefined ? {} : { result: job.persisted.result }),
-      ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
-    };
+    return jobView(this.job(id), this.keys.publicKeyPem);
   }
 
   /** Who may do what on a job (for `authorize`); JOB_NOT_FOUND when there is no such job. */
   access(id: string): JobAccess {
-    const job = this.job(id);
-    return {
-      id,
-      participants: job.spec.participants,
-      ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
-    };
+    return jobAccess(this.job(id));
   }
 
   list(): JobView[] {
@@ -230,84 +200,27 @@ export class Coordinator {
 
   async createJob(identity: string, specValue: unknown, templateSource: Uint8Array | string): Promise<JobView> {
     authorize(identity, 'job.create', undefined, { creators: this.options.creators ?? [] });
-    const spec = parseJobSpec(specValue, 'job spec');
-    const open = [...this.jobs.values()].filter(
-      (j) => j.persisted.createdBy === identity && j.persisted.state !== 'done' && j.persisted.state !== 'failed' && j.spec.id !== spec.id,
-    ).length;
-    const maxOpen = this.options.maxOpenJobsPerCreator ?? 16;
-    if (open >= maxOpen)
-      throw new GramfuseError(
-        ErrorCode.ResourceExhausted,
-        `${identity} has ${open} open jobs on this coordinator, its limit (--max-open-jobs-per-creator ${maxOpen}); wait for one to finish`,
-        { facts: { identity, open, limit: maxOpen } },
-      );
-    if (typeof templateSource === 'string') templateSource = await allowedTemplatePath(templateSource, this.options.templateDirs ?? []);
-    const template = await loadModel(templateSource);
-    const analysis = await analyzeModel(template, { probe: false });
-    if (spec.fingerprint !== undefined && spec.fingerprint !== analysis.fingerprint) {
-      throw new GramfuseError(
-        ErrorCode.FingerprintMismatch,
-        `job spec fingerprint ${spec.fingerprint} is not the template's ${analysis.fingerprint}`,
-        { facts: { job: spec.id } },
-      );
-    }
-    const existing = this.jobs.get(spec.id);
-    if (existing !== undefined) {
-      if (JSON.stringify(existing.spec) === JSON.stringify(spec) && existing.fingerprint === analysis.fingerprint)
-        return this.view(spec.id);
-      throw new GramfuseError(
-        ErrorCode.InvalidArgument,
-        `job ${spec.id} already exists with a different spec or template; choose another id`,
-        { facts: { job: spec.id } },
-      );
-    }
-    // The job keeps its template with tensors in a side file (template.onnx.data): the coordinator then reads
-    // only the graph into memory, and the solve's writer reads one tensor at a time.
-    const templateSha256 = typeof templateSource === 'string' ? (await sha256OfFile(templateSource)).sha256 : sha256(templateSource);
-    await this.store.directory(['jobs', spec.id]);
-    await saveModel(template, this.store.path('jobs', spec.id, 'template.onnx'), { externalData: 'always' });
-    await this.store.write(['jobs', spec.id, 'spec.json'], JSON.stringify(spec, null, 2));
+    const prepared = await prepareJob(this.store, this.jobs, identity, specValue, templateSource, {
+      maxOpenJobsPerCreator: this.options.maxOpenJobsPerCreator ?? 16,
+      templateDirs: this.options.templateDirs ?? [],
+    });
+    if (prepared.kind === 'existing') return this.view(prepared.id);
+    const { spec, analysis, templateSha256 } = prepared;
     const persisted: PersistedState = { state: 'open', createdBy: identity, completed: [], evaluations: [] };
     this.jobs.set(spec.id, newJob(spec, analysis, persisted));
     await this.transition(spec.id, 'open');
     this.scheduleDeadline(spec.id);
-    await this.ledger.append('job.created', spec.id, {
-      createdBy: identity,
-      spec,
-      fingerprint: analysis.fingerprint,
-      templateSha256,
-    });
+    await this.ledger.append('job.created', spec.id, { createdBy: identity, spec, fingerprint: analysis.fingerprint, templateSha256 });
     this.log(`job ${spec.id} created by ${identity}: ${spec.participants.length} participants, ${spec.merge.method}`);
     return this.view(spec.id);
   }
 
-  /** A job still collecting when its `deadlines.collect` passes fails with DEADLINE_EXCEEDED (and says who was missing). */
   private scheduleDeadline(id: string): void {
-    const job = this.job(id);
-    const at = job.spec.deadlines.collect;
-    if (at === undefined || (job.persisted.state !== 'open' && job.persisted.state !== 'collecting')) return;
-    const check = (): void => {
-      const remaining = Date.parse(at) - Date.now();
-      if (remaining > 0) {
-        // setTimeout holds at most ~24.8 days; wait in steps.
-        setTimeout(check, Math.min(remaining, 2 ** 31 - 1)).unref();
-        return;
-      }
-      if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting') return;
-      const missing = job.spec.participants.filter((p) => !job.persisted.completed.includes(p));
-      void this.fail(
-        id,
-        new GramfuseError(
-          ErrorCode.DeadlineExceeded,
-          `job ${id}: the collection deadline ${at} passed with ${job.persisted.completed.length} of ${job.spec.quorum ?? job.spec.participants.length} owners complete (missing: ${missing.join(', ')})`,
-          { facts: { job: id, deadline: at } },
-        ),
-      );
-    };
-    check();
+    scheduleDeadline(this.job(id), (error) => this.fail(id, error));
   }
 
-  private async fail(id: string, error: GramfuseError): Promise<void> {
+  private async fail(id: string, cause: Error): Promise<void> {
+    const error = toGramfuseError(cause);
     const job = this.job(id);
     job.persisted.failure = { code: error.code, message: error.message };
     // Recorded first, so whoever sees the state change finds the record.
@@ -428,46 +341,15 @@ export class Coordinator {
     return work;
   }
 
-  private async commitEntries(identity: string, job: Job, entries: CommitBatch['entries']): Promise<Receipt[]> {
-    const jobId = job.spec.id;
-    await this.store.sync(entries.map((e) => e.file));
-    failpoint('commit.synced');
-    const receipts = signReceipts(jobId, identity, entries, this.keys);
-    await this.store.appendLines(
-      ['jobs', jobId, 'owners', identity, 'receipts.jsonl'],
-      receipts.map((r) => JSON.stringify(r)),
-      true,
-    );
-    failpoint('commit.receipts');
-    const committed = job.committed.get(identity)!;
-    for (const receipt of receipts) {
-      committed.set(receipt.statisticId, receipt);
-      job.uploadedBytes += receipt.bytes;
-    }
-    await this.ledger.appendAll(entries.flatMap(({ statistic }, i) => commitRecords(jobId, identity, statistic, receipts[i]!)));
-    failpoint('commit.recorded');
-    const total = job.manifests.get(identity)!.plan.statistics.length;
-    this.emit(jobId, 'upload', {
-      owner: identity,
-      committed: committed.size,
-      total,
-      bytes: [...committed.values()].reduce((sum, r) => sum + r.bytes, 0),
-    });
-    if (committed.size === total && !job.persisted.completed.includes(identity)) {
-      job.persisted.completed.push(identity);
-      const quorum = job.spec.quorum ?? job.spec.participants.length;
-      this.log(`job ${jobId}: ${identity} complete (${job.persisted.completed.length}/${quorum})`);
-      await this.persist(jobId);
-      if (job.persisted.completed.length >= quorum && job.persisted.state === 'collecting') void this.solve(jobId);
-    }
-    return receipts;
+  private commitEntries(identity: string, job: Job, entries: CommitBatch['entries']): Promise<Receipt[]> {
+    return commitEntries(this.context(), identity, job, entries);
   }
 
   /** Aggregates the committed statistics of the completed owners, solves, and writes the result. */
   solve(jobId: string): Promise<void> {
     const running = this.solving.get(jobId);
     if (running !== undefined) return running;
-    const promise = this.runSolve(jobId).finally(() => this.solving.delete(jobId));
+    const promise = runSolve(this.context(), this.job(jobId), this.executor, this.solveSlots).finally(() => this.solving.delete(jobId));
     this.solving.set(jobId, promise);
     return promise;
   }
@@ -475,55 +357,6 @@ export class Coordinator {
   /** Waits for solves in flight (a draining server must not stop mid-write). */
   async drain(): Promise<void> {
     await Promise.all([...this.solving.values()]);
-  }
-
-  private async runSolve(jobId: string): Promise<void> {
-    const job = this.job(jobId);
-    let releaseSlot = (): void => undefined;
-    try {
-      delete job.persisted.failure;
-      await this.transition(jobId, 'solving');
-      await this.solveSlots.acquire();
-      releaseSlot = () => this.solveSlots.release();
-      const owners = [...job.persisted.completed].sort();
-      const request: SolveRequest = {
-        stateDir: this.store.root,
-        jobId,
-        spec: job.spec.merge,
-        fingerprint: job.fingerprint,
-        analysis: job.analysis,
-        owners: owners.map((owner) => ({ owner, statistics: job.manifests.get(owner)!.plan.statistics })),
-      };
-      // By default in a worker thread: onnxruntime's run() blocks its thread, and gRPC must keep being served.
-      const outcome = await this.executor.solve(request, (progress) => this.emit(jobId, 'solve', { ...progress }));
-      failpoint('solve.finished');
-      job.persisted.result = { sha256: outcome.modelSha256, bytes: outcome.modelBytes };
-      await this.ledger.append('solve.done', jobId, {
-        owners: owners.map((owner) => ({
-          owner,
-          statistics: [...(job.committed.get(owner)?.values() ?? [])].map((r) => ({ id: r.statisticId, sha256: r.sha256 })),
-        })),
-        mergedModelSha256: outcome.modelSha256,
-        reportSha256: outcome.reportSha256,
-        method: job.spec.merge.method,
-      });
-      failpoint('solve.recorded');
-      await this.transition(jobId, 'done');
-      this.emit(jobId, 'result', {
-        sha256: outcome.modelSha256,
-        bytes: outcome.modelBytes,
-        artifacts: ['merged.onnx', 'merged.safetensors', 'report.json'],
-      });
-      const s = outcome.seconds;
-      this.log(
-        `job ${jobId}: solved (${s.solve.toFixed(2)} s solve, ${s.average.toFixed(2)} s average, ${s.write.toFixed(2)} s write` +
-          `${outcome.resumedGroups > 0 ? `, ${outcome.resumedGroups} groups resumed from disk` : ''}), merged model sha256 ${outcome.modelSha256.slice(0, 16)}…`,
-      );
-    } catch (error) {
-      await this.fail(jobId, toGramfuseError(error));
-    } finally {
-      releaseSlot();
-    }
   }
 
   /** A result artifact of a solved job. */
@@ -552,12 +385,7 @@ export class Coordinator {
           facts: { job: jobId },
         },
       );
-    const problems: string[] = [];
-    if (!Number.isSafeInteger(metrics.examples) || metrics.examples < 1)
-      problems.push(`examples must be a whole number ≥ 1 (got ${metrics.examples})`);
-    for (const key of ['accuracy', 'macroF1'] as const)
-      if (!Number.isFinite(metrics[key]) || metrics[key] < 0 || metrics[key] > 1)
-        problems.push(`${key} must be in [0, 1] (got ${metrics[key]})`);
+    const problems = evaluationProblems(metrics);
     if (problems.length > 0)
       throw new GramfuseError(ErrorCode.InvalidArgument, `evaluation report for job ${jobId}: ${problems.join('; ')}`, {
         facts: { job: jobId },
@@ -567,5 +395,3 @@ export class Coordinator {
     await this.ledger.append('evaluation.reported', jobId, { owner: identity, model: job.persisted.result.sha256, ...metrics });
   }
 }
-
-/** At most `size` holders at once; the others wait in arrival order. */

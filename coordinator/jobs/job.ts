@@ -2,6 +2,7 @@
 import type { JobSpec, JobState, Receipt } from '../../shared/federation/index.js';
 import type { BundleManifest } from '../../shared/merge/index.js';
 import type { ModelAnalysis } from '../../shared/onnx/index.js';
+import type { JobAccess } from '../server/auth.js';
 
 export interface JobView {
   readonly spec: JobSpec;
@@ -52,5 +53,29 @@ export function newJob(spec: JobSpec, analysis: ModelAnalysis, persisted: Persis
     committed: new Map(),
     uploadedBytes: 0,
     committing: new Map(),
+  };
+}
+
+/** What `job status` shows of a job. */
+export function jobView(job: Job, receiptPublicKey: string): JobView {
+  return {
+    spec: job.spec,
+    state: job.persisted.state,
+    fingerprint: job.fingerprint,
+    completed: job.persisted.completed,
+    quorum: job.spec.quorum ?? job.spec.participants.length,
+    receiptPublicKey,
+    ...(job.persisted.failure === undefined ? {} : { failure: job.persisted.failure }),
+    ...(job.persisted.result === undefined ? {} : { result: job.persisted.result }),
+    ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
+  };
+}
+
+/** Who may do what on a job, for `authorize`. */
+export function jobAccess(job: Job): JobAccess {
+  return {
+    id: job.spec.id,
+    participants: job.spec.participants,
+    ...(job.persisted.createdBy === undefined ? {} : { createdBy: job.persisted.createdBy }),
   };
 }

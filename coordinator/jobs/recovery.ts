@@ -5,11 +5,11 @@ import { readLedgerRecords, type FileLedger } from '../../shared/audit/index.js'
 import { type Receipt, statisticFile } from '../../shared/federation/index.js';
 import type { BundleManifest } from '../../shared/merge/index.js';
 import { type CommitBatch, commitRecords } from '../intake/index.js';
-import type { FileStore } from '../store/index.js';
+import type { StatisticStore } from '../store/index.js';
 import type { Job } from './job.js';
 
 export interface RecoveryContext {
-  readonly store: FileStore;
+  readonly store: StatisticStore;
   readonly ledger: FileLedger;
   readonly log: (line: string) => void;
 }

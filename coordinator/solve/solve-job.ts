@@ -18,7 +18,7 @@ import {
   type StatisticSource,
 } from '../../shared/merge/index.js';
 import { type ModelAnalysis } from '../../shared/onnx/index.js';
-import { FileStore } from '../store/index.js';
+import { FileStore, type StatisticStore } from '../store/index.js';
 
 export interface SolveRequest {
   readonly stateDir: string;
@@ -48,7 +48,7 @@ export interface SolveOutcome {
 }
 
 /** The owners' committed statistics in the coordinator's store, as the pipeline's StatisticSource. */
-export function committedStatistics(store: FileStore, request: SolveRequest): StatisticSource {
+export function committedStatistics(store: StatisticStore, request: SolveRequest): StatisticSource {
   const byOwner = new Map(request.owners.map((o) => [o.owner, new Map(o.statistics.map((s) => [s.id, s]))]));
   return {
     owners: request.owners.map((o) => o.owner),
