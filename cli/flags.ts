@@ -1,6 +1,7 @@
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError } from '../shared/errors.js';
+import { address, tls } from './federation-flags.js';
 
 /** Validates commander's options with zod and reports every problem at once, each with its flag. */
 export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
@@ -8,6 +9,7 @@ export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, u
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
     const key = String(issue.path[0] ?? '');
+    if (key === '') return issue.message; // a rule across flags (one of two, …) says which flags itself
     const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
     const value = raw[key];
     return `${flag}: ${issue.message}${value === undefined ? '' : ` (got ${JSON.stringify(value)})`}`;
@@ -84,20 +86,25 @@ export const AgentFlags = z.object({
   out: z.string().min(1).optional(),
 });
 
-export const AgentEvaluateFlags = z.object({
+/** Held-out labelled data and how to read it (eval, agent evaluate). */
+export const LabelledDataFlags = z.object({
   ...commonDataFlags,
   data: z.string().min(1, "name the owner's held-out data file"),
   labels: z.string().optional(),
 });
 
-export const CoordinatorLimitFlags = z.object({
-  maxOpenJobsPerCreator: int(1),
-  maxConcurrentSolves: int(1),
+export const AgentEvaluateFlags = LabelledDataFlags.extend({
+  ...tls,
+  coordinator: address,
+  job: z.string().min(1),
+  workDir: z.string().min(1),
+  report: z.boolean().default(true),
 });
 
 /** `agent run`: the owner's flags plus the upload's. */
 export const AgentRunFlags = AgentFlags.extend({
-  coordinator: z.string().min(1),
+  ...tls,
+  coordinator: address,
   job: z.string().min(1),
   workDir: z.string().min(1),
   yes: z.boolean().default(false),
@@ -106,6 +113,3 @@ export const AgentRunFlags = AgentFlags.extend({
   uploadAttempts: int(1),
   progressJson: z.boolean().default(false),
 });
-
-/** A `--timeout <seconds>` flag (audit publish, job watch). */
-export const TimeoutFlags = z.object({ timeout: z.coerce.number().positive('must be a positive number of seconds') });

@@ -3,45 +3,35 @@ import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
 
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
-import type { TlsFlags } from '../federation-commands.js';
 import { packageVersion } from '../../shared/version.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
-import { h, labelledData, labelledDataOptions, stdout, tlsOptions } from './common.js';
+import { collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout, tlsOptions } from './common.js';
 
 export function registerAgentCommands(program: Command): void {
   const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
   /** The owner's flags; `agent run` takes the merge settings from the job, so only plan and collect offer them. */
   const agentOptions = (command: Command, forJob = false): Command =>
-    (forJob
-      ? command
-      : command
-          .option('--owner <name>', 'owner name recorded in the plan (default: from the model path)')
-          .option('--method <name>', 'the merge method: regmean | average | task-arithmetic | ties', 'regmean')
-          .option('--alpha <a>', 'RegMean alpha', '0.9')
-          .option('--weighting <w>', 'weighting: equal | tokens', 'equal')
-          .option('--include-padding', 'count padding tokens in Grams')
-    )
-      .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
-      .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
-      .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
-      .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
-      .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
-      .option(
-        '--policy <file>',
-        "the owner's policy file (YAML or JSON: minRowsPerGroup, allowedLayers, expectFingerprint); combined with the flags and each job's policy, strictest wins",
+    collectionOptions(
+      (forJob
+        ? command
+        : mergeSpecOptions(command.option('--owner <name>', 'owner name recorded in the plan (default: from the model path)'))
       )
-      .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
-      .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
-      .option('--max-examples <n>', 'a seeded random subset of at most n examples')
-      .option('--seed <n>', 'seed of that subset', '1')
-      .option('--batch-size <n>', 'examples per batch', '32')
-      .option('--max-length <n>', 'tokens per example', '128')
-      .option('--text-field <name>', 'field holding the text', 'text')
-      .option('--text-pair-field <name>', 'field holding the second text of a pair')
-      .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
-      .option('--threads <n>', 'onnxruntime threads')
-      .option('--json', 'print one JSON object');
+        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
+        .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
+        .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+        .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
+        .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
+        .option(
+          '--policy <file>',
+          "the owner's policy file (YAML or JSON: minRowsPerGroup, allowedLayers, expectFingerprint); combined with the flags and each job's policy, strictest wins",
+        )
+        .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
+        .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
+        .option('--text-pair-field <name>', 'field holding the second text of a pair')
+        .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
+        .option('--json', 'print one JSON object'),
+    );
   /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
   const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
     h().ownerPolicy(
@@ -143,71 +133,57 @@ export function registerAgentCommands(program: Command): void {
         '5',
       )
       .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
-  ).action(
-    async (
-      raw: Record<string, unknown> &
-        TlsFlags & {
-          coordinator: string;
-          job: string;
-          workDir: string;
-          yes?: boolean;
-          chunkBytes: string;
-          nats?: string;
-          uploadAttempts: string;
-          progressJson?: boolean;
-        },
-    ) => {
-      const flags = parseFlags(AgentRunFlags, raw);
-      const owner = await ownerPolicyOf(flags);
-      const base = toAgentOptions(flags, owner);
-      const show = progressEnabled(flags.json);
-      const collectBar = createProgressBar('collect', 'examples', show);
-      const uploadBar = createProgressBar('upload', 'bytes', show);
-      const progressLine = progressJsonWriter(flags.progressJson);
-      const result = await h().runAgent({
-        ...base,
-        connect: await h().connectOptions(raw.coordinator, raw),
-        jobId: flags.job,
-        workDir: flags.workDir,
-        yes: flags.yes,
-        chunkBytes: flags.chunkBytes,
-        ...(flags.nats === undefined ? {} : { nats: flags.nats }),
-        uploadAttempts: flags.uploadAttempts,
-        onRetry: (attempt, error) => {
-          if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
-        },
-        ownerPolicy: owner,
-        onPolicy: (effective) => {
-          if (!flags.json) process.stderr.write(`${h().formatPolicySources(effective)}\n`);
-        },
-        onPlan: (plan, examples) => {
-          if (!flags.json) process.stderr.write(`${h().formatPlan(plan, examples)}\n\n`);
-        },
-        approve: async (summary) => {
-          if (!process.stdin.isTTY) return false;
-          const rl = createInterface({ input: process.stdin, output: process.stderr });
-          const answer = await rl.question(`Send ${summary}? [y/N] `);
-          rl.close();
-          return /^y(es)?$/i.test(answer.trim());
-        },
-        onCollect: (p) => {
-          collectBar.update(p.examples, p.total);
-          progressLine('collect', p.examples, p.total);
-        },
-        onUpload: (sent, total) => {
-          uploadBar.update(sent, total);
-          progressLine('upload', sent, total);
-        },
-      });
-      collectBar.stop();
-      uploadBar.stop();
-      stdout(
-        flags.json
-          ? `${JSON.stringify(result)}\n`
-          : `uploaded ${result.bytesSent} bytes in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
-      );
-    },
-  );
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(AgentRunFlags, raw);
+    const owner = await ownerPolicyOf(flags);
+    const base = toAgentOptions(flags, owner);
+    const show = progressEnabled(flags.json);
+    const collectBar = createProgressBar('collect', 'examples', show);
+    const uploadBar = createProgressBar('upload', 'bytes', show);
+    const progressLine = progressJsonWriter(flags.progressJson);
+    const result = await h().runAgent({
+      ...base,
+      connect: await h().connectOptions(flags.coordinator, flags),
+      jobId: flags.job,
+      workDir: flags.workDir,
+      yes: flags.yes,
+      chunkBytes: flags.chunkBytes,
+      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      uploadAttempts: flags.uploadAttempts,
+      onRetry: (attempt, error) => {
+        if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
+      },
+      ownerPolicy: owner,
+      onPolicy: (effective) => {
+        if (!flags.json) process.stderr.write(`${h().formatPolicySources(effective)}\n`);
+      },
+      onPlan: (plan, examples) => {
+        if (!flags.json) process.stderr.write(`${h().formatPlan(plan, examples)}\n\n`);
+      },
+      approve: async (summary) => {
+        if (!process.stdin.isTTY) return false;
+        const rl = createInterface({ input: process.stdin, output: process.stderr });
+        const answer = await rl.question(`Send ${summary}? [y/N] `);
+        rl.close();
+        return /^y(es)?$/i.test(answer.trim());
+      },
+      onCollect: (p) => {
+        collectBar.update(p.examples, p.total);
+        progressLine('collect', p.examples, p.total);
+      },
+      onUpload: (sent, total) => {
+        uploadBar.update(sent, total);
+        progressLine('upload', sent, total);
+      },
+    });
+    collectBar.stop();
+    uploadBar.stop();
+    stdout(
+      flags.json
+        ? `${JSON.stringify(result)}\n`
+        : `uploaded ${result.bytesSent} bytes in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
+    );
+  });
 
   tlsOptions(
     labelledDataOptions(
@@ -223,15 +199,15 @@ export function registerAgentCommands(program: Command): void {
       .option('--work-dir <dir>', "this agent's work directory (as for agent run)", 'gramfuse-agent')
       .option('--no-report', 'evaluate only; send nothing to the coordinator')
       .option('--json', 'print one JSON object'),
-  ).action(async (raw: Record<string, unknown> & TlsFlags & { coordinator: string; job: string; workDir: string; report: boolean }) => {
+  ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentEvaluateFlags, raw);
     const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
     const result = await h().evaluateForJob({
-      connect: await h().connectOptions(raw.coordinator, raw),
-      jobId: raw.job,
-      workDir: raw.workDir,
+      connect: await h().connectOptions(flags.coordinator, flags),
+      jobId: flags.job,
+      workDir: flags.workDir,
       ...labelledData(flags),
-      report: raw.report,
+      report: flags.report,
       onProgress: (p) => bar.update(p.examples, p.total),
     });
     bar.stop();

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 
 import { ErrorCode, GramfuseError } from '../../shared/errors.js';
-import { parseFlags, TimeoutFlags } from '../flags.js';
+import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags } from '../federation-flags.js';
+import { parseFlags } from '../flags.js';
 import { collect, h, stdout } from './common.js';
 
 export function registerAuditCommands(program: Command): void {
@@ -14,11 +15,10 @@ export function registerAuditCommands(program: Command): void {
     .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
     .option('--nats <url>', "instead: every writer's records in the GRAMFUSE_AUDIT JetStream stream")
     .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
-    .action(async (raw: { ledger?: string; nats?: string; keys?: string[] }) => {
-      if ((raw.ledger === undefined) === (raw.nats === undefined))
-        throw new GramfuseError(ErrorCode.InvalidArgument, 'audit verify: give --ledger FILE or --nats URL (one of them)');
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AuditVerifyFlags, raw);
       stdout(
-        `${raw.ledger !== undefined ? await h().auditVerify(raw.ledger, raw.keys) : await h().auditVerifyStream(raw.nats!, raw.keys)}\n`,
+        `${flags.ledger !== undefined ? await h().auditVerify(flags.ledger, flags.keys) : await h().auditVerifyStream(flags.nats!, flags.keys)}\n`,
       );
     });
   audit
@@ -27,8 +27,9 @@ export function registerAuditCommands(program: Command): void {
     .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
     .requiredOption('--nats <url>', 'NATS with JetStream')
     .option('--timeout <seconds>', 'give up after this long', '60')
-    .action(async (raw: { ledger: string; nats: string; timeout: string }) => {
-      stdout(`${await h().auditPublish(raw.ledger, raw.nats, parseFlags(TimeoutFlags, raw).timeout)}\n`);
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AuditPublishFlags, raw);
+      stdout(`${await h().auditPublish(flags.ledger, flags.nats, flags.timeout)}\n`);
     });
   audit
     .command('reconcile')
@@ -37,9 +38,10 @@ export function registerAuditCommands(program: Command): void {
     .requiredOption('--coordinator-ledger <path>', "the coordinator's audit.jsonl")
     .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
     .option('--json', 'print one JSON object')
-    .action(async (raw: { agentLedger: string; coordinatorLedger: string; keys?: string[]; json?: boolean }) => {
-      const result = await h().auditReconcile(raw.agentLedger, raw.coordinatorLedger, raw.keys);
-      stdout(raw.json === true ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AuditReconcileFlags, raw);
+      const result = await h().auditReconcile(flags.agentLedger, flags.coordinatorLedger, flags.keys);
+      stdout(flags.json ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
       if (!result.agree)
         throw new GramfuseError(
           ErrorCode.AuditInvalid,
@@ -53,8 +55,9 @@ export function registerAuditCommands(program: Command): void {
     .requiredOption('--owner <id>', 'owner identity')
     .option('--keys <pem>', 'trust only these public keys (repeatable)', collect)
     .option('--json', 'print one JSON object')
-    .action(async (raw: { ledger: string; owner: string; keys?: string[]; json?: boolean }) => {
-      const report = await h().auditReport(raw.ledger, raw.owner, raw.keys);
-      stdout(raw.json === true ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, raw.ledger)}\n`);
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(AuditReportFlags, raw);
+      const report = await h().auditReport(flags.ledger, flags.owner, flags.keys);
+      stdout(flags.json ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, flags.ledger)}\n`);
     });
 }

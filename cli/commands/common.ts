@@ -2,7 +2,9 @@
 // the flag groups more than one command declares.
 import type { Command } from 'commander';
 
-import type { AgentEvaluateFlags } from '../flags.js';
+import type { z } from 'zod';
+
+import type { LabelledDataFlags } from '../flags.js';
 
 /**
  * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
@@ -54,7 +56,7 @@ export const labelledDataOptions = (command: Command, data: string): Command =>
     .option('--label-field <name>', 'field holding the label', 'label')
     .option('--threads <n>', 'onnxruntime threads');
 /** Those flags, parsed, as evaluation options. */
-export const labelledData = (flags: ReturnType<typeof AgentEvaluateFlags.parse>) => ({
+export const labelledData = (flags: z.infer<typeof LabelledDataFlags>) => ({
   data: flags.data,
   tokenizer: flags.tokenizer,
   seed: flags.seed,
@@ -65,6 +67,24 @@ export const labelledData = (flags: ReturnType<typeof AgentEvaluateFlags.parse>)
   ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
   ...(flags.threads === undefined ? {} : { threads: flags.threads }),
 });
+
+/** The merge settings a local merge and an agent's plan/collect share (they must agree for a bundle to merge). */
+export const mergeSpecOptions = (command: Command): Command =>
+  command
+    .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
+    .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
+    .option('--weighting <w>', 'equal (each owner counts the same) | tokens (weighted by rows)', 'equal')
+    .option('--include-padding', 'count padding tokens in Grams (the reference code does)');
+
+/** How examples are read and batched: a local merge and an agent share these. */
+export const collectionOptions = (command: Command): Command =>
+  command
+    .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
+    .option('--seed <n>', 'seed of that subset', '1')
+    .option('--batch-size <n>', 'examples per batch', '32')
+    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
+    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--threads <n>', 'onnxruntime threads');
 
 /** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
 export const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {

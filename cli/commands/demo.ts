@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 
+import { DemoFlags } from '../federation-flags.js';
+import { parseFlags } from '../flags.js';
 import { h, stdout } from './common.js';
 
 export function registerDemoCommand(program: Command): void {
@@ -10,12 +12,13 @@ export function registerDemoCommand(program: Command): void {
     )
     .option('--out <dir>', 'keep everything in this directory (default: a new temp dir)')
     .option('--json', 'print one JSON object')
-    .action(async (raw: { out?: string; json?: boolean }) => {
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(DemoFlags, raw);
       const log = (line: string): void => {
-        if (raw.json !== true) process.stderr.write(`demo: ${line}\n`);
+        if (!flags.json) process.stderr.write(`demo: ${line}\n`);
       };
-      const result = await h().runDemo({ log, ...(raw.out === undefined ? {} : { out: raw.out }) });
-      if (raw.json === true) {
+      const result = await h().runDemo({ log, ...(flags.out === undefined ? {} : { out: flags.out }) });
+      if (flags.json) {
         stdout(`${JSON.stringify(result)}\n`);
         return;
       }

@@ -2,9 +2,17 @@ import { readFile } from 'node:fs/promises';
 
 import type { Command } from 'commander';
 
-import type { TlsFlags } from '../federation-commands.js';
 import { ErrorCode, fileError, GramfuseError } from '../../shared/errors.js';
-import { CoordinatorLimitFlags, parseFlags, TimeoutFlags } from '../flags.js';
+import {
+  CertsInitFlags,
+  CertsIssueFlags,
+  CoordinatorServeFlags,
+  JobCreateFlags,
+  JobDownloadFlags,
+  JobStatusFlags,
+  JobWatchFlags,
+} from '../federation-flags.js';
+import { parseFlags } from '../flags.js';
 import { collect, h, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
@@ -14,8 +22,9 @@ export function registerFederationCommands(program: Command): void {
     .description('Create the federation CA (ca.pem, ca-key.pem) in a directory')
     .requiredOption('--dir <dir>', 'where to write them')
     .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
-    .action(async (raw: { dir: string; name: string }) => {
-      stdout(`${(await h().certsInit(raw.dir, raw.name)).join('\n')}\n`);
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(CertsInitFlags, raw);
+      stdout(`${(await h().certsInit(flags.dir, flags.name)).join('\n')}\n`);
     });
   certs
     .command('issue')
@@ -25,8 +34,9 @@ export function registerFederationCommands(program: Command): void {
     .requiredOption('--dir <dir>', 'the CA directory (from certs init)')
     .requiredOption('--name <cn>', 'identity: the certificate subject common name')
     .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
-    .action(async (raw: { dir: string; name: string; host?: string[] }) => {
-      stdout(`${(await h().certsIssue(raw.dir, raw.name, raw.host ?? [])).join('\n')}\n`);
+    .action(async (raw: Record<string, unknown>) => {
+      const flags = parseFlags(CertsIssueFlags, raw);
+      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host)).join('\n')}\n`);
     });
 
   tlsOptions(
@@ -51,59 +61,37 @@ export function registerFederationCommands(program: Command): void {
       .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
       .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
     'server',
-  ).action(
-    async (
-      raw: TlsFlags & {
-        listen: string;
-        state: string;
-        creators?: string;
-        templateDir?: string[];
-        maxOpenJobsPerCreator: string;
-        maxConcurrentSolves: string;
-        nats?: string;
-        json?: boolean;
-      },
-    ) => {
-      const limits = parseFlags(CoordinatorLimitFlags, {
-        maxOpenJobsPerCreator: raw.maxOpenJobsPerCreator,
-        maxConcurrentSolves: raw.maxConcurrentSolves,
-      });
-      const insecure = raw.insecureLoopback === true;
-      const log = (line: string): void => {
-        process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
-      };
-      const server = await h().startCoordinatorServer({
-        stateDir: raw.state,
-        listen: raw.listen,
-        log,
-        ...(insecure ? { insecureLoopback: true } : { tls: await h().loadTls(raw) }),
-        ...(raw.creators === undefined
-          ? {}
-          : {
-              creators: raw.creators
-                .split(',')
-                .map((c) => c.trim())
-                .filter((c) => c !== ''),
-            }),
-        ...(raw.templateDir === undefined ? {} : { templateDirs: raw.templateDir }),
-        ...limits,
-        ...(raw.nats === undefined ? {} : { nats: raw.nats }),
-      });
-      const host = raw.listen.slice(0, raw.listen.lastIndexOf(':'));
-      stdout(
-        raw.json === true
-          ? `${JSON.stringify({ listening: `${host}:${server.port}`, port: server.port, tls: !insecure })}\n`
-          : `coordinator listening on ${host}:${server.port}${insecure ? ' (INSECURE LOOPBACK: no TLS)' : ' (mTLS)'}\n`,
-      );
-      await new Promise<void>((resolve) => {
-        const stop = (): void => resolve();
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      });
-      log('draining (hard stop in 10 s)');
-      await server.close(10_000);
-    },
-  );
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(CoordinatorServeFlags, raw);
+    const insecure = flags.insecureLoopback === true;
+    const log = (line: string): void => {
+      process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
+    };
+    const server = await h().startCoordinatorServer({
+      stateDir: flags.state,
+      listen: flags.listen,
+      log,
+      ...(insecure ? { insecureLoopback: true } : { tls: await h().loadTls(flags) }),
+      ...(flags.creators === undefined ? {} : { creators: flags.creators }),
+      ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
+      maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
+      maxConcurrentSolves: flags.maxConcurrentSolves,
+      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+    });
+    const host = flags.listen.slice(0, flags.listen.lastIndexOf(':'));
+    stdout(
+      flags.json
+        ? `${JSON.stringify({ listening: `${host}:${server.port}`, port: server.port, tls: !insecure })}\n`
+        : `coordinator listening on ${host}:${server.port}${insecure ? ' (INSECURE LOOPBACK: no TLS)' : ' (mTLS)'}\n`,
+    );
+    await new Promise<void>((resolve) => {
+      const stop = (): void => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    log('draining (hard stop in 10 s)');
+    await server.close(10_000);
+  });
 
   const job = program.command('job').description('Create and follow federated merge jobs');
   tlsOptions(
@@ -118,28 +106,27 @@ export function registerFederationCommands(program: Command): void {
         "--template names a file inside one of the coordinator's --template-dir directories (large models)",
       )
       .option('--json', 'print one JSON object'),
-  ).action(
-    async (raw: TlsFlags & { coordinator: string; spec: string; template: string; templateOnCoordinator?: boolean; json?: boolean }) => {
-      const client = h().connectFederation(await h().connectOptions(raw.coordinator, raw));
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(JobCreateFlags, raw);
+    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    try {
+      let specText: string;
       try {
-        let specText: string;
-        try {
-          specText = await readFile(raw.spec, 'utf8');
-        } catch (error) {
-          throw fileError(error, raw.spec, 'reading the job spec');
-        }
-        const template = raw.templateOnCoordinator === true ? { path: raw.template } : await readFile(raw.template);
-        const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, raw.spec)), template);
-        stdout(
-          raw.json === true
-            ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
-            : `job ${status.jobId}: ${status.state}, fingerprint ${status.fingerprint}, participants ${status.participants.join(', ')}\n`,
-        );
-      } finally {
-        client.close();
+        specText = await readFile(flags.spec, 'utf8');
+      } catch (error) {
+        throw fileError(error, flags.spec, 'reading the job spec');
       }
-    },
-  );
+      const template = flags.templateOnCoordinator ? { path: flags.template } : await readFile(flags.template);
+      const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, flags.spec)), template);
+      stdout(
+        flags.json
+          ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
+          : `job ${status.jobId}: ${status.state}, fingerprint ${status.fingerprint}, participants ${status.participants.join(', ')}\n`,
+      );
+    } finally {
+      client.close();
+    }
+  });
   tlsOptions(
     job
       .command('status')
@@ -147,8 +134,9 @@ export function registerFederationCommands(program: Command): void {
       .argument('<id>', 'job id')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .option('--json', 'print one JSON object'),
-  ).action(async (id: string, raw: TlsFlags & { coordinator: string; json?: boolean }) => {
-    const client = h().connectFederation(await h().connectOptions(raw.coordinator, raw));
+  ).action(async (id: string, raw: Record<string, unknown>) => {
+    const flags = parseFlags(JobStatusFlags, raw);
+    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       const s = await client.getJob(id);
       const view = {
@@ -162,7 +150,7 @@ export function registerFederationCommands(program: Command): void {
         failure: s.failureCode === '' ? null : { code: s.failureCode, message: s.failureMessage },
       };
       stdout(
-        raw.json === true
+        flags.json
           ? `${JSON.stringify(view)}\n`
           : `job ${view.job}: ${view.state}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}\n`,
       );
@@ -179,14 +167,13 @@ export function registerFederationCommands(program: Command): void {
       .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
       .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
       .option('--json', 'one JSON object per event'),
-  ).action(async (id: string, raw: TlsFlags & { nats?: string; coordinator?: string; timeout: string; json?: boolean }) => {
-    if ((raw.nats === undefined) === (raw.coordinator === undefined))
-      throw new GramfuseError(ErrorCode.InvalidArgument, 'job watch: give --nats URL or --coordinator HOST:PORT (one of them)');
+  ).action(async (id: string, raw: Record<string, unknown>) => {
+    const flags = parseFlags(JobWatchFlags, raw);
     const final = await h().watchJob(id, {
-      ...(raw.nats === undefined ? {} : { nats: raw.nats }),
-      ...(raw.coordinator === undefined ? {} : { connect: await h().connectOptions(raw.coordinator, raw) }),
-      timeoutSeconds: parseFlags(TimeoutFlags, { timeout: raw.timeout }).timeout,
-      onEvent: (event) => stdout(raw.json === true ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),
+      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
+      timeoutSeconds: flags.timeout,
+      onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),
     });
     if (final === 'failed') throw new GramfuseError(ErrorCode.JobClosed, `job ${id} failed (see the events above)`);
   });
@@ -198,17 +185,18 @@ export function registerFederationCommands(program: Command): void {
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--out <path>', 'where to write it')
       .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx'),
-  ).action(async (id: string, raw: TlsFlags & { coordinator: string; out: string; artifact: string }) => {
-    const client = h().connectFederation(await h().connectOptions(raw.coordinator, raw));
+  ).action(async (id: string, raw: Record<string, unknown>) => {
+    const flags = parseFlags(JobDownloadFlags, raw);
+    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       const status = await client.getJob(id);
       const { sha256, bytes } = await client.downloadTo(
         id,
-        raw.artifact,
-        raw.out,
-        raw.artifact === 'merged.onnx' ? status.resultSha256 : undefined,
+        flags.artifact,
+        flags.out,
+        flags.artifact === 'merged.onnx' ? status.resultSha256 : undefined,
       );
-      stdout(`${raw.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
+      stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
     } finally {
       client.close();
     }

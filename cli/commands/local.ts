@@ -3,7 +3,7 @@ import { Option } from 'commander';
 
 import { EvalFlags, MergeFlags, parseFlags } from '../flags.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
-import { collect, h, labelledData, labelledDataOptions, stdout } from './common.js';
+import { collect, collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
 
 export function registerLocalCommands(program: Command): void {
   program
@@ -15,32 +15,26 @@ export function registerLocalCommands(program: Command): void {
       await h().inspectCommand(model, options, stdout);
     });
 
-  program
-    .command('merge')
-    .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
-    .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
-    .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
-    .option(
-      '--bundle <dir>',
-      'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
-      collect,
-    )
-    .option('--template <path>', 'the model whose graph the merged model takes (default: the first --model)')
-    .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
-    .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
-    .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
-    .option('--weighting <w>', 'equal (each owner counts the same) | tokens (weighted by rows)', 'equal')
-    .option('--include-padding', 'count padding tokens in Grams (the reference code does)')
-    .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
-    .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
-    .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
-    .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)')
-    .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
-    .option('--seed <n>', 'seed of that subset', '1')
-    .option('--batch-size <n>', 'examples per batch', '32')
-    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--threads <n>', 'onnxruntime threads')
+  collectionOptions(
+    mergeSpecOptions(
+      program
+        .command('merge')
+        .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
+        .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
+        .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+        .option(
+          '--bundle <dir>',
+          'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
+          collect,
+        )
+        .option('--template <path>', 'the model whose graph the merged model takes (default: the first --model)')
+        .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
+        .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
+        .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
+        .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
+        .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)'),
+    ),
+  )
     .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
     .option('--report <path>', 'where to write the merge report (JSON)')
     .option('--json', 'print one JSON summary object and nothing else on stdout')

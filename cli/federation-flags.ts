@@ -1,0 +1,89 @@
+// Flags of the federation, certificate, audit and demo commands, each declared once (zod); cli/flags.ts holds the
+// local merge's and the agent's.
+import { z } from 'zod';
+
+const int = (min: number) => z.coerce.number().int('must be a whole number').min(min, `must be at least ${min}`);
+const path = z.string().min(1, 'name a file or directory');
+/** HOST:PORT, the host possibly a bracketed IPv6 address. */
+export const address = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be HOST:PORT (e.g. 127.0.0.1:7443)');
+const json = z.boolean().default(false);
+const keys = z.array(path).optional();
+
+/** --tls-ca/--tls-cert/--tls-key or --insecure-loopback (with --identity for a client). */
+export const tls = {
+  tlsCa: path.optional(),
+  tlsCert: path.optional(),
+  tlsKey: path.optional(),
+  insecureLoopback: z.boolean().optional(),
+  identity: z.string().min(1).optional(),
+};
+
+export const CertsInitFlags = z.object({ dir: path, name: z.string().min(1) });
+export const CertsIssueFlags = z.object({
+  dir: path,
+  name: z.string().min(1, 'name the identity'),
+  host: z.array(z.string().min(1)).default([]),
+});
+
+export const CoordinatorServeFlags = z.object({
+  ...tls,
+  listen: address,
+  state: path,
+  creators: z
+    .string()
+    .optional()
+    .transform((list) =>
+      list
+        ?.split(',')
+        .map((c) => c.trim())
+        .filter((c) => c !== ''),
+    ),
+  templateDir: z.array(path).optional(),
+  maxOpenJobsPerCreator: int(1),
+  maxConcurrentSolves: int(1),
+  nats: z.string().min(1).optional(),
+  json,
+});
+
+export const JobCreateFlags = z.object({
+  ...tls,
+  coordinator: address,
+  spec: path,
+  template: path,
+  templateOnCoordinator: z.boolean().default(false),
+  json,
+});
+export const JobStatusFlags = z.object({ ...tls, coordinator: address, json });
+export const JobWatchFlags = z
+  .object({
+    ...tls,
+    nats: z.string().min(1).optional(),
+    coordinator: address.optional(),
+    timeout: z.coerce.number().positive('must be a positive number of seconds'),
+    json,
+  })
+  .refine(
+    (f) => (f.nats === undefined) !== (f.coordinator === undefined),
+    'job watch: give --nats URL or --coordinator HOST:PORT (one of them)',
+  );
+export const JobDownloadFlags = z.object({
+  ...tls,
+  coordinator: address,
+  out: path,
+  artifact: z.enum(['merged.onnx', 'merged.safetensors', 'report.json'], {
+    message: 'must be merged.onnx, merged.safetensors or report.json',
+  }),
+});
+
+export const AuditVerifyFlags = z
+  .object({ ledger: path.optional(), nats: z.string().min(1).optional(), keys })
+  .refine((f) => (f.ledger === undefined) !== (f.nats === undefined), 'audit verify: give --ledger FILE or --nats URL (one of them)');
+export const AuditPublishFlags = z.object({
+  ledger: path,
+  nats: z.string().min(1),
+  timeout: z.coerce.number().positive('must be a positive number of seconds'),
+});
+export const AuditReconcileFlags = z.object({ agentLedger: path, coordinatorLedger: path, keys, json });
+export const AuditReportFlags = z.object({ ledger: path, owner: z.string().min(1), keys, json });
+
+export const DemoFlags = z.object({ out: path.optional(), json });
