@@ -11,10 +11,10 @@ import {
   writeBundle,
 } from '../shared/merge/index.js';
 import { type ModelAnalysis } from '../shared/onnx/index.js';
-import type { Progress } from './collect.js';
-import { readExamples } from './data-reader.js';
-import { loadTokenizer } from './tokenizer.js';
-import { analyzeInWorker, collectInWorker } from './worker-client.js';
+import type { Progress } from './collect/index.js';
+import { readExamples } from './collect/index.js';
+import { loadTokenizer } from './collect/index.js';
+import { analyzeInWorker, collectInWorker } from './collect/index.js';
 
 /** What `gramfuse agent plan|collect` take (validated by the CLI). */
 export interface AgentOptions {

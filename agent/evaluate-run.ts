@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { ErrorCode, GramfuseError } from '../shared/index.js';
-import type { Progress } from './collect.js';
+import type { Progress } from './collect/index.js';
 import { evaluateEach, type EvaluationResult } from './evaluate.js';
 import { connectFederation, type ConnectOptions } from '../client/index.js';
 import { openAgentLedger } from './run/index.js';

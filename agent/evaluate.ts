@@ -2,9 +2,9 @@ import { readFile } from 'node:fs/promises';
 
 import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
 import { loadModel, modelInputs, indexGraph, type OnnxModel } from '../shared/onnx/index.js';
-import { classificationMetrics, predictLogits, type Progress } from './collect.js';
-import { collectExamples, type Example } from './data-reader.js';
-import { loadTokenizer } from './tokenizer.js';
+import { classificationMetrics, predictLogits, type Progress } from './collect/index.js';
+import { collectExamples, type Example } from './collect/index.js';
+import { loadTokenizer } from './collect/index.js';
 
 export interface EvaluateOptions {
   /** One model, or several for `ensemble` (their logits are averaged). */

@@ -1,18 +1,30 @@
 /** agent/: what a data owner runs. The only entry other folders import. */
-export { buildFeeds, type InputRole, inputRoles } from './batches.js';
 export {
+  analyzeInWorker,
   type BatchOptions,
+  buildFeeds,
   classificationMetrics,
+  collectExamples,
   collectGramStatistics,
+  type CollectionRequest,
+  type CollectionResult,
+  collectInWorker,
   type CollectOptions,
+  type DataReaderOptions,
+  type Example,
+  type InputRole,
+  inputRoles,
   lengthBatches,
+  loadTokenizer,
   predictLogits,
   type Progress,
-} from './collect.js';
-export { collectExamples, type DataReaderOptions, type Example, readExamples, seededRandom } from './data-reader.js';
-export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
-export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
-export { analyzeInWorker, collectInWorker } from './worker-client.js';
+  readExamples,
+  runCollectionJob,
+  seededRandom,
+  type TextTokenizer,
+  type TextTokenizerOptions,
+  type TokenizedExample,
+} from './collect/index.js';
 export { evaluateEach, type EvaluateEachResult, type EvaluateOptions, type EvaluationResult, runEvaluation } from './evaluate.js';
 export { evaluateForJob, type EvaluateForJobOptions, type EvaluateForJobResult } from './evaluate-run.js';
 export {

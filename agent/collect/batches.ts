@@ -1,5 +1,5 @@
-import { ErrorCode, GramfuseError } from '../shared/index.js';
-import { type ModelInput, OrtTensor, type Tensor } from '../shared/onnx/index.js';
+import { ErrorCode, GramfuseError } from '../../shared/index.js';
+import { type ModelInput, OrtTensor, type Tensor } from '../../shared/onnx/index.js';
 import type { TokenizedExample } from './tokenizer.js';
 
 /** What each model input is fed with, decided from its name once per model. */

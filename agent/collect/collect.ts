@@ -1,4 +1,4 @@
-import { type GramStatistics } from '../shared/merge/index.js';
+import { type GramStatistics } from '../../shared/merge/index.js';
 import {
   createSession,
   instrumentGrams,
@@ -7,7 +7,7 @@ import {
   runSession,
   type SessionOptions,
   type Tensor,
-} from '../shared/onnx/index.js';
+} from '../../shared/onnx/index.js';
 import { buildFeeds, inputRoles } from './batches.js';
 import type { Example } from './data-reader.js';
 import type { TextTokenizer, TokenizedExample } from './tokenizer.js';

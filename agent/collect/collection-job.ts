@@ -1,5 +1,5 @@
-import { ErrorCode, GramfuseError } from '../shared/index.js';
-import { buildContribution, type Contribution, type GramStatistics, type MergeSpec } from '../shared/merge/index.js';
+import { ErrorCode, GramfuseError } from '../../shared/index.js';
+import { buildContribution, type Contribution, type GramStatistics, type MergeSpec } from '../../shared/merge/index.js';
 import {
   analyzeModel,
   type DeviceChoice,
@@ -8,7 +8,7 @@ import {
   type ModelAnalysis,
   resolveDevice,
   serializeModel,
-} from '../shared/onnx/index.js';
+} from '../../shared/onnx/index.js';
 import { collectGramStatistics, type Progress } from './collect.js';
 import { collectExamples, readExamples } from './data-reader.js';
 import { loadTokenizer } from './tokenizer.js';

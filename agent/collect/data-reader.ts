@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 
 import { parse } from 'csv-parse';
 
-import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
 
 /** One labelled (or unlabelled) example read from a data file. */
 export interface Example {

@@ -2,7 +2,7 @@
 // the thread that calls it; the main thread stays free for gRPC keepalives, NATS heartbeats and signals.
 import { parentPort } from 'node:worker_threads';
 
-import { toGramfuseError } from '../shared/index.js';
+import { toGramfuseError } from '../../shared/index.js';
 import { analyzeRequest, type CollectionRequest, runCollectionJob } from './collection-job.js';
 
 export type WorkerRequest =

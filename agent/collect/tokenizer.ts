@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 
 import * as hf from '@huggingface/tokenizers';
 
-import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
 
 /**
  * The part of @huggingface/tokenizers gramfuse uses. The package's own .d.ts files use extensionless

@@ -1,5 +1,5 @@
-import { callWorker } from '../shared/index.js';
-import { type ModelAnalysis } from '../shared/onnx/index.js';
+import { callWorker } from '../../shared/index.js';
+import { type ModelAnalysis } from '../../shared/onnx/index.js';
 import type { Progress } from './collect.js';
 import type { CollectionRequest, CollectionResult } from './collection-job.js';
 import type { WorkerRequest } from './inference-worker.js';

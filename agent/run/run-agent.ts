@@ -18,7 +18,7 @@ import {
 } from '../../shared/merge/index.js';
 import { AuditPublisher } from '../../shared/nats/index.js';
 import { verifyFields } from '../../shared/security/index.js';
-import type { Progress } from '../collect.js';
+import type { Progress } from '../collect/index.js';
 import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
 import { openAgentLedger } from './ledger.js';
