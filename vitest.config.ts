@@ -14,8 +14,12 @@ const needing = readdirSync(join(root, 'test'), { recursive: true, encoding: 'ut
   .filter((f) => readFileSync(join(root, f), 'utf8').startsWith('// @needs-fixtures'));
 if (!haveFixtures) {
   if (process.env.CI === 'true')
-    throw new Error(`CI: the full fixture set is missing at ${fixtures}; CI runs every test (put ../shared beside the repo, or set GRAMFUSE_FIXTURES)`);
-  console.log(`gramfuse tests: no fixture set at ${fixtures} (set GRAMFUSE_FIXTURES to its path): skipping the ${needing.length} test files that need it`);
+    throw new Error(
+      `CI: the full fixture set is missing at ${fixtures}; CI runs every test (put ../shared beside the repo, or set GRAMFUSE_FIXTURES)`,
+    );
+  console.log(
+    `gramfuse tests: no fixture set at ${fixtures} (set GRAMFUSE_FIXTURES to its path): skipping the ${needing.length} test files that need it`,
+  );
 }
 
 export default defineConfig({

@@ -60,7 +60,10 @@ const scaleVerdict =
         num(three.budgetMb),
         0,
       )} MB (3 × the largest Gram group in float64 + the model): ${[three, six]
-        .map((r) => `${String(r.agents)} agents ${fmt((100 * num(r.coordinatorPeakRssMb)) / num(r.budgetMb) - 100, 0)} % ${num(r.coordinatorPeakRssMb) <= num(r.budgetMb) ? 'under (met)' : 'over (missed)'}`)
+        .map(
+          (r) =>
+            `${String(r.agents)} agents ${fmt((100 * num(r.coordinatorPeakRssMb)) / num(r.budgetMb) - 100, 0)} % ${num(r.coordinatorPeakRssMb) <= num(r.budgetMb) ? 'under (met)' : 'over (missed)'}`,
+        )
         .join(', ')}.`;
 
 const text = `# Benchmarks
