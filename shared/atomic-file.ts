@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 
-import { fileError } from './errors.js';
+import { fileError, GramfuseError } from './errors.js';
 
 /**
  * Writes all of `data` (at `position`, or at the file's current position): a single write may write only
@@ -56,6 +56,8 @@ export async function writeFileAtomic(
     if (sync) await syncDirectory(dirname(path));
   } catch (error) {
     await rm(tmp, { force: true });
+    // A producer's own coded error (a policy refusal, a failed check) is the reason, not the file: it passes through.
+    if (error instanceof GramfuseError) throw error;
     throw fileError(error, path, what);
   }
 }
