@@ -1,13 +1,7 @@
 import { ErrorCode, GramfuseError, toGramfuseError, failpoint } from '../../shared/index.js';
 import { FileLedger } from '../../shared/audit/index.js';
 import { type EventBus, InProcessBus, type JobEvent } from '../../shared/events/index.js';
-import {
-  type JobState,
-  type Receipt,
-  type ReceiptFields,
-  sha256Hex as sha256,
-  type StatisticChunk,
-} from '../../shared/federation/index.js';
+import { type JobState, type Receipt, type ReceiptFields, type StatisticChunk } from '../../shared/federation/index.js';
 import { type SigningKeys, signingKeysAt } from '../../shared/security/index.js';
 import { admitManifest, checkChunk, checkJobBudget, type CommitBatch, storeChunk } from '../intake/index.js';
 // auth.ts is a leaf (it imports only shared/): the facade authorizes every call in one place, the servicer too.
@@ -359,8 +353,11 @@ export class Coordinator {
     await Promise.all([...this.solving.values()]);
   }
 
-  /** A result artifact of a solved job. */
-  async artifact(identity: string, jobId: string, name: string): Promise<Buffer> {
+  /**
+   * Where a solved job's result artifact lies, with its size and SHA-256 (read from the file a slice at a time):
+   * the servicer streams it from there, so results of any size (past 2 GiB too) are never held in memory.
+   */
+  async artifactFile(identity: string, jobId: string, name: string): Promise<{ path: string; sha256: string; bytes: number }> {
     const job = this.job(jobId);
     if (identity !== job.persisted.createdBy) this.participant(job, identity);
     if (job.persisted.state !== 'done')
@@ -369,9 +366,10 @@ export class Coordinator {
       });
     if (!['merged.onnx', 'merged.safetensors', 'report.json'].includes(name))
       throw new GramfuseError(ErrorCode.InvalidArgument, `no artifact ${name}; choose merged.onnx, merged.safetensors or report.json`);
-    const bytes = (await this.store.read(['jobs', jobId, 'result', name]))!;
-    await this.ledger.append('result.fetched', jobId, { by: identity, artifact: name, sha256: sha256(bytes), bytes: bytes.byteLength });
-    return bytes;
+    const file = ['jobs', jobId, 'result', name];
+    const { sha256, bytes } = await this.store.sha256(file);
+    await this.ledger.append('result.fetched', jobId, { by: identity, artifact: name, sha256, bytes });
+    return { path: this.store.path(...file), sha256, bytes };
   }
 
   async recordEvaluation(identity: string, jobId: string, metrics: { examples: number; accuracy: number; macroF1: number }): Promise<void> {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import type { PeerCertificate } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
@@ -288,21 +288,25 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       void (async () => {
         try {
           decoded(call.request);
-          const bytes = await coordinator.artifact(
+          const artifact = await coordinator.artifactFile(
             guard(call, 'result.read', call.request.jobId),
             call.request.jobId,
             call.request.artifact,
           );
-          const digest = createHash('sha256').update(bytes).digest('hex');
-          const chunk = 1024 * 1024;
-          for (let offset = Number(call.request.offset); offset < bytes.byteLength; offset += chunk) {
-            const ok = call.write({
-              offset: BigInt(offset),
-              data: bytes.subarray(offset, offset + chunk),
-              totalBytes: BigInt(bytes.byteLength),
-              sha256: digest,
-            });
-            if (!ok) await new Promise((resolve) => call.once('drain', resolve));
+          // Read a slice at a time as the stream drains: memory holds one chunk, whatever the artifact's size.
+          const file = await open(artifact.path, 'r');
+          try {
+            const chunk = 1024 * 1024;
+            for (let offset = Number(call.request.offset); offset < artifact.bytes; offset += chunk) {
+              const data = new Uint8Array(Math.min(chunk, artifact.bytes - offset));
+              const { bytesRead } = await file.read(data, 0, data.byteLength, offset);
+              if (bytesRead !== data.byteLength)
+                throw new GramfuseError(ErrorCode.Internal, `${artifact.path}: shorter than ${artifact.bytes} bytes`);
+              const ok = call.write({ offset: BigInt(offset), data, totalBytes: BigInt(artifact.bytes), sha256: artifact.sha256 });
+              if (!ok) await new Promise((resolve) => call.once('drain', resolve));
+            }
+          } finally {
+            await file.close();
           }
           call.end();
         } catch (error) {
