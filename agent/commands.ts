@@ -8,7 +8,9 @@ import {
   type DisclosurePolicy,
   type MergeSpec,
   planDisclosure,
-  writeBundle,
+  abandonBundle,
+  finishBundle,
+  startBundle,
 } from '../shared/merge/index.js';
 import { type ModelAnalysis } from '../shared/onnx/index.js';
 import type { Progress } from './collect/index.js';
@@ -36,6 +38,8 @@ export interface AgentOptions {
   readonly textPairField?: string;
   readonly device: 'auto' | 'cpu' | 'cuda';
   readonly threads?: number;
+  /** Bytes one collection pass's accumulators may take (agent/collect/passes.ts). @default half of the free memory */
+  readonly memoryBudget?: number;
   readonly toolVersion: string;
 }
 
@@ -80,50 +84,62 @@ export async function collectBundle(
   },
 ) {
   const { plan, analysis, usableExamples } = await planForOwner(options);
-  const result = await collectInWorker(
-    {
-      owner: plan.owner,
-      // The plan already analysed the model and counted the data: the worker need not again.
-      analysis,
-      examples: usableExamples,
-      modelPath: options.model,
-      dataPath: options.data,
-      tokenizerPath: options.tokenizer,
-      spec: options.spec,
-      maxLength: options.maxLength,
-      batchSize: options.batchSize,
-      seed: options.seed,
-      textField: options.textField,
-      device: options.device,
-      ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }),
-      ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
-      ...(options.threads === undefined ? {} : { threads: options.threads }),
-    },
-    options.onProgress,
-  );
-  options.onDevice?.(result.device.reason);
-  const checked = checkPolicyAfterCollection(plan, result.statistics.rows);
-  const manifest = await writeBundle(
-    options.out,
-    checked,
-    result.contribution,
-    {
-      model: options.model,
-      data: options.data,
-      tokenizer: options.tokenizer,
-      maxLength: options.maxLength,
-      batchSize: options.batchSize,
-      maxExamples: options.maxExamples ?? null,
-      seed: options.seed,
-      textField: options.textField,
-      device: result.device.device,
-      examples: result.statistics.examples,
-      tokens: result.statistics.tokens,
-      seconds: result.seconds,
-    },
-    options.toolVersion,
-  );
-  return { manifest, result };
+  const bundle = await startBundle(options.out);
+  try {
+    const result = await collectInWorker(
+      {
+        owner: plan.owner,
+        // The plan already analysed the model and counted the data: the worker need not again.
+        analysis,
+        examples: usableExamples,
+        plan,
+        statisticsPath: bundle.statisticsPath,
+        modelPath: options.model,
+        dataPath: options.data,
+        tokenizerPath: options.tokenizer,
+        spec: options.spec,
+        maxLength: options.maxLength,
+        batchSize: options.batchSize,
+        seed: options.seed,
+        textField: options.textField,
+        device: options.device,
+        ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }),
+        ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+        ...(options.threads === undefined ? {} : { threads: options.threads }),
+        ...(options.memoryBudget === undefined ? {} : { memoryBudget: options.memoryBudget }),
+      },
+      options.onProgress,
+    );
+    options.onDevice?.(result.device.reason);
+    const checked = checkPolicyAfterCollection(plan, result.statistics.rows);
+    const manifest = await finishBundle(
+      bundle,
+      checked,
+      result.sha256,
+      {
+        model: options.model,
+        data: options.data,
+        tokenizer: options.tokenizer,
+        maxLength: options.maxLength,
+        batchSize: options.batchSize,
+        maxExamples: options.maxExamples ?? null,
+        seed: options.seed,
+        textField: options.textField,
+        device: result.device.device,
+        examples: result.statistics.examples,
+        tokens: result.statistics.tokens,
+        passes: result.passes.length,
+        memoryBudget: result.memoryBudget,
+        peakRssBytes: result.peakRssBytes,
+        seconds: result.seconds,
+      },
+      options.toolVersion,
+    );
+    return { manifest, result };
+  } catch (error) {
+    await abandonBundle(bundle);
+    throw error;
+  }
 }
 
 /** The plan as a person reads it: one row per statistic, then totals and the policy. */

@@ -56,6 +56,9 @@ interface ScaleResult {
   /** Sampled coordinator RSS peaks per phase (job creation, uploads, solve and write). */
   coordinatorRssMbByPhase: Record<string, number>;
   agentPeakRssMb: number;
+  /** The agents' memory target: model + 1.5 × the largest collection pass + 500 MiB (the largest over agents). */
+  agentBudgetMb: number;
+  agentPasses: number;
 }
 
 async function federatedMerge(dir: string, model: string, agents: number, examples: number): Promise<ScaleResult> {
@@ -104,6 +107,8 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
     let upload = 0;
     let wireBytes = 0;
     let agentPeak = 0;
+    let agentBudget = 0;
+    let agentPasses = 0;
     memory.phase = 'uploads';
     for (const [i, owner] of owners.entries()) {
       if (i === owners.length - 1) memory.phase = 'last upload, solve, write';
@@ -140,7 +145,14 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
         '--json',
       ]);
       if (result.code !== 0) throw new Error(`agent ${owner} failed:\n${result.stderr}`);
-      const summary = JSON.parse(result.stdout) as { bytesSent: number; seconds: { collect: number; upload: number }; peakRssMb: number };
+      const summary = JSON.parse(result.stdout) as {
+        bytesSent: number;
+        seconds: { collect: number; upload: number };
+        peakRssMb: number;
+        memory?: { passes: number; memoryTargetMb: number };
+      };
+      agentBudget = Math.max(agentBudget, summary.memory?.memoryTargetMb ?? 0);
+      agentPasses = Math.max(agentPasses, summary.memory?.passes ?? 0);
       collect += summary.seconds.collect;
       upload += summary.seconds.upload;
       wireBytes += summary.bytesSent;
@@ -167,6 +179,8 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
       coordinatorPeakRssMb: coordinatorPeak,
       coordinatorRssMbByPhase: Object.fromEntries([...memory.peaks].map(([k, v]) => [k, Math.round(v)])),
       agentPeakRssMb: agentPeak,
+      agentBudgetMb: agentBudget,
+      agentPasses,
     };
   } finally {
     memory.stop();
@@ -200,6 +214,7 @@ export async function benchScale(context: BenchContext): Promise<void> {
         ffn: options.ffn,
         examplesPerAgent: examples,
         budgetMb: 3 * largestGramMb + modelBytes / 1024 ** 2,
+        coordinatorBudgetMb: 3 * largestGramMb + modelBytes / 1024 ** 2,
         ...r,
       });
     }
@@ -221,6 +236,8 @@ export async function benchScale(context: BenchContext): Promise<void> {
             'wire',
             'coordinator peak RSS MB',
             'agent peak RSS MB',
+            'agent target MB',
+            'passes',
           ],
           results.map((r) => [
             r.agents,
@@ -233,6 +250,8 @@ export async function benchScale(context: BenchContext): Promise<void> {
             formatBytes(r.wireBytes),
             r.coordinatorPeakRssMb.toFixed(0),
             r.agentPeakRssMb.toFixed(0),
+            r.agentBudgetMb.toFixed(0),
+            r.agentPasses,
           ]),
         ),
         `coordinator peak RSS, 6 agents / 3 agents: ${(six.coordinatorPeakRssMb / three.coordinatorPeakRssMb).toFixed(2)} (goal ≤ 1.1); ` +

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError } from '../shared/errors.js';
+import { parseByteSize } from '../shared/index.js';
 import { address, tls } from './federation-flags.js';
 
 /** Validates commander's options with zod and reports every problem at once, each with its flag. */
@@ -29,6 +30,11 @@ export const commonDataFlags = {
   textField: z.string().default('text'),
   labelField: z.string().default('label'),
   threads: int(1).optional(),
+  memoryBudget: z
+    .string()
+    .refine((text) => parseByteSize(text) !== undefined, 'must be a size such as 8GB, 512MiB or a number of bytes')
+    .transform((text) => parseByteSize(text)!)
+    .optional(),
   json: z.boolean().default(false),
 };
 

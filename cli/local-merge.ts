@@ -1,12 +1,11 @@
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
-import { collectInWorker, ownerFromModelPath, type Progress } from '../agent/index.js';
+import { collectInWorker, ownerFromModelPath, type Progress, writeStatistics } from '../agent/index.js';
 import { ensureDirectoryFor, ErrorCode, GramfuseError, packageVersion, writeFileAtomic } from '../shared/index.js';
 import { createOrtSolver } from '../shared/linalg/index.js';
 import { parseStatisticId } from '../shared/federation/index.js';
 import {
-  buildContribution,
   type Contribution,
   contributionTensors,
   defaultLambda,
@@ -19,7 +18,7 @@ import {
   type MergeSpec,
   needsBase,
   planDisclosure,
-  readBundle,
+  verifyBundle,
   runMergePipeline,
   StatisticDirectory,
   sumMaps,
@@ -60,6 +59,8 @@ export interface LocalMergeOptions {
   readonly maxLength?: number;
   readonly textField?: string;
   readonly threads?: number;
+  /** Bytes one collection pass's accumulators may take. @default half of the free memory */
+  readonly memoryBudget?: number;
   readonly onCollect?: (owner: string, progress: Progress) => void;
   readonly onSolve?: (done: number, total: number, layer: LayerDiagnostics) => void;
 }
@@ -159,29 +160,6 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       const owner = names[i]!;
       const dataPath = options.data[i];
       let collected: Awaited<ReturnType<typeof collectInWorker>> | undefined;
-      if (spec.method === 'regmean') {
-        // The agent's own collection job, in its worker thread: one implementation for both modes.
-        collected = await collectInWorker(
-          {
-            owner,
-            // The template's analysis serves every owner: their fingerprints were checked against it above.
-            analysis,
-            modelPath: options.models[i]!,
-            dataPath: dataPath!,
-            tokenizerPath: options.tokenizer!,
-            spec,
-            maxLength: options.maxLength ?? 128,
-            batchSize: options.batchSize ?? 32,
-            seed: options.seed ?? 1,
-            textField: options.textField ?? 'text',
-            device: 'cpu',
-            ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
-            ...(options.threads === undefined ? {} : { threads: options.threads }),
-          },
-          (p) => options.onCollect?.(owner, p),
-        );
-        collectSeconds += collected.seconds;
-      }
       if (spec.method === 'ties') {
         // Round 1 needs each owner's trimmed task vector; only the averaged head goes through the statistics.
         const theta = new Map(listParameters(model).map((p) => [p.name, readParameterValues(model, p.name)]));
@@ -200,12 +178,42 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
           parameters: head,
         });
       } else {
-        await addOwner(
-          scratch,
-          analysis,
-          spec,
-          collected?.contribution ?? (await buildContribution(owner, model, analysis, spec, undefined)),
-        );
+        // The agent's own statistics writer, as for a bundle: float64, written where the pipeline reads them.
+        const plan = planDisclosure(owner, analysis, spec, 'float64', DisclosurePolicy.parse({}));
+        const statisticsPath = scratch.statisticsPath(owner);
+        await mkdir(dirname(statisticsPath), { recursive: true });
+        if (spec.method === 'regmean') {
+          // The agent's own collection job, in its worker thread: one implementation for both modes.
+          collected = await collectInWorker(
+            {
+              owner,
+              // The template's analysis serves every owner: their fingerprints were checked against it above.
+              analysis,
+              plan,
+              statisticsPath,
+              modelPath: options.models[i]!,
+              dataPath: dataPath!,
+              tokenizerPath: options.tokenizer!,
+              spec,
+              maxLength: options.maxLength ?? 128,
+              batchSize: options.batchSize ?? 32,
+              seed: options.seed ?? 1,
+              textField: options.textField ?? 'text',
+              device: 'cpu',
+              ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+              ...(options.threads === undefined ? {} : { threads: options.threads }),
+              ...(options.memoryBudget === undefined ? {} : { memoryBudget: options.memoryBudget }),
+            },
+            (p) => options.onCollect?.(owner, p),
+          );
+          collectSeconds += collected.seconds;
+        } else {
+          // No data is read for the baselines: the parameters (and counts) only.
+          await writeStatistics(statisticsPath, plan, model, analysis, spec, [], () => {
+            throw new GramfuseError(ErrorCode.Internal, `${spec.method} collects no Gram statistics`);
+          });
+        }
+        await scratch.addSafetensors(plan, statisticsPath);
       }
       owners.push({
         name: owner,
@@ -226,7 +234,8 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
           },
         );
       }
-      const { manifest, contribution } = await readBundle(path);
+      // Verified a slice at a time, then read in place by the pipeline: a bundle is never held in memory whole.
+      const { manifest, statisticsPath } = await verifyBundle(path);
       const b = manifest.plan.spec;
       if (
         b.method !== spec.method ||
@@ -240,21 +249,26 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
           { facts: { bundle: path } },
         );
       }
-      if (contribution.fingerprint !== analysis.fingerprint) {
+      if (manifest.plan.fingerprint !== analysis.fingerprint) {
         throw new GramfuseError(
           ErrorCode.FingerprintMismatch,
-          `--bundle ${path}: collected on a model with fingerprint ${contribution.fingerprint}, the template's is ${analysis.fingerprint}`,
-          { facts: { bundle: path, found: contribution.fingerprint, expected: analysis.fingerprint } },
+          `--bundle ${path}: collected on a model with fingerprint ${manifest.plan.fingerprint}, the template's is ${analysis.fingerprint}`,
+          { facts: { bundle: path, found: manifest.plan.fingerprint, expected: analysis.fingerprint } },
         );
       }
-      await scratch.add(manifest.plan, contributionTensors(manifest.plan, contribution));
+      await scratch.addSafetensors(manifest.plan, statisticsPath);
+      const rows: Record<string, number> = {};
+      for (const s of manifest.plan.statistics) {
+        const id = parseStatisticId(s.id);
+        if (id.kind === 'gram' && s.rows !== undefined) rows[id.group] = s.rows;
+      }
       owners.push({
-        name: contribution.owner,
+        name: manifest.plan.owner,
         model: `bundle ${path}`,
         data: null,
-        examples: contribution.examples,
-        tokens: contribution.tokens,
-        rows: contribution.rows,
+        examples: Number(manifest.settings.examples ?? 0),
+        tokens: Number(manifest.settings.tokens ?? 0),
+        rows,
       });
     }
 

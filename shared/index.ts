@@ -23,7 +23,7 @@ export {
   isGramfuseError,
   toGramfuseError,
 } from './errors.js';
-export { formatBytes, formatTable } from './text-format.js';
+export { formatBytes, formatTable, parseByteSize } from './text-format.js';
 export { packageVersion } from './version.js';
 export { ensureDirectoryFor, syncDirectory, writeAll, writeFileAtomic } from './atomic-file.js';
 export { sha256OfFile } from './file-hash.js';

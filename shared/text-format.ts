@@ -23,3 +23,23 @@ export function formatBytes(bytes: number): string {
   }
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
+
+/** A size like `8GB`, `512MiB`, `1.5 GiB` or plain bytes, as a number of bytes; `undefined` when it is not one. */
+export function parseByteSize(text: string): number | undefined {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(text);
+  if (match === null) return undefined;
+  const unit = (match[2] ?? 'b').toLowerCase();
+  const scale: Record<string, number> = {
+    b: 1,
+    kb: 1e3,
+    mb: 1e6,
+    gb: 1e9,
+    tb: 1e12,
+    kib: 2 ** 10,
+    mib: 2 ** 20,
+    gib: 2 ** 30,
+    tib: 2 ** 40,
+  };
+  const bytes = Math.floor(Number(match[1]) * scale[unit]!);
+  return bytes > 0 ? bytes : undefined;
+}

@@ -2,8 +2,10 @@ import { type GramStatistics } from '../../shared/merge/index.js';
 import {
   createSession,
   instrumentGrams,
+  type GramGroup,
   type ModelAnalysis,
   type OnnxModel,
+  OrtTensor,
   runSession,
   type SessionOptions,
   type Tensor,
@@ -26,6 +28,8 @@ export interface Progress {
 export interface CollectOptions extends BatchOptions, SessionOptions {
   /** Count padding tokens in Grams (the reference code's behaviour). Default false. */
   readonly includePadding?: boolean;
+  /** The Gram groups to collect (one pass of a budgeted collection). @default every group of the analysis */
+  readonly groups?: readonly GramGroup[];
   readonly onProgress?: (progress: Progress) => void;
 }
 
@@ -55,11 +59,24 @@ export async function collectGramStatistics(
   examples: AsyncIterable<Example> | Iterable<Example>,
   options: CollectOptions & { readonly total?: number } = {},
 ): Promise<GramStatistics> {
-  const instrumented = instrumentGrams(model, analysis.gramGroups, analysis.rowRules, { includePadding: options.includePadding ?? false });
+  const selected = options.groups ?? analysis.gramGroups;
+  // Only the Gram outputs are computed: nothing after the last Gram input (a causal LM's logits) runs.
+  const instrumented = instrumentGrams(model, selected, analysis.rowRules, {
+    includePadding: options.includePadding ?? false,
+    gramOutputsOnly: true,
+  });
   const session = await createSession(instrumented.model, options);
   const roles = inputRoles(analysis.inputs);
   const batchSize = options.batchSize ?? 32;
-  const groups = new Map(analysis.gramGroups.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
+  const groups = new Map(selected.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
+  // onnxruntime writes each batch's Grams into these (one float32 n² buffer per group, reused), instead of new
+  // output buffers per batch that the garbage collector frees when it gets to them.
+  const fetches: Record<string, Tensor> = {};
+  for (const names of instrumented.outputs) {
+    const n = selected.find((g) => g.id === names.group)!.inDim;
+    fetches[names.gram] = new OrtTensor('float32', new Float32Array(n * n), [n, n]);
+    fetches[names.rows] = new OrtTensor('int64', new BigInt64Array(1), []);
+  }
   let tokens = 0;
   let done = 0;
   const runChunk = async (chunk: Example[]): Promise<void> => {
@@ -67,7 +84,8 @@ export async function collectGramStatistics(
     for (const batch of lengthBatches(encoded, batchSize)) {
       const items = batch.map((i) => encoded[i]!);
       const feeds = buildFeeds(items, analysis.inputs, roles, tokenizer.padId);
-      const out: Record<string, Tensor> = await runSession(session, feeds, `${model.source} (statistics)`);
+      await runSession(session, feeds, `${model.source} (statistics)`, fetches);
+      const out = fetches;
       for (const names of instrumented.outputs) {
         const acc = groups.get(names.group)!;
         const gram = out[names.gram]!.data as Float32Array;

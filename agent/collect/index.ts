@@ -14,3 +14,5 @@ export { collectExamples, type DataReaderOptions, type Example, readExamples, se
 export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
 export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
+export { type CollectionPass, defaultMemoryBudget, formatPasses, memoryTarget, passBytes, planPasses } from './passes.js';
+export { writeStatistics, type WrittenStatistics } from './statistics-writer.js';

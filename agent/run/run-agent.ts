@@ -1,24 +1,25 @@
 // `gramfuse agent run`: approval, policy (the owner's, strictest wins), bundle reuse, chunk upload, receipts, and
 // the agent's ledger.
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, type FileHandle, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
 import { federation } from '../../proto/index.js';
 import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
 import { type FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
-import { chunkAt, chunkCount, DEFAULT_CHUNK_BYTES, receiptFields } from '../../shared/federation/index.js';
+import { chunkCount, DEFAULT_CHUNK_BYTES, readChunk, receiptFields } from '../../shared/federation/index.js';
 import {
   BUNDLE_TENSORS,
   type BundleManifest,
   DisclosurePolicy,
   MergeSpec,
-  parseSafetensors,
-  readBundle,
+  readSafetensorsHeader,
+  type VerifiedBundle,
+  verifyBundle,
 } from '../../shared/merge/index.js';
 import { AuditPublisher } from '../../shared/nats/index.js';
 import { verifyFields } from '../../shared/security/index.js';
-import type { Progress } from '../collect/index.js';
+import { memoryTarget, type Progress } from '../collect/index.js';
 import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
 import { openAgentLedger } from './ledger.js';
@@ -68,6 +69,11 @@ export interface RunAgentResult {
   readonly seconds: { readonly collect: number; readonly upload: number };
   /** This process's peak resident memory so far (from the OS). */
   readonly peakRssMb: number;
+  /**
+   * When this run collected: its passes over the data, the budget they were planned for, and the memory target
+   * (model + 1.5 × the largest pass + 500 MiB) the peak is held to.
+   */
+  readonly memory?: { readonly passes: number; readonly memoryBudgetMb: number; readonly memoryTargetMb: number };
 }
 
 /**
@@ -77,6 +83,7 @@ export interface RunAgentResult {
 export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult> {
   const client = connectFederation(options.connect);
   let publisher: AuditPublisher | undefined;
+  let bundleFile: FileHandle | undefined;
   try {
     const status = await client.getJob(options.jobId);
     // A closed job accepts nothing new, but an agent whose statistics were committed (its run was cut off,
@@ -103,9 +110,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     let manifest: BundleManifest;
     let reusedBundle = false;
     let collectSeconds = 0;
-    let existing: Awaited<ReturnType<typeof readBundle>> | undefined;
+    let memory: RunAgentResult['memory'];
+    let existing: VerifiedBundle | undefined;
     try {
-      existing = await readBundle(bundleDir);
+      // Verified a slice at a time (bundles past 2 GiB too); its ranges are where the upload reads each chunk.
+      existing = await verifyBundle(bundleDir);
     } catch (error) {
       if ((error as GramfuseError).code !== ErrorCode.FileNotFound) throw error;
     }
@@ -135,13 +144,17 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         }
       }
       const collectStarted = performance.now();
-      manifest = (
-        await collectBundle({
-          ...agentOptions,
-          out: bundleDir,
-          ...(options.onCollect === undefined ? {} : { onProgress: options.onCollect }),
-        })
-      ).manifest;
+      const collected = await collectBundle({
+        ...agentOptions,
+        out: bundleDir,
+        ...(options.onCollect === undefined ? {} : { onProgress: options.onCollect }),
+      });
+      manifest = collected.manifest;
+      memory = {
+        passes: collected.result.passes.length,
+        memoryBudgetMb: collected.result.memoryBudget / 2 ** 20,
+        memoryTargetMb: memoryTarget(collected.result.modelBytes, collected.result.passes) / 2 ** 20,
+      };
       collectSeconds = (performance.now() - collectStarted) / 1000;
     }
     const uploadStarted = performance.now();
@@ -184,10 +197,20 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         })),
       });
     }
-    const file = await readFile(join(bundleDir, BUNDLE_TENSORS)).catch((error: unknown) => {
-      throw fileError(error, join(bundleDir, BUNDLE_TENSORS), 'reading the statistics bundle');
+    // Chunks are read from statistics.safetensors as they are sent: memory holds one chunk, not the bundle.
+    const statisticsPath = join(bundleDir, BUNDLE_TENSORS);
+    const ranges =
+      reusedBundle && existing !== undefined
+        ? existing.ranges
+        : (
+            await readSafetensorsHeader(
+              statisticsPath,
+              (reason: string) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`),
+            )
+          ).entries;
+    bundleFile = await open(statisticsPath, 'r').catch((error: unknown) => {
+      throw fileError(error, statisticsPath, 'reading the statistics bundle');
     });
-    const { tensors } = parseSafetensors(file, (reason) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`));
     const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     let sent = 0;
     let chunksSent = 0;
@@ -198,11 +221,12 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       total: number,
     ): AsyncGenerator<federation.Chunk> {
       for (const s of pending) {
-        const bytes = tensors.get(s.id)!.bytes;
+        const range = ranges.get(s.id)!;
+        const size = range.end - range.begin;
         const have = new Set(held.get(s.id)?.held ?? []);
-        for (let index = 0; index < chunkCount(bytes.byteLength, chunkBytes); index++) {
+        for (let index = 0; index < chunkCount(size, chunkBytes); index++) {
           if (have.has(index)) continue;
-          const chunk = chunkAt(bytes, index, chunkBytes);
+          const chunk = await readChunk(bundleFile!, range.begin, size, index, chunkBytes);
           await options.onUpload?.(sent + chunk.data.byteLength, total);
           sent += chunk.data.byteLength;
           chunksSent++;
@@ -312,9 +336,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
       seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
       peakRssMb: process.resourceUsage().maxRSS / 1024,
+      ...(memory === undefined ? {} : { memory }),
     };
   } finally {
     client.close();
+    await bundleFile?.close();
     await publisher?.close();
   }
 }

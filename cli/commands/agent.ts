@@ -73,6 +73,7 @@ export function registerAgentCommands(program: Command): void {
     ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
     ...(flags.textPairField === undefined ? {} : { textPairField: flags.textPairField }),
     ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+    ...(flags.memoryBudget === undefined ? {} : { memoryBudget: flags.memoryBudget }),
   });
 
   agentOptions(
@@ -101,13 +102,15 @@ export function registerAgentCommands(program: Command): void {
         onDevice: (reason) => (deviceReason = reason),
       });
       bar.stop();
+      const target = h().memoryTarget(result.modelBytes, result.passes);
       if (flags.json) {
         stdout(
-          `${JSON.stringify({ bundle: flags.out, device: result.device, seconds: result.seconds, examples: result.statistics.examples, tokens: result.statistics.tokens, plan: manifest.plan })}\n`,
+          `${JSON.stringify({ bundle: flags.out, device: result.device, seconds: result.seconds, examples: result.statistics.examples, tokens: result.statistics.tokens, passes: result.passes.length, memoryBudgetBytes: result.memoryBudget, peakRssBytes: result.peakRssBytes, memoryTargetBytes: target, modelBytes: result.modelBytes, plan: manifest.plan })}\n`,
         );
       } else {
+        const mb = (b: number): string => `${(b / 2 ** 20).toFixed(0)} MiB`;
         stdout(
-          `${h().formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\nbundle ${flags.out} (${h().formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
+          `${h().formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollection: ${h().formatPasses(result.passes, result.statistics.examples, result.memoryBudget)}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\npeak RSS ${mb(result.peakRssBytes)} (target ≤ ${mb(target)}: model ${mb(result.modelBytes)} + 1.5 × largest pass + 500 MiB)\nbundle ${flags.out} (${h().formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
         );
       }
     });

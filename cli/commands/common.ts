@@ -84,7 +84,11 @@ export const collectionOptions = (command: Command): Command =>
     .option('--batch-size <n>', 'examples per batch', '32')
     .option('--max-length <n>', 'tokens per example, special tokens included', '128')
     .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--threads <n>', 'onnxruntime threads');
+    .option('--threads <n>', 'onnxruntime threads')
+    .option(
+      '--memory-budget <size>',
+      "memory for one collection pass's Gram accumulators (e.g. 8GB); groups that do not fit together take more passes over the data (default: half of the free memory)",
+    );
 
 /** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
 export const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {

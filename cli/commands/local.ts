@@ -68,6 +68,7 @@ export function registerLocalCommands(program: Command): void {
         ...(flags.report === undefined ? {} : { report: flags.report }),
         ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
         ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+        ...(flags.memoryBudget === undefined ? {} : { memoryBudget: flags.memoryBudget }),
         onCollect: (owner, p) => {
           let bar = bars.get(owner);
           if (bar === undefined) bars.set(owner, (bar = createProgressBar(`collect ${owner}`, 'examples', show)));

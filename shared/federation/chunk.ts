@@ -1,5 +1,8 @@
 // The chunk codec, defined once: how the agent cuts a statistic into chunks and what the coordinator accepts.
 import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+
+import { ErrorCode, GramfuseError } from '../errors.js';
 
 /** One chunk of a statistic, as both sides see it (the wire message is converted at each edge). */
 export interface StatisticChunk {
@@ -50,4 +53,26 @@ export function chunkBoundsProblem(
   if (chunk.offset + chunk.data.byteLength > plannedBytes)
     return `bytes ${chunk.offset}..${chunk.offset + chunk.data.byteLength} do not fit the statistic's ${plannedBytes} bytes`;
   return undefined;
+}
+
+/**
+ * Chunk `index` of a statistic whose `size` bytes start at `begin` in an open file (a bundle's
+ * statistics.safetensors): read when it is sent, so memory holds one chunk whatever the statistic's size.
+ */
+export async function readChunk(
+  file: FileHandle,
+  begin: number,
+  size: number,
+  index: number,
+  chunkBytes: number,
+): Promise<Pick<StatisticChunk, 'index' | 'count' | 'offset' | 'data' | 'sha256'>> {
+  const offset = index * chunkBytes;
+  const data = new Uint8Array(Math.min(chunkBytes, size - offset));
+  const { bytesRead } = await file.read(data, 0, data.byteLength, begin + offset);
+  if (bytesRead !== data.byteLength)
+    throw new GramfuseError(
+      ErrorCode.BundleInvalid,
+      `statistic bytes ${begin + offset}..${begin + offset + data.byteLength} lie past the end of the bundle`,
+    );
+  return { index, count: chunkCount(size, chunkBytes), offset, data, sha256: sha256Hex(data) };
 }

@@ -1,13 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { access, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { z } from 'zod';
 
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
-import type { Contribution } from './contributions.js';
-import { contributionFromTensors, contributionTensors, DisclosurePlan } from './plan.js';
-import { parseSafetensors, writeSafetensors } from './safetensors.js';
+import { DisclosurePlan } from './plan.js';
+import { readSafetensorsHeader } from './safetensors.js';
 
 /** manifest.json of a statistics bundle: the disclosure plan with a SHA-256 per tensor, and how it was made. */
 export const BundleManifest = z
@@ -27,20 +26,20 @@ export type BundleManifest = z.infer<typeof BundleManifest>;
 export const BUNDLE_TENSORS = 'statistics.safetensors';
 export const BUNDLE_MANIFEST = 'manifest.json';
 
-const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
-const bytesOf = (a: Float32Array | Float64Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** A bundle being written: its statistics go to `statisticsPath` inside a temporary directory beside `dir`. */
+export interface BundleInProgress {
+  readonly dir: string;
+  readonly tmp: string;
+  readonly statisticsPath: string;
+}
 
 /**
- * Writes a contribution as a bundle directory (statistics.safetensors + manifest.json) atomically: into
- * a temporary directory renamed into place, so a bundle that exists is complete. Refuses to overwrite.
+ * Starts a bundle directory (statistics.safetensors + manifest.json), written atomically: everything goes into a
+ * temporary directory that `finishBundle` renames into place, so a bundle that exists is complete. Refuses to
+ * overwrite.
  */
-export async function writeBundle(
-  dir: string,
-  plan: DisclosurePlan,
-  contribution: Contribution,
-  settings: BundleManifest['settings'],
-  toolVersion: string,
-): Promise<BundleManifest> {
+export async function startBundle(dir: string): Promise<BundleInProgress> {
   try {
     await access(dir);
     throw new GramfuseError(
@@ -51,8 +50,28 @@ export async function writeBundle(
   } catch (error) {
     if (error instanceof GramfuseError) throw error;
   }
-  const tensors = contributionTensors(plan, contribution);
-  const statistics = plan.statistics.map((s) => ({ ...s, sha256: sha256(bytesOf(tensors.get(s.id)!)) }));
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await mkdir(tmp, { recursive: true });
+  } catch (error) {
+    throw fileError(error, dir, 'creating the statistics bundle');
+  }
+  return { dir, tmp, statisticsPath: join(tmp, BUNDLE_TENSORS) };
+}
+
+/** Writes the manifest (the plan with each statistic's SHA-256) and moves the bundle into place. */
+export async function finishBundle(
+  bundle: BundleInProgress,
+  plan: DisclosurePlan,
+  sha256: Readonly<Record<string, string>>,
+  settings: BundleManifest['settings'],
+  toolVersion: string,
+): Promise<BundleManifest> {
+  const statistics = plan.statistics.map((s) => {
+    const digest = sha256[s.id];
+    if (digest === undefined) throw new GramfuseError(ErrorCode.Internal, `statistic ${s.id} was not written to the bundle`);
+    return { ...s, sha256: digest };
+  });
   const manifest: BundleManifest = {
     format: 'gramfuse-statistics-bundle',
     version: 1,
@@ -61,38 +80,98 @@ export async function writeBundle(
     plan: { ...plan, statistics },
     settings,
   };
-  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
-    await mkdir(tmp);
-    await writeSafetensors(
-      join(tmp, BUNDLE_TENSORS),
-      plan.statistics.map((s) => {
-        const data = tensors.get(s.id)!;
-        return { name: s.id, dtype: data instanceof Float32Array ? 'F32' : 'F64', shape: s.shape, data };
-      }),
-      { format: manifest.format, owner: plan.owner, fingerprint: plan.fingerprint },
-    );
-    await writeFile(join(tmp, BUNDLE_MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
-    await rename(tmp, dir);
+    await writeFile(join(bundle.tmp, BUNDLE_MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
+    await rename(bundle.tmp, bundle.dir);
   } catch (error) {
-    await rm(tmp, { recursive: true, force: true });
-    if (error instanceof GramfuseError) throw error;
-    throw fileError(error, dir, 'writing the statistics bundle');
+    await abandonBundle(bundle);
+    throw fileError(error, bundle.dir, 'writing the statistics bundle');
   }
   return manifest;
 }
 
-/** Reads a bundle and verifies it completely (schema, shapes, dtypes, every SHA-256) before use. */
-export async function readBundle(dir: string): Promise<{ manifest: BundleManifest; contribution: Contribution }> {
+/** Removes a bundle that will not be finished (a failed collection, a policy refusal). */
+export async function abandonBundle(bundle: BundleInProgress): Promise<void> {
+  await rm(bundle.tmp, { recursive: true, force: true });
+}
+
+/** A verified bundle: its manifest, and where each statistic's bytes lie in statistics.safetensors. */
+export interface VerifiedBundle {
+  readonly manifest: BundleManifest;
+  readonly statisticsPath: string;
+  /** Statistic id → byte range [begin, end) in statistics.safetensors. */
+  readonly ranges: ReadonlyMap<string, { readonly begin: number; readonly end: number }>;
+}
+
+const VERIFY_SLICE = 8 * 2 ** 20;
+
+/**
+ * Verifies a bundle completely (schema, shapes, dtypes, every SHA-256, every value finite) while reading its
+ * statistics a slice at a time: memory holds 8 MiB of it, whatever the bundle's size (bundles past 2 GiB too).
+ */
+export async function verifyBundle(dir: string): Promise<VerifiedBundle> {
   const invalid = (reason: string, facts: Record<string, string | number> = {}): GramfuseError =>
     new GramfuseError(ErrorCode.BundleInvalid, `bundle ${dir}: ${reason}; the bundle cannot be used (ask its owner to collect it again)`, {
       facts: { bundle: dir, ...facts },
     });
+  const manifest = await readManifest(dir, invalid);
+  const statisticsPath = join(dir, BUNDLE_TENSORS);
+  const { entries } = await readSafetensorsHeader(statisticsPath, (reason) => invalid(`statistics.safetensors: ${reason}`));
+  const planned = new Set(manifest.plan.statistics.map((s) => s.id));
+  for (const name of entries.keys())
+    if (!planned.has(name)) throw invalid(`statistics.safetensors holds ${name}, which the manifest does not list`, { statistic: name });
+  const ranges = new Map<string, { begin: number; end: number }>();
+  let handle;
+  try {
+    handle = await open(statisticsPath, 'r');
+  } catch (error) {
+    throw fileError(error, dir, 'reading the statistics bundle');
+  }
+  try {
+    const buffer = Buffer.alloc(VERIFY_SLICE);
+    for (const s of manifest.plan.statistics) {
+      const entry = entries.get(s.id);
+      if (entry === undefined)
+        throw invalid(`statistic ${s.id} is listed in the manifest but missing from statistics.safetensors`, { statistic: s.id });
+      const dtype = s.dtype === 'float32' ? 'F32' : 'F64';
+      if (entry.dtype !== dtype || entry.shape.join(',') !== s.shape.join(',')) {
+        throw invalid(`statistic ${s.id} is ${entry.dtype}[${entry.shape.join(', ')}], the manifest says ${dtype}[${s.shape.join(', ')}]`, {
+          statistic: s.id,
+        });
+      }
+      const width = s.dtype === 'float32' ? 4 : 8;
+      const hash = createHash('sha256');
+      for (let at = entry.begin; at < entry.end; at += VERIFY_SLICE) {
+        const length = Math.min(VERIFY_SLICE, entry.end - at);
+        const { bytesRead } = await handle.read(buffer, 0, length, at);
+        if (bytesRead !== length) throw invalid(`statistics.safetensors ends inside statistic ${s.id}`, { statistic: s.id });
+        const slice = buffer.subarray(0, length);
+        hash.update(slice);
+        const values =
+          width === 4
+            ? new Float32Array(slice.buffer, slice.byteOffset, length / 4)
+            : new Float64Array(slice.buffer, slice.byteOffset, length / 8);
+        for (let i = 0; i < values.length; i++)
+          if (!Number.isFinite(values[i]!))
+            throw invalid(`statistic ${s.id} holds a non-finite value at index ${(at - entry.begin) / width + i}`, {
+              statistic: s.id,
+              index: (at - entry.begin) / width + i,
+            });
+      }
+      if (s.sha256 === undefined || hash.digest('hex') !== s.sha256)
+        throw invalid(`statistic ${s.id} fails its SHA-256 check (the file was changed or damaged)`, { statistic: s.id });
+      ranges.set(s.id, { begin: entry.begin, end: entry.end });
+    }
+  } finally {
+    await handle.close();
+  }
+  return { manifest, statisticsPath, ranges };
+}
+
+async function readManifest(dir: string, invalid: (reason: string) => GramfuseError): Promise<BundleManifest> {
   let manifestText: string;
-  let file: Uint8Array;
   try {
     manifestText = await readFile(join(dir, BUNDLE_MANIFEST), 'utf8');
-    file = await readFile(join(dir, BUNDLE_TENSORS));
   } catch (error) {
     throw fileError(error, dir, 'reading the statistics bundle (it needs manifest.json and statistics.safetensors)');
   }
@@ -108,32 +187,5 @@ export async function readBundle(dir: string): Promise<{ manifest: BundleManifes
       `manifest.json does not match the bundle schema: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
     );
   }
-  const manifest = parsed.data;
-  const { tensors } = parseSafetensors(file, (reason) => invalid(`statistics.safetensors: ${reason}`));
-  const planned = new Set(manifest.plan.statistics.map((s) => s.id));
-  for (const name of tensors.keys())
-    if (!planned.has(name)) throw invalid(`statistics.safetensors holds ${name}, which the manifest does not list`, { statistic: name });
-  const values = new Map<string, Float64Array>();
-  for (const s of manifest.plan.statistics) {
-    const tensor = tensors.get(s.id);
-    if (tensor === undefined)
-      throw invalid(`statistic ${s.id} is listed in the manifest but missing from statistics.safetensors`, { statistic: s.id });
-    const dtype = s.dtype === 'float32' ? 'F32' : 'F64';
-    if (tensor.dtype !== dtype || tensor.shape.join(',') !== s.shape.join(',')) {
-      throw invalid(`statistic ${s.id} is ${tensor.dtype}[${tensor.shape.join(', ')}], the manifest says ${dtype}[${s.shape.join(', ')}]`, {
-        statistic: s.id,
-      });
-    }
-    if (s.sha256 === undefined || sha256(tensor.bytes) !== s.sha256) {
-      throw invalid(`statistic ${s.id} fails its SHA-256 check (the file was changed or damaged)`, { statistic: s.id });
-    }
-    const copy = new Uint8Array(tensor.bytes);
-    const data = s.dtype === 'float32' ? Float64Array.from(new Float32Array(copy.buffer)) : new Float64Array(copy.buffer);
-    for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i]!))
-        throw invalid(`statistic ${s.id} holds a non-finite value at index ${i}`, { statistic: s.id, index: i });
-    }
-    values.set(s.id, data);
-  }
-  return { manifest, contribution: contributionFromTensors(manifest.plan, values) };
+  return parsed.data;
 }

@@ -19,18 +19,30 @@ export { defaultLambda, headIsAveraged, MergeMethod, MergeSpec, type MergeSpecIn
 export { sumMaps, tiesAgree, tiesElect, tiesFinish, tiesTrim } from './ties.js';
 export {
   parseSafetensors,
+  parseSafetensorsHeader,
+  readSafetensorsHeader,
   type SafetensorsEntry,
+  type SafetensorsEntryInfo,
   type SafetensorsSource,
   type SafetensorsTensor,
   writeSafetensors,
   writeSafetensorsFrom,
 } from './safetensors.js';
 export { formatMergeReport, type MergeReport } from './report.js';
-export { BUNDLE_MANIFEST, BUNDLE_TENSORS, BundleManifest, readBundle, writeBundle } from './bundle.js';
+export {
+  abandonBundle,
+  BUNDLE_MANIFEST,
+  BUNDLE_TENSORS,
+  type BundleInProgress,
+  BundleManifest,
+  finishBundle,
+  startBundle,
+  type VerifiedBundle,
+  verifyBundle,
+} from './bundle.js';
 export {
   checkPolicyAfterCollection,
   checkPolicyBeforeCollection,
-  contributionFromTensors,
   contributionTensors,
   DisclosurePlan,
   DisclosurePolicy,

@@ -182,32 +182,3 @@ export function contributionTensors(plan: DisclosurePlan, contribution: Contribu
   }
   return out;
 }
-
-/** Rebuilds a contribution from verified tensors (the inverse of contributionTensors). */
-export function contributionFromTensors(plan: DisclosurePlan, tensors: ReadonlyMap<string, Float64Array>): Contribution {
-  const grams = new Map<string, Float64Array>();
-  const gramTimesWeight = new Map<string, Float64Array>();
-  const parameters = new Map<string, Float64Array>();
-  const rows: Record<string, number> = {};
-  const counts: Record<string, number> = {};
-  for (const s of plan.statistics) {
-    const values = tensors.get(s.id)!;
-    const id = parseStatisticId(s.id);
-    if (id.kind === 'gram') grams.set(id.group, values);
-    else if (id.kind === 'gram_times_weight') gramTimesWeight.set(id.weight, values);
-    else if (id.kind === 'parameter') parameters.set(id.parameter, values);
-    else if (id.kind === 'rows') rows[id.group] = values[0]!;
-    else counts[id.count] = values[0]!;
-  }
-  return {
-    owner: plan.owner,
-    fingerprint: plan.fingerprint,
-    weight: counts.weight ?? 1,
-    examples: counts.examples ?? 0,
-    tokens: counts.tokens ?? 0,
-    rows,
-    grams,
-    gramTimesWeight,
-    parameters,
-  };
-}

@@ -1,5 +1,7 @@
+import { open } from 'node:fs/promises';
+
 import { writeFileAtomic } from '../atomic-file.js';
-import { ErrorCode, GramfuseError } from '../errors.js';
+import { ErrorCode, fileError, GramfuseError } from '../errors.js';
 
 /** One tensor for a safetensors file. */
 export interface SafetensorsEntry {
@@ -80,30 +82,33 @@ export interface SafetensorsTensor {
 
 const DTYPE_WIDTH: Readonly<Record<string, number>> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
 
+/** A tensor's entry in a safetensors header; `begin`/`end` are offsets into the file (header included). */
+export interface SafetensorsEntryInfo {
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  readonly begin: number;
+  readonly end: number;
+}
+
 /**
- * Parses a safetensors file, checking everything a corrupted or hostile file could get wrong: header
- * length, JSON, dtypes, shapes against byte ranges, ranges inside the data and not overlapping.
- * `invalid` builds the error (callers choose the code and name the file).
+ * Checks a safetensors header (the JSON after the 8-byte length) against a file of `fileLength` bytes: JSON, dtypes,
+ * shapes against byte ranges, ranges inside the data and not overlapping. `invalid` builds the error.
  */
-export function parseSafetensors(
-  file: Uint8Array,
+export function parseSafetensorsHeader(
+  headerBytes: Uint8Array,
+  fileLength: number,
   invalid: (reason: string) => Error,
-): { tensors: Map<string, SafetensorsTensor>; metadata: Record<string, string> } {
-  if (file.byteLength < 8) throw invalid('shorter than the 8-byte header length');
-  const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
-  const headerLength = view.getBigUint64(0, true);
-  if (headerLength > BigInt(file.byteLength - 8) || headerLength > 100_000_000n)
-    throw invalid(`header length ${headerLength} exceeds the file`);
-  const headerEnd = 8 + Number(headerLength);
+): { entries: Map<string, SafetensorsEntryInfo>; metadata: Record<string, string> } {
+  const headerEnd = 8 + headerBytes.byteLength;
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(file.subarray(8, headerEnd)));
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
   } catch (error) {
     throw invalid(`header is not valid JSON (${(error as Error).message})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw invalid('header is not a JSON object');
-  const dataLength = file.byteLength - headerEnd;
-  const tensors = new Map<string, SafetensorsTensor>();
+  const dataLength = fileLength - headerEnd;
+  const entries = new Map<string, SafetensorsEntryInfo>();
   const ranges: [number, number, string][] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
@@ -129,10 +134,56 @@ export function parseSafetensors(
     if (end - begin !== shape.reduce((a, b) => a * b, 1) * width)
       throw invalid(`tensor ${name}: ${end - begin} bytes for shape [${shape.join(', ')}] of ${e.dtype as string}`);
     ranges.push([begin, end, name]);
-    tensors.set(name, { dtype: e.dtype as string, shape, bytes: file.subarray(headerEnd + begin, headerEnd + end) });
+    entries.set(name, { dtype: e.dtype as string, shape, begin: headerEnd + begin, end: headerEnd + end });
   }
   ranges.sort((a, b) => a[0] - b[0]);
   for (let i = 1; i < ranges.length; i++)
     if (ranges[i]![0] < ranges[i - 1]![1]) throw invalid(`tensors ${ranges[i - 1]![2]} and ${ranges[i]![2]} overlap`);
+  return { entries, metadata };
+}
+
+/** The header of a safetensors file on disk, read without reading its tensors (any size of file). */
+export async function readSafetensorsHeader(
+  path: string,
+  invalid: (reason: string) => Error,
+): Promise<{ entries: Map<string, SafetensorsEntryInfo>; metadata: Record<string, string> }> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    throw fileError(error, path, 'reading a safetensors file');
+  }
+  try {
+    const { size } = await handle.stat();
+    if (size < 8) throw invalid('shorter than the 8-byte header length');
+    const length = Buffer.alloc(8);
+    await handle.read(length, 0, 8, 0);
+    const headerLength = length.readBigUInt64LE(0);
+    if (headerLength > BigInt(size - 8) || headerLength > 100_000_000n) throw invalid(`header length ${headerLength} exceeds the file`);
+    const header = Buffer.alloc(Number(headerLength));
+    const { bytesRead } = await handle.read(header, 0, header.byteLength, 8);
+    if (bytesRead !== header.byteLength) throw invalid('header shorter than its length says');
+    return parseSafetensorsHeader(header, size, invalid);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Parses a safetensors file held in memory, with every check of `parseSafetensorsHeader`.
+ * `invalid` builds the error (callers choose the code and name the file).
+ */
+export function parseSafetensors(
+  file: Uint8Array,
+  invalid: (reason: string) => Error,
+): { tensors: Map<string, SafetensorsTensor>; metadata: Record<string, string> } {
+  if (file.byteLength < 8) throw invalid('shorter than the 8-byte header length');
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
+  const headerLength = view.getBigUint64(0, true);
+  if (headerLength > BigInt(file.byteLength - 8) || headerLength > 100_000_000n)
+    throw invalid(`header length ${headerLength} exceeds the file`);
+  const { entries, metadata } = parseSafetensorsHeader(file.subarray(8, 8 + Number(headerLength)), file.byteLength, invalid);
+  const tensors = new Map<string, SafetensorsTensor>();
+  for (const [name, e] of entries) tensors.set(name, { dtype: e.dtype, shape: e.shape, bytes: file.subarray(e.begin, e.end) });
   return { tensors, metadata };
 }

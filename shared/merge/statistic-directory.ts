@@ -7,6 +7,7 @@ import { typedArrayBytes } from '../dtypes.js';
 import { type StatisticId, statisticFile } from '../federation/statistic-id.js';
 import type { StatisticSource } from './pipeline.js';
 import type { DisclosurePlan, PlannedStatistic } from './plan.js';
+import { readSafetensorsHeader } from './safetensors.js';
 
 /**
  * A StatisticSource on local disk: local mode and merges from bundles put each owner's statistics here (as
@@ -14,7 +15,8 @@ import type { DisclosurePlan, PlannedStatistic } from './plan.js';
  * and the pipeline reads them back a slice at a time. Removed with `remove()`.
  */
 export class StatisticDirectory implements StatisticSource {
-  private readonly plans = new Map<string, { index: number; statistics: Map<string, PlannedStatistic> }>();
+  /** owner → statistic id → where its values lie (a file of their own, or a range of a safetensors file). */
+  private readonly plans = new Map<string, Map<string, { statistic: PlannedStatistic; path: string; offset: number }>>();
 
   private constructor(readonly root: string) {}
 
@@ -41,33 +43,60 @@ export class StatisticDirectory implements StatisticSource {
     if (this.plans.has(plan.owner))
       throw new GramfuseError(ErrorCode.InvalidArgument, `owner ${plan.owner} contributed twice`, { facts: { owner: plan.owner } });
     const index = this.plans.size;
-    const statistics = new Map<string, PlannedStatistic>();
+    const statistics = new Map<string, { statistic: PlannedStatistic; path: string; offset: number }>();
     for (const s of plan.statistics) {
       const values = tensors.get(s.id);
       if (values === undefined) throw new GramfuseError(ErrorCode.Internal, `statistic ${s.id} is in the plan but not among the tensors`);
       const typed =
         s.dtype === 'float32' ? (values instanceof Float32Array ? values : Float32Array.from(values)) : Float64Array.from(values);
-      await writeFileAtomic(this.file(index, s.id), typedArrayBytes(typed), 'writing merge scratch', true, false);
-      statistics.set(s.id, { ...s, bytes: typed.byteLength });
+      const path = this.file(index, s.id);
+      await writeFileAtomic(path, typedArrayBytes(typed), 'writing merge scratch', true, false);
+      statistics.set(s.id, { statistic: { ...s, bytes: typed.byteLength }, path, offset: 0 });
     }
-    this.plans.set(plan.owner, { index, statistics });
+    this.plans.set(plan.owner, statistics);
+  }
+
+  /** Where an owner's statistics.safetensors may be written (inside this directory, removed with it). */
+  statisticsPath(owner: string): string {
+    return join(this.root, 'owners', `${this.plans.size}-${statisticFile(owner)}.safetensors`);
+  }
+
+  /**
+   * Takes an owner's statistics from a safetensors file in place (the collection's own output): nothing is copied;
+   * each statistic must be there with the plan's dtype and shape.
+   */
+  async addSafetensors(plan: DisclosurePlan, path: string): Promise<void> {
+    if (this.plans.has(plan.owner))
+      throw new GramfuseError(ErrorCode.InvalidArgument, `owner ${plan.owner} contributed twice`, { facts: { owner: plan.owner } });
+    const invalid = (reason: string): GramfuseError =>
+      new GramfuseError(ErrorCode.InvalidData, `${path}: ${reason}`, { facts: { path, owner: plan.owner } });
+    const { entries } = await readSafetensorsHeader(path, invalid);
+    const statistics = new Map<string, { statistic: PlannedStatistic; path: string; offset: number }>();
+    for (const s of plan.statistics) {
+      const entry = entries.get(s.id);
+      const dtype = s.dtype === 'float32' ? 'F32' : 'F64';
+      if (entry === undefined) throw invalid(`statistic ${s.id} of the plan is missing`);
+      if (entry.dtype !== dtype || entry.shape.join(',') !== s.shape.join(','))
+        throw invalid(`statistic ${s.id} is ${entry.dtype}[${entry.shape.join(', ')}], the plan says ${dtype}[${s.shape.join(', ')}]`);
+      statistics.set(s.id, { statistic: s, path, offset: entry.begin });
+    }
+    this.plans.set(plan.owner, statistics);
   }
 
   describe(owner: string, id: StatisticId): PlannedStatistic | undefined {
-    return this.plans.get(owner)?.statistics.get(id);
+    return this.plans.get(owner)?.get(id)?.statistic;
   }
 
   async read(owner: string, id: StatisticId, start: number, length: number): Promise<Float32Array | Float64Array> {
-    const entry = this.plans.get(owner);
-    const s = entry?.statistics.get(id);
-    if (entry === undefined || s === undefined) throw new GramfuseError(ErrorCode.Internal, `no statistic ${id} from ${owner}`);
-    const width = s.dtype === 'float32' ? 4 : 8;
+    const entry = this.plans.get(owner)?.get(id);
+    if (entry === undefined) throw new GramfuseError(ErrorCode.Internal, `no statistic ${id} from ${owner}`);
+    const width = entry.statistic.dtype === 'float32' ? 4 : 8;
     const buffer = new ArrayBuffer(length * width);
-    const path = this.file(entry.index, id);
+    const path = entry.path;
     try {
       const handle = await open(path, 'r');
       try {
-        const { bytesRead } = await handle.read(new Uint8Array(buffer), 0, buffer.byteLength, start * width);
+        const { bytesRead } = await handle.read(new Uint8Array(buffer), 0, buffer.byteLength, entry.offset + start * width);
         if (bytesRead !== buffer.byteLength) throw new GramfuseError(ErrorCode.Internal, `${path}: shorter than its statistic ${id}`);
       } finally {
         await handle.close();

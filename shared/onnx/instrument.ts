@@ -2,6 +2,7 @@ import { AttributeProto, NodeProto, TensorProto, ValueInfoProto } from '../../pr
 import type { GramGroup } from './gram-groups.js';
 import type { OnnxModel } from './model-io.js';
 import type { RowRule } from './probe.js';
+import { pruneToOutputs } from './prune.js';
 
 /** Names of the extra outputs the instrumented graph adds for one Gram group. */
 export interface GramOutputs {
@@ -15,6 +16,12 @@ export interface GramOutputs {
 export interface InstrumentOptions {
   /** Count padding tokens too (the reference code's behaviour). Default false: padding never enters a Gram. */
   readonly includePadding?: boolean;
+  /**
+   * Keep only the Gram outputs and what they depend on (shared/onnx/prune.ts): the model's own outputs and every
+   * node after the last Gram input are dropped, so a causal LM's full-vocabulary logits are never computed.
+   * @default false (the model's outputs stay beside the Gram outputs)
+   */
+  readonly gramOutputsOnly?: boolean;
 }
 
 export interface InstrumentedModel {
@@ -28,7 +35,7 @@ const PREFIX = 'gramfuse';
 
 /**
  * Adds, per Gram group, `G = (m⊙X)ᵀX` over the flattened rows of every input tensor of the group (summed)
- * and its row count, as extra graph outputs; the original outputs stay. The O(rows·in²) work thus runs
+ * and its row count, as extra graph outputs; the original outputs stay unless `gramOutputsOnly`. The O(rows·in²) work thus runs
  * inside onnxruntime, on whatever device the session uses.
  */
 export function instrumentGrams(
@@ -124,19 +131,14 @@ export function instrumentGrams(
     produced.push({ group: group.id, gram: gramName, rows: rowsName });
   }
 
+  const extended = {
+    ...graph,
+    node: [...graph.node, ...nodes],
+    initializer: [...graph.initializer, ...initializers],
+    output: [...graph.output, ...outputs],
+  };
   return {
-    model: {
-      ...model,
-      proto: {
-        ...model.proto,
-        graph: {
-          ...graph,
-          node: [...graph.node, ...nodes],
-          initializer: [...graph.initializer, ...initializers],
-          output: [...graph.output, ...outputs],
-        },
-      },
-    },
+    model: { ...model, proto: { ...model.proto, graph: options.gramOutputsOnly === true ? pruneToOutputs(extended, outputs) : extended } },
     outputs: produced,
   };
 }

@@ -78,9 +78,11 @@ export async function runSession(
   session: ort.InferenceSession,
   feeds: Record<string, ort.Tensor>,
   label: string,
+  fetches?: Record<string, ort.Tensor>,
 ): Promise<ort.InferenceSession.OnnxValueMapType> {
   try {
-    return await session.run(feeds);
+    // With `fetches`, onnxruntime writes those outputs into the given tensors (pre-allocated, reused batch after batch).
+    return await (fetches === undefined ? session.run(feeds) : session.run(feeds, fetches));
   } catch (error) {
     throw new GramfuseError(ErrorCode.RuntimeFailed, `${label}: onnxruntime failed to run the model: ${(error as Error).message}`, {
       facts: { model: label },
@@ -108,7 +110,10 @@ export interface DeviceChoice {
  * error naming what is missing; `cpu`: CPU. The check looks for the provider libraries before asking
  * onnxruntime, so a machine without them gets a plain message, not a loader error.
  */
-export async function resolveDevice(requested: 'auto' | 'cpu' | 'cuda', probeModel: Uint8Array): Promise<DeviceChoice> {
+export async function resolveDevice(
+  requested: 'auto' | 'cpu' | 'cuda',
+  probeModel: Uint8Array | (() => Uint8Array),
+): Promise<DeviceChoice> {
   if (requested === 'cpu') return { device: 'cpu', reason: 'CPU requested' };
   const { dir, missing } = cudaProviderLibraries();
   let problem: string | undefined;
@@ -116,7 +121,9 @@ export async function resolveDevice(requested: 'auto' | 'cpu' | 'cuda', probeMod
     problem = `the CUDA provider is not installed (${missing.join(', ')} missing in ${dir}); install onnxruntime-node's CUDA provider libraries there on a machine with an NVIDIA GPU`;
   } else {
     try {
-      const session = await ort.InferenceSession.create(probeModel, { executionProviders: ['cuda'], logSeverityLevel: 3 });
+      // The probe's bytes are made only here: a large model is not serialized just to learn the provider is missing.
+      const bytes = typeof probeModel === 'function' ? probeModel() : probeModel;
+      const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cuda'], logSeverityLevel: 3 });
       await session.release();
     } catch (error) {
       problem = `the CUDA provider failed to start (${(error as Error).message}); check the NVIDIA driver and the CUDA libraries`;

@@ -1,13 +1,13 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { collectInWorker } from '../../agent/index.js';
 import { exitCodeByErrorCode } from '../../shared/index.js';
-import { MergeSpec, parseSafetensors } from '../../shared/merge/index.js';
-import { cudaProviderLibraries, loadModel, readParameterValues } from '../../shared/onnx/index.js';
+import { DisclosurePolicy, MergeSpec, parseSafetensors, planDisclosure } from '../../shared/merge/index.js';
+import { analyzeModel, cudaProviderLibraries, loadModel, readParameterValues } from '../../shared/onnx/index.js';
 import { runCli } from '../helpers/cli.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 import { maxAbsDiff } from '../helpers/fixtures.js';
@@ -89,6 +89,29 @@ describe('agent bundles', () => {
     for (const tensor of mb.proto.graph!.initializer.filter((t) => t.dataType === 1)) {
       expect(maxAbsDiff(readParameterValues(ma, tensor.name!), readParameterValues(mb, tensor.name!))).toBeLessThanOrEqual(1e-6);
     }
+  });
+
+  it('a memory budget that splits the Gram groups into passes gives the same bundle bytes; one too small for a group is refused', async () => {
+    // The example model's groups: three of n = 128 (0.19 MiB of accumulators each) and one of n = 512 (3 MiB) per block.
+    const one = await collect(0, ['--json', '--memory-budget', '1GB']);
+    const split = await collect(0, ['--json', '--memory-budget', '4MB']);
+    for (const b of [one, split]) expect(b.code, b.stderr).toBe(0);
+    const [a, b] = [JSON.parse(one.stdout), JSON.parse(split.stdout)];
+    expect(a.passes).toBe(1);
+    expect(b.passes).toBeGreaterThan(1);
+    expect(b.memoryBudgetBytes).toBe(4_000_000);
+    expect(b.peakRssBytes).toBeGreaterThan(0);
+    expect(b.memoryTargetBytes).toBeGreaterThan(b.modelBytes);
+    const bytes = (dir: string): Buffer => readFileSync(join(dir, 'statistics.safetensors'));
+    expect(bytes(split.out).equals(bytes(one.out))).toBe(true);
+    expect(b.examples).toBe(300);
+
+    const refused = await collect(0, ['--memory-budget', '1MB']);
+    expect(refused.code).toBe(exitCodeByErrorCode.RESOURCE_EXHAUSTED);
+    expect(refused.stderr).toMatch(/RESOURCE_EXHAUSTED: Gram group \S+ .*raise --memory-budget/);
+    expect(existsSync(refused.out)).toBe(false);
+    const leftovers = readdirSync(work).filter((name) => name.startsWith(`${basename(refused.out)}.tmp-`));
+    expect(leftovers).toEqual([]);
   });
 
   it('a bundle with one tensor byte changed is rejected, naming the statistic', async () => {
@@ -215,6 +238,8 @@ describe('agent: bad input is a coded error and nothing is written', () => {
 
 describe('inference off the event loop', () => {
   it('the main thread keeps ticking while the worker collects', async () => {
+    const analysis = await analyzeModel(await loadModel(owners[0]!.model));
+    const plan = planDisclosure('org0', analysis, MergeSpec.parse({}), 'float32', DisclosurePolicy.parse({}));
     let maxGap = 0;
     let last = performance.now();
     const timer = setInterval(() => {
@@ -225,6 +250,9 @@ describe('inference off the event loop', () => {
     const started = performance.now();
     const result = await collectInWorker({
       owner: 'org0',
+      analysis,
+      plan,
+      statisticsPath: join(work, 'ticking.safetensors'),
       modelPath: owners[0]!.model,
       dataPath: owners[0]!.data,
       tokenizerPath: EXAMPLE_TOKENIZER,

@@ -349,8 +349,8 @@ describe('federation over gRPC with mTLS', () => {
         const ok = await runAgent(options);
         expect(ok.receipts).toBe(64);
         const client = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('org1') });
-        const { readBundle } = await import('../../shared/merge/index.js');
-        const { manifest } = await readBundle(join(work, 'reject', 'org0', 'fed', 'bundle'));
+        const { verifyBundle } = await import('../../shared/merge/index.js');
+        const { manifest } = await verifyBundle(join(work, 'reject', 'org0', 'fed', 'bundle'));
         // org1 joins with a manifest that claims an extra statistic.
         const forged = {
           ...manifest,

@@ -137,3 +137,27 @@ describe('includePadding', () => {
     expect(Number((out[instrumented.outputs[0]!.rows]!.data as BigInt64Array)[0])).toBe(batch! * length!);
   });
 });
+
+describe.each([...cases, ['llama', fixtureModel('tiny', 'llama-a')], ['qwen2', fixtureModel('tiny', 'qwen2-a')]] as const)(
+  'gramOutputsOnly: %s',
+  (_name, path) => {
+    it('keeps only the Gram outputs and the nodes they need, with the same Grams', async () => {
+      const model = await loadModel(path);
+      const analysis = await analyzeModel(model);
+      const full = instrumentGrams(model, analysis.gramGroups, analysis.rowRules);
+      const pruned = instrumentGrams(model, analysis.gramGroups, analysis.rowRules, { gramOutputsOnly: true });
+      const graph = pruned.model.proto.graph!;
+      expect(graph.output.map((o) => o.name)).toEqual(pruned.outputs.flatMap((o) => [o.gram, o.rows]));
+      expect(graph.node.length).toBeLessThan(full.model.proto.graph!.node.length);
+      // Everything kept is read by something kept, or is an output.
+      const read = new Set([...graph.node.flatMap((n) => n.input), ...graph.output.map((o) => o.name)]);
+      for (const node of graph.node) expect(node.output.some((o) => read.has(o))).toBe(true);
+      const feeds = feedsFor(analysis);
+      const [a, b] = [await run(full.model, feeds), await run(pruned.model, feeds)];
+      for (const names of pruned.outputs) {
+        expect(relativeFrobenius(b[names.gram]!.data as Float32Array, a[names.gram]!.data as Float32Array)).toBeLessThanOrEqual(1e-6);
+        expect(b[names.rows]!.data).toEqual(a[names.rows]!.data);
+      }
+    });
+  },
+);
