@@ -19,6 +19,7 @@ const context: BenchContext = {
   json: false,
   quick: false,
   threads: Math.min(2, cpus().length),
+  option: () => undefined,
   emit: (result) => results.push(result),
   print: (text) => {
     printed.set(current, [...(printed.get(current) ?? []), text]);

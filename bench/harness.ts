@@ -3,6 +3,8 @@ export interface BenchContext {
   readonly json: boolean;
   readonly quick: boolean;
   readonly threads: number;
+  /** A `--name value` flag of the command line (e.g. scale's `--arch`, `--agents`). */
+  option(name: string): string | undefined;
   /** One machine-readable result (printed as one JSON line with --json). */
   emit(result: Record<string, unknown>): void;
   /** A human table (printed without --json). */

@@ -1,4 +1,4 @@
-// npm run bench [-- <name> ...] [--json] [--quick] [--threads N]
+// npm run bench [-- <name> ...] [--json] [--quick] [--threads N] [--arch A] [--agents N]
 // Benchmarks print tables of ratios against baselines measured in the same run; never timed tests.
 import { cpus } from 'node:os';
 
@@ -20,7 +20,8 @@ const json = args.includes('--json');
 const quick = args.includes('--quick');
 const threadsAt = args.indexOf('--threads');
 const threads = threadsAt >= 0 ? Number(args[threadsAt + 1]) : Math.min(2, cpus().length);
-const names = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--threads');
+const valued = new Set(['--threads', '--arch', '--agents']);
+const names = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''));
 const unknown = names.filter((n) => !(n in benches));
 if (unknown.length > 0) {
   process.stderr.write(`bench: unknown benchmark ${unknown.join(', ')}; choose from ${Object.keys(benches).join(', ')}\n`);
@@ -30,6 +31,10 @@ if (unknown.length > 0) {
     json,
     quick,
     threads,
+    option: (name) => {
+      const at = args.indexOf(`--${name}`);
+      return at >= 0 ? args[at + 1] : undefined;
+    },
     emit: (result) => {
       if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
     },

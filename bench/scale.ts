@@ -13,6 +13,7 @@ import { formatBytes } from '../shared/index.js';
 import { loadModel, analyzeModel } from '../shared/onnx/index.js';
 import { type BenchContext, table } from './harness.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
+import { DECODER_PRESETS, type DecoderPreset, writeSyntheticDecoder } from './synthetic-decoder.js';
 
 const repo = resolve(import.meta.dirname, '..');
 const cli = join(repo, 'dist/cli/main.js');
@@ -194,24 +195,37 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
 export async function benchScale(context: BenchContext): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'gramfuse-bench-scale-'));
   try {
+    // --arch bert-base (default) or a decoder preset (bench/synthetic-decoder.ts); --agents N (default: 3 and 6).
+    const arch = context.option('arch') ?? 'bert-base';
+    if (arch !== 'bert-base' && !(arch in DECODER_PRESETS))
+      throw new Error(`bench scale: unknown --arch ${arch}; choose bert-base or ${Object.keys(DECODER_PRESETS).join(', ')}`);
+    const agentCounts = context.option('agents') === undefined ? [3, 6] : [Number(context.option('agents'))];
+    if (agentCounts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('bench scale: --agents must be a whole number ≥ 1');
     const options = context.quick ? { ...BERT_BASE, layers: 2 } : BERT_BASE;
-    const model = join(dir, 'synthetic-bert.onnx');
-    await writeSyntheticBert(model, options);
-    const modelBytes = (await stat(model)).size;
+    const decoder = arch === 'bert-base' ? undefined : DECODER_PRESETS[arch as DecoderPreset];
+    const model = join(dir, arch === 'bert-base' ? 'synthetic-bert.onnx' : `synthetic-${arch}.onnx`);
+    if (decoder === undefined) await writeSyntheticBert(model, options);
+    else await writeSyntheticDecoder(model, context.quick ? { ...decoder, layers: 2 } : decoder, true);
+    const modelBytes =
+      (await stat(model)).size +
+      (await stat(`${model}.data`)
+        .then((s) => s.size)
+        .catch(() => 0));
     const analysis = await analyzeModel(await loadModel(model));
     const largestGroup = Math.max(...analysis.gramGroups.map((g) => g.inDim));
     const largestGramMb = (largestGroup * largestGroup * 8) / 1024 ** 2;
     // Few examples: the bench is about the coordinator (its memory and phases), not collection speed (bench/collect).
     const examples = 8;
     const results: ScaleResult[] = [];
-    for (const agents of [3, 6]) {
+    for (const agents of agentCounts) {
       const r = await federatedMerge(dir, model, agents, examples);
       results.push(r);
       context.emit({
         bench: 'scale',
-        layers: options.layers,
-        hidden: options.hidden,
-        ffn: options.ffn,
+        arch,
+        layers: decoder?.layers ?? options.layers,
+        hidden: decoder?.hidden ?? options.hidden,
+        ffn: decoder?.ffn ?? options.ffn,
         examplesPerAgent: examples,
         budgetMb: 3 * largestGramMb + modelBytes / 1024 ** 2,
         coordinatorBudgetMb: 3 * largestGramMb + modelBytes / 1024 ** 2,
@@ -219,11 +233,14 @@ export async function benchScale(context: BenchContext): Promise<void> {
       });
     }
     const budgetMb = 3 * largestGramMb + modelBytes / 1024 ** 2;
-    const [three, six] = [results[0]!, results[1]!];
+    const [three, six] = [results[0]!, results[1] ?? results[0]!];
+    const described =
+      decoder === undefined
+        ? `synthetic BERT (${options.layers} layers, hidden ${options.hidden}, FFN ${options.ffn}, vocab ${options.vocab}; ${formatBytes(modelBytes)})`
+        : `synthetic ${arch} (${context.quick ? 2 : decoder.layers} layers, hidden ${decoder.hidden}, ${decoder.heads}/${decoder.kvHeads} heads, FFN ${decoder.ffn}, vocab ${decoder.vocab}${decoder.tied ? ', tied' : ''}; ${formatBytes(modelBytes)})`;
     context.print(
       [
-        `scale — synthetic BERT (${options.layers} layers, hidden ${options.hidden}, FFN ${options.ffn}, vocab ${options.vocab}; ${formatBytes(modelBytes)}), ` +
-          `${examples} examples × 64 tokens per agent, float32 statistics, loopback, agents one after another`,
+        `scale — ${described}, ` + `${examples} examples × 64 tokens per agent, float32 statistics, loopback, agents one after another`,
         table(
           [
             'agents',
@@ -254,9 +271,9 @@ export async function benchScale(context: BenchContext): Promise<void> {
             r.agentPasses,
           ]),
         ),
-        `coordinator peak RSS, 6 agents / 3 agents: ${(six.coordinatorPeakRssMb / three.coordinatorPeakRssMb).toFixed(2)} (goal ≤ 1.1); ` +
+        `coordinator peak RSS, ${six.agents} agents / ${three.agents} agents: ${(six.coordinatorPeakRssMb / three.coordinatorPeakRssMb).toFixed(2)} (goal ≤ 1.1); ` +
           `budget 3 × largest Gram group (${largestGroup}², float64: ${largestGramMb.toFixed(0)} MB) + model = ${budgetMb.toFixed(0)} MB: ` +
-          `3 agents ${three.coordinatorPeakRssMb.toFixed(0)} MB, 6 agents ${six.coordinatorPeakRssMb.toFixed(0)} MB`,
+          `${three.agents} agents ${three.coordinatorPeakRssMb.toFixed(0)} MB, ${six.agents} agents ${six.coordinatorPeakRssMb.toFixed(0)} MB`,
         `coordinator RSS peaks by phase (sampled every 100 ms): ${results
           .map(
             (r) =>
