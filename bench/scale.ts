@@ -101,7 +101,14 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
     const owners = Array.from({ length: agents }, (_, i) => `org${i}`);
     const creator = connectFederation({ address: `127.0.0.1:${port}`, insecureIdentity: 'creator' });
     await creator.createJob(
-      JSON.stringify({ id: 'scale', participants: owners, policy: { minRowsPerGroup: 1 }, merge: { method: 'regmean', alpha: 0.9 } }),
+      JSON.stringify({
+        id: 'scale',
+        participants: owners,
+        policy: { minRowsPerGroup: 1 },
+        merge: { method: 'regmean', alpha: 0.9 },
+        // A 0.5B decoder's statistics are ≈ 3.2 GB per owner: the default 8 GiB job budget holds two owners.
+        limits: { maxJobBytes: 64 * 1024 ** 3 },
+      }),
       { path: model },
     );
     let collect = 0;
