@@ -4,18 +4,20 @@
 import { createHash } from 'node:crypto';
 
 import { ErrorCode, GramfuseError, typedArrayBytes } from '../../shared/index.js';
-import { packUpper } from '../../shared/linalg/index.js';
+import { matmulNative, packUpper } from '../../shared/linalg/index.js';
 import { parseStatisticId } from '../../shared/federation/index.js';
 import {
   type DisclosurePlan,
+  gramScale,
   type GramStatistics,
   type MergeSpec,
+  noRowsError,
+  ownerWeight,
   regularizedGram,
   weightAsInOut,
   writeSafetensorsFrom,
 } from '../../shared/merge/index.js';
 import { type GramGroup, type ModelAnalysis, type OnnxModel, readParameterValues } from '../../shared/onnx/index.js';
-import { matmulNative } from '../../shared/linalg/index.js';
 import type { CollectionPass } from './passes.js';
 
 export interface WrittenStatistics {
@@ -69,14 +71,7 @@ export async function writeStatistics(
     tokens = statistics.tokens;
     current = pass;
   };
-  const weight = (): number => {
-    const w = spec.weighting === 'tokens' && spec.method !== 'task-arithmetic' && spec.method !== 'ties' ? tokens : 1;
-    if (w <= 0)
-      throw new GramfuseError(ErrorCode.InvalidData, `owner ${owner}: tokens weighting needs statistics with at least one token`, {
-        facts: { owner },
-      });
-    return w;
-  };
+  const weight = (): number => ownerWeight(owner, spec, tokens);
 
   const produce = async (id: ReturnType<typeof parseStatisticId>): Promise<Float64Array> => {
     switch (id.kind) {
@@ -84,14 +79,9 @@ export async function writeStatistics(
         await ensure(id.group);
         const group = groups.get(id.group)!;
         const stats = collected.get(id.group);
-        if (stats === undefined || stats.rows === 0)
-          throw new GramfuseError(
-            ErrorCode.InvalidData,
-            `owner ${owner}: no rows reached Gram group ${id.group} (${group.weights[0]}…); its data produced no tokens for that layer`,
-            { facts: { owner, group: id.group } },
-          );
+        if (stats === undefined || stats.rows === 0) throw noRowsError(owner, group);
         rows[id.group] = stats.rows;
-        const full = regularizedGram(stats.gram, group.inDim, spec.alpha, spec.weighting === 'equal' ? 1 / stats.rows : 1);
+        const full = regularizedGram(stats.gram, group.inDim, spec.alpha, gramScale(spec, stats.rows));
         collected.delete(id.group);
         tilde.set(id.group, { values: full, pending: new Set(group.weights) });
         return packUpper(full, group.inDim);

@@ -26,7 +26,6 @@ export type BundleManifest = z.infer<typeof BundleManifest>;
 export const BUNDLE_TENSORS = 'statistics.safetensors';
 export const BUNDLE_MANIFEST = 'manifest.json';
 
-
 /** A bundle being written: its statistics go to `statisticsPath` inside a temporary directory beside `dir`. */
 export interface BundleInProgress {
   readonly dir: string;

@@ -62,6 +62,34 @@ export function regularizedGram(gram: Float64Array, n: number, alpha: number, sc
   return out;
 }
 
+/**
+ * What an owner's parameters (and, with `tokens` weighting, its G̃) are multiplied by: its token count under
+ * `tokens` weighting (not for task arithmetic or TIES, which weigh owners equally), else 1.
+ */
+export function ownerWeight(owner: string, spec: MergeSpec, tokens: number): number {
+  const weight = spec.weighting === 'tokens' && spec.method !== 'task-arithmetic' && spec.method !== 'ties' ? tokens : 1;
+  if (weight <= 0) {
+    throw new GramfuseError(ErrorCode.InvalidData, `owner ${owner}: tokens weighting needs statistics with at least one token`, {
+      facts: { owner },
+    });
+  }
+  return weight;
+}
+
+/** The factor on G in G̃: 1/rows with `equal` weighting (each owner's Gram a mean), 1 with `tokens` (a sum). */
+export function gramScale(spec: MergeSpec, rows: number): number {
+  return spec.weighting === 'equal' ? 1 / rows : 1;
+}
+
+/** A Gram group no row of the owner's data reached: RegMean has nothing to solve it with. */
+export function noRowsError(owner: string, group: { readonly id: string; readonly weights: readonly string[] }): GramfuseError {
+  return new GramfuseError(
+    ErrorCode.InvalidData,
+    `owner ${owner}: no rows reached Gram group ${group.id} (${group.weights[0]}…); its data produced no tokens for that layer`,
+    { facts: { owner, group: group.id } },
+  );
+}
+
 /** Builds an owner's contribution from its model and (for RegMean) its Gram statistics. */
 export async function buildContribution(
   owner: string,
@@ -71,12 +99,7 @@ export async function buildContribution(
   statistics: GramStatistics | undefined,
 ): Promise<Contribution> {
   const tokens = statistics?.tokens ?? 0;
-  const weight = spec.weighting === 'tokens' && spec.method !== 'task-arithmetic' && spec.method !== 'ties' ? tokens : 1;
-  if (weight <= 0) {
-    throw new GramfuseError(ErrorCode.InvalidData, `owner ${owner}: tokens weighting needs statistics with at least one token`, {
-      facts: { owner },
-    });
-  }
+  const weight = ownerWeight(owner, spec, tokens);
   const grams = new Map<string, Float64Array>();
   const gramTimesWeight = new Map<string, Float64Array>();
   const rows: Record<string, number> = {};
@@ -95,19 +118,10 @@ export async function buildContribution(
     const layers = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
     for (const group of analysis.gramGroups) {
       const stats = statistics.groups.get(group.id);
-      if (stats === undefined || stats.rows === 0) {
-        throw new GramfuseError(
-          ErrorCode.InvalidData,
-          `owner ${owner}: no rows reached Gram group ${group.id} (${group.weights[0]}…); its data produced no tokens for that layer`,
-          {
-            facts: { owner, group: group.id },
-          },
-        );
-      }
+      if (stats === undefined || stats.rows === 0) throw noRowsError(owner, group);
       rows[group.id] = stats.rows;
       const n = group.inDim;
-      const scale = spec.weighting === 'equal' ? 1 / stats.rows : 1;
-      const tilde = regularizedGram(stats.gram, n, spec.alpha, scale);
+      const tilde = regularizedGram(stats.gram, n, spec.alpha, gramScale(spec, stats.rows));
       grams.set(group.id, packUpper(tilde, n));
       for (const name of group.weights) {
         const layer = layers.get(name)!;
