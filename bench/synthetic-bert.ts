@@ -2,8 +2,9 @@
 // download): embeddings, N encoder layers (multi-head self-attention with an additive padding mask, GELU
 // feed-forward, post-LayerNorm), pooler and classifier — the graph shape of a Hugging Face BERT export, with
 // seeded random weights. bench/scale uses the BERT-base size (hidden 768, FFN 3072, 12 layers, 12 heads).
-import { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from '../proto/index.js';
+import { GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../proto/index.js';
 import { type OnnxModel, saveModel } from '../shared/onnx/index.js';
+import { graphBuilder } from './graph-builder.js';
 
 export interface SyntheticBertOptions {
   readonly layers: number;
@@ -27,59 +28,8 @@ export const BERT_BASE: SyntheticBertOptions = {
   seed: 1,
 };
 
-/** mulberry32: a small seeded PRNG (the weights only have to be reproducible, not good random numbers). */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export function syntheticBert(o: SyntheticBertOptions): OnnxModel {
-  const next = random(o.seed);
-  const initializer: TensorProto[] = [];
-  const node: NodeProto[] = [];
-  const floats = (name: string, dims: number[], fill: 'random' | 'ones' | 'zeros', scale = 0.04): string => {
-    const count = dims.reduce((a, b) => a * b, 1);
-    const values = new Float32Array(count);
-    if (fill === 'ones') values.fill(1);
-    else if (fill === 'random') for (let i = 0; i < count; i++) values[i] = (next() - 0.5) * 2 * scale;
-    initializer.push(TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: 1, rawData: new Uint8Array(values.buffer) }));
-    return name;
-  };
-  let counter = 0;
-  const constant = (values: number[], dtype: 'int64' | 'float', dims: number[] = [values.length]): string => {
-    const name = `const_${counter++}`;
-    const bytes =
-      dtype === 'int64' ? new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer) : new Uint8Array(Float32Array.from(values).buffer);
-    node.push(
-      NodeProto.fromPartial({
-        opType: 'Constant',
-        name,
-        output: [name],
-        attribute: [
-          AttributeProto.fromPartial({
-            name: 'value',
-            type: 4,
-            t: TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: dtype === 'int64' ? 7 : 1, rawData: bytes }),
-          }),
-        ],
-      }),
-    );
-    return name;
-  };
-  const op = (type: string, inputs: string[], attributes: AttributeProto[] = []): string => {
-    const name = `${type.toLowerCase()}_${counter++}`;
-    node.push(NodeProto.fromPartial({ opType: type, name, input: inputs, output: [name], attribute: attributes }));
-    return name;
-  };
-  const ints = (name: string, values: number[]): AttributeProto => AttributeProto.fromPartial({ name, type: 7, ints: values.map(BigInt) });
-  const int = (name: string, value: number): AttributeProto => AttributeProto.fromPartial({ name, type: 2, i: BigInt(value) });
-  const float = (name: string, value: number): AttributeProto => AttributeProto.fromPartial({ name, type: 1, f: value });
+  const { initializer, node, floats, constant, op, ints, int, float } = graphBuilder(o.seed);
   const linear = (x: string, prefix: string, inDim: number, outDim: number): string =>
     op('Add', [op('MatMul', [x, floats(`${prefix}.weight`, [inDim, outDim], 'random')]), floats(`${prefix}.bias`, [outDim], 'zeros')]);
   const layerNorm = (x: string, prefix: string): string =>

@@ -4,8 +4,9 @@
 // RMSNorm and the lm_head, tied to the embedding or not), with seeded random float32 weights. Rotary tables and
 // masks are Constant nodes (structure), so the parameters are exactly the checkpoint's. Used by tests (tiny
 // presets, vocabulary of the fixtures' tokenizer) and benchmarks (qwen2-0.5b, llama-1b). fp16 weights are not offered: gramfuse merges float32 today.
-import { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from '../proto/index.js';
+import { GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../proto/index.js';
 import { type OnnxModel, saveModel } from '../shared/onnx/index.js';
+import { graphBuilder } from './graph-builder.js';
 
 export interface SyntheticDecoderOptions {
   readonly family: 'llama' | 'qwen2';
@@ -79,64 +80,10 @@ export const DECODER_PRESETS = {
 } as const satisfies Record<string, SyntheticDecoderOptions>;
 export type DecoderPreset = keyof typeof DECODER_PRESETS;
 
-/** mulberry32: a small seeded PRNG (the weights only have to be reproducible). */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
   if (o.hidden % o.heads !== 0 || o.heads % o.kvHeads !== 0)
     throw new Error(`synthetic decoder: hidden ${o.hidden} must divide by heads ${o.heads}, and heads by kvHeads ${o.kvHeads}`);
-  const next = random(o.seed);
-  const initializer: TensorProto[] = [];
-  const node: NodeProto[] = [];
-  let counter = 0;
-  const floats = (name: string, dims: number[], fill: 'random' | 'ones' | 'zeros', scale = 0.04): string => {
-    const count = dims.reduce((a, b) => a * b, 1);
-    const values = new Float32Array(count);
-    if (fill === 'ones') values.fill(1);
-    else if (fill === 'random') for (let i = 0; i < count; i++) values[i] = (next() - 0.5) * 2 * scale;
-    initializer.push(TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: 1, rawData: new Uint8Array(values.buffer) }));
-    return name;
-  };
-  const constant = (values: ArrayLike<number>, dtype: 'int64' | 'float', dims: number[] = [values.length]): string => {
-    const name = `const_${counter++}`;
-    const bytes =
-      dtype === 'int64'
-        ? new Uint8Array(BigInt64Array.from(Array.from(values, (v) => BigInt(v))).buffer)
-        : new Uint8Array(Float32Array.from(values).buffer);
-    node.push(
-      NodeProto.fromPartial({
-        opType: 'Constant',
-        name,
-        output: [name],
-        attribute: [
-          AttributeProto.fromPartial({
-            name: 'value',
-            type: 4,
-            t: TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: dtype === 'int64' ? 7 : 1, rawData: bytes }),
-          }),
-        ],
-      }),
-    );
-    return name;
-  };
-  const op = (type: string, inputs: string[], attributes: AttributeProto[] = [], outputs = 1): string[] => {
-    const name = `/${type.toLowerCase()}_${counter++}`;
-    const out = Array.from({ length: outputs }, (_, i) => `${name}_output_${i}`);
-    node.push(NodeProto.fromPartial({ opType: type, name, input: inputs, output: out, attribute: attributes }));
-    return out;
-  };
-  const one = (type: string, inputs: string[], attributes: AttributeProto[] = []): string => op(type, inputs, attributes)[0]!;
-  const ints = (name: string, values: number[]): AttributeProto => AttributeProto.fromPartial({ name, type: 7, ints: values.map(BigInt) });
-  const int = (name: string, value: number): AttributeProto => AttributeProto.fromPartial({ name, type: 2, i: BigInt(value) });
+  const { initializer, node, floats, constant, op: one, ops, ints, int } = graphBuilder(o.seed);
   const scalar = (v: number): string => constant([v], 'float', []);
   const linear = (x: string, prefix: string, inDim: number, outDim: number, bias: boolean): string => {
     const y = one('MatMul', [x, floats(`${prefix}.weight`, [inDim, outDim], 'random')]);
@@ -182,7 +129,7 @@ export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
   const mask = one('Add', [causalT, padding]); // [batch, 1, seq, seq]
   const rotate = (x: string): string => {
     // x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁] over the last axis.
-    const [x1, x2] = op('Split', [x, constant([dh / 2, dh / 2], 'int64')], [int('axis', -1)], 2) as [string, string];
+    const [x1, x2] = ops('Split', [x, constant([dh / 2, dh / 2], 'int64')], [int('axis', -1)], 2) as [string, string];
     const half = one('Concat', [one('Neg', [x2]), x1], [int('axis', -1)]);
     return one('Add', [one('Mul', [x, cosT]), one('Mul', [half, sinT])]);
   };
