@@ -99,20 +99,22 @@ export const LabelledDataFlags = z.object({
   labels: z.string().optional(),
 });
 
-export const AgentEvaluateFlags = LabelledDataFlags.extend({
+/** An agent's tie to a job: mTLS, the coordinator, the job and its work directory (agent run, agent evaluate). */
+const jobConnection = {
   ...tls,
   coordinator: address,
   job: z.string().min(1),
   workDir: z.string().min(1),
+};
+
+export const AgentEvaluateFlags = LabelledDataFlags.extend({
+  ...jobConnection,
   report: z.boolean().default(true),
 });
 
 /** `agent run`: the owner's flags plus the upload's. */
 export const AgentRunFlags = AgentFlags.extend({
-  ...tls,
-  coordinator: address,
-  job: z.string().min(1),
-  workDir: z.string().min(1),
+  ...jobConnection,
   yes: z.boolean().default(false),
   chunkBytes: int(1).max(4 * 1024 * 1024, 'must be at most 4194304 (4 MiB, what the coordinator accepts)'),
   nats: z.string().min(1).optional(),
