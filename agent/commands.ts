@@ -8,6 +8,7 @@ import {
   type DisclosurePolicy,
   type MergeSpec,
   planDisclosure,
+  statisticsDtype,
   abandonBundle,
   finishBundle,
   startBundle,
@@ -26,7 +27,8 @@ export interface AgentOptions {
   /** Owner name in the plan; default from the model path. */
   readonly owner?: string;
   readonly spec: MergeSpec;
-  readonly dtype: 'float32' | 'float64';
+  /** The statistics' dtype; `auto`: float32 for models over 1 GiB of parameters (shared/merge/plan.ts), else float64. */
+  readonly dtype: 'auto' | 'float32' | 'float64';
   readonly policy: DisclosurePolicy;
   /** The job's model fingerprint: the agent refuses to compute for a different model. */
   readonly expectFingerprint?: string;
@@ -65,7 +67,8 @@ export async function planForOwner(
   for await (const _ of readExamples(options.data, fields)) examples++;
   if (examples === 0)
     throw new GramfuseError(ErrorCode.InvalidData, `${options.data}: no usable examples`, { facts: { path: options.data } });
-  const plan = planDisclosure(options.owner ?? ownerFromModelPath(options.model), analysis, options.spec, options.dtype, options.policy);
+  const owner = options.owner ?? ownerFromModelPath(options.model);
+  const plan = planDisclosure(owner, analysis, options.spec, statisticsDtype(options.dtype, analysis), options.policy);
   checkPolicyBeforeCollection(plan);
   return {
     plan,

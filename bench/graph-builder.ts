@@ -1,12 +1,16 @@
 // What the synthetic models (bench/synthetic-bert.ts, bench/synthetic-decoder.ts) build their ONNX graphs with:
-// seeded float32 initializers (the parameters), Constant nodes (structure), and nodes named in creation order.
+// seeded float initializers (the parameters), Constant nodes (structure), and nodes named in creation order.
+// Floats are float32, or float16 for a whole graph (weights, float constants, activations: what an fp16 export has).
 import { AttributeProto, NodeProto, TensorProto } from '../proto/index.js';
 import { seededRandom } from '../agent/index.js';
+import { encodeFloats } from '../shared/index.js';
 
 export interface GraphBuilder {
   readonly initializer: TensorProto[];
   readonly node: NodeProto[];
-  /** A float32 initializer: seeded uniform values in ±scale, or all ones or zeros. */
+  /** The graph's float element type (TensorProto.DataType): 1 float32, 10 float16. */
+  readonly floatType: 1 | 10;
+  /** A float initializer: seeded uniform values in ±scale, or all ones or zeros. */
   readonly floats: (name: string, dims: number[], fill: 'random' | 'ones' | 'zeros', scale?: number) => string;
   /** A Constant node (structure, not a parameter). @default dims [values.length] */
   readonly constant: (values: ArrayLike<number>, dtype: 'int64' | 'float', dims?: number[]) => string;
@@ -19,7 +23,11 @@ export interface GraphBuilder {
   readonly float: (name: string, value: number) => AttributeProto;
 }
 
-export function graphBuilder(seed: number): GraphBuilder {
+export function graphBuilder(seed: number, dtype: 'float32' | 'float16' = 'float32'): GraphBuilder {
+  const floatType = dtype === 'float16' ? 10 : 1;
+  // The values are drawn as float32 either way, so a float16 model is its float32 twin rounded.
+  const floatBytes = (values: Float32Array): Uint8Array =>
+    dtype === 'float16' ? encodeFloats(Float64Array.from(values), 'float16') : new Uint8Array(values.buffer);
   // The agent's seeded generator (mulberry32): the weights only have to be reproducible.
   const next = seededRandom(seed);
   const initializer: TensorProto[] = [];
@@ -32,6 +40,7 @@ export function graphBuilder(seed: number): GraphBuilder {
     return out;
   };
   return {
+    floatType,
     initializer,
     node,
     floats: (name, dims, fill, scale = 0.04) => {
@@ -39,7 +48,7 @@ export function graphBuilder(seed: number): GraphBuilder {
       const values = new Float32Array(count);
       if (fill === 'ones') values.fill(1);
       else if (fill === 'random') for (let i = 0; i < count; i++) values[i] = (next() - 0.5) * 2 * scale;
-      initializer.push(TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: 1, rawData: new Uint8Array(values.buffer) }));
+      initializer.push(TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: floatType, rawData: floatBytes(values) }));
       return name;
     },
     constant: (values, dtype, dims = [values.length]) => {
@@ -47,7 +56,7 @@ export function graphBuilder(seed: number): GraphBuilder {
       const bytes =
         dtype === 'int64'
           ? new Uint8Array(BigInt64Array.from(Array.from(values, (v) => BigInt(v))).buffer)
-          : new Uint8Array(Float32Array.from(values).buffer);
+          : floatBytes(Float32Array.from(values));
       node.push(
         NodeProto.fromPartial({
           opType: 'Constant',
@@ -57,7 +66,7 @@ export function graphBuilder(seed: number): GraphBuilder {
             AttributeProto.fromPartial({
               name: 'value',
               type: 4,
-              t: TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: dtype === 'int64' ? 7 : 1, rawData: bytes }),
+              t: TensorProto.fromPartial({ name, dims: dims.map(BigInt), dataType: dtype === 'int64' ? 7 : floatType, rawData: bytes }),
             }),
           ],
         }),

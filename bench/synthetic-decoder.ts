@@ -1,9 +1,10 @@
 // A synthetic decoder LLM of any size, written as ONNX by gramfuse itself: the graph an HF/optimum export of a
 // Llama or Qwen2 causal LM has (token embedding, per block RMSNorm → q/k/v with rotary position embedding →
 // grouped-query attention under a causal and a padding mask → o_proj, RMSNorm → SwiGLU gate/up → down, a final
-// RMSNorm and the lm_head, tied to the embedding or not), with seeded random float32 weights. Rotary tables and
+// RMSNorm and the lm_head, tied to the embedding or not), with seeded random float32 or float16 weights. Rotary tables and
 // masks are Constant nodes (structure), so the parameters are exactly the checkpoint's. Used by tests (tiny
-// presets, vocabulary of the fixtures' tokenizer) and benchmarks (qwen2-0.5b, llama-1b). fp16 weights are not offered: gramfuse merges float32 today.
+// presets, vocabulary of the fixtures' tokenizer) and benchmarks (qwen2-0.5b, llama-1b). A float16 model computes in
+// float16 throughout (weights, constants, activations, logits), as a `--dtype fp16` optimum export does.
 import { GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../proto/index.js';
 import { type OnnxModel, saveModel } from '../shared/onnx/index.js';
 import { graphBuilder } from './graph-builder.js';
@@ -22,6 +23,8 @@ export interface SyntheticDecoderOptions {
   readonly maxPositions: number;
   readonly ropeTheta: number;
   readonly seed: number;
+  /** @default 'float32' */
+  readonly dtype?: 'float32' | 'float16';
 }
 
 export const DECODER_PRESETS = {
@@ -83,7 +86,7 @@ export type DecoderPreset = keyof typeof DECODER_PRESETS;
 export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
   if (o.hidden % o.heads !== 0 || o.heads % o.kvHeads !== 0)
     throw new Error(`synthetic decoder: hidden ${o.hidden} must divide by heads ${o.heads}, and heads by kvHeads ${o.kvHeads}`);
-  const { initializer, node, floats, constant, op: one, ops, ints, int } = graphBuilder(o.seed);
+  const { initializer, node, floats, constant, op: one, ops, ints, int, floatType } = graphBuilder(o.seed, o.dtype);
   const scalar = (v: number): string => constant([v], 'float', []);
   const linear = (x: string, prefix: string, inDim: number, outDim: number, bias: boolean): string => {
     const y = one('MatMul', [x, floats(`${prefix}.weight`, [inDim, outDim], 'random')]);
@@ -123,7 +126,7 @@ export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
     constant([1], 'int64'),
   ]);
   const padding = one('Unsqueeze', [
-    one('Mul', [one('Sub', [scalar(1), one('Cast', ['attention_mask'], [int('to', 1)])]), scalar(-1e4)]),
+    one('Mul', [one('Sub', [scalar(1), one('Cast', ['attention_mask'], [int('to', floatType)])]), scalar(-1e4)]),
     constant([1, 2], 'int64'),
   ]);
   const mask = one('Add', [causalT, padding]); // [batch, 1, seq, seq]
@@ -185,7 +188,10 @@ export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
       ValueInfoProto.fromPartial({
         name: 'logits',
         type: {
-          tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'batch' }, { dimParam: 'sequence' }, { dimValue: BigInt(o.vocab) }] } },
+          tensorType: {
+            elemType: floatType,
+            shape: { dim: [{ dimParam: 'batch' }, { dimParam: 'sequence' }, { dimValue: BigInt(o.vocab) }] },
+          },
         },
       }),
     ],
@@ -198,7 +204,7 @@ export function syntheticDecoder(o: SyntheticDecoderOptions): OnnxModel {
       graph,
     }),
     baseDir: undefined,
-    source: `synthetic ${o.family} (${o.layers} layers, hidden ${o.hidden}, ${o.heads}/${o.kvHeads} heads, FFN ${o.ffn}, vocab ${o.vocab}${o.tied ? ', tied' : ''})`,
+    source: `synthetic ${o.dtype ?? 'float32'} ${o.family} (${o.layers} layers, hidden ${o.hidden}, ${o.heads}/${o.kvHeads} heads, FFN ${o.ffn}, vocab ${o.vocab}${o.tied ? ', tied' : ''})`,
   };
 }
 

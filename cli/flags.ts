@@ -79,7 +79,7 @@ export const AgentFlags = z.object({
   data: z.string().min(1, "name the owner's data file"),
   owner: z.string().min(1).optional(),
   ...mergeSpecFlags,
-  dtype: z.enum(['float64', 'float32'], { message: 'must be float64 or float32' }).default('float64'),
+  dtype: z.enum(['auto', 'float64', 'float32'], { message: 'must be auto, float64 or float32' }).default('auto'),
   minRows: int(0).optional(),
   policy: z.string().min(1).optional(),
   allowLayers: z.string().optional(),

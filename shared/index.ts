@@ -4,11 +4,16 @@
 export {
   bytesToFloat32,
   bytesToFloat64,
+  decodeFloats,
   type Dtype,
   dtypeFromOnnx,
   dtypeInfo,
   type DtypeInfo,
+  encodeFloats,
+  type FloatDtype,
+  floatWidth,
   isDtype,
+  isFloatDtype,
   typedArrayBytes,
 } from './dtypes.js';
 export {

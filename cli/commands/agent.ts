@@ -20,7 +20,11 @@ export function registerAgentCommands(program: Command): void {
         .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
         .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
         .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
-        .option('--dtype <t>', 'float64 | float32 for the statistics (counts are always float64)', 'float64')
+        .option(
+          '--dtype <t>',
+          'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',
+          'auto',
+        )
         .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
         .option(
           '--policy <file>',

@@ -51,6 +51,8 @@ export {
   DisclosurePolicy,
   PlannedStatistic,
   planDisclosure,
+  statisticsDtype,
+  FLOAT32_STATISTICS_ABOVE_BYTES,
   StatisticKind,
 } from './plan.js';
 export {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
 import { ensureDirectoryFor, writeFileAtomic } from '../atomic-file.js';
-import { typedArrayBytes } from '../dtypes.js';
+import { type FloatDtype, floatWidth, isFloatDtype } from '../dtypes.js';
 import { failpoint } from '../failpoint.js';
 import { packageVersion } from '../version.js';
 import { type StatisticId, StatisticIds, statisticFile } from '../federation/statistic-id.js';
@@ -26,12 +26,13 @@ import {
   saveModelStreamed,
   tensorBytes,
   tensorWithBytes,
+  encodeFinite,
 } from '../onnx/index.js';
 import { sha256OfFile } from '../file-hash.js';
 import type { Aggregate } from './contributions.js';
 import type { PlannedStatistic } from './plan.js';
 import { type LayerDiagnostics, solveRegMean } from './solve.js';
-import { writeSafetensorsFrom } from './safetensors.js';
+import { SAFETENSORS_DTYPE, writeSafetensorsFrom } from './safetensors.js';
 import { defaultLambda, type MergeSpec } from './spec.js';
 
 /** Where the pipeline reads the owners' statistics: the coordinator's store, or a local scratch directory. */
@@ -133,35 +134,21 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
 
   const parameters = new Map(analysis.parameters.map((p) => [p.name, p]));
   const elements = (name: string): number => parameters.get(name)!.shape.reduce((a, b) => a * b, 1);
-  const width = (name: string): 4 | 8 => {
+  const dtypeOf = (name: string): FloatDtype => {
     const dtype = parameters.get(name)!.dtype;
-    if (dtype !== 'float32' && dtype !== 'float64')
-      throw new GramfuseError(
-        ErrorCode.UnsupportedDtype,
-        `parameter ${name}: cannot write merged ${dtype} values (float32 and float64 only)`,
-        {
-          facts: { parameter: name },
-        },
-      );
-    return dtype === 'float64' ? 8 : 4;
+    if (!isFloatDtype(dtype))
+      throw new GramfuseError(ErrorCode.UnsupportedDtype, `parameter ${name}: cannot write merged ${dtype} values`, {
+        facts: { parameter: name },
+      });
+    return dtype;
   };
+  const width = (name: string): number => floatWidth(dtypeOf(name));
   /** One merged parameter's values in its own dtype; non-finite values are refused, naming the parameter. */
-  const cast = (name: string, merged: Float64Array, offset = 0): Float32Array | Float64Array => {
-    const typed = width(name) === 8 ? merged : Float32Array.from(merged);
-    for (let i = 0; i < typed.length; i++) {
-      if (!Number.isFinite(typed[i]!))
-        throw new GramfuseError(
-          ErrorCode.NonFinite,
-          `parameter ${name}: merged value ${typed[i]} at index ${offset + i} is not finite; nothing was written`,
-          { facts: { parameter: name, index: offset + i } },
-        );
-    }
-    return typed;
-  };
+  const cast = (name: string, merged: Float64Array, offset = 0): Uint8Array => encodeFinite(name, merged, dtypeOf(name), offset);
   const isMerged = async (name: string): Promise<boolean> =>
     (await stat(solvedPath(name)).catch(() => undefined))?.size === elements(name) * width(name);
   const writeMerged = (name: string, merged: Float64Array): Promise<void> =>
-    writeFileAtomic(solvedPath(name), typedArrayBytes(cast(name, merged)), 'writing a merged parameter');
+    writeFileAtomic(solvedPath(name), cast(name, merged), 'writing a merged parameter');
 
   const weight = await scalar(StatisticIds.count('weight'));
 
@@ -237,7 +224,7 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
           const merged = new Float64Array(length);
           if (base === undefined) for (let i = 0; i < length; i++) merged[i] = sum[i]! / weight;
           else for (let i = 0; i < length; i++) merged[i] = base[start + i]! + lambda * (sum[i]! - owners.length * base[start + i]!);
-          yield typedArrayBytes(cast(name, merged, start));
+          yield cast(name, merged, start);
         }
       };
       await writeFileAtomic(solvedPath(name), slices(), 'writing a merged parameter');
@@ -276,7 +263,7 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
     input.safetensorsPath,
     analysis.parameters.map((p) => ({
       name: p.name,
-      dtype: width(p.name) === 8 ? ('F64' as const) : ('F32' as const),
+      dtype: SAFETENSORS_DTYPE[dtypeOf(p.name)],
       shape: p.shape,
       bytes: elements(p.name) * width(p.name),
       read: () => merged(p.name),

@@ -55,6 +55,21 @@ export type DisclosurePlan = z.infer<typeof DisclosurePlan>;
 const width = (dtype: 'float32' | 'float64'): number => (dtype === 'float32' ? 4 : 8);
 
 /**
+ * Models with more parameter bytes than this send float32 statistics when the owner asks for `auto` (the agent's
+ * default): past 1 GiB of parameters (a 0.25B model in float32, 0.5B in float16) float64 Grams reach gigabytes per
+ * owner, while float32 keeps ≈ 7 significant digits of sums accumulated in float64 — what the float32 Gram outputs
+ * of onnxruntime carry anyway. Smaller models send float64 (exact sums of those outputs).
+ */
+export const FLOAT32_STATISTICS_ABOVE_BYTES = 1024 ** 3;
+
+/** The statistics' dtype: the owner's choice, or for `auto` by the model's parameter bytes. */
+export function statisticsDtype(requested: 'auto' | 'float32' | 'float64', analysis: ModelAnalysis): 'float32' | 'float64' {
+  if (requested !== 'auto') return requested;
+  const bytes = analysis.parameters.reduce((sum, p) => sum + p.bytes, 0);
+  return bytes > FLOAT32_STATISTICS_ABOVE_BYTES ? 'float32' : 'float64';
+}
+
+/**
  * Every statistic the owner would disclose for this model and merge spec, before anything is computed.
  * Statistics are float32 or float64 by `dtype`; counts are always float64 (exact integers).
  */

@@ -1,7 +1,17 @@
 import { open } from 'node:fs/promises';
 
 import { writeFileAtomic } from '../atomic-file.js';
+import type { FloatDtype } from '../dtypes.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+
+/** The safetensors dtype names gramfuse writes. */
+export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16';
+
+/** A float dtype's safetensors name. */
+export const SAFETENSORS_DTYPE = { float64: 'F64', float32: 'F32', float16: 'F16', bfloat16: 'BF16' } as const satisfies Record<
+  FloatDtype,
+  SafetensorsDtype
+>;
 
 /** One tensor for a safetensors file. */
 export interface SafetensorsEntry {
@@ -14,7 +24,7 @@ export interface SafetensorsEntry {
 /** A tensor for a safetensors file whose bytes are produced when they are written (one at a time). */
 export interface SafetensorsSource {
   readonly name: string;
-  readonly dtype: 'F32' | 'F64';
+  readonly dtype: SafetensorsDtype;
   readonly shape: readonly number[];
   readonly bytes: number;
   readonly read: () => Promise<Uint8Array>;

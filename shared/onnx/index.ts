@@ -21,7 +21,15 @@ export {
   tensorShape,
   tensorWithBytes,
 } from './model-io.js';
-export { fingerprint, isParameterTensor, listParameters, type Parameter, readParameterValues, withParameterValues } from './parameters.js';
+export {
+  encodeFinite,
+  fingerprint,
+  isParameterTensor,
+  listParameters,
+  type Parameter,
+  readParameterValues,
+  withParameterValues,
+} from './parameters.js';
 export { maskInputs, type ModelInput, modelInputs, probeFeeds, probeRowRules, type RowRule, withExtraOutputs } from './probe.js';
 export {
   createSession,

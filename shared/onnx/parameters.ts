@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 
 import { ModelProto, TensorProto } from '../../proto/index.js';
-import { bytesToFloat32, bytesToFloat64, type Dtype, dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
+import { decodeFloats, type Dtype, dtypeFromOnnx, encodeFloats, type FloatDtype, isFloatDtype } from '../dtypes.js';
 import { ErrorCode, GramfuseError } from '../errors.js';
 import { type OnnxModel, tensorBytes, tensorElementCount, tensorShape, tensorWithBytes } from './model-io.js';
 
@@ -59,7 +59,7 @@ export function fingerprint(model: OnnxModel): string {
   return `sha256:${createHash('sha256').update(ModelProto.encode(canonical).finish()).digest('hex')}`;
 }
 
-/** A float parameter's values as float64 (float32 and float64 parameters; others are an explicit error). */
+/** A float parameter's values as float64 (float32, float64, float16 and bfloat16 parameters). */
 export function readParameterValues(model: OnnxModel, name: string): Float64Array {
   const tensor = model.proto.graph!.initializer.find((t) => t.name === name);
   if (tensor === undefined) {
@@ -69,15 +69,11 @@ export function readParameterValues(model: OnnxModel, name: string): Float64Arra
   }
   const info = dtypeFromOnnx(tensor.dataType ?? 0, `parameter ${name}`);
   const bytes = tensorBytes(model, tensor);
-  if (info.dtype === 'float32') return Float64Array.from(bytesToFloat32(bytes));
-  if (info.dtype === 'float64') return bytesToFloat64(bytes).slice();
-  throw new GramfuseError(
-    ErrorCode.UnsupportedDtype,
-    `${model.source}: parameter ${name} is ${info.dtype}; gramfuse merges float32 and float64 parameters (convert the model to float32 first)`,
-    {
+  if (!isFloatDtype(info.dtype))
+    throw new GramfuseError(ErrorCode.UnsupportedDtype, `${model.source}: parameter ${name} is ${info.dtype}, not a float type`, {
       facts: { parameter: name, dtype: info.dtype },
-    },
-  );
+    });
+  return decodeFloats(bytes, info.dtype);
 }
 
 /** The model with parameter values replaced (cast to each parameter's own dtype); nothing else changes. */
@@ -96,29 +92,34 @@ export function withParameterValues(model: OnnxModel, values: ReadonlyMap<string
         `parameter ${name}: ${value.length} values for shape [${tensorShape(tensor).join(', ')}]`,
       );
     }
-    for (let i = 0; i < value.length; i++) {
-      if (!Number.isFinite(value[i]!)) {
-        throw new GramfuseError(
-          ErrorCode.NonFinite,
-          `parameter ${name}: merged value ${value[i]} at index ${i} is not finite; nothing was written`,
-          { facts: { parameter: name, index: i } },
-        );
-      }
-    }
-    const bytes =
-      info.dtype === 'float64'
-        ? typedArrayBytes(Float64Array.from(value))
-        : info.dtype === 'float32'
-          ? typedArrayBytes(Float32Array.from(value))
-          : undefined;
-    if (bytes === undefined)
+    if (!isFloatDtype(info.dtype))
       throw new GramfuseError(ErrorCode.UnsupportedDtype, `parameter ${name}: cannot write ${info.dtype} values`, {
         facts: { parameter: name },
       });
-    return tensorWithBytes(tensor, bytes);
+    return tensorWithBytes(tensor, encodeFinite(name, value, info.dtype));
   });
   const missing = [...values.keys()].filter((name) => !seen.has(name));
   if (missing.length > 0)
     throw new GramfuseError(ErrorCode.Internal, `merged values for tensors the template does not have: ${missing.slice(0, 5).join(', ')}`);
   return { ...model, proto: { ...model.proto, graph: { ...graph, initializer } } };
+}
+
+/**
+ * Merged values in a parameter's own dtype, refused (NON_FINITE, naming the parameter and index) where a value is
+ * not finite — before or after rounding: a float16 parameter cannot hold 70 000. `offset` is the slice's first index.
+ */
+export function encodeFinite(name: string, values: Float64Array, dtype: FloatDtype, offset = 0): Uint8Array {
+  const bytes = encodeFloats(values, dtype);
+  const check = dtype === 'float64' ? values : decodeFloats(bytes, dtype);
+  for (let i = 0; i < check.length; i++) {
+    if (!Number.isFinite(check[i]!))
+      throw new GramfuseError(
+        ErrorCode.NonFinite,
+        Number.isFinite(values[i]!)
+          ? `parameter ${name}: merged value ${values[i]} at index ${offset + i} does not fit ${dtype}; nothing was written`
+          : `parameter ${name}: merged value ${values[i]} at index ${offset + i} is not finite; nothing was written`,
+        { facts: { parameter: name, index: offset + i, dtype } },
+      );
+  }
+  return bytes;
 }
