@@ -1,8 +1,9 @@
 import { readFile } from 'node:fs/promises';
 
 import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
-import { loadModel, modelInputs, indexGraph, type OnnxModel } from '../shared/onnx/index.js';
+import { loadModel, modelInputs, indexGraph, modelTask, type OnnxModel } from '../shared/onnx/index.js';
 import { classificationMetrics, predictLogits, type Progress } from './collect/index.js';
+import { type LanguageModelMetrics, languageModelMetrics } from './collect/index.js';
 import { collectExamples, type Example } from './collect/index.js';
 import { loadTokenizer } from './collect/index.js';
 
@@ -108,8 +109,16 @@ async function labelledExamples(options: EvaluateOptions, labels: readonly strin
   return { examples, truth };
 }
 
-/** `gramfuse eval`: accuracy and macro-F1 of a model (or an ensemble) on labelled data. */
-export async function runEvaluation(options: EvaluateOptions): Promise<EvaluationResult> {
+/** What `gramfuse eval` reports for a causal LM. */
+export interface LanguageModelEvaluation extends LanguageModelMetrics {
+  readonly task: 'causal-lm';
+}
+
+/**
+ * `gramfuse eval`: accuracy and macro-F1 of a classifier (or an ensemble) on labelled data; perplexity and next-token
+ * accuracy of a causal LM on held-out text (labels are not read).
+ */
+export async function runEvaluation(options: EvaluateOptions): Promise<EvaluationResult | LanguageModelEvaluation> {
   if (options.models.length === 0)
     throw new GramfuseError(ErrorCode.InvalidArgument, '--model: give a model to evaluate', { facts: { flag: 'model' } });
   if (options.models.length > 1 && options.ensemble !== true) {
@@ -118,6 +127,32 @@ export async function runEvaluation(options: EvaluateOptions): Promise<Evaluatio
       `--model given ${options.models.length} times; add --ensemble to evaluate their logit average, or evaluate one model at a time`,
       { facts: { flag: 'model' } },
     );
+  }
+  const first = await loadModel(options.models[0]!);
+  const index = indexGraph(first.proto.graph!);
+  const task = modelTask(index);
+  if (task.kind === 'causal-lm') {
+    if (options.ensemble === true)
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        '--ensemble: gramfuse averages classifier logits only; evaluate a causal LM alone',
+        {
+          facts: { flag: 'ensemble' },
+        },
+      );
+    const tokenizer = await loadTokenizer(options.tokenizer, options.maxLength === undefined ? {} : { maxLength: options.maxLength });
+    const examples = await collectExamples(options.data, {
+      requireLabel: false,
+      ...(options.textField === undefined ? {} : { textField: options.textField }),
+      ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
+      seed: options.seed ?? 1,
+    });
+    const metrics = await languageModelMetrics(first, { inputs: modelInputs(index), task }, tokenizer, examples, {
+      batchSize: options.batchSize ?? 16,
+      ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }),
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+    });
+    return { task: 'causal-lm', ...metrics };
   }
   const [result] = await evaluateEach(options.models, { ...options, ensembleOf: options.ensemble === true ? options.models : [] });
   return options.ensemble === true ? result!.ensemble! : result!;
@@ -138,6 +173,14 @@ export async function evaluateEach(
   options: Omit<EvaluateOptions, 'models' | 'ensemble'> & { readonly ensembleOf?: readonly string[] },
 ): Promise<EvaluateEachResult[]> {
   const models = await Promise.all(paths.map((p) => loadModel(p)));
+  for (const model of models) {
+    if (modelTask(indexGraph(model.proto.graph!)).kind === 'causal-lm')
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        `${model.source} is a causal LM: this evaluation reports classifier metrics (accuracy, macro-F1); score it with \`gramfuse eval --model ${model.source}\` (perplexity, token accuracy)`,
+        { facts: { model: model.source } },
+      );
+  }
   const labels = await labelList(models[0]!, options.labels);
   for (const model of models) {
     const declared = declaredClasses(model);

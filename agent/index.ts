@@ -33,7 +33,15 @@ export {
   writeStatistics,
   type WrittenStatistics,
 } from './collect/index.js';
-export { evaluateEach, type EvaluateEachResult, type EvaluateOptions, type EvaluationResult, runEvaluation } from './evaluate.js';
+export {
+  evaluateEach,
+  type EvaluateEachResult,
+  type EvaluateOptions,
+  type EvaluationResult,
+  type LanguageModelEvaluation,
+  runEvaluation,
+} from './evaluate.js';
+export { type LanguageModelMetrics, languageModelMetrics } from './collect/index.js';
 export { evaluateForJob, type EvaluateForJobOptions, type EvaluateForJobResult } from './evaluate-run.js';
 export {
   combinePolicies,

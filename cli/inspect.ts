@@ -19,6 +19,7 @@ export function formatInspect(path: string, report: InspectReport): string {
     `model        ${path}`,
     `fingerprint  ${report.fingerprint}`,
     `parameters   ${report.parameters.count} tensors, ${formatBytes(report.parameters.bytes)}`,
+    `task         ${report.task.kind === 'causal-lm' ? `causal LM, vocabulary ${report.task.vocab} (eval: perplexity, token accuracy)` : 'classifier (eval: accuracy, macro-F1)'}`,
     '',
     `Linear layers (${report.linearLayers.length}): solved by RegMean`,
     formatTable(

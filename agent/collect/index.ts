@@ -16,3 +16,4 @@ export { type CollectionRequest, type CollectionResult, runCollectionJob } from 
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
 export { type CollectionPass, defaultMemoryBudget, formatPasses, memoryTarget, passBytes, planPasses } from './passes.js';
 export { writeStatistics, type WrittenStatistics } from './statistics-writer.js';
+export { type LanguageModelMetrics, languageModelMetrics } from './language-model.js';

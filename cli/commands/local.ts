@@ -86,7 +86,9 @@ export function registerLocalCommands(program: Command): void {
   labelledDataOptions(
     program
       .command('eval')
-      .description('Accuracy and macro-F1 of a model (or, with --ensemble, the logit average of several) on labelled data')
+      .description(
+        'Accuracy and macro-F1 of a classifier (or, with --ensemble, the logit average of several) on labelled data; perplexity and next-token accuracy of a causal LM on held-out text',
+      )
       .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect),
     'labelled data (.jsonl or .csv)',
   )
@@ -107,7 +109,9 @@ export function registerLocalCommands(program: Command): void {
       stdout(
         flags.json
           ? `${JSON.stringify(result)}\n`
-          : `examples ${result.examples}\naccuracy ${(result.accuracy * 100).toFixed(2)} %\nmacro-F1 ${(result.macroF1 * 100).toFixed(2)} %\n`,
+          : 'task' in result
+            ? `examples ${result.examples}\ntokens ${result.tokens}\nperplexity ${result.perplexity.toFixed(3)}\ntoken accuracy ${(result.tokenAccuracy * 100).toFixed(2)} %\n`
+            : `examples ${result.examples}\naccuracy ${(result.accuracy * 100).toFixed(2)} %\nmacro-F1 ${(result.macroF1 * 100).toFixed(2)} %\n`,
       );
     });
 }

@@ -5,6 +5,7 @@ import { type AnalysisNote, findLinearLayers, type LinearLayer } from './linear-
 import type { OnnxModel } from './model-io.js';
 import { fingerprint, listParameters, type Parameter } from './parameters.js';
 import { maskInputs, type ModelInput, modelInputs, probeRowRules, type RowRule } from './probe.js';
+import { type ModelTask, modelTask } from './task.js';
 
 /** Everything gramfuse needs to know about a model's structure to collect statistics and merge it. */
 export interface ModelAnalysis {
@@ -19,6 +20,8 @@ export interface ModelAnalysis {
   readonly rowRules: ReadonlyMap<string, RowRule>;
   /** Parameters averaged instead of solved, and why. */
   readonly notes: readonly AnalysisNote[];
+  /** A causal LM (`[batch, sequence, vocab]` logits) or a classifier, from the graph alone. */
+  readonly task: ModelTask;
 }
 
 /**
@@ -49,12 +52,15 @@ export async function analyzeModel(model: OnnxModel, options: { readonly probe?:
     gramGroups,
     rowRules,
     notes,
+    task: modelTask(index),
   };
 }
 
 /** The `gramfuse inspect --json` object (its shape is a public contract: issue #2). */
 export interface InspectReport {
   readonly fingerprint: string;
+  /** `causal-lm` (with its vocabulary size) or `classifier`. */
+  readonly task: { readonly kind: 'causal-lm' | 'classifier'; readonly vocab?: number };
   readonly parameters: { readonly count: number; readonly bytes: number };
   readonly linearLayers: readonly {
     readonly weight: string;
@@ -77,6 +83,7 @@ export interface InspectReport {
 export function inspectReport(analysis: ModelAnalysis): InspectReport {
   return {
     fingerprint: analysis.fingerprint,
+    task: analysis.task.kind === 'causal-lm' ? { kind: 'causal-lm', vocab: analysis.task.vocab } : { kind: 'classifier' },
     parameters: { count: analysis.parameters.length, bytes: analysis.parameters.reduce((sum, p) => sum + p.bytes, 0) },
     linearLayers: analysis.linearLayers.map((layer) => ({
       weight: layer.weight,

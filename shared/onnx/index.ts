@@ -4,6 +4,7 @@ export { formGramGroups, type GramGroup } from './gram-groups.js';
 export { indexGraph, type GraphIndex } from './graph-index.js';
 export { instrumentGrams, type GramOutputs, type InstrumentedModel, type InstrumentOptions } from './instrument.js';
 export { pruneToOutputs } from './prune.js';
+export { type ModelTask, modelTask } from './task.js';
 export { type AnalysisNote, findLinearLayers, type LinearLayer, type LinearUse, type Orientation } from './linear-layers.js';
 export {
   inlineSizeEstimate,

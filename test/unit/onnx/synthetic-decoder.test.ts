@@ -35,6 +35,9 @@ describe.each([
     const synthetic = await analyzeModel(await loadModel(path));
     const layers = options.layers;
     expect(blocks(synthetic, layers)).toEqual(blocks(real, layers));
+    // The generated causal LM is recognised as one; the tiny exports are sequence classifiers ([batch, 14] logits).
+    expect(synthetic.task).toEqual({ kind: 'causal-lm', output: 'logits', vocab: options.vocab, embedding: 'model.embed_tokens.weight' });
+    expect(real.task.kind).toBe('classifier');
     expect(synthetic.gramGroups.slice(0, 4 * layers).reduce((n, g) => n + g.weights.length, 0)).toBe(7 * layers);
     for (const group of synthetic.gramGroups)
       for (const input of group.inputs) expect(synthetic.rowRules.get(input)).toMatchObject({ rows: 'tokens', mask: 'attention_mask' });
