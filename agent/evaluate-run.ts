@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import type { Progress } from './collect/index.js';
 import { evaluateEach, type EvaluationResult } from './evaluate.js';
-import { connectFederation, type ConnectOptions } from '../client/index.js';
+import { connectFederation, type ConnectOptions, downloadMergedModel } from '../client/index.js';
 import { openAgentLedger } from './run/index.js';
 
 export interface EvaluateForJobOptions {
@@ -54,7 +54,7 @@ export async function evaluateForJob(options: EvaluateForJobOptions): Promise<Ev
     const jobDir = join(options.workDir, options.jobId);
     await mkdir(jobDir, { recursive: true });
     const model = join(jobDir, 'merged.onnx');
-    const { sha256 } = await client.downloadTo(options.jobId, 'merged.onnx', model, status.resultSha256);
+    const { sha256 } = await downloadMergedModel(client, options.jobId, model, status.resultSha256);
     const [metrics] = await evaluateEach([model], {
       data: options.data,
       tokenizer: options.tokenizer,

@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { evaluateEach } from '../agent/index.js';
-import { connectFederation } from '../client/index.js';
+import { connectFederation, downloadMergedModel } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { MergeSpec } from '../shared/merge/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
@@ -275,7 +275,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       await mkdir(resultDir, { recursive: true });
       const mergedModel = join(resultDir, 'merged.onnx');
       const report = join(resultDir, 'report.json');
-      const { sha256: mergedSha256 } = await client.downloadTo('demo', 'merged.onnx', mergedModel, final.resultSha256);
+      const { sha256: mergedSha256 } = await downloadMergedModel(client, 'demo', mergedModel, final.resultSha256);
       await client.downloadTo('demo', 'report.json', report);
       options.log(`merged model downloaded to ${mergedModel} (sha256 verified); each agent evaluates it on its own held-out split`);
       // Federated evaluation in the agents' processes, while this one builds the baselines.

@@ -196,6 +196,9 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         try {
           await writeFileAtomic(path, parts(), `writing the downloaded ${artifact}`);
         } catch (error) {
+          // A write that failed before the stream ended (no directory, no space): stop the stream, quietly.
+          stream.on('error', () => undefined);
+          stream.cancel();
           const cause = (error as GramfuseError).cause;
           if (cause instanceof GramfuseError) throw cause;
           if (typeof (cause as { code?: unknown } | undefined)?.code === 'number') throw cause;

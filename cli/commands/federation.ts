@@ -189,14 +189,16 @@ export function registerFederationCommands(program: Command): void {
     const flags = parseFlags(JobDownloadFlags, raw);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
-      const status = await client.getJob(id);
-      const { sha256, bytes } = await client.downloadTo(
-        id,
-        flags.artifact,
-        flags.out,
-        flags.artifact === 'merged.onnx' ? status.resultSha256 : undefined,
-      );
-      stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
+      if (flags.artifact === 'merged.onnx') {
+        const status = await client.getJob(id);
+        const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
+        stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
+        if (dataFile !== undefined)
+          stdout(`${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified)\n`);
+      } else {
+        const { sha256, bytes } = await client.downloadTo(id, flags.artifact, flags.out);
+        stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
+      }
     } finally {
       client.close();
     }

@@ -364,9 +364,15 @@ export class Coordinator {
       throw new GramfuseError(ErrorCode.JobClosed, `job ${jobId} is ${job.persisted.state}; its result is not ready`, {
         facts: { job: jobId },
       });
-    if (!['merged.onnx', 'merged.safetensors', 'report.json'].includes(name))
-      throw new GramfuseError(ErrorCode.InvalidArgument, `no artifact ${name}; choose merged.onnx, merged.safetensors or report.json`);
     const file = ['jobs', jobId, 'result', name];
+    // merged.onnx.data exists for merged models past protobuf's 2 GB (their tensors' side file).
+    const artifacts = ['merged.onnx', 'merged.safetensors', 'report.json', 'merged.onnx.data'];
+    if (!artifacts.includes(name) || (name === 'merged.onnx.data' && !(await this.store.list(['jobs', jobId, 'result'])).includes(name)))
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        `job ${jobId} has no artifact ${name}; choose merged.onnx, merged.safetensors or report.json (and merged.onnx.data for models past 2 GB)`,
+        { facts: { job: jobId, artifact: name } },
+      );
     const { sha256, bytes } = await this.store.sha256(file);
     await this.ledger.append('result.fetched', jobId, { by: identity, artifact: name, sha256, bytes });
     return { path: this.store.path(...file), sha256, bytes };

@@ -25,9 +25,9 @@ import {
   saveModel,
   saveModelStreamed,
   tensorBytes,
-  tensorWithBytes,
   encodeFinite,
 } from '../onnx/index.js';
+import type { TensorProto } from '../../proto/index.js';
 import { sha256OfFile } from '../file-hash.js';
 import type { Aggregate } from './contributions.js';
 import type { PlannedStatistic } from './plan.js';
@@ -246,16 +246,14 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
   };
   const template = await loadModel(input.templatePath); // the graph; external tensors stay in the side file
   await ensureDirectoryFor(input.modelPath);
-  if (inlineSizeEstimate(template) < PROTOBUF_LIMIT_BYTES - 64 * 1024 * 1024) {
-    await saveModelStreamed(template, input.modelPath, (tensor) =>
-      isParameterTensor(tensor) ? merged(tensor.name ?? '') : Promise.resolve(tensorBytes(template, tensor)),
-    );
+  const valueOf = (tensor: TensorProto): Promise<Uint8Array> =>
+    isParameterTensor(tensor) ? merged(tensor.name ?? '') : Promise.resolve(tensorBytes(template, tensor));
+  if (inlineSizeEstimate(template) <= PROTOBUF_LIMIT_BYTES - 64 * 1024 * 1024) {
+    await saveModelStreamed(template, input.modelPath, valueOf);
   } else {
-    // Past protobuf's 2 GB the model needs a side file anyway: replace the tensors and let saveModel write it.
-    const graph = template.proto.graph!;
-    for (const [i, tensor] of graph.initializer.entries())
-      if (isParameterTensor(tensor)) graph.initializer[i] = tensorWithBytes(tensor, await merged(tensor.name ?? ''));
-    await saveModel(template, input.modelPath);
+    // Past protobuf's 2 GB the model needs a side file: `merged.onnx.data`, written a tensor at a time, its SHA-256
+    // in the model's metadata (so the model's own digest vouches for it).
+    await saveModel(template, input.modelPath, { externalData: 'always', tensorBytes: valueOf });
   }
   failpoint('write.model');
   input.onProgress?.({ phase: 'write', done: 1, total: 2, item: 'merged.onnx' });

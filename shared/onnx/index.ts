@@ -7,6 +7,8 @@ export { pruneToOutputs } from './prune.js';
 export { type ModelTask, modelTask } from './task.js';
 export { type AnalysisNote, findLinearLayers, type LinearLayer, type LinearUse, type Orientation } from './linear-layers.js';
 export {
+  EXTERNAL_DATA_SHA256_KEY,
+  externalDataFile,
   inlineSizeEstimate,
   isExternal,
   loadModel,

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
@@ -240,6 +240,32 @@ export interface SaveModelOptions {
   readonly externalDataFile?: string;
   /** Smallest tensor moved to the side file. Default 1024 bytes. */
   readonly externalThresholdBytes?: number;
+  /**
+   * Where each tensor's value comes from, asked for one tensor at a time (so a model of any size is written
+   * without holding its tensors). Default: the model's own (`tensorBytes`).
+   */
+  readonly tensorBytes?: (tensor: TensorProto) => Promise<Uint8Array>;
+}
+
+/**
+ * The model metadata key holding the SHA-256 of its external-data file, written by `saveModel`: the model file's
+ * own digest then vouches for its side file too (a download checks the side file against it).
+ */
+export const EXTERNAL_DATA_SHA256_KEY = 'gramfuse.external_data_sha256';
+
+/** The side file a model's tensors live in, with its recorded SHA-256 (undefined when the model is inline). */
+export function externalDataFile(model: OnnxModel): { location: string; sha256: string | undefined } | undefined {
+  const locations = new Set<string>();
+  for (const tensor of model.proto.graph?.initializer ?? []) if (isExternal(tensor)) locations.add(externalLocation(tensor).location);
+  if (locations.size === 0) return undefined;
+  if (locations.size > 1)
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `${model.source}: tensors in ${locations.size} side files (${[...locations].slice(0, 3).join(', ')}); gramfuse moves models with one`,
+      { facts: { files: locations.size } },
+    );
+  const sha256 = model.proto.metadataProps.find((p) => p.key === EXTERNAL_DATA_SHA256_KEY)?.value;
+  return { location: [...locations][0]!, sha256 };
 }
 
 /** Bytes the model would take inline (tensor payloads + the rest), without reading external data. */
@@ -267,14 +293,28 @@ export async function saveModel(model: OnnxModel, path: string, options: SaveMod
   const dataPath = join(dir, dataName);
   const tmpData = `${dataPath}${suffix}`;
   const graph = model.proto.graph!;
+  const source = options.tensorBytes ?? ((tensor: TensorProto) => Promise.resolve(tensorBytes(model, tensor)));
   try {
     let initializers: TensorProto[];
+    let metadataProps = model.proto.metadataProps.filter((p) => p.key !== EXTERNAL_DATA_SHA256_KEY);
     if (external) {
-      initializers = await writeExternalData(model, graph.initializer, tmpData, dataName, options.externalThresholdBytes ?? 1024);
+      const written = await writeExternalData(
+        graph.initializer,
+        options.tensorBytes === undefined
+          ? (t) => Promise.resolve(isExternal(t) ? tensorWithBytes(t, tensorBytes(model, t)) : t)
+          : async (t) => tensorWithBytes(t, await source(t)),
+        tmpData,
+        dataName,
+        options.externalThresholdBytes ?? 1024,
+      );
+      initializers = written.tensors;
+      metadataProps = [...metadataProps, { key: EXTERNAL_DATA_SHA256_KEY, value: written.sha256 }];
     } else {
-      initializers = graph.initializer.map((tensor) => (isExternal(tensor) ? tensorWithBytes(tensor, tensorBytes(model, tensor)) : tensor));
+      initializers = []; // inline: no side file, so no side file digest (filtered above)
+      for (const tensor of graph.initializer)
+        initializers.push(options.tensorBytes !== undefined || isExternal(tensor) ? tensorWithBytes(tensor, await source(tensor)) : tensor);
     }
-    const proto: ModelProto = { ...model.proto, graph: { ...graph, initializer: initializers } };
+    const proto: ModelProto = { ...model.proto, metadataProps, graph: { ...graph, initializer: initializers } };
     const bytes = ModelProto.encode(proto).finish();
     const handle = await open(tmpModel, 'w');
     try {
@@ -295,27 +335,42 @@ export async function saveModel(model: OnnxModel, path: string, options: SaveMod
 
 const EXTERNAL_ALIGNMENT = 4096;
 
+/** Writes the tensors of at least `threshold` bytes into one side file, page-aligned, hashing the file as written. */
 async function writeExternalData(
-  model: OnnxModel,
   tensors: readonly TensorProto[],
+  /** Each tensor with its value inline (raw or typed fields), asked for one at a time. */
+  inline: (tensor: TensorProto) => Promise<TensorProto>,
   tmpPath: string,
   location: string,
   threshold: number,
-): Promise<TensorProto[]> {
+): Promise<{ tensors: TensorProto[]; sha256: string }> {
   await mkdir(dirname(tmpPath), { recursive: true });
   const handle = await open(tmpPath, 'w');
+  const hash = createHash('sha256');
   try {
     let offset = 0;
     const out: TensorProto[] = [];
     for (const tensor of tensors) {
-      const bytes = tensorBytes(model, tensor);
-      if (bytes.byteLength < threshold) {
-        out.push(isExternal(tensor) ? tensorWithBytes(tensor, bytes) : tensor);
+      const info = dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${tensor.name ?? '?'}`);
+      const expected = tensorElementCount(tensor) * info.bytes;
+      const value = await inline(tensor);
+      if (expected < threshold) {
+        out.push(value);
         continue;
       }
-      // Page-aligned offsets let runtimes memory-map each tensor.
-      offset = Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+      const bytes = value.rawData ?? typedFieldBytes(value, info.dtype);
+      if (bytes.byteLength !== expected)
+        throw new GramfuseError(ErrorCode.Internal, `tensor ${tensor.name ?? '?'}: ${bytes.byteLength} bytes, its shape needs ${expected}`);
+      // Page-aligned offsets let runtimes memory-map each tensor; the gap is zeros, hashed like the rest.
+      const aligned = Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+      if (aligned > offset) {
+        const gap = new Uint8Array(aligned - offset);
+        await writeAll(handle, gap, offset);
+        hash.update(gap);
+      }
+      offset = aligned;
       await writeAll(handle, bytes, offset);
+      hash.update(bytes);
       out.push({
         ...tensorWithBytes(tensor, new Uint8Array(0)),
         rawData: undefined,
@@ -329,7 +384,7 @@ async function writeExternalData(
       offset += bytes.byteLength;
     }
     await handle.sync();
-    return out;
+    return { tensors: out, sha256: hash.digest('hex') };
   } finally {
     await handle.close();
   }
@@ -367,7 +422,9 @@ export async function saveModelStreamed(
 ): Promise<void> {
   await ensureDirectoryFor(path);
   const graph = model.proto.graph!;
-  const head = ModelProto.encode({ ...model.proto, graph: undefined }).finish();
+  // Written inline: a side file's digest the source model recorded does not describe this file.
+  const metadataProps = model.proto.metadataProps.filter((p) => p.key !== EXTERNAL_DATA_SHA256_KEY);
+  const head = ModelProto.encode({ ...model.proto, metadataProps, graph: undefined }).finish();
   const graphHead = GraphProto.encode({ ...graph, initializer: [] }).finish();
   const tensors = graph.initializer.map((tensor) => {
     const info = dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${tensor.name ?? '?'}`);

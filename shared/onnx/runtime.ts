@@ -1,6 +1,6 @@
 // The one place in shared/ (and so for both sides) that imports onnxruntime-node.
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { access } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
@@ -30,9 +30,9 @@ export interface SessionOptions {
 export async function createSession(source: OnnxModel | Uint8Array, options: SessionOptions = {}): Promise<ort.InferenceSession> {
   const bytes = source instanceof Uint8Array ? source : ModelProto.encode(source.proto).finish();
   const label = source instanceof Uint8Array ? '<bytes>' : source.source;
-  // A model given as bytes cannot find its side files by itself; the Node binding takes their contents
-  // (onnxruntime holds the weights in memory anyway).
-  const externalData: { path: string; data: Uint8Array }[] = [];
+  // A model given as bytes finds its side files through the folder ORT is told of: onnxruntime reads the tensors
+  // itself, so they are never read into JS (one copy of the weights, and side files past 2 GiB load).
+  let externalFolder: string | undefined;
   if (!(source instanceof Uint8Array) && source.baseDir !== undefined) {
     const locations = new Set<string>();
     for (const tensor of source.proto.graph?.initializer ?? []) {
@@ -43,22 +43,20 @@ export async function createSession(source: OnnxModel | Uint8Array, options: Ses
     for (const location of locations) {
       const path = join(source.baseDir, location);
       try {
-        externalData.push({ path: location, data: await readFile(path) });
+        await access(path, constants.R_OK);
       } catch (error) {
         throw new GramfuseError(
           ErrorCode.OnnxExternalData,
           `${label}: external data file ${path} cannot be read (${(error as Error).message}); copy it next to the model`,
-          {
-            facts: { path },
-            cause: error,
-          },
+          { facts: { path }, cause: error },
         );
       }
     }
+    if (locations.size > 0) externalFolder = source.baseDir;
   }
   try {
     return await ort.InferenceSession.create(bytes, {
-      ...(externalData.length === 0 ? {} : { externalData }),
+      ...(externalFolder === undefined ? {} : { extra: { session: { model_external_initializers_file_folder_path: externalFolder } } }),
       executionProviders: [options.device ?? 'cpu'],
       logSeverityLevel: 3,
       graphOptimizationLevel: 'all',

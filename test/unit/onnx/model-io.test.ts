@@ -1,4 +1,5 @@
 // @needs-fixtures: reads the full fixture set (../shared/fixtures, or GRAMFUSE_FIXTURES); skipped where it is absent, never in CI.
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +10,7 @@ import { ModelProto, TensorProto } from '../../../proto/index.js';
 import { ErrorCode, GramfuseError } from '../../../shared/index.js';
 import {
   createSession,
+  externalDataFile,
   loadModel,
   indexGraph,
   modelInputs,
@@ -88,9 +90,58 @@ describe('external data', () => {
       const original = source.proto.graph!.initializer.find((t) => t.name === tensor.name)!;
       expect(Buffer.compare(Buffer.from(tensorBytes(reloaded, tensor)), Buffer.from(tensorBytes(source, original)))).toBe(0);
     }
-    // Saving inline again reproduces the original file exactly.
+    // The model records its side file's SHA-256 (what a download checks the side file against).
+    expect(externalDataFile(reloaded)).toEqual({
+      location: 'model.onnx.data',
+      sha256: createHash('sha256')
+        .update(readFileSync(join(dir, 'model.onnx.data')))
+        .digest('hex'),
+    });
+    // onnxruntime reads the side file itself (the session is told its folder), with the same outputs as inline.
+    const outputs = async (model: typeof source) => {
+      const session = await createSession(model);
+      try {
+        const out = await runSession(session, probeFeeds(modelInputs(indexGraph(model.proto.graph!))).feeds, model.source);
+        return Array.from(out[session.outputNames[0]!]!.data as Float32Array);
+      } finally {
+        await session.release();
+      }
+    };
+    expect(await outputs(reloaded)).toEqual(await outputs(source));
+    // Saving inline again reproduces the original file exactly (no side file digest left behind).
     await saveModel(reloaded, join(dir, 'inline.onnx'), { externalData: 'never' });
     expect(Buffer.compare(readFileSync(join(dir, 'inline.onnx')), readFileSync(fixtureModel('tiny', 't5-a')))).toBe(0);
+  });
+
+  it('writes a side file from tensor values given one at a time (a merged model of any size)', async () => {
+    const source = await loadModel(fixtureModel('tiny', 't5-a'));
+    const dir = mkdtempSync(join(work, 'ext-source-'));
+    const asked: string[] = [];
+    const doubled = async (tensor: TensorProto): Promise<Uint8Array> => {
+      asked.push(tensor.name!);
+      const bytes = tensorBytes(source, tensor);
+      if (tensor.dataType !== 1) return bytes;
+      return new Uint8Array(Float32Array.from(new Float32Array(new Uint8Array(bytes).buffer), (v) => 2 * v).buffer);
+    };
+    await saveModel(source, join(dir, 'model.onnx'), { externalData: 'always', tensorBytes: doubled });
+    expect(asked).toEqual(source.proto.graph!.initializer.map((t) => t.name)); // each once, in order
+    const written = await loadModel(join(dir, 'model.onnx'));
+    for (const tensor of source.proto.graph!.initializer.filter((t) => t.dataType === 1)) {
+      const a = new Float32Array(
+        new Uint8Array(
+          tensorBytes(
+            written,
+            written.proto.graph!.initializer.find((t) => t.name === tensor.name)!,
+          ),
+        ).buffer,
+      );
+      const b = new Float32Array(new Uint8Array(tensorBytes(source, tensor)).buffer);
+      expect(a.every((v, i) => v === 2 * b[i]!)).toBe(true);
+    }
+    // A value of the wrong size is refused and leaves nothing behind.
+    const other = join(mkdtempSync(join(work, 'ext-bad-')), 'model.onnx');
+    await expectCode(saveModel(source, other, { externalData: 'always', tensorBytes: async () => new Uint8Array(3) }), 'INTERNAL', /bytes/);
+    expect(readdirSync(join(other, '..'))).toEqual([]);
   });
 
   it('reports a missing side file with a coded error naming the tensor and the file', async () => {
