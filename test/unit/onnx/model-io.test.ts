@@ -117,11 +117,11 @@ describe('external data', () => {
     const source = await loadModel(fixtureModel('tiny', 't5-a'));
     const dir = mkdtempSync(join(work, 'ext-source-'));
     const asked: string[] = [];
-    const doubled = async (tensor: TensorProto): Promise<Uint8Array> => {
+    const doubled = (tensor: TensorProto): Promise<Uint8Array> => {
       asked.push(tensor.name!);
       const bytes = tensorBytes(source, tensor);
-      if (tensor.dataType !== 1) return bytes;
-      return new Uint8Array(Float32Array.from(new Float32Array(new Uint8Array(bytes).buffer), (v) => 2 * v).buffer);
+      if (tensor.dataType !== 1) return Promise.resolve(bytes);
+      return Promise.resolve(new Uint8Array(Float32Array.from(new Float32Array(new Uint8Array(bytes).buffer), (v) => 2 * v).buffer));
     };
     await saveModel(source, join(dir, 'model.onnx'), { externalData: 'always', tensorBytes: doubled });
     expect(asked).toEqual(source.proto.graph!.initializer.map((t) => t.name)); // each once, in order
@@ -140,7 +140,7 @@ describe('external data', () => {
     }
     // A value of the wrong size is refused and leaves nothing behind.
     const other = join(mkdtempSync(join(work, 'ext-bad-')), 'model.onnx');
-    await expectCode(saveModel(source, other, { externalData: 'always', tensorBytes: async () => new Uint8Array(3) }), 'INTERNAL', /bytes/);
+    await expectCode(saveModel(source, other, { externalData: 'always', tensorBytes: () => Promise.resolve(new Uint8Array(3)) }), 'INTERNAL', /bytes/);
     expect(readdirSync(join(other, '..'))).toEqual([]);
   });
 
