@@ -8,9 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { evaluateEach } from '../agent/index.js';
 import { connectFederation, downloadMergedModel } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
-import { MergeSpec } from '../shared/merge/index.js';
+import { type MergeReport, MergeSpec } from '../shared/merge/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
 import { certsInit, certsIssue, loadTls } from './federation-commands.js';
+import { exportHfCheckpoint } from './hf-export.js';
 import { runLocalMerge } from './local-merge.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), fileURLToPath(import.meta.url).endsWith('.ts') ? '..' : '../..');
@@ -278,6 +279,14 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       const { sha256: mergedSha256 } = await downloadMergedModel(client, 'demo', mergedModel, final.resultSha256);
       await client.downloadTo('demo', 'report.json', report);
       options.log(`merged model downloaded to ${mergedModel} (sha256 verified); each agent evaluates it on its own held-out split`);
+      const hf = await exportHfCheckpoint({
+        model: mergedModel,
+        out: join(resultDir, 'hf'),
+        tokenizer,
+        report: JSON.parse(await readFile(report, 'utf8')) as MergeReport,
+        provenance: [`Job \`demo\`: merged.onnx SHA-256 \`${mergedSha256}\`, verified on download.`],
+      });
+      options.log(`merged model as a Hugging Face checkpoint: ${hf.out} (${hf.files.join(', ')}; names from the export's structure)`);
       // Federated evaluation in the agents' processes, while this one builds the baselines.
       const federatedRuns = Promise.all(
         orgs.map(async (org) => {

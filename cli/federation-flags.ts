@@ -73,6 +73,10 @@ export const JobDownloadFlags = z.object({
   artifact: z.enum(['merged.onnx', 'merged.safetensors', 'report.json'], {
     message: 'must be merged.onnx, merged.safetensors or report.json',
   }),
+  hfOut: z.string().min(1).optional(),
+  hfCheckpoint: z.string().min(1).optional(),
+  hfModel: z.string().min(1).optional(),
+  tokenizer: z.string().min(1).optional(),
 });
 
 export const AuditVerifyFlags = z

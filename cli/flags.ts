@@ -48,8 +48,23 @@ const mergeSpecFlags = {
   includePadding: z.boolean().default(false),
 };
 
+/** Where a Hugging Face checkpoint of the result goes, and what names it (merge, job download, export). */
+export const hfFlags = {
+  hfOut: z.string().min(1).optional(),
+  hfCheckpoint: z.string().min(1).optional(),
+  hfModel: z.string().min(1).optional(),
+};
+
+export const ExportFlags = z.object({
+  hfOut: z.string().min(1, 'name the checkpoint directory to write'),
+  hfCheckpoint: z.string().min(1).optional(),
+  tokenizer: z.string().min(1).optional(),
+  json: z.boolean().default(false),
+});
+
 export const MergeFlags = z.object({
   ...commonDataFlags,
+  ...hfFlags,
   tokenizer: z.string().min(1).optional(),
   model: z.array(z.string()).default([]),
   bundle: z.array(z.string()).default([]),

@@ -60,6 +60,11 @@ export const ErrorCode = {
   ResourceExhausted: 'RESOURCE_EXHAUSTED',
   /** A file of the coordinator's state (or a ledger) is corrupt: the job is quarantined, the rest go on. */
   StateCorrupt: 'STATE_CORRUPT',
+  /**
+   * ONNX parameters and a Hugging Face checkpoint's tensors do not map one to one (a parameter with no name, a name
+   * two parameters claim, a checkpoint that is not this model's): nothing is written.
+   */
+  CheckpointMismatch: 'CHECKPOINT_MISMATCH',
   /** Something that should never happen did; a bug in gramfuse. */
   Internal: 'INTERNAL',
 } as const;
@@ -141,6 +146,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   KEY_FILE_EXPOSED: 7,
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
+  CHECKPOINT_MISMATCH: 23,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
@@ -206,6 +212,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   KEY_FILE_EXPOSED: 13,
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
+  CHECKPOINT_MISMATCH: 9,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */

@@ -19,6 +19,7 @@ const loadCommandModules = async () => ({
   ...(await import('../audit-commands.js')),
   ...(await import('../demo.js')),
   ...(await import('../federation-commands.js')),
+  ...(await import('../hf-export.js')),
   ...(await import('../inspect.js')),
   ...(await import('../local-merge.js')),
   ...(await import('../watch.js')),

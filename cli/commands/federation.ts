@@ -2,6 +2,8 @@ import { readFile } from 'node:fs/promises';
 
 import type { Command } from 'commander';
 
+import type { MergeReport } from '../../shared/merge/index.js';
+
 import { ErrorCode, fileError, GramfuseError } from '../../shared/errors.js';
 import {
   CertsInitFlags,
@@ -184,17 +186,46 @@ export function registerFederationCommands(program: Command): void {
       .argument('<id>', 'job id')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--out <path>', 'where to write it')
-      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx'),
+      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx')
+      .option('--hf-out <dir>', 'also write the merged model as a Hugging Face checkpoint directory')
+      .option('--hf-checkpoint <dir>', 'the checkpoint the owners fine-tuned from: config.json, names checked against its keys')
+      .option(
+        '--hf-model <path>',
+        "an owner's ONNX export of --hf-checkpoint, to name the tensors by value (else by the export's structure)",
+      )
+      .option('--tokenizer <path>', 'tokenizer.json to copy into --hf-out'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobDownloadFlags, raw);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
         const status = await client.getJob(id);
+        const hf =
+          flags.hfOut === undefined
+            ? undefined
+            : {
+                out: flags.hfOut,
+                ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint, namesFrom: flags.hfModel ?? 'structure' }),
+                ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
+              };
+        // Checked before downloading: a directory that is not empty, or an owner's export that does not match the checkpoint.
+        if (hf !== undefined && flags.hfModel !== undefined) await h().prepareHfExport({ ...hf, template: flags.hfModel });
         const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
           stdout(`${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified)\n`);
+        if (hf !== undefined) {
+          const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
+          const exported = await h().exportHfCheckpoint({
+            ...hf,
+            model: flags.out,
+            report,
+            provenance: [
+              `Job \`${id}\` on coordinator ${flags.coordinator}: merged.onnx SHA-256 \`${sha256}\` (the job's result digest, verified on download); each owner's statistic digests and receipts are in the coordinator's audit ledger (\`gramfuse audit report\`).`,
+            ],
+          });
+          stdout(`Hugging Face checkpoint ${exported.out} (${exported.files.join(', ')})\n`);
+        }
       } else {
         const { sha256, bytes } = await client.downloadTo(id, flags.artifact, flags.out);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);

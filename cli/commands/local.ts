@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 
-import { EvalFlags, MergeFlags, parseFlags } from '../flags.js';
+import { EvalFlags, ExportFlags, MergeFlags, parseFlags } from '../flags.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
 import { collect, collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
 
@@ -11,7 +11,8 @@ export function registerLocalCommands(program: Command): void {
     .description('Show the linear layers, Gram groups, row rules and fingerprint gramfuse finds in a model')
     .argument('<model>', 'path to an .onnx file')
     .addOption(new Option('--json', 'print one JSON object'))
-    .action(async (model: string, options: { json?: boolean }) => {
+    .option('--hf-checkpoint <dir>', "name the parameters by this checkpoint's tensors (matched by value), not by the export's structure")
+    .action(async (model: string, options: { json?: boolean; hfCheckpoint?: string }) => {
       await h().inspectCommand(model, options, stdout);
     });
 
@@ -37,9 +38,29 @@ export function registerLocalCommands(program: Command): void {
   )
     .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
     .option('--report <path>', 'where to write the merge report (JSON)')
+    .option(
+      '--hf-out <dir>',
+      'also write the merged model as a Hugging Face checkpoint directory (model.safetensors, config.json, tokenizer, README.md)',
+    )
+    .option(
+      '--hf-checkpoint <dir>',
+      "the checkpoint an owner's model was exported from: names, layouts, dtypes and config.json for --hf-out",
+    )
+    .option('--hf-model <path>', 'the ONNX export of --hf-checkpoint, whose values it holds (default: the first --model, or --template)')
     .option('--json', 'print one JSON summary object and nothing else on stdout')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(MergeFlags, raw);
+      const template = flags.template ?? flags.model[0];
+      // Checked before the merge runs: a directory that is not empty, or names that do not map, fail now.
+      const hf =
+        flags.hfOut === undefined || template === undefined
+          ? undefined
+          : {
+              out: flags.hfOut,
+              ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint, namesFrom: flags.hfModel ?? template }),
+              ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
+            };
+      const prepared = hf === undefined ? undefined : await h().prepareHfExport({ ...hf, template: template! });
       const spec = h().MergeSpec.parse({
         method: flags.method,
         alpha: flags.alpha,
@@ -80,7 +101,39 @@ export function registerLocalCommands(program: Command): void {
           if (done === total) solveBar.stop();
         },
       });
-      stdout(flags.json ? `${JSON.stringify(result.report)}\n` : `${result.reportText}\n`);
+      const exported =
+        hf === undefined ? undefined : await h().exportHfCheckpoint({ ...hf, model: flags.out, report: result.report }, prepared);
+      const summary = exported === undefined ? result.report : { ...result.report, hfOut: { dir: exported.out, files: exported.files } };
+      stdout(
+        flags.json
+          ? `${JSON.stringify(summary)}\n`
+          : `${result.reportText}\n${exported === undefined ? '' : `Hugging Face checkpoint ${exported.out} (${exported.files.join(', ')})\n`}`,
+      );
+    });
+
+  program
+    .command('export')
+    .description(
+      "An ONNX model's parameters as a Hugging Face checkpoint directory that transformers loads (names from --hf-checkpoint by value, else from the export's structure)",
+    )
+    .argument('<model>', 'path to an .onnx file')
+    .requiredOption('--hf-out <dir>', 'the checkpoint directory to write (new or empty)')
+    .option('--hf-checkpoint <dir>', 'the checkpoint this model was exported from: its names, layouts, dtypes and config.json')
+    .option('--tokenizer <path>', 'tokenizer.json to copy in (tokenizer_config.json and special_tokens_map.json beside it too)')
+    .option('--json', 'print one JSON object')
+    .action(async (model: string, raw: Record<string, unknown>) => {
+      const flags = parseFlags(ExportFlags, raw);
+      const r = await h().exportHfCheckpoint({
+        model,
+        out: flags.hfOut,
+        ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint }),
+        ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
+      });
+      stdout(
+        flags.json
+          ? `${JSON.stringify({ out: r.out, files: r.files, bytes: r.bytes, names: r.mapping.source, tensors: r.mapping.entries.length, constants: r.mapping.constants })}\n`
+          : `${r.out}: ${r.mapping.entries.length} tensors (${r.bytes} bytes), names from ${r.mapping.source === 'checkpoint' ? 'the checkpoint' : 'the structure'}; ${r.files.join(', ')}\n`,
+      );
     });
 
   labelledDataOptions(

@@ -65,3 +65,14 @@ export {
   type StatisticSource,
 } from './pipeline.js';
 export { StatisticDirectory } from './statistic-directory.js';
+export {
+  alignWithCheckpoint,
+  type CheckpointTensor,
+  HF_SHARD_BYTES,
+  type HfCheckpoint,
+  type HfOutput,
+  matchCheckpointByValue,
+  readHfCheckpoint,
+  transposeBytes,
+  writeHfCheckpoint,
+} from './hf-checkpoint.js';

@@ -45,3 +45,4 @@ export {
   type SessionOptions,
   type Tensor,
 } from './runtime.js';
+export { type CheckpointEntry, type CheckpointMapping, checkUnique, structuralCheckpointNames } from './checkpoint-names.js';
