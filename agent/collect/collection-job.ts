@@ -6,8 +6,10 @@ import {
   fingerprint,
   loadModel,
   type ModelAnalysis,
+  type OnnxModel,
   resolveDevice,
   serializeModel,
+  withWeightsOnDisk,
 } from '../../shared/onnx/index.js';
 import { collectGramStatistics, type Progress } from './collect.js';
 import { collectExamples, readExamples } from './data-reader.js';
@@ -73,15 +75,41 @@ export async function analyzeRequest(modelPath: string): Promise<ModelAnalysis> 
  */
 export async function runCollectionJob(request: CollectionRequest, onProgress: (progress: Progress) => void): Promise<CollectionResult> {
   const started = performance.now();
-  const model = await loadModel(request.modelPath);
-  const analysis = request.analysis ?? (await analyzeModel(model));
-  if (request.analysis !== undefined && fingerprint(model) !== request.analysis.fingerprint) {
+  const { model, analysis, dispose } = await loadForCollection(request);
+  try {
+    return await collect(request, model, analysis, started, onProgress);
+  } finally {
+    await dispose();
+  }
+}
+
+/**
+ * The model checked against the analysed one, with its weights held once: an inline model's tensors go to a private
+ * side file that onnxruntime reads itself (the decoded file is dropped when this returns).
+ */
+async function loadForCollection(
+  request: CollectionRequest,
+): Promise<{ model: OnnxModel; analysis: ModelAnalysis; dispose: () => Promise<void> }> {
+  const loaded = await loadModel(request.modelPath);
+  const analysis = request.analysis ?? (await analyzeModel(loaded));
+  if (request.analysis !== undefined && fingerprint(loaded) !== request.analysis.fingerprint) {
     throw new GramfuseError(
       ErrorCode.FingerprintMismatch,
-      `${request.modelPath}: fingerprint ${fingerprint(model)} is not the analysed model's ${request.analysis.fingerprint}; the model file changed during the job`,
+      `${request.modelPath}: fingerprint ${fingerprint(loaded)} is not the analysed model's ${request.analysis.fingerprint}; the model file changed during the job`,
       { facts: { model: request.modelPath } },
     );
   }
+  const weights = await withWeightsOnDisk(loaded);
+  return { model: weights.model, analysis, dispose: weights.dispose };
+}
+
+async function collect(
+  request: CollectionRequest,
+  model: OnnxModel,
+  analysis: ModelAnalysis,
+  started: number,
+  onProgress: (progress: Progress) => void,
+): Promise<CollectionResult> {
   const regmean = request.spec.method === 'regmean';
   const memoryBudget = request.memoryBudget ?? defaultMemoryBudget();
   const passes = regmean ? planPasses(analysis.gramGroups, memoryBudget) : [];

@@ -18,6 +18,7 @@ export {
   saveModel,
   saveModelStreamed,
   type SaveModelOptions,
+  withWeightsOnDisk,
   serializeModel,
   tensorBytes,
   tensorElementCount,

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 
 import { GraphProto, ModelProto, TensorProto } from '../../proto/index.js';
@@ -459,4 +460,32 @@ export async function saveModelStreamed(
     }
   }
   await writeFileAtomic(path, parts(), 'writing the model');
+}
+
+/**
+ * The model with its inline tensors moved to a side file in a private temporary directory (mode 0700), loaded back
+ * graph only: onnxruntime then reads the weights from disk itself (createSession's folder option), so the process
+ * holds one copy of them — onnxruntime's — instead of the decoded protobuf's beside a serialized copy per session.
+ * Costs the model's size in temporary disk; `dispose` removes it. A model already kept as external data (or one
+ * whose inline tensors total under `minInlineBytes`) is returned as it is.
+ */
+export async function withWeightsOnDisk(
+  model: OnnxModel,
+  minInlineBytes = 64 * 1024 * 1024,
+): Promise<{ readonly model: OnnxModel; readonly dispose: () => Promise<void> }> {
+  let inline = 0;
+  for (const tensor of model.proto.graph!.initializer)
+    if (!isExternal(tensor))
+      inline += tensorElementCount(tensor) * dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${tensor.name ?? '?'}`).bytes;
+  if (inline < minInlineBytes) return { model, dispose: () => Promise.resolve() };
+  const dir = await mkdtemp(join(tmpdir(), 'gramfuse-weights-'));
+  try {
+    const path = join(dir, 'model.onnx');
+    await saveModel(model, path, { externalData: 'always' });
+    const onDisk = await loadModel(path);
+    return { model: { ...onDisk, source: model.source }, dispose: () => rm(dir, { recursive: true, force: true }) };
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
 }

@@ -1,6 +1,6 @@
 // @needs-fixtures: reads the full fixture set (../shared/fixtures, or GRAMFUSE_FIXTURES); skipped where it is absent, never in CI.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -19,6 +19,7 @@ import {
   saveModel,
   saveModelStreamed,
   tensorBytes,
+  withWeightsOnDisk,
 } from '../../../shared/onnx/index.js';
 import { ALL_MODELS, fixtureModel } from '../../helpers/fixtures.js';
 
@@ -113,6 +114,30 @@ describe('external data', () => {
     expect(Buffer.compare(readFileSync(join(dir, 'inline.onnx')), readFileSync(fixtureModel('tiny', 't5-a')))).toBe(0);
   });
 
+  it('withWeightsOnDisk: weights to a private side file, the graph alone in memory, the same outputs; dispose removes it', async () => {
+    const source = await loadModel(fixtureModel('tiny', 't5-a'));
+    const small = await withWeightsOnDisk(source); // under the default threshold: returned as it is
+    expect(small.model).toBe(source);
+    const moved = await withWeightsOnDisk(source, 0);
+    const graph = moved.model.proto.graph!;
+    expect(graph.initializer.filter((t) => t.dataLocation === 1).length).toBeGreaterThan(5);
+    expect(graph.initializer.every((t) => t.dataLocation === 1 || (t.rawData?.byteLength ?? 0) < 1024)).toBe(true);
+    const dir = moved.model.baseDir!;
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    const outputs = async (model: typeof source) => {
+      const session = await createSession(model);
+      try {
+        const out = await runSession(session, probeFeeds(modelInputs(indexGraph(model.proto.graph!))).feeds, model.source);
+        return Array.from(out[session.outputNames[0]!]!.data as Float32Array);
+      } finally {
+        await session.release();
+      }
+    };
+    expect(await outputs(moved.model)).toEqual(await outputs(source));
+    await moved.dispose();
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('writes a side file from tensor values given one at a time (a merged model of any size)', async () => {
     const source = await loadModel(fixtureModel('tiny', 't5-a'));
     const dir = mkdtempSync(join(work, 'ext-source-'));
@@ -140,7 +165,11 @@ describe('external data', () => {
     }
     // A value of the wrong size is refused and leaves nothing behind.
     const other = join(mkdtempSync(join(work, 'ext-bad-')), 'model.onnx');
-    await expectCode(saveModel(source, other, { externalData: 'always', tensorBytes: () => Promise.resolve(new Uint8Array(3)) }), 'INTERNAL', /bytes/);
+    await expectCode(
+      saveModel(source, other, { externalData: 'always', tensorBytes: () => Promise.resolve(new Uint8Array(3)) }),
+      'INTERNAL',
+      /bytes/,
+    );
     expect(readdirSync(join(other, '..'))).toEqual([]);
   });
 
