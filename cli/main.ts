@@ -50,4 +50,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exit(await main(process.argv));
+const code = await main(process.argv);
+// process.exit does not wait for a pipe to take what was written: past 64 KiB a `--json` object would be cut short.
+await Promise.all([process.stdout, process.stderr].map((stream) => new Promise<void>((resolve) => stream.write('', () => resolve()))));
+process.exit(code);
