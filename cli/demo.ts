@@ -43,6 +43,8 @@ export interface DemoResult {
   readonly summary: string;
   readonly mergedModel: string;
   readonly mergedSha256: string;
+  /** The merged model as a Hugging Face checkpoint directory (names from the export's structure). */
+  readonly hfCheckpoint: string;
   readonly report: string;
   readonly ledgers: { coordinator: string; agents: string[] };
   /** One line per ledger: the result of `gramfuse audit verify`, then one per agent: `audit reconcile`. */
@@ -358,6 +360,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         summary: summarizeDemo(rows),
         mergedModel,
         mergedSha256,
+        hfCheckpoint: hf.out,
         report,
         ledgers,
         verify,

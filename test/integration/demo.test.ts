@@ -4,7 +4,9 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { readHfCheckpoint } from '../../shared/merge/index.js';
 import { runCli } from '../helpers/cli.js';
+import { EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-demo-test-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -27,6 +29,7 @@ describe('gramfuse demo', () => {
       expect(result.stderr).toBe('');
       const demo = JSON.parse(result.stdout) as {
         results: { model: string; kind: string; accuracy: number; macroF1: number }[];
+        hfCheckpoint: string;
         federated: { owner: string; examples: number; accuracy: number; macroF1: number }[];
         summary: string;
         mergedSha256: string;
@@ -67,6 +70,14 @@ describe('gramfuse demo', () => {
         const fed = demo.federated.find((f) => f.owner === `org${i}`)!;
         expect(Math.abs(Number(own[0]!.facts.accuracy) - fed.accuracy)).toBeLessThan(1e-12);
       }
+      // The merged model handed back as a Hugging Face checkpoint: BertForSequenceClassification's 41 tensors
+      // (5 embedding, 16 per layer × 2, pooler 2, classifier 2), nn.Linear weights [out, in], the tokenizer beside.
+      const hf = await readHfCheckpoint(demo.hfCheckpoint);
+      expect(hf.tensors.size).toBe(41);
+      expect(hf.tensors.get('bert.encoder.layer.1.output.dense.weight')?.shape).toEqual([128, 512]);
+      expect(hf.tensors.get('classifier.weight')?.shape).toEqual([14, 128]);
+      expect(readFileSync(join(demo.hfCheckpoint, 'tokenizer.json'), 'utf8')).toBe(readFileSync(EXAMPLE_TOKENIZER, 'utf8'));
+      expect(readFileSync(join(demo.hfCheckpoint, 'README.md'), 'utf8')).toContain(demo.mergedSha256);
       expect(demo.verify.filter((v) => v.includes('chain and signatures verify'))).toHaveLength(4);
       expect(demo.verify.filter((v) => v.includes('ledgers agree'))).toHaveLength(3);
     },
