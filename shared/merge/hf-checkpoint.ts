@@ -100,9 +100,20 @@ async function readTensor(tensor: CheckpointTensor): Promise<Uint8Array> {
   }
 }
 
-/** A rank-2 tensor's bytes with rows and columns swapped ([r, c] → [c, r]), element width `width`. */
+/** A rank-2 tensor's bytes with rows and columns swapped ([r, c] → [c, r]), element width `width` (bits kept). */
 export function transposeBytes(bytes: Uint8Array, rows: number, cols: number, width: number): Uint8Array {
   const out = new Uint8Array(bytes.byteLength);
+  if (width === 2 || width === 4 || width === 8) {
+    // Whole elements as 16- or 32-bit lanes (two lanes for 8 bytes): a copy, so the source's alignment never matters.
+    const lanes = width === 8 ? 2 : 1;
+    const Lane = width === 2 ? Uint16Array : Uint32Array;
+    const src = new Lane(new Uint8Array(bytes).buffer);
+    const dst = new Lane(out.buffer);
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++)
+        for (let l = 0; l < lanes; l++) dst[(c * rows + r) * lanes + l] = src[(r * cols + c) * lanes + l]!;
+    return out;
+  }
   for (let r = 0; r < rows; r++)
     for (let c = 0; c < cols; c++) out.set(bytes.subarray((r * cols + c) * width, (r * cols + c + 1) * width), (c * rows + r) * width);
   return out;
