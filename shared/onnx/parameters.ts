@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 
 import { ModelProto, TensorProto } from '../../proto/index.js';
-import { decodeFloats, type Dtype, dtypeFromOnnx, encodeFloats, type FloatDtype, isFloatDtype } from '../dtypes.js';
+import { decodeFloats, type Dtype, dtypeFromOnnx, encodeFloats, type FloatDtype, isFloatDtype, typedArrayBytes } from '../dtypes.js';
 import { ErrorCode, GramfuseError } from '../errors.js';
 import { type OnnxModel, tensorBytes, tensorElementCount, tensorShape, tensorWithBytes } from './model-io.js';
 
@@ -109,8 +109,10 @@ export function withParameterValues(model: OnnxModel, values: ReadonlyMap<string
  * not finite — before or after rounding: a float16 parameter cannot hold 70 000. `offset` is the slice's first index.
  */
 export function encodeFinite(name: string, values: Float64Array, dtype: FloatDtype, offset = 0): Uint8Array {
-  const bytes = encodeFloats(values, dtype);
-  const check = dtype === 'float64' ? values : decodeFloats(bytes, dtype);
+  // float32 is checked on its own typed array (no float64 copy); the 16-bit formats on their decoded values.
+  const narrow = dtype === 'float32' ? Float32Array.from(values) : undefined;
+  const bytes = narrow !== undefined ? typedArrayBytes(narrow) : encodeFloats(values, dtype);
+  const check = dtype === 'float64' ? values : (narrow ?? decodeFloats(bytes, dtype));
   for (let i = 0; i < check.length; i++) {
     if (!Number.isFinite(check[i]!))
       throw new GramfuseError(
