@@ -4,7 +4,7 @@
 // bytes, and every merged linear layer matches RegMean computed independently in float64 from the activations the
 // models produce (test/helpers/regmean-reference.ts: dumped with withExtraOutputs, not through gramfuse's Gram graph).
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -14,6 +14,7 @@ import { runAgent } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { packageVersion } from '../../shared/index.js';
+import { readHfCheckpoint } from '../../shared/merge/index.js';
 import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { SMALL_JOB_OWNER_POLICY } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
@@ -154,6 +155,37 @@ describe.each(['llama', 'qwen2'] as const)('RegMean on a decoder: %s', (arch) =>
       const job = await federated(arch, models);
       expect(sha(job.onnx)).toBe(sha(readFileSync(local)));
       expect(sha(job.safetensors)).toBe(sha(readFileSync(local.replace(/\.onnx$/, '.safetensors'))));
+
+      // `job download --hf-out`: the same merged model, handed back as a transformers checkpoint (names from the
+      // export's structure: the model's Linear weights as [out, in], the wrapper's `m.` removed).
+      const certDir = join(work, `certs-${arch}`);
+      mkdirSync(certDir);
+      writeFileSync(join(certDir, 'ca.pem'), ca.certPem);
+      writeFileSync(join(certDir, 'creator.pem'), certs.get('creator')!.certPem);
+      writeFileSync(join(certDir, 'creator-key.pem'), certs.get('creator')!.keyPem, { mode: 0o600 });
+      const downloadDir = join(work, `download-${arch}`);
+      mkdirSync(downloadDir);
+      const d = await runCli([
+        'job',
+        'download',
+        `decoder-${arch}`,
+        '--coordinator',
+        `localhost:${server.port}`,
+        ...['--tls-ca', join(certDir, 'ca.pem'), '--tls-cert', join(certDir, 'creator.pem'), '--tls-key', join(certDir, 'creator-key.pem')],
+        '--out',
+        join(downloadDir, 'merged.onnx'),
+        '--hf-out',
+        join(downloadDir, 'hf'),
+        '--tokenizer',
+        TOKENIZER,
+      ]);
+      expect(d.code, d.stderr).toBe(0);
+      expect(sha(readFileSync(join(downloadDir, 'merged.onnx')))).toBe(sha(readFileSync(local)));
+      const hf = await readHfCheckpoint(join(downloadDir, 'hf'));
+      expect(hf.tensors.get('model.layers.0.self_attn.k_proj.weight')?.shape).toEqual([32, 64]);
+      expect(hf.tensors.get('score.weight')?.shape).toEqual([14, 64]);
+      expect(hf.tensors.size).toBe(2 * 9 + (arch === 'qwen2' ? 2 * 3 : 0) + 3);
+      expect(readFileSync(join(downloadDir, 'hf', 'README.md'), 'utf8')).toContain(`Job \`decoder-${arch}\``);
 
       // The independent computation (test/helpers/regmean-reference.ts): dumped activations, float64 Grams, closed form.
       const expected = await referenceRegMean(
