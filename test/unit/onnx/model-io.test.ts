@@ -13,6 +13,7 @@ import {
   externalDataFile,
   loadModel,
   indexGraph,
+  type OnnxModel,
   modelInputs,
   probeFeeds,
   runSession,
@@ -77,6 +78,17 @@ describe('streamed save (one tensor in memory at a time)', () => {
   );
 });
 
+/** The model's first output on the probe batch, run by onnxruntime. */
+async function firstOutput(model: OnnxModel): Promise<number[]> {
+  const session = await createSession(model);
+  try {
+    const out = await runSession(session, probeFeeds(modelInputs(indexGraph(model.proto.graph!))).feeds, model.source);
+    return Array.from(out[session.outputNames[0]!]!.data as Float32Array);
+  } finally {
+    await session.release();
+  }
+}
+
 describe('external data', () => {
   it('saves tensors to a side file and loads them back with the same values', async () => {
     const source = await loadModel(fixtureModel('tiny', 't5-a'));
@@ -99,16 +111,7 @@ describe('external data', () => {
         .digest('hex'),
     });
     // onnxruntime reads the side file itself (the session is told its folder), with the same outputs as inline.
-    const outputs = async (model: typeof source) => {
-      const session = await createSession(model);
-      try {
-        const out = await runSession(session, probeFeeds(modelInputs(indexGraph(model.proto.graph!))).feeds, model.source);
-        return Array.from(out[session.outputNames[0]!]!.data as Float32Array);
-      } finally {
-        await session.release();
-      }
-    };
-    expect(await outputs(reloaded)).toEqual(await outputs(source));
+    expect(await firstOutput(reloaded)).toEqual(await firstOutput(source));
     // Saving inline again reproduces the original file exactly (no side file digest left behind).
     await saveModel(reloaded, join(dir, 'inline.onnx'), { externalData: 'never' });
     expect(Buffer.compare(readFileSync(join(dir, 'inline.onnx')), readFileSync(fixtureModel('tiny', 't5-a')))).toBe(0);
@@ -124,16 +127,7 @@ describe('external data', () => {
     expect(graph.initializer.every((t) => t.dataLocation === 1 || (t.rawData?.byteLength ?? 0) < 1024)).toBe(true);
     const dir = moved.model.baseDir!;
     expect(statSync(dir).mode & 0o777).toBe(0o700);
-    const outputs = async (model: typeof source) => {
-      const session = await createSession(model);
-      try {
-        const out = await runSession(session, probeFeeds(modelInputs(indexGraph(model.proto.graph!))).feeds, model.source);
-        return Array.from(out[session.outputNames[0]!]!.data as Float32Array);
-      } finally {
-        await session.release();
-      }
-    };
-    expect(await outputs(moved.model)).toEqual(await outputs(source));
+    expect(await firstOutput(moved.model)).toEqual(await firstOutput(source));
     await moved.dispose();
     expect(existsSync(dir)).toBe(false);
   });
