@@ -8,12 +8,20 @@ import { readdir } from 'node:fs/promises';
 import { ErrorCode, GramfuseError } from '../shared/errors.js';
 import {
   alignWithCheckpoint,
+  type HfCheckpoint,
   matchCheckpointByValue,
   type MergeReport,
   readHfCheckpoint,
   writeHfCheckpoint,
 } from '../shared/merge/index.js';
-import { analyzeModel, type CheckpointMapping, loadModel, structuralCheckpointNames } from '../shared/onnx/index.js';
+import {
+  analyzeModel,
+  type CheckpointMapping,
+  loadModel,
+  type ModelAnalysis,
+  type OnnxModel,
+  structuralCheckpointNames,
+} from '../shared/onnx/index.js';
 
 export interface HfExportOptions {
   /** The ONNX model whose parameter values are written. */
@@ -43,16 +51,29 @@ export interface HfExportResult {
 }
 
 /**
- * The names a model's parameters take in a checkpoint: by value against `namesFrom` (a model holding the checkpoint's
- * own values), or from the structure of `model` — checked against the checkpoint's keys and shapes when one is given.
+ * The names of `named`'s parameters: from its structure (checked against `hf`'s keys and shapes when one is given),
+ * or, with `byValue`, matched to `hf`'s tensors by value (`named` then holds the checkpoint's own values).
  */
-export async function checkpointMapping(model: string, checkpoint: string | undefined, namesFrom: string): Promise<CheckpointMapping> {
-  const named = await loadModel(namesFrom === 'structure' ? model : namesFrom);
-  const analysis = await analyzeModel(named, { probe: false });
-  if (checkpoint === undefined) return structuralCheckpointNames(named, analysis);
-  const hf = await readHfCheckpoint(checkpoint);
-  if (namesFrom === 'structure') return alignWithCheckpoint(structuralCheckpointNames(named, analysis), hf, named.source);
+export async function namesFor(
+  named: OnnxModel,
+  analysis: Pick<ModelAnalysis, 'parameters' | 'linearLayers'>,
+  hf: HfCheckpoint | undefined,
+  byValue: boolean,
+): Promise<CheckpointMapping> {
+  if (hf === undefined) return structuralCheckpointNames(named, analysis);
+  if (!byValue) return alignWithCheckpoint(structuralCheckpointNames(named, analysis), hf, named.source);
   return matchCheckpointByValue(named, analysis, hf);
+}
+
+/** `namesFor` from paths: by value against `namesFrom`, or the word `structure`: from `model`'s structure. */
+async function namesFromPaths(model: string, hf: HfCheckpoint | undefined, namesFrom: string): Promise<CheckpointMapping> {
+  const named = await loadModel(namesFrom === 'structure' ? model : namesFrom);
+  return namesFor(named, await analyzeModel(named, { probe: false }), hf, namesFrom !== 'structure');
+}
+
+/** The names a model's parameters take in a checkpoint directory (or from its structure without one). */
+export async function checkpointMapping(model: string, checkpoint: string | undefined, namesFrom: string): Promise<CheckpointMapping> {
+  return namesFromPaths(model, checkpoint === undefined ? undefined : await readHfCheckpoint(checkpoint), namesFrom);
 }
 
 /** What an export needs before the model to export exists: the names (checked now) and the checkpoint's config. */
@@ -71,9 +92,8 @@ export async function prepareHfExport(options: Omit<HfExportOptions, 'model'> & 
     throw new GramfuseError(ErrorCode.InvalidArgument, `--hf-out ${options.out}: the directory is not empty; name a new directory`, {
       facts: { path: options.out },
     });
-  const mapping = await checkpointMapping(options.template, options.checkpoint, options.namesFrom ?? options.template);
-  const config = options.checkpoint === undefined ? undefined : (await readHfCheckpoint(options.checkpoint)).config;
-  return { mapping, config };
+  const hf = options.checkpoint === undefined ? undefined : await readHfCheckpoint(options.checkpoint);
+  return { mapping: await namesFromPaths(options.template, hf, options.namesFrom ?? options.template), config: hf?.config };
 }
 
 export async function exportHfCheckpoint(options: HfExportOptions, prepared?: PreparedHfExport): Promise<HfExportResult> {

@@ -1,7 +1,8 @@
 import { formatBytes, formatTable } from '../shared/index.js';
 import { GramfuseError } from '../shared/errors.js';
 import { analyzeModel, type InspectReport, inspectReport, loadModel } from '../shared/onnx/index.js';
-import { checkpointMapping } from './hf-export.js';
+import { readHfCheckpoint } from '../shared/merge/index.js';
+import { namesFor } from './hf-export.js';
 
 export interface InspectOptions {
   /** Print exactly one JSON object instead of tables. */
@@ -24,10 +25,13 @@ export interface InspectWithNames extends InspectReport {
 
 /** `gramfuse inspect`: what gramfuse sees in a model. Reads only; writes nothing. */
 export async function inspectCommand(path: string, options: InspectOptions, write: (text: string) => void): Promise<void> {
-  const report = inspectReport(await analyzeModel(await loadModel(path)));
+  const model = await loadModel(path);
+  const analysis = await analyzeModel(model);
+  const report = inspectReport(analysis);
   let checkpoint: InspectWithNames['checkpoint'];
   try {
-    const mapping = await checkpointMapping(path, options.hfCheckpoint, path);
+    const hf = options.hfCheckpoint === undefined ? undefined : await readHfCheckpoint(options.hfCheckpoint);
+    const mapping = await namesFor(model, analysis, hf, true);
     checkpoint = {
       source: mapping.source,
       prefix: mapping.prefix,
