@@ -12,43 +12,32 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
-import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { packageVersion } from '../../shared/index.js';
 import { readHfCheckpoint } from '../../shared/merge/index.js';
-import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { SMALL_JOB_OWNER_POLICY } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
 import { fixture, fixtureModel, jsonlRows, relativeFrobenius, TOKENIZER } from '../helpers/fixtures.js';
 import { mergedWeights, referenceRegMean } from '../helpers/regmean-reference.js';
+import { type MtlsCoordinator, startMtlsCoordinator } from '../helpers/mtls-coordinator.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-decoder-'));
 const owners = ['org0', 'org1'];
-let ca: CertificateBundle;
-const certs = new Map<string, CertificateBundle>();
-let server: CoordinatorServer;
-const tlsOf = (name: string) => ({ caPem: ca.certPem, certPem: certs.get(name)!.certPem, keyPem: certs.get(name)!.keyPem });
+let federation: MtlsCoordinator;
+const tlsOf = (name: string) => federation.tlsOf(name);
 const sha = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
 beforeAll(async () => {
-  ca = await createCertificateAuthority('decoder CA');
-  const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
-  for (const name of ['creator', ...owners]) certs.set(name, await issueCertificate(ca, name));
-  server = await startCoordinatorServer({
-    stateDir: join(work, 'state'),
-    listen: '127.0.0.1:0',
-    tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
-    creators: ['creator'],
-  });
+  federation = await startMtlsCoordinator('decoder CA', owners, { stateDir: join(work, 'state') });
 });
 afterAll(async () => {
-  await server?.close();
+  await federation?.server.close();
   rmSync(work, { recursive: true, force: true });
 });
 
 /** The same merge as a federated job: the same settings as the CLI's defaults, each agent in several passes. */
 async function federated(arch: string, models: readonly string[]): Promise<{ onnx: Buffer; safetensors: Buffer }> {
   const job = `decoder-${arch}`;
-  const creator = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+  const creator = connectFederation({ address: federation.address, tls: tlsOf('creator') });
   try {
     await creator.createJob(
       JSON.stringify({ id: job, participants: owners, merge: { method: 'regmean', alpha: ALPHA }, policy: { minRowsPerGroup: 16 } }),
@@ -57,7 +46,7 @@ async function federated(arch: string, models: readonly string[]): Promise<{ onn
     const results = await Promise.all(
       owners.map((org, i) =>
         runAgent({
-          connect: { address: `localhost:${server.port}`, tls: tlsOf(org) },
+          connect: { address: federation.address, tls: tlsOf(org) },
           jobId: job,
           workDir: join(work, `agent-${arch}-${org}`),
           yes: true,
@@ -160,9 +149,9 @@ describe.each(['llama', 'qwen2'] as const)('RegMean on a decoder: %s', (arch) =>
       // export's structure: the model's Linear weights as [out, in], the wrapper's `m.` removed).
       const certDir = join(work, `certs-${arch}`);
       mkdirSync(certDir);
-      writeFileSync(join(certDir, 'ca.pem'), ca.certPem);
-      writeFileSync(join(certDir, 'creator.pem'), certs.get('creator')!.certPem);
-      writeFileSync(join(certDir, 'creator-key.pem'), certs.get('creator')!.keyPem, { mode: 0o600 });
+      writeFileSync(join(certDir, 'ca.pem'), federation.ca.certPem);
+      writeFileSync(join(certDir, 'creator.pem'), federation.cert('creator').certPem);
+      writeFileSync(join(certDir, 'creator-key.pem'), federation.cert('creator').keyPem, { mode: 0o600 });
       const downloadDir = join(work, `download-${arch}`);
       mkdirSync(downloadDir);
       const d = await runCli([
@@ -170,7 +159,7 @@ describe.each(['llama', 'qwen2'] as const)('RegMean on a decoder: %s', (arch) =>
         'download',
         `decoder-${arch}`,
         '--coordinator',
-        `localhost:${server.port}`,
+        federation.address,
         ...['--tls-ca', join(certDir, 'ca.pem'), '--tls-cert', join(certDir, 'creator.pem'), '--tls-key', join(certDir, 'creator-key.pem')],
         '--out',
         join(downloadDir, 'merged.onnx'),

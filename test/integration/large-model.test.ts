@@ -14,20 +14,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { graphBuilder } from '../../bench/graph-builder.js';
 import { runAgent } from '../../agent/index.js';
 import { connectFederation, downloadMergedModel } from '../../client/index.js';
-import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../../proto/index.js';
 import { packageVersion } from '../../shared/index.js';
 import { loadModel, PROTOBUF_LIMIT_BYTES, saveModel, tensorBytes } from '../../shared/onnx/index.js';
-import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { SMALL_JOB_OWNER_POLICY } from '../helpers/agent-options.js';
 import { EXAMPLE_DATA, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
+import { type MtlsCoordinator, startMtlsCoordinator } from '../helpers/mtls-coordinator.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-large-'));
 const models = join(work, 'models');
-let ca: CertificateBundle;
-const certs = new Map<string, CertificateBundle>();
-let server: CoordinatorServer;
-const tlsOf = (name: string) => ({ caPem: ca.certPem, certPem: certs.get(name)!.certPem, keyPem: certs.get(name)!.keyPem });
+let federation: MtlsCoordinator;
+const tlsOf = (name: string) => federation.tlsOf(name);
 const VOCAB = 8192; // the example tokenizer's
 const WIDTH = 4096;
 const TABLES = 17; // 17 embedding tables of 8192 × 4096 float32 (128 MiB each): 2.125 GiB of parameters
@@ -68,21 +65,12 @@ async function writeLargeModel(path: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  ca = await createCertificateAuthority('large CA');
-  const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
-  for (const name of ['creator', 'org0']) certs.set(name, await issueCertificate(ca, name));
   mkdirSync(models);
   await writeLargeModel(join(models, 'model.onnx'));
-  server = await startCoordinatorServer({
-    stateDir: join(work, 'state'),
-    listen: '127.0.0.1:0',
-    tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
-    creators: ['creator'],
-    templateDirs: [models],
-  });
+  federation = await startMtlsCoordinator('large CA', ['org0'], { stateDir: join(work, 'state'), templateDirs: [models] });
 }, 600_000);
 afterAll(async () => {
-  await server?.close();
+  await federation?.server.close();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -92,14 +80,14 @@ describe('a model past 2 GiB', () => {
     { timeout: 900_000 },
     async () => {
       const model = join(models, 'model.onnx');
-      const creator = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+      const creator = connectFederation({ address: federation.address, tls: tlsOf('creator') });
       try {
         await creator.createJob(
           JSON.stringify({ id: 'large', participants: ['org0'], merge: { method: 'average' }, policy: { minRowsPerGroup: 16 } }),
           { path: 'model.onnx' },
         );
         const result = await runAgent({
-          connect: { address: `localhost:${server.port}`, tls: tlsOf('org0') },
+          connect: { address: federation.address, tls: tlsOf('org0') },
           jobId: 'large',
           workDir: join(work, 'agent'),
           yes: true,

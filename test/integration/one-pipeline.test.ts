@@ -12,37 +12,25 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectBundle, runAgent } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
 import { runLocalMerge } from '../../cli/index.js';
-import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { packageVersion } from '../../shared/index.js';
 import { DisclosurePolicy, type MergeMethod, MergeSpec, parseSafetensors } from '../../shared/merge/index.js';
 import { listParameters, loadModel, tensorBytes } from '../../shared/onnx/index.js';
-import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { exampleAgent } from '../helpers/agent-options.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER, EXAMPLES } from '../helpers/examples.js';
+import { type MtlsCoordinator, startMtlsCoordinator } from '../helpers/mtls-coordinator.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-one-pipeline-'));
 const orgs = ['org0', 'org1', 'org2'];
 const SETTINGS = { maxExamples: 48, maxLength: 64, batchSize: 16, seed: 3, textField: 'text' } as const;
-let ca: CertificateBundle;
-const certs = new Map<string, CertificateBundle>();
-let server: CoordinatorServer;
-const tlsOf = (name: string) => ({ caPem: ca.certPem, certPem: certs.get(name)!.certPem, keyPem: certs.get(name)!.keyPem });
+let federation: MtlsCoordinator;
+const tlsOf = (name: string) => federation.tlsOf(name);
 const sha = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
 beforeAll(async () => {
-  ca = await createCertificateAuthority('one-pipeline CA');
-  const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
-  for (const name of ['creator', ...orgs]) certs.set(name, await issueCertificate(ca, name));
-  server = await startCoordinatorServer({
-    stateDir: join(work, 'state'),
-    listen: '127.0.0.1:0',
-    tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem },
-    creators: ['creator'],
-    templateDirs: [EXAMPLES],
-  });
+  federation = await startMtlsCoordinator('one-pipeline CA', orgs, { stateDir: join(work, 'state'), templateDirs: [EXAMPLES] });
 });
 afterAll(async () => {
-  await server?.close();
+  await federation?.server.close();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -102,7 +90,7 @@ async function fromBundles(method: MergeMethod): Promise<Outputs> {
 
 async function federated(method: MergeMethod): Promise<Outputs> {
   const job = `pipeline-${method}`;
-  const creator = connectFederation({ address: `localhost:${server.port}`, tls: tlsOf('creator') });
+  const creator = connectFederation({ address: federation.address, tls: tlsOf('creator') });
   try {
     await creator.createJob(
       JSON.stringify({ id: job, participants: orgs, merge: { method }, policy: { minRowsPerGroup: 16 } }),
@@ -110,9 +98,7 @@ async function federated(method: MergeMethod): Promise<Outputs> {
     );
     await Promise.all(
       orgs.map((org) =>
-        runAgent(
-          exampleAgent(org, { address: `localhost:${server.port}`, tls: tlsOf(org) }, job, join(work, `agent-${method}-${org}`), SETTINGS),
-        ),
+        runAgent(exampleAgent(org, { address: federation.address, tls: tlsOf(org) }, job, join(work, `agent-${method}-${org}`), SETTINGS)),
       ),
     );
     const final = await creator.watch(job, () => undefined);
