@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign, verify } from 'node:crypto';
 
 /** Canonical JSON: keys sorted at every level, no whitespace; any tool can re-create the bytes. */
 export function canonicalJson(value: unknown): string {
@@ -23,14 +23,28 @@ export function generateSigningKeys(): SigningKeys {
   };
 }
 
+// Parsing a PEM costs ≈ 1.5 ms (more than the Ed25519 signature itself), and one key signs every receipt and ledger
+// record of a process: parsed keys are kept, a few at a time, by their PEM text.
+const PARSED_KEYS_KEPT = 32;
+const parsedKeys = new Map<string, KeyObject>();
+function parsedKey(pem: string, parse: (pem: string) => KeyObject): KeyObject {
+  let key = parsedKeys.get(pem);
+  if (key === undefined) {
+    key = parse(pem);
+    if (parsedKeys.size >= PARSED_KEYS_KEPT) parsedKeys.delete(parsedKeys.keys().next().value!);
+    parsedKeys.set(pem, key);
+  }
+  return key;
+}
+
 /** Ed25519 signature (base64) of the canonical JSON of `fields`. */
 export function signFields(fields: Record<string, unknown>, privateKeyPem: string): string {
-  return sign(null, Buffer.from(canonicalJson(fields)), createPrivateKey(privateKeyPem)).toString('base64');
+  return sign(null, Buffer.from(canonicalJson(fields)), parsedKey(privateKeyPem, createPrivateKey)).toString('base64');
 }
 
 export function verifyFields(fields: Record<string, unknown>, signature: string, publicKeyPem: string): boolean {
   try {
-    return verify(null, Buffer.from(canonicalJson(fields)), createPublicKey(publicKeyPem), Buffer.from(signature, 'base64'));
+    return verify(null, Buffer.from(canonicalJson(fields)), parsedKey(publicKeyPem, createPublicKey), Buffer.from(signature, 'base64'));
   } catch {
     return false;
   }
