@@ -134,5 +134,6 @@ export const AgentRunFlags = AgentFlags.extend({
   chunkBytes: int(1).max(4 * 1024 * 1024, 'must be at most 4194304 (4 MiB, what the coordinator accepts)'),
   nats: z.string().min(1).optional(),
   uploadAttempts: int(1),
+  uploadWindow: int(1).optional(),
   progressJson: z.boolean().default(false),
 });

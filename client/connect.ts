@@ -31,7 +31,11 @@ export interface FederationClient {
   createJob(specJson: string, template: Uint8Array | { readonly path: string }): Promise<federation.JobStatus>;
   join(request: federation.JoinRequest): Promise<federation.UploadState>;
   uploadState(jobId: string): Promise<federation.UploadState>;
-  upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number): Promise<federation.UploadReply>;
+  /**
+   * Sends chunks with at most `window` of them unacknowledged (each is stored when acknowledged, so an interruption
+   * loses at most `window` chunks); resolves with the coordinator's reply once every chunk is acknowledged.
+   */
+  upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number, window?: number): Promise<federation.UploadReply>;
   download(jobId: string, artifact: string): Promise<Buffer>;
   /**
    * Streams an artifact into `path`: written beside it, its SHA-256 checked against the coordinator's
@@ -98,7 +102,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
       ),
     join: (request) => retry(() => unary(uploads.join.bind(uploads), request)),
     uploadState: (jobId) => retry(() => unary(uploads.state.bind(uploads), { jobId })),
-    upload: (chunks, deadlineSeconds) =>
+    upload: (chunks, deadlineSeconds, window = 1) =>
       new Promise((resolve, reject) => {
         const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) });
         let reply: federation.UploadReply | undefined;
@@ -127,9 +131,9 @@ export function connectFederation(options: ConnectOptions): FederationClient {
           try {
             const iterator = chunks[Symbol.asyncIterator]();
             for (;;) {
-              // At most one chunk unacknowledged (and the next one is not even produced before the ack): a dropped
-              // link or a coordinator crash loses only the chunk in flight.
-              while (sent - acked >= 1 && !stopped) await new Promise<void>((r) => (wake = r));
+              // At most `window` chunks unacknowledged (the next one is not even read before there is room): a dropped
+              // link or a coordinator crash loses only the chunks in flight.
+              while (sent - acked >= window && !stopped) await new Promise<void>((r) => (wake = r));
               if (stopped) return;
               const next = await iterator.next();
               if (next.done === true) break;

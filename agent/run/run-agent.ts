@@ -41,6 +41,11 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   readonly yes: boolean;
   readonly approve?: (planText: string) => Promise<boolean>;
   readonly chunkBytes?: number;
+  /**
+   * Chunks in flight unacknowledged: at most the job's `limits.uploadWindow`, which is the default.
+   * An interrupted upload re-sends at most this many.
+   */
+  readonly uploadWindow?: number;
   readonly onPlan?: (plan: BundleManifest['plan'], examples: number) => void;
   readonly onCollect?: (progress: Progress) => void;
   /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
@@ -62,6 +67,8 @@ export interface RunAgentResult {
   readonly chunksSent: number;
   readonly chunksSkipped: number;
   readonly bytesSent: number;
+  /** The upload window used (the job's, or the owner's smaller one). */
+  readonly uploadWindow: number;
   readonly reusedBundle: boolean;
   /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
   readonly auditBacklog?: number;
@@ -215,6 +222,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     let sent = 0;
     let chunksSent = 0;
     let chunksSkipped = 0;
+    let uploadWindow = 1;
     async function* chunks(
       pending: readonly (typeof manifest.plan.statistics)[number][],
       held: ReadonlyMap<string, { held: number[] }>,
@@ -226,7 +234,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         const have = new Set(held.get(s.id)?.held ?? []);
         for (let index = 0; index < chunkCount(size, chunkBytes); index++) {
           if (have.has(index)) continue;
-          const chunk = await readChunk(bundleFile!, range.begin, size, index, chunkBytes);
+          const chunk = await readChunk(bundleFile!, range.begin, size, index, chunkBytes, s.sha256);
           await options.onUpload?.(sent + chunk.data.byteLength, total);
           sent += chunk.data.byteLength;
           chunksSent++;
@@ -254,9 +262,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           });
           const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
           const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
+          // A coordinator from before upload windows sends 0: one chunk at a time.
+          uploadWindow = Math.max(1, Math.min(state.uploadWindow, options.uploadWindow ?? Number.POSITIVE_INFINITY));
           if (pending.length > 0) {
             const total = pending.reduce((sum, s) => sum + s.bytes, 0);
-            const reply = await client.upload(chunks(pending, held, total), 600);
+            const reply = await client.upload(chunks(pending, held, total), 600, uploadWindow);
             chunksSkipped += reply.chunksSkipped;
           }
         },
@@ -331,6 +341,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       receipts: lines.length,
       chunksSent,
       chunksSkipped,
+      uploadWindow,
       bytesSent: sent,
       reusedBundle,
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),

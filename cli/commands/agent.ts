@@ -133,6 +133,10 @@ export function registerAgentCommands(program: Command): void {
       .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
       .option('--yes', 'approve the disclosure plan without asking (automation)')
       .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+      .option(
+        '--upload-window <n>',
+        "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+      )
       .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
       .option(
         '--upload-attempts <n>',
@@ -155,6 +159,7 @@ export function registerAgentCommands(program: Command): void {
       workDir: flags.workDir,
       yes: flags.yes,
       chunkBytes: flags.chunkBytes,
+      ...(flags.uploadWindow === undefined ? {} : { uploadWindow: flags.uploadWindow }),
       ...(flags.nats === undefined ? {} : { nats: flags.nats }),
       uploadAttempts: flags.uploadAttempts,
       onRetry: (attempt, error) => {

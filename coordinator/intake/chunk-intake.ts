@@ -1,6 +1,8 @@
 // Chunk intake: a chunk is checked against its owner's manifest (dtype, shape, bounds, digest) before a byte is
 // stored; chunks are written at their offsets and a statistic is taken only when its assembled bytes match the
 // manifest's digest. The group commit (commit-batch.ts) then makes the verified statistics durable together.
+import { createHash, type Hash } from 'node:crypto';
+
 import { ErrorCode, GramfuseError, failpoint } from '../../shared/index.js';
 import { chunkBoundsProblem, sha256Hex as sha256, type StatisticChunk, statisticFile } from '../../shared/federation/index.js';
 import type { BundleManifest, PlannedStatistic } from '../../shared/merge/index.js';
@@ -48,6 +50,26 @@ export function checkChunk(
 }
 
 /**
+ * The statistic's digest so far while its chunks arrive in order from offset 0 (the usual upload), so its bytes
+ * are hashed once as they arrive instead of read back and hashed again when the last one is in. Keyed by the
+ * statistic's held-indices set: a statistic resumed after a restart, or chunks out of order, have none, and the
+ * assembled file is hashed instead.
+ */
+const runningDigests = new WeakMap<Set<number>, { hash: Hash; upTo: number }>();
+
+function followDigest(indices: Set<number>, chunk: StatisticChunk, fresh: boolean): void {
+  const running = runningDigests.get(indices);
+  if (fresh && chunk.offset === 0) {
+    runningDigests.set(indices, { hash: createHash('sha256').update(chunk.data), upTo: chunk.data.byteLength });
+  } else if (running !== undefined && running.upTo === chunk.offset) {
+    running.hash.update(chunk.data);
+    running.upTo += chunk.data.byteLength;
+  } else {
+    runningDigests.delete(indices);
+  }
+}
+
+/**
  * Stores a checked chunk. Returns the committed file of the statistic once it is whole and verified (for the
  * batch to commit), or `undefined` while chunks are missing. `held`: statistic id → chunk indices held.
  */
@@ -68,9 +90,11 @@ export async function storeChunk(
       { facts: { statistic: chunk.statisticId } },
     );
   if (chunk.count === 1) {
-    // A one-chunk statistic is checked in memory and written once, without fsync: the group commit syncs it.
-    if (chunk.data.byteLength !== planned.bytes || sha256(chunk.data) !== planned.sha256) throw mismatch();
-    await store.write(committedFile, chunk.data, false);
+    // A one-chunk statistic is checked in memory (checkChunk hashed it: its digest is the statistic's) and written
+    // once, without fsync: the group commit syncs it.
+    if (chunk.data.byteLength !== planned.bytes || chunk.sha256 !== planned.sha256) throw mismatch();
+    // In place, not atomically: recovery hashes a committed/ file without a receipt before it commits it.
+    await store.writeChecked(committedFile, chunk.data);
     failpoint('chunk.written');
   } else {
     // Chunks go straight to their offsets of one file; `.held` lists the chunks written (no fsync: the
@@ -79,10 +103,16 @@ export async function storeChunk(
     await store.appendLines([...owner, 'partial', `${name}.held`], [String(chunk.index)], false);
     let indices = held.get(chunk.statisticId);
     if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
+    const fresh = indices.size === 0;
     indices.add(chunk.index);
+    followDigest(indices, chunk, fresh);
     failpoint('chunk.written');
     if (indices.size < chunk.count) return undefined;
-    const whole = await store.sha256([...owner, 'partial', `${name}.bin`]);
+    const running = runningDigests.get(indices);
+    const whole =
+      running !== undefined && running.upTo === planned.bytes
+        ? { bytes: running.upTo, sha256: running.hash.digest('hex') }
+        : await store.sha256([...owner, 'partial', `${name}.bin`]);
     if (whole.bytes !== planned.bytes || whole.sha256 !== planned.sha256) {
       await store.remove([...owner, 'partial', `${name}.bin`]);
       await store.remove([...owner, 'partial', `${name}.held`]);

@@ -148,6 +148,11 @@ export class Coordinator {
     return jobAccess(this.job(id));
   }
 
+  /** Chunks an agent may have unacknowledged on one of the job's upload streams (its spec's limits.uploadWindow). */
+  uploadWindow(id: string): number {
+    return this.job(id).spec.limits.uploadWindow;
+  }
+
   list(): JobView[] {
     return [...this.jobs.keys()].map((id) => this.view(id));
   }

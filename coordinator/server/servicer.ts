@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../../proto/index.js';
 import { ErrorCode, GramfuseError } from '../../shared/index.js';
-import { isValidIdentity } from '../../shared/federation/index.js';
+import { isValidIdentity, MAX_UPLOAD_WINDOW } from '../../shared/federation/index.js';
 import { AuditPublisher, NatsEventBus } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
@@ -43,9 +43,11 @@ export interface CoordinatorServer extends AsyncDisposable {
   close(graceMs?: number): Promise<void>;
 }
 
-/** Maps any error to a gRPC status with `CODE: message` details (the one table is in shared/errors.ts). */
-const PAUSE_AT = 4;
-const MAX_PENDING_CHUNKS = 16;
+/**
+ * Chunks past an upload stream's window that a client may have sent before it is cancelled: a stream past its
+ * window is paused at once (HTTP/2 flow control holds the client back), and these cover what was already decoded.
+ */
+const WINDOW_OVERRUN_CHUNKS = 16;
 
 /** Starts the coordinator's gRPC server. */
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
@@ -177,11 +179,11 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     join: unary<federation.JoinRequest, federation.UploadState>(async (call) => {
       const who = guard(call, 'job.upload', call.request.jobId);
       const held = await coordinator.join(who, call.request.jobId, call.request.fingerprint, call.request.manifestJson);
-      return uploadStateToProto(call.request.jobId, held);
+      return uploadStateToProto(call.request.jobId, held, coordinator.uploadWindow(call.request.jobId));
     }),
     state: unary<federation.GetJobRequest, federation.UploadState>(async (call) => {
       const held = await coordinator.uploadState(guard(call, 'job.upload', call.request.jobId), call.request.jobId);
-      return uploadStateToProto(call.request.jobId, held);
+      return uploadStateToProto(call.request.jobId, held, coordinator.uploadWindow(call.request.jobId));
     }),
     upload: (call: grpc.ServerDuplexStream<federation.Chunk, federation.UploadAck>) => {
       let failed = false;
@@ -210,29 +212,45 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       // Verified statistics are committed in groups (at most 64 or 64 MiB at a time, and at the end of the
       // stream); a stream cut off, or one that fails, still commits what verified before it.
       const commit = async (): Promise<void> => addReceipts(await coordinator.commit(who, batch));
-      // Chunks are handled one at a time, each acknowledged once stored; the agent waits for the ack before
-      // sending the next (backpressure, and at most one chunk in flight).
-      // A client that ignores acks (sends ahead) is paused, so HTTP/2 flow control holds it back; one whose
-      // chunks still pile up past the limit is cancelled with RESOURCE_EXHAUSTED. Memory held per stream stays
-      // at a few chunks whatever the client does.
+      // Chunks are checked in order and acknowledged once stored; the agent keeps at most the job's window of
+      // them unacknowledged (backpressure, and what an interruption can lose). The window is the job's once the
+      // first chunk names it, the largest allowed before. A client past its window (sending ahead of the acks)
+      // is paused, so HTTP/2 flow control holds it back; one whose chunks still pile up past the window and
+      // WINDOW_OVERRUN_CHUNKS is cancelled with RESOURCE_EXHAUSTED. Memory held per stream stays bounded
+      // whatever the client does. One-chunk statistics (most of a bundle) are stored concurrently, up to the
+      // window, since each is a file of its own; a chunk of a larger statistic waits for those before it, so a
+      // statistic's chunks are stored in order (its digest follows them) and never beside another of its chunks.
       let queue = Promise.resolve();
       let pending = 0;
+      let window = MAX_UPLOAD_WINDOW;
+      const storing = new Map<string, Promise<void>>();
+      const stored = async (chunk: federation.Chunk): Promise<void> => {
+        const result = await coordinator.acceptChunk(who, chunkFromProto(chunk), batch);
+        if (result.skipped) skipped++;
+        else received++;
+        if (result.receipt !== undefined) addReceipts([result.receipt]);
+        if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) await commit();
+        if (!failed) call.write({ statisticId: chunk.statisticId, index: chunk.index });
+      };
+      const abort = async (error: unknown): Promise<void> => {
+        await commit().catch(() => undefined);
+        fail(error);
+      };
+      const settled = (): Promise<unknown> => Promise.all(storing.values());
       call.on('data', (chunk: federation.Chunk) => {
         pending++;
-        if (pending >= PAUSE_AT) call.pause();
-        if (pending > MAX_PENDING_CHUNKS) {
+        if (pending > window) call.pause();
+        if (pending > window + WINDOW_OVERRUN_CHUNKS) {
           fail(
             new GramfuseError(
               ErrorCode.ResourceExhausted,
-              `${who} sent ${pending} chunks without waiting for their acknowledgements (at most ${MAX_PENDING_CHUNKS}); wait for each ack before sending more`,
-              { facts: { identity: who, pending } },
+              `${who} sent ${pending} chunks without waiting for their acknowledgements (the job's upload window is ${window}); wait for acks before sending more`,
+              { facts: { identity: who, pending, window } },
             ),
           );
           return;
         }
         queue = queue.then(async () => {
-          pending--;
-          if (pending <= 1 && call.isPaused()) call.resume();
           if (failed) return;
           try {
             decoded(chunk);
@@ -240,6 +258,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
             if (streamJob === undefined) {
               authorize(who, 'job.upload', coordinator.access(chunk.jobId), auth);
               streamJob = chunk.jobId;
+              window = coordinator.uploadWindow(streamJob);
             } else if (chunk.jobId !== streamJob) {
               throw new GramfuseError(
                 ErrorCode.UploadInvalid,
@@ -247,21 +266,29 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
                 { facts: { job: streamJob, chunkJob: chunk.jobId } },
               );
             }
-            const result = await coordinator.acceptChunk(who, chunkFromProto(chunk), batch);
-            if (result.skipped) skipped++;
-            else received++;
-            if (result.receipt !== undefined) addReceipts([result.receipt]);
-            if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) await commit();
-            call.write({ statisticId: chunk.statisticId, index: chunk.index });
           } catch (error) {
-            await commit().catch(() => undefined);
-            fail(error);
+            pending--;
+            await abort(error);
+            return;
           }
+          const key = `${chunk.statisticId}\u0000${chunk.index}`;
+          // A resent chunk waits for its first copy; a chunk of a larger statistic waits for all before it.
+          if (Number(chunk.count) > 1) await settled();
+          else await storing.get(key);
+          const work = stored(chunk)
+            .catch(abort)
+            .finally(() => {
+              if (storing.get(key) === work) storing.delete(key);
+              pending--;
+              if (pending <= window && call.isPaused()) call.resume();
+            });
+          storing.set(key, work);
+          if (Number(chunk.count) > 1) await work;
         });
       });
       call.on('end', () => {
         finished = true;
-        void queue.then(async () => {
+        void queue.then(settled).then(async () => {
           if (failed) return;
           try {
             await commit();
@@ -277,7 +304,11 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         });
       });
       const abandoned = (): void => {
-        if (!finished) void queue.then(commit).catch(() => undefined);
+        if (!finished)
+          void queue
+            .then(settled)
+            .then(commit)
+            .catch(() => undefined);
       };
       call.on('cancelled', abandoned);
     },

@@ -6,6 +6,7 @@ import { federation } from '../../proto/index.js';
 import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../../shared/index.js';
 import type { ChunkIn, JobView, Receipt } from '../jobs/index.js';
 
+/** Maps any error to a gRPC status with `CODE: message` details (the one table is in shared/errors.ts). */
 export function toStatus(error: unknown): Partial<grpc.StatusObject> {
   const coded = toGramfuseError(error);
   return { code: grpcStatusByErrorCode[coded.code], details: `${coded.code}: ${coded.message}` };
@@ -110,9 +111,11 @@ export function decoded<T>(request: T): T {
 export function uploadStateToProto(
   jobId: string,
   held: ReadonlyMap<string, { held: number[]; committed: boolean; receipt?: Receipt }>,
+  uploadWindow: number,
 ): federation.UploadState {
   return federation.UploadState.fromPartial({
     jobId,
+    uploadWindow,
     statistics: [...held].map(([statisticId, s]) => ({
       statisticId,
       held: s.held,

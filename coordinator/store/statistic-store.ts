@@ -20,6 +20,11 @@ export interface StatisticStore {
    *   commit point is a later synced record, e.g. statistics before their receipt.
    */
   write(parts: string[], data: Uint8Array | string, sync?: boolean): Promise<void>;
+  /**
+   * Writes an entry in place (created or replaced), neither atomically nor synced: only for bytes whose digest is
+   * checked again before anything uses them after a crash (a verified statistic before its group commit).
+   */
+  writeChecked(parts: string[], data: Uint8Array): Promise<void>;
   /** Writes bytes at an offset of an entry, created when missing; not synced (chunks of a statistic being assembled). */
   writeAt(parts: string[], offset: number, data: Uint8Array): Promise<void>;
   /** Appends whole lines (a newline after each); with `sync`, durable when the promise resolves (a commit point). */

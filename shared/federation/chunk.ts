@@ -58,6 +58,8 @@ export function chunkBoundsProblem(
 /**
  * Chunk `index` of a statistic whose `size` bytes start at `begin` in an open file (a bundle's
  * statistics.safetensors): read when it is sent, so memory holds one chunk whatever the statistic's size.
+ * `statisticSha256`, the statistic's digest from a verified manifest, is the digest of a chunk that is the whole
+ * statistic (it is not hashed again; a file changed since would fail the coordinator's check, and nothing is stored).
  */
 export async function readChunk(
   file: FileHandle,
@@ -65,6 +67,7 @@ export async function readChunk(
   size: number,
   index: number,
   chunkBytes: number,
+  statisticSha256?: string,
 ): Promise<Pick<StatisticChunk, 'index' | 'count' | 'offset' | 'data' | 'sha256'>> {
   const offset = index * chunkBytes;
   const data = new Uint8Array(Math.min(chunkBytes, size - offset));
@@ -74,5 +77,6 @@ export async function readChunk(
       ErrorCode.BundleInvalid,
       `statistic bytes ${begin + offset}..${begin + offset + data.byteLength} lie past the end of the bundle`,
     );
-  return { index, count: chunkCount(size, chunkBytes), offset, data, sha256: sha256Hex(data) };
+  const count = chunkCount(size, chunkBytes);
+  return { index, count, offset, data, sha256: count === 1 && statisticSha256 !== undefined ? statisticSha256 : sha256Hex(data) };
 }

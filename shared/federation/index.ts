@@ -1,5 +1,14 @@
 /** shared/federation/: what both sides of the federation agree on, each defined once: the job spec, identities, statistic ids. */
-export { IDENTITY_PATTERN, IdentityName, isValidIdentity, JobSpec, type JobState, parseJobSpec } from './job-spec.js';
+export {
+  DEFAULT_UPLOAD_WINDOW,
+  IDENTITY_PATTERN,
+  IdentityName,
+  isValidIdentity,
+  JobSpec,
+  type JobState,
+  MAX_UPLOAD_WINDOW,
+  parseJobSpec,
+} from './job-spec.js';
 export { type CountName, type ParsedStatisticId, parseStatisticId, type StatisticId, StatisticIds, statisticFile } from './statistic-id.js';
 export { chunkAt, chunkBoundsProblem, chunkCount, DEFAULT_CHUNK_BYTES, readChunk, sha256Hex, type StatisticChunk } from './chunk.js';
 export { type Receipt, type ReceiptFields, receiptFields } from './receipt.js';

@@ -16,6 +16,10 @@ export const IdentityName = z
 export const isValidIdentity = (name: string): boolean => IDENTITY_PATTERN.test(name);
 
 /** A federated merge job (issue #5). Every field has a default or says why it has none. */
+/** Chunks in flight per upload stream by default, and at most (a stream holds up to this many chunks in memory). */
+export const DEFAULT_UPLOAD_WINDOW = 8;
+export const MAX_UPLOAD_WINDOW = 32;
+
 export const JobSpec = z
   .object({
     id: z
@@ -50,9 +54,18 @@ export const JobSpec = z
           .max(4 * 1024 * 1024)
           .default(4 * 1024 * 1024)
           .describe('largest chunk accepted (grpc-js receives 4 MiB by default)'),
+        uploadWindow: z
+          .number()
+          .int()
+          .min(1)
+          .max(MAX_UPLOAD_WINDOW)
+          .default(DEFAULT_UPLOAD_WINDOW)
+          .describe(
+            'chunks an agent may have in flight unacknowledged; an interrupted upload re-sends at most this many (docs/BENCHMARKS.md measures the default)',
+          ),
       })
       .strict()
-      .default({ maxJobBytes: 8 * 1024 ** 3, maxChunkBytes: 4 * 1024 * 1024 }),
+      .default({ maxJobBytes: 8 * 1024 ** 3, maxChunkBytes: 4 * 1024 * 1024, uploadWindow: DEFAULT_UPLOAD_WINDOW }),
     deadlines: z
       .object({
         collect: z.iso

@@ -41,6 +41,19 @@ export function statisticStoreContract(name: string, open: () => Promise<Statist
       expect(digest).toEqual({ sha256: createHash('sha256').update(whole).digest('hex'), bytes: 1000 });
     });
 
+    it('writes checked entries in place, replacing what is there, in new directories too', async () => {
+      const store = await open();
+      await store.writeChecked(['jobs', 'j', 'owners', 'o', 'committed', 'a.bin'], new Uint8Array([1, 2, 3, 4]));
+      await store.writeChecked(['jobs', 'j', 'owners', 'o', 'committed', 'a.bin'], new Uint8Array([9, 8]));
+      expect([...(await store.read(['jobs', 'j', 'owners', 'o', 'committed', 'a.bin']))!]).toEqual([9, 8]);
+      // A directory removed after a write is made again by the next one.
+      await store.remove(['jobs', 'j']);
+      await store.writeChecked(['jobs', 'j', 'owners', 'o', 'committed', 'a.bin'], new Uint8Array([5]));
+      await store.writeAt(['jobs', 'j', 'owners', 'o', 'partial', 'b.bin'], 2, new Uint8Array([7]));
+      expect([...(await store.read(['jobs', 'j', 'owners', 'o', 'committed', 'a.bin']))!]).toEqual([5]);
+      expect([...(await store.read(['jobs', 'j', 'owners', 'o', 'partial', 'b.bin']))!]).toEqual([0, 0, 7]);
+    });
+
     it('renames into a new directory, syncs, and appends whole lines', async () => {
       const store = await open();
       await store.writeAt(['a', 'partial', 'x.bin'], 0, new Uint8Array([1, 2, 3]));

@@ -105,6 +105,11 @@ export interface StatisticChunkState {
 export interface UploadState {
   jobId: string;
   statistics: StatisticChunkState[];
+  /**
+   * Chunks an agent may have in flight unacknowledged on an upload stream of this job (the job spec's
+   * limits.uploadWindow); 0 from a coordinator that predates windows, meaning 1.
+   */
+  uploadWindow: number;
 }
 
 /** One self-describing piece of a statistic. */
@@ -811,7 +816,7 @@ export const StatisticChunkState: MessageFns<StatisticChunkState> = {
 };
 
 function createBaseUploadState(): UploadState {
-  return { jobId: "", statistics: [] };
+  return { jobId: "", statistics: [], uploadWindow: 0 };
 }
 
 export const UploadState: MessageFns<UploadState> = {
@@ -821,6 +826,9 @@ export const UploadState: MessageFns<UploadState> = {
     }
     for (const v of message.statistics) {
       StatisticChunkState.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.uploadWindow !== 0) {
+      writer.uint32(24).uint32(message.uploadWindow);
     }
     return writer;
   },
@@ -854,6 +862,14 @@ export const UploadState: MessageFns<UploadState> = {
             message.statistics.push(StatisticChunkState.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.uploadWindow = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -873,6 +889,7 @@ export const UploadState: MessageFns<UploadState> = {
     const message = createBaseUploadState();
     message.jobId = object.jobId ?? "";
     message.statistics = object.statistics?.map((e) => StatisticChunkState.fromPartial(e)) || [];
+    message.uploadWindow = object.uploadWindow ?? 0;
     return message;
   },
 };
