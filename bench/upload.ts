@@ -1,192 +1,361 @@
-// bench/upload: MB/s of a statistics upload through the coordinator (chunking, SHA-256 per chunk, durable
-// writes, commit, signed receipts) against a raw grpc-js client stream of the same bytes and chunk size,
-// plaintext and mTLS, measured in the same run on loopback.
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+// bench/upload: MB/s of a statistics upload into a coordinator process (chunking, SHA-256 per chunk on each side,
+// the window of chunks in flight, writes, group commits, signed receipts and their verification) against a raw
+// grpc-js client stream of the same bytes into a process of its own (4 MiB messages, no hashing, no disk),
+// plaintext and mTLS, measured in the same run on loopback. Two sizes: the fixture bundle (many 131 kB to 2.4 MB
+// statistics) and the BERT-base-size bundle (large statistics). A run with the coordinator killed half way
+// counts the chunks the agent sent again.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { collectBundle, runAgent } from '../agent/index.js';
-import { connectFederation } from '../client/index.js';
-import { startCoordinatorServer } from '../coordinator/index.js';
+import { collectBundle, ownerPolicy, runAgent } from '../agent/index.js';
+import { type ConnectOptions, connectFederation } from '../client/index.js';
 import { packageVersion } from '../shared/index.js';
-import { DisclosurePolicy, MergeSpec } from '../shared/merge/index.js';
+import { chunkCount, DEFAULT_CHUNK_BYTES, DEFAULT_UPLOAD_WINDOW } from '../shared/federation/index.js';
+import { type BundleManifest, DisclosurePolicy, MergeSpec } from '../shared/merge/index.js';
 import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
 import { type BenchContext, median, table } from './harness.js';
+import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
+import { sinkService } from './upload-sink.js';
 
-const fixtures = resolve(import.meta.dirname, '../../shared/fixtures');
-const CHUNK = 4 * 1024 * 1024;
+const repo = resolve(import.meta.dirname, '..');
+const cli = join(repo, 'dist/cli/main.js');
+const fixtures = resolve(repo, '../shared/fixtures');
+const RAW_CHUNK = DEFAULT_CHUNK_BYTES;
 
-/** A raw client-streaming service: bytes in, a count out (no hashing, no disk). */
-const sinkService: grpc.ServiceDefinition = {
-  sink: {
-    path: '/bench.Sink/Sink',
-    requestStream: true,
-    responseStream: false,
-    requestSerialize: (b: Buffer) => b,
-    requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (b: Buffer) => b,
-    responseDeserialize: (b: Buffer) => b,
-  },
-};
+interface Tls {
+  readonly caFile: string;
+  readonly caPem: string;
+  readonly files: (name: string) => { cert: string; key: string };
+  readonly pems: Map<string, { certPem: string; keyPem: string }>;
+}
 
-async function rawStream(
-  bytes: number,
-  tls: { ca: string; server: { certPem: string; keyPem: string }; client: { certPem: string; keyPem: string } } | undefined,
-): Promise<number> {
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
-  server.addService(sinkService, {
-    sink: (call: grpc.ServerReadableStream<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-      let received = 0;
-      call.on('data', (b: Buffer) => (received += b.byteLength));
-      call.on('end', () => callback(null, Buffer.from(String(received))));
-    },
+/** A child process that prints {"port": N} on its first stdout line. */
+async function started(child: ChildProcess, what: string): Promise<number> {
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (c: string) => (log += c));
+  return new Promise<number>((resolvePort, reject) => {
+    createInterface({ input: child.stdout! }).once('line', (line) => resolvePort((JSON.parse(line) as { port: number }).port));
+    child.once('exit', (code) => reject(new Error(`${what} exited (${code}):\n${log}`)));
   });
-  const creds =
-    tls === undefined
-      ? grpc.ServerCredentials.createInsecure()
-      : grpc.ServerCredentials.createSsl(
-          Buffer.from(tls.ca),
-          [{ private_key: Buffer.from(tls.server.keyPem), cert_chain: Buffer.from(tls.server.certPem) }],
-          true,
-        );
-  const port = await new Promise<number>((r, j) => server.bindAsync('127.0.0.1:0', creds, (e, p) => (e === null ? r(p) : j(e))));
-  const Client = grpc.makeGenericClientConstructor(sinkService, 'Sink');
-  const client = new Client(
-    `localhost:${port}`,
-    tls === undefined
-      ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(Buffer.from(tls.ca), Buffer.from(tls.client.keyPem), Buffer.from(tls.client.certPem)),
+}
+
+function startCoordinator(state: string, listen: string, templateDir: string, tls: Tls | undefined): ChildProcess {
+  const files = tls?.files('coordinator');
+  return spawn(
+    process.execPath,
+    [
+      cli,
+      'coordinator',
+      'serve',
+      '--listen',
+      listen,
+      '--state',
+      state,
+      '--creators',
+      'creator',
+      '--template-dir',
+      templateDir,
+      '--json',
+      ...(tls === undefined ? ['--insecure-loopback'] : ['--tls-ca', tls.caFile, '--tls-cert', files!.cert, '--tls-key', files!.key]),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  const payload = Buffer.alloc(CHUNK, 7);
-  const started = performance.now();
-  await new Promise<void>((resolveCall, reject) => {
-    const stream = (client as unknown as { sink: (cb: (e: Error | null) => void) => grpc.ClientWritableStream<Buffer> }).sink((e) =>
-      e === null ? resolveCall() : reject(e),
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+/** Milliseconds to stream `bytes` in RAW_CHUNK messages into the sink process. */
+async function rawStream(bytes: number, tls: Tls | undefined, store?: string): Promise<number> {
+  const sink = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(import.meta.dirname, 'upload-sink.ts'),
+      ...(tls === undefined ? [] : ['--tls', tls.caFile, tls.files('coordinator').cert, tls.files('coordinator').key]),
+      ...(store === undefined ? [] : ['--store', store]),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], cwd: repo },
+  );
+  try {
+    const port = await started(sink, 'the raw sink');
+    const Client = grpc.makeGenericClientConstructor(sinkService, 'Sink');
+    const client = new Client(
+      `localhost:${port}`,
+      tls === undefined
+        ? grpc.credentials.createInsecure()
+        : grpc.credentials.createSsl(
+            Buffer.from(tls.caPem),
+            Buffer.from(tls.pems.get('creator')!.keyPem),
+            Buffer.from(tls.pems.get('creator')!.certPem),
+          ),
     );
-    void (async () => {
-      for (let sent = 0; sent < bytes; sent += CHUNK) {
-        if (!stream.write(payload.subarray(0, Math.min(CHUNK, bytes - sent)))) await new Promise((r) => stream.once('drain', r));
-      }
-      stream.end();
-    })();
+    const payload = Buffer.alloc(RAW_CHUNK, 7);
+    const begun = performance.now();
+    await new Promise<void>((resolveCall, reject) => {
+      const stream = (client as unknown as { sink: (cb: (e: Error | null) => void) => grpc.ClientWritableStream<Buffer> }).sink((e) =>
+        e === null ? resolveCall() : reject(e),
+      );
+      void (async () => {
+        for (let sent = 0; sent < bytes; sent += RAW_CHUNK) {
+          if (!stream.write(payload.subarray(0, Math.min(RAW_CHUNK, bytes - sent)))) await new Promise((r) => stream.once('drain', r));
+        }
+        stream.end();
+      })();
+    });
+    const ms = performance.now() - begun;
+    client.close();
+    return ms;
+  } finally {
+    await stop(sink);
+  }
+}
+
+interface UploadRun {
+  readonly bytes: number;
+  /** Sum over owners of each agent's upload phase (join, chunks, receipts verified and kept). */
+  readonly uploadSeconds: number;
+  readonly chunksResent: number;
+}
+
+/**
+ * One job: `owners` agents (in this process, one after the other) upload copies of `source` into a coordinator
+ * process. With `killAt`, the coordinator is SIGKILLed once the first agent has sent that fraction of its bytes,
+ * and restarted on the same port and state; the agent resumes by itself.
+ */
+async function uploadJob(
+  dir: string,
+  source: string,
+  template: string,
+  owners: readonly string[],
+  window: number,
+  tls: Tls | undefined,
+  killAt?: number,
+): Promise<UploadRun> {
+  const state = join(dir, 'state');
+  let coordinator = startCoordinator(state, '127.0.0.1:0', dirname(template), tls);
+  const port = await started(coordinator, 'the coordinator');
+  const connect = (who: string): ConnectOptions =>
+    tls === undefined
+      ? { address: `127.0.0.1:${port}`, insecureIdentity: who }
+      : { address: `localhost:${port}`, tls: { caPem: tls.caPem, ...tls.pems.get(who)! } };
+  try {
+    const creator = connectFederation(connect('creator'));
+    await creator.createJob(
+      JSON.stringify({
+        id: 'bench',
+        participants: owners,
+        policy: { minRowsPerGroup: 1 },
+        limits: { maxJobBytes: 64 * 1024 ** 3, uploadWindow: window },
+      }),
+      { path: template },
+    );
+    creator.close();
+    let bytes = 0;
+    let uploadSeconds = 0;
+    let chunksResent = 0;
+    for (const [i, owner] of owners.entries()) {
+      const workDir = join(dir, 'agents', owner);
+      const bundle = join(workDir, 'bench', 'bundle');
+      await cp(source, bundle, { recursive: true });
+      const manifest = JSON.parse(await readFile(join(bundle, 'manifest.json'), 'utf8')) as BundleManifest;
+      (manifest.plan as { owner: string }).owner = owner;
+      await writeFile(join(bundle, 'manifest.json'), JSON.stringify(manifest));
+      const chunks = manifest.plan.statistics.reduce((n, s) => n + chunkCount(s.bytes, DEFAULT_CHUNK_BYTES), 0);
+      let killed = false;
+      const result = await runAgent({
+        connect: connect(owner),
+        jobId: 'bench',
+        workDir,
+        yes: true,
+        model: '',
+        data: '',
+        tokenizer: '',
+        dtype: 'float64',
+        maxLength: 128,
+        batchSize: 32,
+        seed: 1,
+        textField: 'text',
+        device: 'cpu',
+        toolVersion: packageVersion(),
+        uploadAttempts: 20,
+        ownerPolicy: ownerPolicy({ minRowsPerGroup: 1, minRowsGiven: true }),
+        onUpload: async (sent, total) => {
+          if (killAt === undefined || killed || i > 0 || sent < total * killAt) return;
+          killed = true;
+          const exited = new Promise((r) => coordinator.once('exit', r));
+          coordinator.kill('SIGKILL');
+          await exited;
+          coordinator = startCoordinator(state, `127.0.0.1:${port}`, dirname(template), tls);
+          await started(coordinator, 'the restarted coordinator');
+        },
+      });
+      bytes += result.bytesSent;
+      uploadSeconds += result.seconds.upload;
+      chunksResent = Math.max(chunksResent, result.chunksSent - chunks);
+    }
+    return { bytes, uploadSeconds, chunksResent };
+  } finally {
+    await stop(coordinator);
+    await rm(state, { recursive: true, force: true });
+    await rm(join(dir, 'agents'), { recursive: true, force: true });
+  }
+}
+
+async function collectSource(out: string, model: string, maxExamples: number, maxLength: number): Promise<void> {
+  await collectBundle({
+    model,
+    data: `${fixtures}/scenarios/label-skew/org0.jsonl`,
+    tokenizer: `${fixtures}/tokenizer/tokenizer.json`,
+    spec: MergeSpec.parse({}),
+    dtype: 'float64',
+    policy: DisclosurePolicy.parse({ minRowsPerGroup: 1 }),
+    maxLength,
+    batchSize: 8,
+    maxExamples,
+    seed: 1,
+    textField: 'text',
+    device: 'cpu',
+    toolVersion: packageVersion(),
+    out,
   });
-  const ms = performance.now() - started;
-  client.close();
-  server.forceShutdown();
-  return ms;
 }
 
 export async function benchUpload(context: BenchContext): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'gramfuse-bench-upload-'));
-  const owners = Array.from({ length: context.quick ? 2 : 6 }, (_, i) => `owner${i}`);
-  const rows: (string | number)[][] = [];
+  const reps = context.quick ? 1 : 3;
   try {
     const ca = await createCertificateAuthority('bench CA');
-    const serverCert = await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] });
-    const clientCerts = new Map<string, { certPem: string; keyPem: string }>();
-    for (const o of ['creator', ...owners]) clientCerts.set(o, await issueCertificate(ca, o));
-    // One real bundle (label-skew org0), copied for each owner with its name in the manifest.
-    const source = join(dir, 'source');
-    await collectBundle({
-      model: `${fixtures}/models/label-skew/org0/model.onnx`,
-      data: `${fixtures}/scenarios/label-skew/org0.jsonl`,
-      tokenizer: `${fixtures}/tokenizer/tokenizer.json`,
-      spec: MergeSpec.parse({}),
-      dtype: 'float64',
-      policy: DisclosurePolicy.parse({}),
-      maxLength: 128,
-      batchSize: 32,
-      maxExamples: 300,
-      seed: 1,
-      textField: 'text',
-      device: 'cpu',
-      toolVersion: packageVersion(),
-      out: source,
-    });
-    for (const tls of [false, true]) {
-      const runs: { ms: number; bytes: number }[] = [];
-      const rawRuns: number[] = [];
-      for (let run = 0; run < (context.quick ? 1 : 3); run++) {
-        const state = join(dir, `state-${tls}-${run}`);
-        const server = await startCoordinatorServer({
-          stateDir: state,
-          listen: '127.0.0.1:0',
-          creators: ['creator'],
-          ...(tls ? { tls: { caPem: ca.certPem, certPem: serverCert.certPem, keyPem: serverCert.keyPem } } : { insecureLoopback: true }),
-        });
-        const connect = (who: string) =>
-          tls
-            ? { address: `localhost:${server.port}`, tls: { caPem: ca.certPem, ...clientCerts.get(who)! } }
-            : { address: `127.0.0.1:${server.port}`, insecureIdentity: who };
-        const creator = connectFederation(connect('creator'));
-        await creator.createJob(
-          JSON.stringify({ id: 'bench', participants: owners }),
-          await readFile(`${fixtures}/models/label-skew/org0/model.onnx`),
-        );
-        creator.close();
-        let bytes = 0;
-        const started = performance.now();
-        for (const owner of owners) {
-          const bundle = join(dir, `agents-${tls}-${run}`, owner, 'bench', 'bundle');
-          await cp(source, bundle, { recursive: true });
-          const manifest = JSON.parse(await readFile(join(bundle, 'manifest.json'), 'utf8')) as { plan: { owner: string } };
-          manifest.plan.owner = owner;
-          await writeFile(join(bundle, 'manifest.json'), JSON.stringify(manifest));
-          const result = await runAgent({
-            connect: connect(owner),
-            jobId: 'bench',
-            workDir: join(dir, `agents-${tls}-${run}`, owner),
-            yes: true,
-            model: '',
-            data: '',
-            tokenizer: '',
-            dtype: 'float64',
-            maxLength: 128,
-            batchSize: 32,
-            seed: 1,
-            textField: 'text',
-            device: 'cpu',
-            toolVersion: packageVersion(),
-          });
-          bytes += result.bytesSent;
-        }
-        runs.push({ ms: performance.now() - started, bytes });
-        await server.close();
-        rawRuns.push(await rawStream(bytes, tls ? { ca: ca.certPem, server: serverCert, client: clientCerts.get('creator')! } : undefined));
-        await rm(state, { recursive: true, force: true });
-      }
-      const bytes = runs[0]!.bytes;
-      const ms = median(runs.map((r) => r.ms));
-      const rawMs = median(rawRuns);
-      const mbPerSecond = bytes / 1e6 / (ms / 1000);
-      const baselineMbPerSecond = bytes / 1e6 / (rawMs / 1000);
-      context.emit({
-        bench: 'upload',
-        tls,
-        mb: bytes / 1e6,
-        owners: owners.length,
-        chunkBytes: CHUNK,
-        mbPerSecond,
-        baselineMbPerSecond,
-        ratio: mbPerSecond / baselineMbPerSecond,
-      });
-      rows.push([
-        tls ? 'mTLS' : 'plaintext',
-        (bytes / 1e6).toFixed(1),
-        owners.length,
-        baselineMbPerSecond.toFixed(0),
-        mbPerSecond.toFixed(0),
-        (mbPerSecond / baselineMbPerSecond).toFixed(2),
-      ]);
+    const pems = new Map<string, { certPem: string; keyPem: string }>();
+    pems.set('coordinator', await issueCertificate(ca, 'coordinator', { hosts: ['localhost', '127.0.0.1'] }));
+    const names = ['creator', ...Array.from({ length: 6 }, (_, i) => `owner${i}`)];
+    for (const name of names) pems.set(name, await issueCertificate(ca, name));
+    await writeFile(join(dir, 'ca.pem'), ca.certPem);
+    for (const [name, pem] of pems) {
+      await writeFile(join(dir, `${name}.pem`), pem.certPem);
+      await writeFile(join(dir, `${name}-key.pem`), pem.keyPem, { mode: 0o600 });
     }
+    const tlsMaterial: Tls = {
+      caFile: join(dir, 'ca.pem'),
+      caPem: ca.certPem,
+      files: (name) => ({ cert: join(dir, `${name}.pem`), key: join(dir, `${name}-key.pem`) }),
+      pems,
+    };
+
+    const sizes: { name: string; template: string; source: string; owners: string[]; windows: number[] }[] = [];
+    // Today's fixture bundle: label-skew org0, 300 examples (65 statistics, 14.5 MB), copied for each owner.
+    const fixtureTemplate = `${fixtures}/models/label-skew/org0/model.onnx`;
+    await collectSource(join(dir, 'fixture-bundle'), fixtureTemplate, 300, 128);
+    sizes.push({
+      name: 'fixture',
+      template: fixtureTemplate,
+      source: join(dir, 'fixture-bundle'),
+      owners: names.slice(1, context.quick ? 3 : 7),
+      windows: context.quick ? [1, DEFAULT_UPLOAD_WINDOW] : [1, 2, 4, 8, 16, 32],
+    });
+    if (!context.quick) {
+      // The BERT-base-size bundle (≈ 700 MB, Grams up to 3072²), one owner, few examples: the bench is the upload.
+      const bert = join(dir, 'bert', 'model.onnx');
+      await mkdir(join(dir, 'bert'));
+      await writeSyntheticBert(bert, BERT_BASE);
+      await collectSource(join(dir, 'bert-bundle'), bert, 8, 64);
+      sizes.push({
+        name: 'bert-base',
+        template: bert,
+        source: join(dir, 'bert-bundle'),
+        owners: ['owner0'],
+        windows: [1, DEFAULT_UPLOAD_WINDOW],
+      });
+    }
+
+    const rows: (string | number)[][] = [];
+    for (const size of sizes) {
+      for (const tls of [undefined, tlsMaterial]) {
+        const transport = tls === undefined ? 'plaintext' : 'mTLS';
+        const raw: number[] = [];
+        const durable: number[] = [];
+        const measured = new Map<number, UploadRun[]>();
+        for (let rep = 0; rep < reps; rep++) {
+          // Interleaved, so load on the machine hits every configuration alike.
+          for (const window of size.windows) {
+            const run = await uploadJob(join(dir, 'job'), size.source, size.template, size.owners, window, tls);
+            measured.set(window, [...(measured.get(window) ?? []), run]);
+          }
+          raw.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls));
+          durable.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls, join(dir, 'raw.bin')));
+          await rm(join(dir, 'raw.bin'), { force: true });
+        }
+        const bytes = measured.get(size.windows[0]!)![0]!.bytes;
+        const baselineMbPerSecond = bytes / 1e6 / (median(raw) / 1000);
+        const durableBaselineMbPerSecond = bytes / 1e6 / (median(durable) / 1000);
+        for (const window of size.windows) {
+          // The chunks re-sent after the coordinator is killed half way, at this window (the default window only, on the fixture).
+          const resent =
+            window === DEFAULT_UPLOAD_WINDOW || size.name === 'fixture'
+              ? (await uploadJob(join(dir, 'job'), size.source, size.template, size.owners.slice(0, 1), window, tls, 0.5)).chunksResent
+              : null;
+          const mbPerSecond = bytes / 1e6 / median(measured.get(window)!.map((r) => r.uploadSeconds));
+          context.emit({
+            bench: 'upload',
+            size: size.name,
+            transport,
+            mb: bytes / 1e6,
+            owners: size.owners.length,
+            window,
+            mbPerSecond,
+            baselineMbPerSecond,
+            ratio: mbPerSecond / baselineMbPerSecond,
+            durableBaselineMbPerSecond,
+            durableRatio: mbPerSecond / durableBaselineMbPerSecond,
+            maxChunksResent: resent,
+          });
+          rows.push([
+            size.name,
+            transport,
+            window === DEFAULT_UPLOAD_WINDOW ? `${window} (default)` : window,
+            (bytes / 1e6).toFixed(0),
+            size.owners.length,
+            baselineMbPerSecond.toFixed(0),
+            durableBaselineMbPerSecond.toFixed(0),
+            mbPerSecond.toFixed(0),
+            (mbPerSecond / baselineMbPerSecond).toFixed(2),
+            (mbPerSecond / durableBaselineMbPerSecond).toFixed(2),
+            resent === null ? '' : resent,
+          ]);
+        }
+      }
+    }
+    context.print(
+      `upload: statistics upload into a coordinator process (agents one after the other, each uploading a real bundle) vs a raw grpc-js client stream of the same bytes into a process of its own, ${RAW_CHUNK / 1048576} MiB messages, loopback (medians of ${reps})\n` +
+        table(
+          [
+            'bundle',
+            'transport',
+            'window',
+            'MB',
+            'owners',
+            'raw MB/s',
+            'raw+disk MB/s',
+            'statistics MB/s',
+            'statistics/raw',
+            'statistics/raw+disk',
+            're-sent after a kill',
+          ],
+          rows,
+        ) +
+        "\nstatistics MB/s: bytes over the agents' upload phase (join, chunks read and hashed, the coordinator's SHA-256 per chunk and per statistic, writes, group commits with fsync, signed receipts verified and kept in the agent's ledger); raw+disk: the raw stream with the sink writing every message to a file and fsyncing it before its reply (the least a receiver that keeps the bytes must do); re-sent after a kill: chunks the first agent sent twice when the coordinator was SIGKILLed half way through its upload and restarted (at most the window); goal >= 0.85",
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-  context.print(
-    `upload: statistics upload through the coordinator (one agent at a time, each uploading a real bundle) vs a raw grpc-js client stream of the same bytes, ${CHUNK / 1048576} MiB chunks, loopback, one process (medians)\n` +
-      table(['transport', 'MB', 'owners', 'raw MB/s', 'statistics MB/s', 'statistics/raw'], rows) +
-      '\nthe statistics upload includes, per owner: getJob, bundle verification (SHA-256 of every tensor), join, SHA-256 per chunk on both sides, an acknowledgement per chunk, group-committed writes, signed receipts and their verification; goal >= 0.85',
-  );
 }
