@@ -1,6 +1,6 @@
 import { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../../proto/index.js';
 import { ErrorCode, GramfuseError } from '../errors.js';
-import { createSession, type InferenceSession, OrtTensor, type Tensor } from '../onnx/runtime.js';
+import { createSession, type InferenceSession, OrtTensor, type SessionOptions, type Tensor } from '../onnx/runtime.js';
 import { choleskyInPlace, invertLower } from './dense.js';
 
 /** Diagnostics of one SPD solve (DESIGN.md §3: every layer gets them). */
@@ -31,7 +31,7 @@ export interface SpdSolver {
 }
 
 export interface OrtSolverOptions {
-  /** Block size of the left-looking blocked Cholesky. @default 192 */
+  /** Block size of the left-looking blocked Cholesky. @default 128 for n ≤ SMALL_SOLVE, 192 above (measured: bench/solve) */
   readonly blockSize?: number;
   /** onnxruntime intra-op threads. @default onnxruntime's choice (all cores) */
   readonly threads?: number;
@@ -40,10 +40,15 @@ export interface OrtSolverOptions {
   /**
    * onnxruntime's memory arena (default on). The coordinator turns it off: its peak memory is then about one
    * Gram group's working set instead of the largest buffers ever allocated, at some speed (docs/BENCHMARKS.md).
+   * Groups with n ≤ SMALL_SOLVE are solved on sessions of their own with the arena on whatever this says: what
+   * their arena keeps is bounded by that size (a few n×n and n×rhs float64 buffers), and it is 1.3-1.5x faster there.
    * @default true
    */
   readonly memoryArena?: boolean;
 }
+
+/** Gram groups up to this size use the arena-on kernel sessions and the smaller block (see OrtSolverOptions). */
+export const SMALL_SOLVE = 1024;
 
 const DOUBLE = 11;
 const INT64 = 7;
@@ -199,22 +204,44 @@ function writeBlock(a: Float64Array, stride: number, r0: number, c0: number, src
  * Each call returns a panel, never the whole trailing matrix, so little is copied back.
  */
 export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<SpdSolver> {
-  const nb = options.blockSize ?? 192;
   const steps = options.jitterSteps ?? DEFAULT_JITTER_STEPS;
-  const sessionOptions = {
-    memoryArena: options.memoryArena ?? true,
+  const sessionOptions = (memoryArena: boolean): SessionOptions => ({
+    memoryArena,
+    allowSpinning: false,
     ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }),
+  });
+  // Two sets of kernel sessions, created when first needed: small groups (arena on) and large ones (the option's arena).
+  const sets = new Map<boolean, Promise<Map<KernelName, InferenceSession>>>();
+  const sessionsFor = (small: boolean): Promise<Map<KernelName, InferenceSession>> => {
+    let set = sets.get(small);
+    if (set === undefined) {
+      set = (async () => {
+        const made = new Map<KernelName, InferenceSession>();
+        for (const name of Object.keys(kernels) as KernelName[])
+          made.set(name, await createSession(kernels[name], sessionOptions(small || (options.memoryArena ?? true))));
+        return made;
+      })();
+      sets.set(small, set);
+    }
+    return set;
   };
-  const sessions = new Map<KernelName, InferenceSession>();
-  for (const name of Object.keys(kernels) as KernelName[]) sessions.set(name, await createSession(kernels[name], sessionOptions));
-  const run = async (name: KernelName, feeds: Record<string, Tensor>): Promise<Float64Array> => {
-    const results = await sessions.get(name)!.run(feeds);
-    const first = Object.values(results)[0]!;
-    return first.data as Float64Array;
+  await sessionsFor(false);
+  /** The kernels one solve runs, on its set of sessions, and its block size. */
+  interface Kernels {
+    readonly nb: number;
+    readonly run: (name: KernelName, feeds: Record<string, Tensor>) => Promise<Float64Array>;
+  }
+  const kernelsFor = async (n: number): Promise<Kernels> => {
+    const small = n <= SMALL_SOLVE;
+    const sessions = await sessionsFor(small);
+    return {
+      nb: options.blockSize ?? (small ? 128 : 192),
+      run: async (name, feeds) => Object.values(await sessions.get(name)!.run(feeds))[0]!.data as Float64Array,
+    };
   };
 
   /** Factor in place; returns the inverse diagonal blocks, or the failing pivot index. */
-  const factor = async (a: Float64Array, n: number): Promise<{ inverses: Float64Array[] } | { failedAt: number }> => {
+  const factor = async ({ nb, run }: Kernels, a: Float64Array, n: number): Promise<{ inverses: Float64Array[] } | { failedAt: number }> => {
     const inverses: Float64Array[] = [];
     for (let j0 = 0; j0 < n; j0 += nb) {
       const j1 = Math.min(n, j0 + nb);
@@ -246,7 +273,14 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
     return { inverses };
   };
 
-  const substitute = async (a: Float64Array, n: number, r: Float64Array, rhs: number, inverses: Float64Array[]): Promise<Float64Array> => {
+  const substitute = async (
+    { nb, run }: Kernels,
+    a: Float64Array,
+    n: number,
+    r: Float64Array,
+    rhs: number,
+    inverses: Float64Array[],
+  ): Promise<Float64Array> => {
     const y = new Float64Array(n * rhs);
     for (let b = 0, j0 = 0; j0 < n; b++, j0 += nb) {
       const j1 = Math.min(n, j0 + nb);
@@ -291,9 +325,10 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
   };
 
   return {
-    name: `onnxruntime blocked Cholesky (nb=${nb})`,
+    name: `onnxruntime blocked Cholesky (nb=${options.blockSize ?? '128/192'})`,
     async solve(a, n, r, rhs, label) {
       const started = performance.now();
+      const k = await kernelsFor(n);
       checkFinite(a, label, 'the summed Gram');
       checkFinite(r, label, 'the summed G·W');
       const diag = new Float64Array(n);
@@ -310,14 +345,14 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
         );
       }
       let jitter = 0;
-      let result = await factor(a, n);
+      let result = await factor(k, a, n);
       for (const step of steps) {
         if ('inverses' in result) break;
         // Restore the lower triangle from the untouched upper one, then add jitter to the diagonal.
         for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) a[i * n + j] = a[j * n + i]!;
         jitter = step;
         for (let i = 0; i < n; i++) a[i * n + i] = diag[i]! + step * mean;
-        result = await factor(a, n);
+        result = await factor(k, a, n);
       }
       if (!('inverses' in result)) {
         throw new GramfuseError(
@@ -326,7 +361,7 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
           { facts: { layer: label, pivot: result.failedAt, n } },
         );
       }
-      const x = await substitute(a, n, r, rhs, result.inverses);
+      const x = await substitute(k, a, n, r, rhs, result.inverses);
       checkFinite(x, label, 'the solution');
       let lmin = Infinity;
       let lmax = 0;
@@ -349,7 +384,7 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
         }
       }
       const d = Float64Array.from(diag, (v) => v + jitter * mean);
-      const e = await run('residual', { A: t64(a, n, n), X: t64(xs, n, s), R: t64(rs, n, s), D: t64(d, n, 1), i_k: i64(1) });
+      const e = await k.run('residual', { A: t64(a, n, n), X: t64(xs, n, s), R: t64(rs, n, s), D: t64(d, n, 1), i_k: i64(1) });
       let en = 0;
       let rn = 0;
       for (let i = 0; i < e.length; i++) {
@@ -366,8 +401,8 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
       };
     },
     async release() {
-      for (const session of sessions.values()) await session.release();
-      sessions.clear();
+      for (const set of sets.values()) for (const session of (await set).values()) await session.release();
+      sets.clear();
     },
   };
 }

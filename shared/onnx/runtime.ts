@@ -24,6 +24,12 @@ export interface SessionOptions {
    * each run (the solver's kernels, whose peak would otherwise stay resident). Default true.
    */
   readonly memoryArena?: boolean;
+  /**
+   * Whether onnxruntime's intra-op threads spin (busy-wait) after a run for the next one. `false` for callers
+   * that do JS work between short runs (the solver factors diagonal blocks in JS): spinning threads take the
+   * cores that work needs, which made the solve 2-3x slower on 2 cores (docs/BENCHMARKS.md). Default: onnxruntime's (spin).
+   */
+  readonly allowSpinning?: boolean;
 }
 
 /** Creates a session from a model in memory (serialized here) or from bytes. */
@@ -56,7 +62,12 @@ export async function createSession(source: OnnxModel | Uint8Array, options: Ses
   }
   try {
     return await ort.InferenceSession.create(bytes, {
-      ...(externalFolder === undefined ? {} : { extra: { session: { model_external_initializers_file_folder_path: externalFolder } } }),
+      extra: {
+        session: {
+          ...(externalFolder === undefined ? {} : { model_external_initializers_file_folder_path: externalFolder }),
+          ...(options.allowSpinning === false ? { 'intra_op.allow_spinning': '0', 'inter_op.allow_spinning': '0' } : {}),
+        },
+      },
       executionProviders: [options.device ?? 'cpu'],
       logSeverityLevel: 3,
       graphOptimizationLevel: 'all',
