@@ -1,7 +1,10 @@
 """External baseline for bench/solve: LAPACK (OpenBLAS) Cholesky solve via scipy (dpotrf + dpotrs).
 
 Reads A (n x n) and R (n x rhs) as raw little-endian float64 from the paths given, prints one JSON line
-{"ms": median, "runs": k, "relErrorVsGramfuse": ...} when a gramfuse solution file is given.
+{"ms": median, "runs": k, "method": ..., "kernel": ..., "relErrorVsGramfuse": ...}. "kernel" is the BLAS library and
+the core type it runs, as threadpoolctl reports them ("unknown (threadpoolctl missing)" without it). bench/solve
+runs this with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (see ../shared/PLATFORM.md): they slow a current
+OpenBLAS down.
 """
 import json
 import sys
@@ -30,5 +33,12 @@ for _ in range(runs):
     t = time.perf_counter()
     x = solve()
     times.append((time.perf_counter() - t) * 1000)
+try:
+    from threadpoolctl import threadpool_info
+
+    blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    kernel = ", ".join(f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} ({p.get('num_threads')} threads)" for p in blas) or "none found"
+except ImportError:
+    kernel = "unknown (threadpoolctl missing)"
 ours = np.fromfile(x_path, dtype="<f8").reshape(n, rhs)
-print(json.dumps({"ms": float(np.median(times)), "runs": runs, "method": method, "relErrorVsGramfuse": float(np.linalg.norm(x - ours) / np.linalg.norm(x))}))
+print(json.dumps({"ms": float(np.median(times)), "runs": runs, "method": method, "kernel": kernel, "relErrorVsGramfuse": float(np.linalg.norm(x - ours) / np.linalg.norm(x))}))

@@ -34,10 +34,23 @@ function randomGram(n: number, seed: number): Float64Array {
   return a;
 }
 
+/**
+ * The LAPACK baseline's environment: the bench's thread count, and OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed.
+ * These machines set both for old OpenBLAS builds; they slow a current numpy's bundled OpenBLAS by 2x or more
+ * (../shared/PLATFORM.md), which would flatter gramfuse. Only this command's environment changes.
+ */
+function lapackEnvironment(threads: number): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  return env;
+}
+
 export async function benchSolve(context: BenchContext): Promise<void> {
   const sizes = context.quick ? [768] : [768, 3072, 4096];
   const rhs = 768;
   const rows: (string | number)[][] = [];
+  const kernels: string[] = [];
   const python = spawnSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' }).status === 0;
   const dir = mkdtempSync(join(tmpdir(), 'gramfuse-bench-solve-'));
   try {
@@ -75,6 +88,7 @@ export async function benchSolve(context: BenchContext): Promise<void> {
       }
       let lapackMs: number | null = null;
       let lapackMethod = 'skipped: python3 with numpy not found';
+      let lapackKernel: string | null = null;
       if (python) {
         const files = ['a', 'r', 'x'].map((f) => join(dir, `${f}-${n}.f64`));
         writeFileSync(files[0]!, new Uint8Array(a.buffer));
@@ -82,12 +96,14 @@ export async function benchSolve(context: BenchContext): Promise<void> {
         writeFileSync(files[2]!, new Uint8Array(x.buffer));
         const out = spawnSync('python3', [join(import.meta.dirname, 'lapack_solve.py'), String(n), String(rhs), ...files, '3'], {
           encoding: 'utf8',
-          env: { ...process.env, OPENBLAS_NUM_THREADS: String(context.threads), OMP_NUM_THREADS: String(context.threads) },
+          env: lapackEnvironment(context.threads),
         });
         if (out.status === 0) {
-          const parsed = JSON.parse(out.stdout.trim()) as { ms: number; method: string };
+          const parsed = JSON.parse(out.stdout.trim()) as { ms: number; method: string; kernel: string };
           lapackMs = parsed.ms;
           lapackMethod = parsed.method;
+          lapackKernel = parsed.kernel;
+          if (!kernels.includes(parsed.kernel)) kernels.push(parsed.kernel);
         } else lapackMethod = `failed: ${out.stderr.trim().split('\n').at(-1) ?? ''}`;
       }
       const ms = median(ours);
@@ -103,6 +119,7 @@ export async function benchSolve(context: BenchContext): Promise<void> {
         gflops,
         lapackMs,
         lapackMethod,
+        lapackKernel,
         relativeErrorVsReference: Math.sqrt(diff / norm),
         relativeResidual: residual,
       });
@@ -124,6 +141,6 @@ export async function benchSolve(context: BenchContext): Promise<void> {
   context.print(
     `solve: RegMean per-layer solve, float64, ${rhs} right-hand sides, ${context.threads} threads (medians)\n` +
       table(['n', 'rhs', 'gramfuse ms', 'GFLOP/s', 'pure-TS ms', 'TS/gramfuse', 'LAPACK ms', 'gramfuse/LAPACK', 'rel.err vs TS'], rows) +
-      `\nLAPACK baseline: ${python ? 'scipy/numpy (OpenBLAS), same thread count' : 'skipped (python3 with numpy not found)'}; goal: gramfuse/LAPACK <= 2.`,
+      `\nLAPACK baseline: ${python ? `scipy/numpy, same thread count, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for it alone; kernel: ${kernels.join('; ')}` : 'skipped (python3 with numpy not found)'}; goal: gramfuse/LAPACK <= 2.`,
   );
 }
