@@ -18,3 +18,21 @@ export function failpoint(site: string): void {
   process.stderr.write(`failpoint ${site}:${n}: killing process ${process.pid}\n`);
   process.kill(process.pid, 'SIGKILL');
 }
+
+/**
+ * Fault injection without a crash (the distributed-solve tests): with GRAMFUSE_FAULT="<site>" in the environment every
+ * call for <site> answers true, with "<site>:<n>" only the n-th; the caller then misbehaves as that site documents.
+ */
+const fault = ((): { site: string; count: number | undefined } | undefined => {
+  const value = process.env.GRAMFUSE_FAULT;
+  const match = value === undefined ? null : /^([a-z.-]+)(?::(\d+))?$/.exec(value);
+  return match === null ? undefined : { site: match[1]!, count: match[2] === undefined ? undefined : Number(match[2]) };
+})();
+const faultHits = new Map<string, number>();
+
+export function faultInjected(site: string): boolean {
+  if (fault === undefined || site !== fault.site) return false;
+  const n = (faultHits.get(site) ?? 0) + 1;
+  faultHits.set(site, n);
+  return fault.count === undefined || n === fault.count;
+}

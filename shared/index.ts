@@ -33,4 +33,4 @@ export { packageVersion } from './version.js';
 export { ensureDirectoryFor, syncDirectory, writeAll, writeFileAtomic } from './atomic-file.js';
 export { sha256OfFile } from './file-hash.js';
 export { callWorker, startWorker, type WorkerMessage } from './worker-thread.js';
-export { failpoint } from './failpoint.js';
+export { failpoint, faultInjected } from './failpoint.js';

@@ -8,4 +8,5 @@ export {
   type SolveDiagnostics,
   type SolveResult,
   type SpdSolver,
+  solverProbeModel,
 } from './ort-solver.js';

@@ -45,6 +45,8 @@ export interface OrtSolverOptions {
    * @default true
    */
   readonly memoryArena?: boolean;
+  /** Where the kernels run: onnxruntime's CUDA provider (float64 Gemm/MatMul) or the CPU. @default cpu */
+  readonly device?: 'cpu' | 'cuda';
 }
 
 /** Gram groups up to this size use the arena-on kernel sessions and the smaller block (see OrtSolverOptions). */
@@ -208,6 +210,7 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
   const sessionOptions = (memoryArena: boolean): SessionOptions => ({
     memoryArena,
     allowSpinning: false,
+    ...(options.device === undefined ? {} : { device: options.device }),
     ...(options.threads === undefined ? {} : { intraOpThreads: options.threads }),
   });
   // Two sets of kernel sessions, created when first needed: small groups (arena on) and large ones (the option's arena).
@@ -430,4 +433,9 @@ export async function matmulNative(a: Float64Array, b: Float64Array, m: number, 
   const session = await matmulSession;
   const out = await session.run({ A: t64(a, m, k), B: t64(b, k, n) });
   return Object.values(out)[0]!.data as Float64Array;
+}
+
+/** A kernel graph of the solver, for probing an execution provider (resolveDevice) with the graphs it will run. */
+export function solverProbeModel(): Uint8Array {
+  return kernels.syrk;
 }

@@ -17,7 +17,7 @@ export {
   weightAsInOut,
   weightFromInOut,
 } from './contributions.js';
-export { finishParameters, type LayerDiagnostics, solveRegMean } from './solve.js';
+export { finishParameters, groupSolutionValues, type GroupSystem, groupSystem, type LayerDiagnostics, solveRegMean } from './solve.js';
 export { defaultLambda, headIsAveraged, MergeMethod, MergeSpec, type MergeSpecInput, needsBase, Weighting } from './spec.js';
 export { sumMaps, tiesAgree, tiesElect, tiesFinish, tiesTrim } from './ties.js';
 export {
@@ -56,6 +56,9 @@ export {
   StatisticKind,
 } from './plan.js';
 export {
+  groupAggregate,
+  type MergedFiles,
+  mergedFiles,
   type MergePipelineInput,
   type MergePipelineOutcome,
   mergedMetadata,
@@ -63,6 +66,8 @@ export {
   type PipelineProgress,
   runMergePipeline,
   type StatisticSource,
+  type StatisticSums,
+  statisticSums,
 } from './pipeline.js';
 export { StatisticDirectory } from './statistic-directory.js';
 export {

@@ -20,6 +20,7 @@ import {
   inlineSizeEstimate,
   isParameterTensor,
   loadModel,
+  type GramGroup,
   type ModelAnalysis,
   PROTOBUF_LIMIT_BYTES,
   saveModel,
@@ -97,58 +98,17 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
   const { source, analysis, spec } = input;
   const owners = [...source.owners].sort();
   if (owners.length === 0) throw new GramfuseError(ErrorCode.InvalidArgument, 'the merge has no owners: nothing to merge');
-  const solvedPath = (name: string): string => join(input.workDir, `${statisticFile(name)}.bin`);
-  const groupPath = (group: string): string => join(input.workDir, `${statisticFile(`group:${group}`)}.json`);
   try {
     await mkdir(input.workDir, { recursive: true });
   } catch (error) {
     throw fileError(error, input.workDir, 'creating the merge work directory');
   }
 
-  const planned = (owner: string, id: StatisticId): PlannedStatistic => {
-    const s = source.describe(owner, id);
-    if (s === undefined)
-      throw new GramfuseError(ErrorCode.InvalidData, `${owner} sent no statistic ${id}`, { facts: { owner, statistic: id } });
-    return s;
-  };
-  const values = (s: PlannedStatistic): number => s.bytes / (s.dtype === 'float32' ? 4 : 8);
-  let aggregateSeconds = 0;
-  /** Σ over owners in float64 of `length` values from `start`, holding the sum and one owner's slice at a time. */
-  const sumRange = async (id: StatisticId, expected: number, start: number, length: number): Promise<Float64Array> => {
-    const started = performance.now();
-    const sum = new Float64Array(length);
-    for (const owner of owners) {
-      const found = values(planned(owner, id));
-      if (found !== expected)
-        throw new GramfuseError(ErrorCode.InvalidData, `${owner}'s ${id} has ${found} values, the model needs ${expected}`, {
-          facts: { owner, statistic: id },
-        });
-      const part = await source.read(owner, id, start, length);
-      for (let i = 0; i < length; i++) sum[i] = sum[i]! + part[i]!;
-    }
-    aggregateSeconds += (performance.now() - started) / 1000;
-    return sum;
-  };
-  const sumAll = (id: StatisticId, expected: number): Promise<Float64Array> => sumRange(id, expected, 0, expected);
-  const scalar = async (id: StatisticId): Promise<number> => (await sumAll(id, 1))[0]!;
+  const sums = statisticSums(source);
+  const { sumRange, scalar } = sums;
 
-  const parameters = new Map(analysis.parameters.map((p) => [p.name, p]));
-  const elements = (name: string): number => parameters.get(name)!.shape.reduce((a, b) => a * b, 1);
-  const dtypeOf = (name: string): FloatDtype => {
-    const dtype = parameters.get(name)!.dtype;
-    if (!isFloatDtype(dtype))
-      throw new GramfuseError(ErrorCode.UnsupportedDtype, `parameter ${name}: cannot write merged ${dtype} values`, {
-        facts: { parameter: name },
-      });
-    return dtype;
-  };
-  const width = (name: string): number => floatWidth(dtypeOf(name));
-  /** One merged parameter's values in its own dtype; non-finite values are refused, naming the parameter. */
-  const cast = (name: string, merged: Float64Array, offset = 0): Uint8Array => encodeFinite(name, merged, dtypeOf(name), offset);
-  const isMerged = async (name: string): Promise<boolean> =>
-    (await stat(solvedPath(name)).catch(() => undefined))?.size === elements(name) * width(name);
-  const writeMerged = (name: string, merged: Float64Array): Promise<void> =>
-    writeFileAtomic(solvedPath(name), cast(name, merged), 'writing a merged parameter');
+  const files = mergedFiles(input.workDir, analysis);
+  const { elements, width, dtypeOf, cast, isMerged, writeMerged, solvedPath } = files;
 
   const weight = await scalar(StatisticIds.count('weight'));
 
@@ -159,34 +119,19 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
   let resumedGroups = 0;
   if (spec.method === 'regmean') {
     const solver = await input.createSolver();
-    const linear = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
     try {
       for (const [index, group] of analysis.gramGroups.entries()) {
         for (const w of group.weights) solved.add(w);
-        const done = await readJson<LayerDiagnostics>(groupPath(group.id));
+        const done = await files.solvedGroup(group);
         let layer: LayerDiagnostics | undefined;
-        if (done !== undefined && (await Promise.all(group.weights.map(isMerged))).every(Boolean)) {
+        if (done !== undefined) {
           layers.push(done);
           resumedGroups++;
         } else {
-          const n = group.inDim;
-          const aggregate: Aggregate = {
-            fingerprint: analysis.fingerprint,
-            owners,
-            weight,
-            rows: { [group.id]: await scalar(StatisticIds.rows(group.id)) },
-            grams: new Map([[group.id, await sumAll(StatisticIds.gram(group.id), (n * (n + 1)) / 2)]]),
-            gramTimesWeight: new Map(),
-            parameters: new Map(),
-          };
-          for (const w of group.weights)
-            aggregate.gramTimesWeight.set(w, await sumAll(StatisticIds.gramTimesWeight(w), n * linear.get(w)!.outDim));
+          const aggregate = await groupAggregate(sums, analysis, group, weight, owners);
           const result = await solveRegMean(aggregate, { ...analysis, gramGroups: [group] }, solver);
-          for (const [name, merged] of result.values) await writeMerged(name, merged);
-          // Written last: its presence says the group's weights are all on disk.
-          await writeFileAtomic(groupPath(group.id), JSON.stringify(result.layers[0]), 'writing a solved group');
-          failpoint('solve.group');
           layer = result.layers[0]!;
+          await files.commitGroup(group, result.values, layer);
           layers.push(layer);
         }
         input.onProgress?.({
@@ -202,7 +147,7 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
     }
   }
   const solveSeconds = (performance.now() - solveStarted) / 1000;
-  const aggregateInSolve = aggregateSeconds;
+  const aggregateInSolve = sums.seconds();
 
   // 2. Every other parameter, one slice at a time: Σ weight·θ / Σ weight (RegMean, average, the averaged head),
   // base + λ·(Σθᵢ − K·base) (task arithmetic), or the precomputed value (TIES).
@@ -277,12 +222,139 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
     averaged: averaged.map((p) => p.name),
     resumedGroups,
     seconds: {
-      aggregate: aggregateSeconds,
+      aggregate: sums.seconds(),
       solve: solveSeconds - aggregateInSolve,
-      average: averageSeconds - (aggregateSeconds - aggregateInSolve),
+      average: averageSeconds - (sums.seconds() - aggregateInSolve),
       write: writeSeconds,
     },
     model,
+  };
+}
+
+/** Σ over owners (in sorted order, in float64) of the statistics of a StatisticSource, a range at a time. */
+export interface StatisticSums {
+  /** Σ of `length` values from `start`; every owner's statistic must have `expected` values. */
+  readonly sumRange: (id: StatisticId, expected: number, start: number, length: number) => Promise<Float64Array>;
+  readonly sumAll: (id: StatisticId, expected: number) => Promise<Float64Array>;
+  readonly scalar: (id: StatisticId) => Promise<number>;
+  /** Seconds spent reading and summing so far. */
+  readonly seconds: () => number;
+}
+
+/** The sums the pipeline (and the distributed solve's task preparation) take: the sum and one owner's slice in memory. */
+export function statisticSums(source: StatisticSource): StatisticSums {
+  const owners = [...source.owners].sort();
+  const planned = (owner: string, id: StatisticId): PlannedStatistic => {
+    const s = source.describe(owner, id);
+    if (s === undefined)
+      throw new GramfuseError(ErrorCode.InvalidData, `${owner} sent no statistic ${id}`, { facts: { owner, statistic: id } });
+    return s;
+  };
+  const values = (s: PlannedStatistic): number => s.bytes / (s.dtype === 'float32' ? 4 : 8);
+  let seconds = 0;
+  const sumRange = async (id: StatisticId, expected: number, start: number, length: number): Promise<Float64Array> => {
+    const started = performance.now();
+    const sum = new Float64Array(length);
+    for (const owner of owners) {
+      const found = values(planned(owner, id));
+      if (found !== expected)
+        throw new GramfuseError(ErrorCode.InvalidData, `${owner}'s ${id} has ${found} values, the model needs ${expected}`, {
+          facts: { owner, statistic: id },
+        });
+      const part = await source.read(owner, id, start, length);
+      for (let i = 0; i < length; i++) sum[i] = sum[i]! + part[i]!;
+    }
+    seconds += (performance.now() - started) / 1000;
+    return sum;
+  };
+  const sumAll = (id: StatisticId, expected: number): Promise<Float64Array> => sumRange(id, expected, 0, expected);
+  return { sumRange, sumAll, scalar: async (id) => (await sumAll(id, 1))[0]!, seconds: () => seconds };
+}
+
+/** One Gram group's aggregate (its Σ G̃, Σ G̃B of each member, Σ rows): what its solve needs, and nothing else. */
+export async function groupAggregate(
+  sums: StatisticSums,
+  analysis: ModelAnalysis,
+  group: GramGroup,
+  weight: number,
+  owners: readonly string[],
+): Promise<Aggregate> {
+  const n = group.inDim;
+  const linear = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
+  const aggregate: Aggregate = {
+    fingerprint: analysis.fingerprint,
+    owners: [...owners].sort(),
+    weight,
+    rows: { [group.id]: await sums.scalar(StatisticIds.rows(group.id)) },
+    grams: new Map([[group.id, await sums.sumAll(StatisticIds.gram(group.id), (n * (n + 1)) / 2)]]),
+    gramTimesWeight: new Map(),
+    parameters: new Map(),
+  };
+  for (const w of group.weights)
+    aggregate.gramTimesWeight.set(w, await sums.sumAll(StatisticIds.gramTimesWeight(w), n * linear.get(w)!.outDim));
+  return aggregate;
+}
+
+/**
+ * The merge's work directory: one file per merged parameter (in its own dtype) and one JSON per solved Gram group,
+ * written last, so its presence says the group's weights are all on disk. What is complete there is not computed again.
+ */
+export interface MergedFiles {
+  readonly solvedPath: (name: string) => string;
+  readonly elements: (name: string) => number;
+  readonly dtypeOf: (name: string) => FloatDtype;
+  readonly width: (name: string) => number;
+  /** One merged parameter's values in its own dtype; non-finite values are refused, naming the parameter. */
+  readonly cast: (name: string, merged: Float64Array, offset?: number) => Uint8Array;
+  readonly isMerged: (name: string) => Promise<boolean>;
+  readonly writeMerged: (name: string, merged: Float64Array) => Promise<void>;
+  /** The group's diagnostics when its result is complete on disk. */
+  readonly solvedGroup: (group: GramGroup) => Promise<LayerDiagnostics | undefined>;
+  /** Writes the group's merged weights, then its diagnostics (the commit point). */
+  readonly commitGroup: (group: GramGroup, values: ReadonlyMap<string, Float64Array>, layer: LayerDiagnostics) => Promise<void>;
+}
+
+export function mergedFiles(workDir: string, analysis: ModelAnalysis): MergedFiles {
+  const parameters = new Map(analysis.parameters.map((p) => [p.name, p]));
+  const solvedPath = (name: string): string => join(workDir, `${statisticFile(name)}.bin`);
+  const groupPath = (group: string): string => join(workDir, `${statisticFile(`group:${group}`)}.json`);
+  const elements = (name: string): number => parameters.get(name)!.shape.reduce((a, b) => a * b, 1);
+  const dtypeOf = (name: string): FloatDtype => {
+    const dtype = parameters.get(name)!.dtype;
+    if (!isFloatDtype(dtype))
+      throw new GramfuseError(ErrorCode.UnsupportedDtype, `parameter ${name}: cannot write merged ${dtype} values`, {
+        facts: { parameter: name },
+      });
+    return dtype;
+  };
+  const width = (name: string): number => floatWidth(dtypeOf(name));
+  const cast = (name: string, merged: Float64Array, offset = 0): Uint8Array => encodeFinite(name, merged, dtypeOf(name), offset);
+  const isMerged = async (name: string): Promise<boolean> =>
+    (await stat(solvedPath(name)).catch(() => undefined))?.size === elements(name) * width(name);
+  const writeMerged = (name: string, merged: Float64Array): Promise<void> =>
+    writeFileAtomic(solvedPath(name), cast(name, merged), 'writing a merged parameter');
+  return {
+    solvedPath,
+    elements,
+    dtypeOf,
+    width,
+    cast,
+    isMerged,
+    writeMerged,
+    solvedGroup: async (group) => {
+      const done = await readJson<LayerDiagnostics>(groupPath(group.id));
+      return done !== undefined && (await Promise.all(group.weights.map(isMerged))).every(Boolean) ? done : undefined;
+    },
+    commitGroup: async (group, values, layer) => {
+      for (const w of group.weights) {
+        const merged = values.get(w);
+        if (merged === undefined) throw new GramfuseError(ErrorCode.Internal, `group ${group.id}: no merged value for ${w}`);
+        await writeMerged(w, merged);
+      }
+      // Written last: its presence says the group's weights are all on disk.
+      await writeFileAtomic(groupPath(group.id), JSON.stringify(layer), 'writing a solved group');
+      failpoint('solve.group');
+    },
   };
 }
 

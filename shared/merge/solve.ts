@@ -1,6 +1,6 @@
 import { ErrorCode, GramfuseError } from '../errors.js';
 import { type SpdSolver, unpackSymmetric } from '../linalg/index.js';
-import type { ModelAnalysis } from '../onnx/index.js';
+import type { GramGroup, LinearLayer, ModelAnalysis } from '../onnx/index.js';
 import { type Aggregate, weightFromInOut } from './contributions.js';
 import { defaultLambda, type MergeSpec } from './spec.js';
 
@@ -17,12 +17,62 @@ export interface LayerDiagnostics {
   readonly relativeResidual: number;
   readonly residualColumns: number;
   readonly seconds: number;
+  /** The solver worker that solved the group (distributed solve); absent when the coordinator solved it. */
+  readonly solvedBy?: string;
 }
 
 /**
  * RegMean per Gram group: B* = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢBᵢ for all weights of the group at once (one factorization).
  * Groups are solved one after another, so memory holds one group's matrices at a time.
  */
+/** One Gram group's linear system as summed: Σ G̃ (the upper triangle packed row by row) and R = Σ G̃B (n × rhs, the weights side by side). */
+export interface GroupSystem {
+  readonly n: number;
+  readonly rhs: number;
+  readonly packed: Float64Array;
+  readonly r: Float64Array;
+}
+
+/** The group's system from the aggregate: its packed Σ G̃ and its members' Σ G̃B side by side, in the group's order. */
+export function groupSystem(aggregate: Aggregate, group: GramGroup, layers: ReadonlyMap<string, LinearLayer>): GroupSystem {
+  const packed = aggregate.grams.get(group.id);
+  if (packed === undefined)
+    throw new GramfuseError(ErrorCode.InvalidData, `no owner sent a Gram for group ${group.id}`, { facts: { group: group.id } });
+  const n = group.inDim;
+  const members = group.weights.map((w) => layers.get(w)!);
+  const rhs = members.reduce((s, l) => s + l.outDim, 0);
+  const r = new Float64Array(n * rhs);
+  let offset = 0;
+  for (const layer of members) {
+    const part = aggregate.gramTimesWeight.get(layer.weight);
+    if (part === undefined)
+      throw new GramfuseError(ErrorCode.InvalidData, `no owner sent G·W for ${layer.weight}`, { facts: { weight: layer.weight } });
+    for (let i = 0; i < n; i++) r.set(part.subarray(i * layer.outDim, (i + 1) * layer.outDim), i * rhs + offset);
+    offset += layer.outDim;
+  }
+  return { n, rhs, packed, r };
+}
+
+/** The merged weights of a group from its solution X (n × rhs): each member's columns, in the weight's own layout. */
+export function groupSolutionValues(
+  x: Float64Array,
+  group: GramGroup,
+  layers: ReadonlyMap<string, LinearLayer>,
+): Map<string, Float64Array> {
+  const n = group.inDim;
+  const members = group.weights.map((w) => layers.get(w)!);
+  const rhs = members.reduce((s, l) => s + l.outDim, 0);
+  const values = new Map<string, Float64Array>();
+  let offset = 0;
+  for (const layer of members) {
+    const b = new Float64Array(n * layer.outDim);
+    for (let i = 0; i < n; i++) b.set(x.subarray(i * rhs + offset, i * rhs + offset + layer.outDim), i * layer.outDim);
+    values.set(layer.weight, weightFromInOut(b, layer));
+    offset += layer.outDim;
+  }
+  return values;
+}
+
 export async function solveRegMean(
   aggregate: Aggregate,
   analysis: ModelAnalysis,
@@ -33,31 +83,12 @@ export async function solveRegMean(
   const values = new Map<string, Float64Array>();
   const diagnostics: LayerDiagnostics[] = [];
   for (const [index, group] of analysis.gramGroups.entries()) {
-    const packed = aggregate.grams.get(group.id);
-    if (packed === undefined)
-      throw new GramfuseError(ErrorCode.InvalidData, `no owner sent a Gram for group ${group.id}`, { facts: { group: group.id } });
-    const n = group.inDim;
-    const a = unpackSymmetric(packed, n);
-    const members = group.weights.map((w) => layers.get(w)!);
-    const rhs = members.reduce((s, l) => s + l.outDim, 0);
-    const r = new Float64Array(n * rhs);
-    let offset = 0;
-    for (const layer of members) {
-      const part = aggregate.gramTimesWeight.get(layer.weight);
-      if (part === undefined)
-        throw new GramfuseError(ErrorCode.InvalidData, `no owner sent G·W for ${layer.weight}`, { facts: { weight: layer.weight } });
-      for (let i = 0; i < n; i++) r.set(part.subarray(i * layer.outDim, (i + 1) * layer.outDim), i * rhs + offset);
-      offset += layer.outDim;
-    }
+    const system = groupSystem(aggregate, group, layers);
+    const { n, rhs } = system;
+    const a = unpackSymmetric(system.packed, n);
     const label = `${group.id} (${group.weights.join(', ')})`;
-    const result = await solver.solve(a, n, r, rhs, label);
-    offset = 0;
-    for (const layer of members) {
-      const b = new Float64Array(n * layer.outDim);
-      for (let i = 0; i < n; i++) b.set(result.x.subarray(i * rhs + offset, i * rhs + offset + layer.outDim), i * layer.outDim);
-      values.set(layer.weight, weightFromInOut(b, layer));
-      offset += layer.outDim;
-    }
+    const result = await solver.solve(a, n, system.r, rhs, label);
+    for (const [name, value] of groupSolutionValues(result.x, group, layers)) values.set(name, value);
     const d: LayerDiagnostics = {
       group: group.id,
       weights: group.weights,

@@ -14,7 +14,9 @@ import {
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
   type handleBidiStreamingCall,
+  type handleClientStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -65,6 +67,20 @@ export interface JobStatus {
   resultBytes: bigint;
   /** Disclosure policy of the job (JSON). */
   policyJson: string;
+  /** Distributed solve (`coordinator serve --solvers nats`): one entry per Gram group of the solve in progress. */
+  solveGroups: SolveGroupStatus[];
+}
+
+export interface SolveGroupStatus {
+  group: string;
+  /** queued | fetching | solving | checking | committed | rejected | failed */
+  state: string;
+  /** The solver identity that holds (or last held) the group's task. */
+  worker: string;
+  /** Answers received for the group (accepted or not) and worker error reports. */
+  attempts: number;
+  /** The last rejection or worker error, "CODE: message". */
+  lastError: string;
 }
 
 export interface GetJobRequest {
@@ -179,6 +195,63 @@ export interface EvaluationReply {
   recorded: boolean;
 }
 
+export interface SolveInputRequest {
+  jobId: string;
+  group: string;
+  /**
+   * gram: Σ G̃, the lower triangle packed row by row (n(n+1)/2 float64, little-endian);
+   * rhs: Σ G̃B, n × rhs float64 row-major (the group's weights side by side, in the group's order).
+   */
+  part: string;
+  /** The part's SHA-256 as the task descriptor states it: a task for other sums is refused (FAILED_PRECONDITION). */
+  sha256: string;
+  /** Resume from this byte offset. */
+  offset: bigint;
+}
+
+export interface SolveInputChunk {
+  offset: bigint;
+  data: Uint8Array;
+  totalBytes: bigint;
+}
+
+export interface SolutionHeader {
+  jobId: string;
+  group: string;
+  /** The task answered: its Σ G̃'s SHA-256. */
+  gramSha256: string;
+  n: number;
+  rhs: number;
+  /** Diagonal jitter the worker added (relative to the mean diagonal), its condition estimate and solve time. */
+  jitter: number;
+  conditionEstimate: number;
+  seconds: number;
+  /** SHA-256 of X's bytes (n × rhs float64 row-major), sent after this header. */
+  sha256: string;
+  /** cpu | cuda */
+  device: string;
+  /** Set when the worker could not solve: its error; no data follows. */
+  errorCode: string;
+  errorMessage: string;
+  /** The task message's delivery count, and whether it was the last one JetStream allows. */
+  delivery: number;
+  lastDelivery: boolean;
+}
+
+export interface SolutionChunk {
+  /** The first message carries the header only; each later one a slice of X. */
+  header?: SolutionHeader | undefined;
+  data: Uint8Array;
+}
+
+export interface SolutionReply {
+  /** committed | duplicate (the group was already committed: acknowledge the task) | rejected | recorded (an error report) */
+  outcome: string;
+  reason: string;
+  /** ‖G̃X − R‖/‖R‖ as the coordinator computed it (random projections; docs/RELIABILITY.md). */
+  relativeResidual: number;
+}
+
 function createBaseCreateJobRequest(): CreateJobRequest {
   return { specJson: "", templateOnnx: new Uint8Array(0), templatePath: "" };
 }
@@ -273,6 +346,7 @@ function createBaseJobStatus(): JobStatus {
     resultSha256: "",
     resultBytes: 0n,
     policyJson: "",
+    solveGroups: [],
   };
 }
 
@@ -319,6 +393,9 @@ export const JobStatus: MessageFns<JobStatus> = {
     }
     if (message.policyJson !== "") {
       writer.uint32(106).string(message.policyJson);
+    }
+    for (const v of message.solveGroups) {
+      SolveGroupStatus.encode(v!, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -440,6 +517,14 @@ export const JobStatus: MessageFns<JobStatus> = {
             message.policyJson = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.solveGroups.push(SolveGroupStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -472,6 +557,110 @@ export const JobStatus: MessageFns<JobStatus> = {
       ? BigInt(object.resultBytes)
       : 0n;
     message.policyJson = object.policyJson ?? "";
+    message.solveGroups = object.solveGroups?.map((e) => SolveGroupStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSolveGroupStatus(): SolveGroupStatus {
+  return { group: "", state: "", worker: "", attempts: 0, lastError: "" };
+}
+
+export const SolveGroupStatus: MessageFns<SolveGroupStatus> = {
+  encode(message: SolveGroupStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.group !== "") {
+      writer.uint32(10).string(message.group);
+    }
+    if (message.state !== "") {
+      writer.uint32(18).string(message.state);
+    }
+    if (message.worker !== "") {
+      writer.uint32(26).string(message.worker);
+    }
+    if (message.attempts !== 0) {
+      writer.uint32(32).int32(message.attempts);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(42).string(message.lastError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolveGroupStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolveGroupStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.worker = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.attempts = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolveGroupStatus>): SolveGroupStatus {
+    return SolveGroupStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolveGroupStatus>): SolveGroupStatus {
+    const message = createBaseSolveGroupStatus();
+    message.group = object.group ?? "";
+    message.state = object.state ?? "";
+    message.worker = object.worker ?? "";
+    message.attempts = object.attempts ?? 0;
+    message.lastError = object.lastError ?? "";
     return message;
   },
 };
@@ -1708,6 +1897,573 @@ export const EvaluationReply: MessageFns<EvaluationReply> = {
   },
 };
 
+function createBaseSolveInputRequest(): SolveInputRequest {
+  return { jobId: "", group: "", part: "", sha256: "", offset: 0n };
+}
+
+export const SolveInputRequest: MessageFns<SolveInputRequest> = {
+  encode(message: SolveInputRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.group !== "") {
+      writer.uint32(18).string(message.group);
+    }
+    if (message.part !== "") {
+      writer.uint32(26).string(message.part);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(34).string(message.sha256);
+    }
+    if (message.offset !== 0n) {
+      if (BigInt.asIntN(64, message.offset) !== message.offset) {
+        throw new globalThis.Error("value provided for field message.offset of type int64 too large");
+      }
+      writer.uint32(40).int64(message.offset);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolveInputRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolveInputRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.part = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.offset = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolveInputRequest>): SolveInputRequest {
+    return SolveInputRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolveInputRequest>): SolveInputRequest {
+    const message = createBaseSolveInputRequest();
+    message.jobId = object.jobId ?? "";
+    message.group = object.group ?? "";
+    message.part = object.part ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.offset = (object.offset !== undefined && object.offset !== null) ? BigInt(object.offset) : 0n;
+    return message;
+  },
+};
+
+function createBaseSolveInputChunk(): SolveInputChunk {
+  return { offset: 0n, data: new Uint8Array(0), totalBytes: 0n };
+}
+
+export const SolveInputChunk: MessageFns<SolveInputChunk> = {
+  encode(message: SolveInputChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.offset !== 0n) {
+      if (BigInt.asIntN(64, message.offset) !== message.offset) {
+        throw new globalThis.Error("value provided for field message.offset of type int64 too large");
+      }
+      writer.uint32(8).int64(message.offset);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(18).bytes(message.data);
+    }
+    if (message.totalBytes !== 0n) {
+      if (BigInt.asIntN(64, message.totalBytes) !== message.totalBytes) {
+        throw new globalThis.Error("value provided for field message.totalBytes of type int64 too large");
+      }
+      writer.uint32(24).int64(message.totalBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolveInputChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolveInputChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.offset = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.data = reader.bytes();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.totalBytes = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolveInputChunk>): SolveInputChunk {
+    return SolveInputChunk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolveInputChunk>): SolveInputChunk {
+    const message = createBaseSolveInputChunk();
+    message.offset = (object.offset !== undefined && object.offset !== null) ? BigInt(object.offset) : 0n;
+    message.data = object.data ?? new Uint8Array(0);
+    message.totalBytes = (object.totalBytes !== undefined && object.totalBytes !== null)
+      ? BigInt(object.totalBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSolutionHeader(): SolutionHeader {
+  return {
+    jobId: "",
+    group: "",
+    gramSha256: "",
+    n: 0,
+    rhs: 0,
+    jitter: 0,
+    conditionEstimate: 0,
+    seconds: 0,
+    sha256: "",
+    device: "",
+    errorCode: "",
+    errorMessage: "",
+    delivery: 0,
+    lastDelivery: false,
+  };
+}
+
+export const SolutionHeader: MessageFns<SolutionHeader> = {
+  encode(message: SolutionHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.group !== "") {
+      writer.uint32(18).string(message.group);
+    }
+    if (message.gramSha256 !== "") {
+      writer.uint32(26).string(message.gramSha256);
+    }
+    if (message.n !== 0) {
+      writer.uint32(32).int32(message.n);
+    }
+    if (message.rhs !== 0) {
+      writer.uint32(40).int32(message.rhs);
+    }
+    if (message.jitter !== 0) {
+      writer.uint32(49).double(message.jitter);
+    }
+    if (message.conditionEstimate !== 0) {
+      writer.uint32(57).double(message.conditionEstimate);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(65).double(message.seconds);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(74).string(message.sha256);
+    }
+    if (message.device !== "") {
+      writer.uint32(82).string(message.device);
+    }
+    if (message.errorCode !== "") {
+      writer.uint32(90).string(message.errorCode);
+    }
+    if (message.errorMessage !== "") {
+      writer.uint32(98).string(message.errorMessage);
+    }
+    if (message.delivery !== 0) {
+      writer.uint32(104).int32(message.delivery);
+    }
+    if (message.lastDelivery !== false) {
+      writer.uint32(112).bool(message.lastDelivery);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolutionHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolutionHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.gramSha256 = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.n = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.rhs = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.jitter = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.conditionEstimate = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.errorCode = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.errorMessage = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.delivery = reader.int32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.lastDelivery = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolutionHeader>): SolutionHeader {
+    return SolutionHeader.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolutionHeader>): SolutionHeader {
+    const message = createBaseSolutionHeader();
+    message.jobId = object.jobId ?? "";
+    message.group = object.group ?? "";
+    message.gramSha256 = object.gramSha256 ?? "";
+    message.n = object.n ?? 0;
+    message.rhs = object.rhs ?? 0;
+    message.jitter = object.jitter ?? 0;
+    message.conditionEstimate = object.conditionEstimate ?? 0;
+    message.seconds = object.seconds ?? 0;
+    message.sha256 = object.sha256 ?? "";
+    message.device = object.device ?? "";
+    message.errorCode = object.errorCode ?? "";
+    message.errorMessage = object.errorMessage ?? "";
+    message.delivery = object.delivery ?? 0;
+    message.lastDelivery = object.lastDelivery ?? false;
+    return message;
+  },
+};
+
+function createBaseSolutionChunk(): SolutionChunk {
+  return { header: undefined, data: new Uint8Array(0) };
+}
+
+export const SolutionChunk: MessageFns<SolutionChunk> = {
+  encode(message: SolutionChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      SolutionHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(18).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolutionChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolutionChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = SolutionHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.data = reader.bytes();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolutionChunk>): SolutionChunk {
+    return SolutionChunk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolutionChunk>): SolutionChunk {
+    const message = createBaseSolutionChunk();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? SolutionHeader.fromPartial(object.header)
+      : undefined;
+    message.data = object.data ?? new Uint8Array(0);
+    return message;
+  },
+};
+
+function createBaseSolutionReply(): SolutionReply {
+  return { outcome: "", reason: "", relativeResidual: 0 };
+}
+
+export const SolutionReply: MessageFns<SolutionReply> = {
+  encode(message: SolutionReply, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.outcome !== "") {
+      writer.uint32(10).string(message.outcome);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.relativeResidual !== 0) {
+      writer.uint32(25).double(message.relativeResidual);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SolutionReply {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSolutionReply();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcome = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.relativeResidual = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SolutionReply>): SolutionReply {
+    return SolutionReply.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SolutionReply>): SolutionReply {
+    const message = createBaseSolutionReply();
+    message.outcome = object.outcome ?? "";
+    message.reason = object.reason ?? "";
+    message.relativeResidual = object.relativeResidual ?? 0;
+    return message;
+  },
+};
+
 export type JobsService = typeof JobsService;
 export const JobsService = {
   create: {
@@ -1956,6 +2712,62 @@ export interface ResultsClient extends Client {
 export const ResultsClient = makeGenericClientConstructor(ResultsService, "gramfuse.v1.Results") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ResultsClient;
   service: typeof ResultsService;
+  serviceName: string;
+};
+
+export type SolvesService = typeof SolvesService;
+export const SolvesService = {
+  fetchInput: {
+    path: "/gramfuse.v1.Solves/FetchInput" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: SolveInputRequest): Buffer => Buffer.from(SolveInputRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SolveInputRequest => SolveInputRequest.decode(value),
+    responseSerialize: (value: SolveInputChunk): Buffer => Buffer.from(SolveInputChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SolveInputChunk => SolveInputChunk.decode(value),
+  },
+  submit: {
+    path: "/gramfuse.v1.Solves/Submit" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: SolutionChunk): Buffer => Buffer.from(SolutionChunk.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SolutionChunk => SolutionChunk.decode(value),
+    responseSerialize: (value: SolutionReply): Buffer => Buffer.from(SolutionReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SolutionReply => SolutionReply.decode(value),
+  },
+} as const;
+
+export interface SolvesServer extends UntypedServiceImplementation {
+  fetchInput: handleServerStreamingCall<SolveInputRequest, SolveInputChunk>;
+  submit: handleClientStreamingCall<SolutionChunk, SolutionReply>;
+}
+
+export interface SolvesClient extends Client {
+  fetchInput(request: SolveInputRequest, options?: Partial<CallOptions>): ClientReadableStream<SolveInputChunk>;
+  fetchInput(
+    request: SolveInputRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SolveInputChunk>;
+  submit(callback: (error: ServiceError | null, response: SolutionReply) => void): ClientWritableStream<SolutionChunk>;
+  submit(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SolutionReply) => void,
+  ): ClientWritableStream<SolutionChunk>;
+  submit(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SolutionReply) => void,
+  ): ClientWritableStream<SolutionChunk>;
+  submit(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SolutionReply) => void,
+  ): ClientWritableStream<SolutionChunk>;
+}
+
+export const SolvesClient = makeGenericClientConstructor(SolvesService, "gramfuse.v1.Solves") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): SolvesClient;
+  service: typeof SolvesService;
   serviceName: string;
 };
 
