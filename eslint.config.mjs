@@ -14,13 +14,25 @@ const restrict = (groups, message) => ({ group: groups, message });
 
 const boundaries = {
   agent: [
-    restrict(['**/coordinator/**', '**/cli/**'], 'agent/ never imports coordinator/ or cli/ (DESIGN.md §7).'),
+    restrict(['**/coordinator/**', '**/cli/**', '**/solver/**'], 'agent/ never imports coordinator/, solver/ or cli/ (DESIGN.md §7).'),
     restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   coordinator: [
-    restrict(['**/agent/**', '**/cli/**', '**/client/**'], 'coordinator/ never imports agent/, client/ or cli/ (DESIGN.md §7).'),
+    restrict(
+      ['**/agent/**', '**/cli/**', '**/client/**', '**/solver/**'],
+      'coordinator/ never imports agent/, client/, solver/ or cli/ (DESIGN.md §7).',
+    ),
+    restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  solver: [
+    restrict(
+      ['**/agent/**', '**/coordinator/**', '**/cli/**', '**/dashboard/**'],
+      'solver/ never imports agent/, coordinator/ or cli/ (DESIGN.md §7).',
+    ),
+    restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
@@ -41,6 +53,7 @@ const boundaries = {
     restrict(onlyEntry('agent'), 'import agent/ only through agent/index.js.'),
     restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
     restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
+    restrict(onlyEntry('solver'), 'import solver/ only through solver/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   // bench/ and test/ also reach cli/ only through its entry.
@@ -72,6 +85,7 @@ export default tseslint.config(
   },
   { files: ['agent/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.agent }] } },
   { files: ['client/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.client }] } },
+  { files: ['solver/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.solver }] } },
   { files: ['coordinator/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.coordinator }] } },
   {
     files: ['shared/**/*.ts'],

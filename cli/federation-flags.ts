@@ -25,23 +25,50 @@ export const CertsIssueFlags = z.object({
   host: z.array(z.string().min(1)).default([]),
 });
 
-export const CoordinatorServeFlags = z.object({
+export const CoordinatorServeFlags = z
+  .object({
+    ...tls,
+    listen: address,
+    state: path,
+    creators: z
+      .string()
+      .optional()
+      .transform((list) =>
+        list
+          ?.split(',')
+          .map((c) => c.trim())
+          .filter((c) => c !== ''),
+      ),
+    templateDir: z.array(path).optional(),
+    maxOpenJobsPerCreator: int(1),
+    maxConcurrentSolves: int(1),
+    nats: z.string().min(1).optional(),
+    solvers: z.enum(['in-process', 'nats'], { message: 'must be in-process or nats' }).default('in-process'),
+    solverIdentities: z
+      .string()
+      .optional()
+      .transform((list) =>
+        list
+          ?.split(',')
+          .map((c) => c.trim())
+          .filter((c) => c !== ''),
+      ),
+    solveAckWait: z.coerce.number().positive('must be a positive number of seconds').default(60),
+    solveMaxDeliver: int(1).default(5),
+    residualTolerance: z.coerce.number().positive('must be a positive number').max(1, 'must be at most 1').default(1e-6),
+    json,
+  })
+  .refine(
+    (f) => f.solvers !== 'nats' || f.nats !== undefined,
+    '--solvers nats needs --nats URL (the solve tasks go on its JetStream work queue)',
+  );
+
+export const SolverServeFlags = z.object({
   ...tls,
-  listen: address,
-  state: path,
-  creators: z
-    .string()
-    .optional()
-    .transform((list) =>
-      list
-        ?.split(',')
-        .map((c) => c.trim())
-        .filter((c) => c !== ''),
-    ),
-  templateDir: z.array(path).optional(),
-  maxOpenJobsPerCreator: int(1),
-  maxConcurrentSolves: int(1),
-  nats: z.string().min(1).optional(),
+  coordinator: address,
+  nats: z.string().min(1),
+  device: z.enum(['auto', 'cpu', 'cuda'], { message: 'must be auto, cpu or cuda' }).default('auto'),
+  threads: int(1).optional(),
   json,
 });
 

@@ -13,6 +13,7 @@ import { registerAuditCommands } from './commands/audit.js';
 import { registerDemoCommand } from './commands/demo.js';
 import { registerFederationCommands } from './commands/federation.js';
 import { registerLocalCommands } from './commands/local.js';
+import { registerSolverCommands } from './commands/solver.js';
 
 function buildProgram(): Command {
   const program = new Command('gramfuse')
@@ -27,6 +28,7 @@ function buildProgram(): Command {
   registerLocalCommands(program);
   registerAgentCommands(program);
   registerFederationCommands(program);
+  registerSolverCommands(program);
   registerAuditCommands(program);
   registerDemoCommand(program);
   return program;

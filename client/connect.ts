@@ -45,6 +45,19 @@ export interface FederationClient {
   downloadTo(jobId: string, artifact: string, path: string, expectedSha256?: string): Promise<{ sha256: string; bytes: number }>;
   reportEvaluation(report: federation.EvaluationReport): Promise<void>;
   watch(jobId: string, onStatus: (status: federation.JobStatus) => void): Promise<federation.JobStatus>;
+  /**
+   * A solver worker's fetch of one part of a group's task (Σ G̃ packed, or R), its size and SHA-256 checked against
+   * the task's (UPLOAD_INVALID otherwise). `undefined` when the coordinator says the group is committed already.
+   */
+  fetchSolveInput(request: {
+    jobId: string;
+    group: string;
+    part: 'gram' | 'rhs';
+    sha256: string;
+    bytes: number;
+  }): Promise<Uint8Array | undefined>;
+  /** A solver worker's answer: the header, then `x` (n × rhs float64) in 4 MiB slices; or an error report without x. */
+  submitSolution(header: federation.SolutionHeader, x?: Uint8Array): Promise<federation.SolutionReply>;
   close(): void;
 }
 
@@ -75,6 +88,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
   const jobs = new federation.JobsClient(options.address, credentials, channelOptions);
   const uploads = new federation.UploadsClient(options.address, credentials, channelOptions);
   const results = new federation.ResultsClient(options.address, credentials, channelOptions);
+  const solves = new federation.SolvesClient(options.address, credentials, channelOptions);
   const metadata = (): grpc.Metadata => {
     const m = new grpc.Metadata();
     if (options.tls === undefined) m.set('x-gramfuse-identity', identity);
@@ -213,6 +227,56 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     reportEvaluation: async (report) => {
       await retry(() => unary(results.reportEvaluation.bind(results), report));
     },
+    fetchSolveInput: (request) =>
+      retry(async () => {
+        const out = new Uint8Array(request.bytes);
+        const hash = createHash('sha256');
+        let received = 0;
+        let committed = false;
+        const stream = solves.fetchInput(
+          { jobId: request.jobId, group: request.group, part: request.part, sha256: request.sha256, offset: 0n },
+          metadata(),
+          { deadline: deadline(3600) },
+        );
+        for await (const chunk of stream as AsyncIterable<federation.SolveInputChunk>) {
+          if (chunk.totalBytes === 0n) {
+            committed = true;
+            continue;
+          }
+          if (BigInt(received) !== chunk.offset || received + chunk.data.byteLength > request.bytes)
+            throw new GramfuseError(
+              ErrorCode.UploadInvalid,
+              `group ${request.group}'s ${request.part}: a chunk at offset ${chunk.offset} (${chunk.data.byteLength} bytes) does not follow ${received} of ${request.bytes}`,
+            );
+          out.set(chunk.data, received);
+          hash.update(chunk.data);
+          received += chunk.data.byteLength;
+        }
+        if (committed) return undefined;
+        const digest = hash.digest('hex');
+        if (received !== request.bytes || digest !== request.sha256)
+          throw new GramfuseError(
+            ErrorCode.UploadInvalid,
+            `group ${request.group}'s ${request.part} of job ${request.jobId}: received ${received} bytes with SHA-256 ${digest.slice(0, 16)}…, the task says ${request.bytes} bytes with ${request.sha256.slice(0, 16)}…`,
+            { facts: { job: request.jobId, group: request.group, part: request.part } },
+          );
+        return out;
+      }),
+    submitSolution: (header, x) =>
+      new Promise((resolve, reject) => {
+        const stream = solves.submit(metadata(), { deadline: deadline(3600) }, (error, reply) =>
+          error === null ? resolve(reply) : reject(errorFromGrpc(error, options.address)),
+        );
+        void (async () => {
+          const write = (message: federation.SolutionChunk): Promise<void> =>
+            new Promise((done) => (stream.write(message) ? done() : stream.once('drain', () => done())));
+          await write({ header, data: new Uint8Array(0) });
+          const slice = 4 * 1024 * 1024;
+          if (x !== undefined)
+            for (let at = 0; at < x.byteLength; at += slice) await write({ data: x.subarray(at, Math.min(x.byteLength, at + slice)) });
+          stream.end();
+        })();
+      }),
     watch: (jobId, onStatus) =>
       new Promise((resolve, reject) => {
         let last: federation.JobStatus | undefined;
@@ -232,6 +296,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
       jobs.close();
       uploads.close();
       results.close();
+      solves.close();
     },
   };
 }

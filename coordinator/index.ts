@@ -18,5 +18,5 @@ export {
   type ServerTls,
   startCoordinatorServer,
 } from './server/index.js';
-export { type SolveExecutor, workerThreadExecutor } from './solve/index.js';
+export { DEFAULT_RESIDUAL_TOLERANCE, projectedResidual, type SolveExecutor, workerThreadExecutor } from './solve/index.js';
 export { FileStore, type StatisticStore } from './store/index.js';

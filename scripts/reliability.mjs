@@ -1,5 +1,5 @@
-// npm run reliability [-- --points N]: runs the fault-injection suites (test/integration/faults, and the NATS
-// outage tests) with fault recording on, and writes docs/RELIABILITY.md: each fault, how many times it was
+// npm run reliability [-- --points N]: runs the fault-injection suites (test/integration/faults, the NATS
+// outage tests and the distributed solve's) with fault recording on, and writes docs/RELIABILITY.md: each fault, how many times it was
 // injected in this run, and the outcome the tests checked. CI runs the same tests (20 kill points) without it.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,10 +12,14 @@ const points = pointsAt >= 0 ? args[pointsAt + 1] : (process.env.GRAMFUSE_CHAOS_
 const log = join(mkdtempSync(join(tmpdir(), 'gramfuse-reliability-')), 'faults.jsonl');
 writeFileSync(log, '');
 const started = Date.now();
-const run = spawnSync('npx', ['vitest', 'run', 'test/integration/faults', 'test/integration/nats'], {
-  stdio: 'inherit',
-  env: { ...process.env, GRAMFUSE_RELIABILITY_LOG: log, GRAMFUSE_CHAOS_POINTS: points },
-});
+const run = spawnSync(
+  'npx',
+  ['vitest', 'run', 'test/integration/faults', 'test/integration/nats', 'test/integration/solve-distributed.test.ts'],
+  {
+    stdio: 'inherit',
+    env: { ...process.env, GRAMFUSE_RELIABILITY_LOG: log, GRAMFUSE_CHAOS_POINTS: points },
+  },
+);
 const records = readFileSync(log, 'utf8')
   .split('\n')
   .filter((l) => l !== '')
@@ -50,8 +54,8 @@ the directories it was renamed into *before* the receipt log and the ledger are 
 power loss that loses its statistic. Private keys are written the same way, with mode 0600. What the fault tests
 above kill is the process (SIGKILL); a power loss is not simulated, the fsync order is what guards against it.
 
-What the outcomes mean, and how they are checked, is in the tests under \`test/integration/faults/\` and
-\`test/integration/nats/\`; the guarantees are summarized in the README ("What happens when…").
+What the outcomes mean, and how they are checked, is in the tests under \`test/integration/faults/\`,
+\`test/integration/nats/\` and \`test/integration/solve-distributed.test.ts\`; the guarantees are summarized in the README ("What happens when…").
 `;
 writeFileSync('docs/RELIABILITY.md', text);
 process.stdout.write(`docs/RELIABILITY.md: ${records.length} fault records, ${byFault.size} kinds\n`);

@@ -16,6 +16,7 @@ const loadCommandModules = async () => ({
   ...(await import('../../coordinator/index.js')),
   ...(await import('../../shared/index.js')),
   ...(await import('../../shared/merge/index.js')),
+  ...(await import('../../solver/index.js')),
   ...(await import('../audit-commands.js')),
   ...(await import('../demo.js')),
   ...(await import('../federation-commands.js')),

@@ -61,6 +61,18 @@ export function registerFederationCommands(program: Command): void {
         collect,
       )
       .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
+      .option(
+        '--solvers <where>',
+        'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
+        'in-process',
+      )
+      .option(
+        '--solver-identities <names>',
+        'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
+      )
+      .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
+      .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
+      .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
       .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
     'server',
   ).action(async (raw: Record<string, unknown>) => {
@@ -79,6 +91,10 @@ export function registerFederationCommands(program: Command): void {
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
       maxConcurrentSolves: flags.maxConcurrentSolves,
       ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      solvers: flags.solvers,
+      ...(flags.solverIdentities === undefined ? {} : { solverIdentities: flags.solverIdentities }),
+      solveQueue: { ackWaitMs: flags.solveAckWait * 1000, maxDeliver: flags.solveMaxDeliver },
+      residualTolerance: flags.residualTolerance,
     });
     const host = flags.listen.slice(0, flags.listen.lastIndexOf(':'));
     stdout(
@@ -150,11 +166,27 @@ export function registerFederationCommands(program: Command): void {
         fingerprint: s.fingerprint,
         resultSha256: s.resultSha256 || null,
         failure: s.failureCode === '' ? null : { code: s.failureCode, message: s.failureMessage },
+        solveGroups: s.solveGroups.map((g) => ({
+          group: g.group,
+          state: g.state,
+          worker: g.worker,
+          attempts: g.attempts,
+          lastError: g.lastError,
+        })),
       };
+      const groups =
+        view.solveGroups.length === 0
+          ? ''
+          : `\nsolve: ${view.solveGroups.filter((g) => g.state === 'committed').length}/${view.solveGroups.length} groups committed\n${view.solveGroups
+              .map(
+                (g) =>
+                  `  ${g.group}: ${g.state}${g.worker === '' ? '' : ` (${g.worker})`}${g.lastError === '' ? '' : `; last error: ${g.lastError}`}`,
+              )
+              .join('\n')}`;
       stdout(
         flags.json
           ? `${JSON.stringify(view)}\n`
-          : `job ${view.job}: ${view.state}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}\n`,
+          : `job ${view.job}: ${view.state}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}${groups}\n`,
       );
     } finally {
       client.close();

@@ -6,7 +6,7 @@ import { type SigningKeys, signingKeysAt } from '../../shared/security/index.js'
 import { admitManifest, checkChunk, checkJobBudget, type CommitBatch, storeChunk } from '../intake/index.js';
 // auth.ts is a leaf (it imports only shared/): the facade authorizes every call in one place, the servicer too.
 import { authorize, type JobAccess } from '../server/auth.js';
-import { Slots, type SolveExecutor, workerThreadExecutor } from '../solve/index.js';
+import { type AnswerHeader, type AnswerReply, NatsSolveExecutor, Slots, type SolveExecutor, workerThreadExecutor } from '../solve/index.js';
 import { FileStore } from '../store/index.js';
 import { commitEntries } from './commit.js';
 import type { JobContext } from './context.js';
@@ -37,6 +37,8 @@ export interface CoordinatorOptions {
   readonly maxConcurrentSolves?: number;
   /** Where solves run. @default workerThreadExecutor (a worker thread of this process) */
   readonly solveExecutor?: SolveExecutor;
+  /** Identities of solver workers (`gramfuse solver serve`) allowed to fetch sums and submit solutions. @default [] */
+  readonly solverIdentities?: readonly string[];
   /** The coordinator's own identity in audit records. Default `coordinator`. */
   readonly identity?: string;
   readonly log?: (line: string) => void;
@@ -140,7 +142,70 @@ export class Coordinator {
   }
 
   view(id: string): JobView {
-    return jobView(this.job(id), this.keys.publicKeyPem);
+    const view = jobView(this.job(id), this.keys.publicKeyPem);
+    const groups = this.executor instanceof NatsSolveExecutor ? this.executor.view(id) : [];
+    return groups.length === 0 ? view : { ...view, solveGroups: groups };
+  }
+
+  /**
+   * The distributed solve a solver worker may act on: the caller must be a listed solver, the job solving on this
+   * coordinator with `--solvers nats`. A job already done answers `done` (a late answer is a duplicate); a failed one
+   * is JOB_CLOSED (the worker drops the task).
+   */
+  private distributed(identity: string, jobId: string): NatsSolveExecutor | 'done' {
+    const job = this.job(jobId);
+    authorize(identity, 'solve.work', jobAccess(job), {
+      creators: this.options.creators ?? [],
+      solvers: this.options.solverIdentities ?? [],
+    });
+    if (!(this.executor instanceof NatsSolveExecutor))
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        'this coordinator solves in-process; start it with --solvers nats to use solver workers',
+      );
+    const state = job.persisted.state;
+    if (state === 'done') return 'done';
+    if (state !== 'solving')
+      throw new GramfuseError(
+        state === 'failed' ? ErrorCode.JobClosed : ErrorCode.Unavailable,
+        `job ${jobId} is ${state}${state === 'failed' ? '; its solve tasks are void' : ', not solving yet; retry later'}`,
+        { facts: { job: jobId, state } },
+      );
+    return this.executor;
+  }
+
+  /** A solver worker's FetchInput: where the task part lies (committed: the group needs no more answers). */
+  solveInput(
+    identity: string,
+    jobId: string,
+    group: string,
+    part: string,
+    sha256: string,
+  ): { path: string; bytes: number; committed: boolean } {
+    const executor = this.distributed(identity, jobId);
+    return executor === 'done' ? { path: '', bytes: 0, committed: true } : executor.input(identity, jobId, group, part, sha256);
+  }
+
+  /** A solver worker's Submit header: 'duplicate', or where its X goes and how long it must be. */
+  beginAnswer(identity: string, header: AnswerHeader): 'duplicate' | { path: string; bytes: number } {
+    const executor = this.distributed(identity, header.jobId);
+    return executor === 'done' ? 'duplicate' : executor.beginAnswer(identity, header);
+  }
+
+  /** A solver worker's error report for a task. */
+  recordAnswerError(identity: string, header: AnswerHeader): AnswerReply {
+    const executor = this.distributed(identity, header.jobId);
+    return executor === 'done'
+      ? { outcome: 'duplicate', reason: 'the job is done', relativeResidual: 0 }
+      : executor.recordError(identity, header);
+  }
+
+  /** Checks a received answer and commits it once. */
+  async settleAnswer(identity: string, header: AnswerHeader, answerPath: string): Promise<AnswerReply> {
+    const executor = this.distributed(identity, header.jobId);
+    return executor === 'done'
+      ? { outcome: 'duplicate', reason: 'the job is done', relativeResidual: 0 }
+      : executor.settle(identity, header, answerPath);
   }
 
   /** Who may do what on a job (for `authorize`); JOB_NOT_FOUND when there is no such job. */

@@ -3,6 +3,7 @@ import type { JobSpec, JobState, Receipt } from '../../shared/federation/index.j
 import type { BundleManifest } from '../../shared/merge/index.js';
 import type { ModelAnalysis } from '../../shared/onnx/index.js';
 import type { JobAccess } from '../server/auth.js';
+import type { SolveGroupView } from '../solve/index.js';
 
 export interface JobView {
   readonly spec: JobSpec;
@@ -15,6 +16,8 @@ export interface JobView {
   readonly receiptPublicKey: string;
   /** The identity that created the job (absent for jobs created before it was recorded). */
   readonly createdBy?: string;
+  /** Distributed solve in progress: each Gram group's task state and worker. */
+  readonly solveGroups?: readonly SolveGroupView[];
 }
 
 export interface PersistedState {

@@ -14,7 +14,9 @@ export type Action =
   /** Results/Download: the job's participants and its creator. */
   | 'result.read'
   /** Results/ReportEvaluation: only the job's participants. */
-  | 'result.report';
+  | 'result.report'
+  /** Solves/FetchInput, Solves/Submit: only identities the operator listed as solvers (--solver-identities). */
+  | 'solve.work';
 
 /** Who may do what on a job: the facts `authorize` decides on. */
 export interface JobAccess {
@@ -27,6 +29,8 @@ export interface JobAccess {
 export interface AuthorizationConfig {
   /** Identities allowed to create jobs. Empty: nobody (the coordinator then only serves jobs it already has). */
   readonly creators: readonly string[];
+  /** Identities of solver workers (distributed solve). @default [] (no worker may fetch sums or submit solutions) */
+  readonly solvers?: readonly string[];
 }
 
 /** May `identity` see this job at all (get, watch, list, download)? */
@@ -51,6 +55,16 @@ export function authorize(identity: string, action: Action, job: JobAccess | und
     return;
   }
   if (job === undefined) throw new GramfuseError(ErrorCode.Internal, `authorize(${action}) needs the job`);
+  if (action === 'solve.work') {
+    const solvers = config.solvers ?? [];
+    if (!solvers.includes(identity))
+      deny(
+        solvers.length === 0
+          ? `${identity} may not work on solves: this coordinator lists no solver identities (start it with --solver-identities NAME[,NAME…])`
+          : `${identity} is not a solver of this coordinator (solvers: ${solvers.join(', ')})`,
+      );
+    return;
+  }
   const participant = job.participants.includes(identity);
   switch (action) {
     case 'job.read':

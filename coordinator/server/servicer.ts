@@ -1,15 +1,18 @@
-import { open } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../../proto/index.js';
-import { ErrorCode, GramfuseError } from '../../shared/index.js';
+import { ErrorCode, GramfuseError, writeAll } from '../../shared/index.js';
 import { isValidIdentity, MAX_UPLOAD_WINDOW } from '../../shared/federation/index.js';
-import { AuditPublisher, NatsEventBus } from '../../shared/nats/index.js';
+import { AuditPublisher, DEFAULT_SOLVE_QUEUE, NatsEventBus, type SolveQueueSettings } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
+import { type AnswerHeader, NatsSolveExecutor } from '../solve/index.js';
 import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, uploadStateToProto, withCodedDecoding } from './wire.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
@@ -32,6 +35,15 @@ export interface CoordinatorServerOptions extends CoordinatorOptions {
    * is also published to GRAMFUSE_AUDIT (the file ledger stays the source; an outage only delays publishing).
    */
   readonly nats?: string;
+  /**
+   * Where Gram groups are solved: in a worker thread of this process (the default), or by solver workers pulling
+   * tasks from the JetStream work queue GRAMFUSE_SOLVE on `nats` (`gramfuse solver serve`).
+   */
+  readonly solvers?: 'in-process' | 'nats';
+  /** AckWait and MaxDeliver of the solve queue. @default DEFAULT_SOLVE_QUEUE */
+  readonly solveQueue?: SolveQueueSettings;
+  /** Relative residual a worker's solution must stay below. @default DEFAULT_RESIDUAL_TOLERANCE */
+  readonly residualTolerance?: number;
 }
 
 export type ServerState = 'starting' | 'serving' | 'draining' | 'stopped';
@@ -53,7 +65,22 @@ const WINDOW_OVERRUN_CHUNKS = 16;
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
   let state: ServerState = 'starting';
   const events = options.nats === undefined ? undefined : await NatsEventBus.connect(options.nats, 'gramfuse coordinator');
-  const coordinator = await Coordinator.open(options.stateDir, { ...options, ...(events === undefined ? {} : { events }) });
+  if (options.solvers === 'nats' && options.nats === undefined)
+    throw new GramfuseError(ErrorCode.InvalidArgument, '--solvers nats needs --nats URL: the solve tasks go on its JetStream work queue');
+  const solveExecutor =
+    options.solvers === 'nats'
+      ? await NatsSolveExecutor.start({
+          url: options.nats!,
+          queue: options.solveQueue ?? DEFAULT_SOLVE_QUEUE,
+          ...(options.residualTolerance === undefined ? {} : { residualTolerance: options.residualTolerance }),
+          ...(options.log === undefined ? {} : { log: options.log }),
+        })
+      : undefined;
+  const coordinator = await Coordinator.open(options.stateDir, {
+    ...options,
+    ...(events === undefined ? {} : { events }),
+    ...(solveExecutor === undefined ? {} : { solveExecutor }),
+  });
   const publisher =
     options.nats === undefined
       ? undefined
@@ -92,7 +119,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       );
     return cn;
   };
-  const auth = { creators: options.creators ?? [] };
+  const auth = { creators: options.creators ?? [], solvers: options.solverIdentities ?? [] };
   type Call = Parameters<typeof identity>[0];
   /** The caller's identity, once `authorize` allowed it `action` on job `jobId`: every RPC goes through here. */
   const guard = (call: Call, action: Action, jobId?: string): string => {
@@ -356,6 +383,140 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     }),
   } satisfies federation.ResultsServer);
 
+  server.addService(withCodedDecoding(federation.SolvesService), {
+    // A solver worker fetches a part of a group's task: streamed from the file a slice at a time.
+    fetchInput: (call: grpc.ServerWritableStream<federation.SolveInputRequest, federation.SolveInputChunk>) => {
+      void (async () => {
+        try {
+          decoded(call.request);
+          const { jobId, group, part, sha256 } = call.request;
+          const input = coordinator.solveInput(identity(call), jobId, group, part, sha256);
+          if (input.committed) {
+            // The group needs no more answers: one empty chunk of total size 0 says so.
+            call.write({ offset: 0n, data: new Uint8Array(0), totalBytes: 0n });
+            call.end();
+            return;
+          }
+          const file = await open(input.path, 'r');
+          try {
+            const chunk = 4 * 1024 * 1024;
+            for (let offset = Number(call.request.offset); offset < input.bytes; offset += chunk) {
+              const data = new Uint8Array(Math.min(chunk, input.bytes - offset));
+              const { bytesRead } = await file.read(data, 0, data.byteLength, offset);
+              if (bytesRead !== data.byteLength)
+                throw new GramfuseError(ErrorCode.StateCorrupt, `${input.path}: shorter than ${input.bytes} bytes`);
+              if (!call.write({ offset: BigInt(offset), data, totalBytes: BigInt(input.bytes) }))
+                await new Promise((resolve) => call.once('drain', resolve));
+            }
+          } finally {
+            await file.close();
+          }
+          call.end();
+        } catch (error) {
+          call.emit('error', toStatus(error));
+        }
+      })();
+    },
+    // A solver worker's answer: a header, then X in slices, written to a file beside the job's solve as it arrives
+    // (memory holds one slice), its size and SHA-256 checked, then checked and committed by the executor.
+    submit: (call: grpc.ServerReadableStream<federation.SolutionChunk, federation.SolutionReply>, callback) => {
+      let header: AnswerHeader | undefined;
+      let who = '';
+      let target: { path: string; bytes: number; handle: FileHandle; hash: Hash; received: number } | undefined;
+      let answered = false;
+      let queue = Promise.resolve();
+      const answer = (error: unknown, reply?: federation.SolutionReply): void => {
+        if (answered) return;
+        answered = true;
+        if (target !== undefined) void target.handle.close().catch(() => undefined);
+        if (error !== null && target !== undefined) void rm(target.path, { force: true });
+        if (error === null) callback(null, reply);
+        else callback(toStatus(error));
+        call.destroy();
+      };
+      call.on('data', (message: federation.SolutionChunk) => {
+        queue = queue.then(async () => {
+          if (answered) return;
+          try {
+            decoded(message);
+            if (header === undefined) {
+              const h = message.header;
+              if (h === undefined) throw new GramfuseError(ErrorCode.UploadInvalid, 'a Submit stream starts with the solution header');
+              who = identity(call);
+              header = {
+                jobId: h.jobId,
+                group: h.group,
+                gramSha256: h.gramSha256,
+                n: h.n,
+                rhs: h.rhs,
+                jitter: h.jitter,
+                conditionEstimate: h.conditionEstimate,
+                seconds: h.seconds,
+                device: h.device,
+                errorCode: h.errorCode,
+                errorMessage: h.errorMessage,
+                delivery: h.delivery,
+                lastDelivery: h.lastDelivery,
+                sha256: h.sha256,
+              };
+              if (h.errorCode !== '') {
+                answer(null, coordinator.recordAnswerError(who, header));
+                return;
+              }
+              const begun = coordinator.beginAnswer(who, header);
+              if (begun === 'duplicate') {
+                answer(null, { outcome: 'duplicate', reason: 'the group was already committed', relativeResidual: 0 });
+                return;
+              }
+              await mkdir(dirname(begun.path), { recursive: true });
+              target = { ...begun, handle: await open(begun.path, 'wx', 0o600), hash: createHash('sha256'), received: 0 };
+              return;
+            }
+            if (target === undefined) return;
+            if (target.received + message.data.byteLength > target.bytes)
+              throw new GramfuseError(
+                ErrorCode.UploadInvalid,
+                `the solution of group ${header.group} is longer than its ${target.bytes} bytes`,
+                {
+                  facts: { job: header.jobId, group: header.group },
+                },
+              );
+            await writeAll(target.handle, message.data, target.received);
+            target.hash.update(message.data);
+            target.received += message.data.byteLength;
+          } catch (error) {
+            answer(error);
+          }
+        });
+      });
+      call.on('end', () => {
+        void queue.then(async () => {
+          if (answered) return;
+          try {
+            if (header === undefined || target === undefined)
+              throw new GramfuseError(ErrorCode.UploadInvalid, 'the Submit stream ended before the solution was sent');
+            const digest = target.hash.digest('hex');
+            const claimed = header.sha256;
+            if (target.received !== target.bytes || digest !== claimed)
+              throw new GramfuseError(
+                ErrorCode.UploadInvalid,
+                `the solution of group ${header.group} arrived as ${target.received} bytes with SHA-256 ${digest.slice(0, 16)}…, the header says ${target.bytes} bytes with ${claimed.slice(0, 16)}…; nothing was kept`,
+                { facts: { job: header.jobId, group: header.group } },
+              );
+            await target.handle.sync();
+            await target.handle.close();
+            const path = target.path;
+            target = undefined;
+            answer(null, await coordinator.settleAnswer(who, header, path));
+          } catch (error) {
+            answer(error);
+          }
+        });
+      });
+      call.on('cancelled', () => answer(new GramfuseError(ErrorCode.Unavailable, 'the Submit stream was cancelled')));
+    },
+  } satisfies federation.SolvesServer);
+
   const credentials = insecure
     ? grpc.ServerCredentials.createInsecure()
     : grpc.ServerCredentials.createSsl(
@@ -391,6 +552,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       await publisher.close();
     }
     await events?.close();
+    await solveExecutor?.close();
     state = 'stopped';
   };
   return { port, coordinator, state: () => state, close, [Symbol.asyncDispose]: () => close() };

@@ -27,6 +27,7 @@ export function jobToProto(view: JobView): federation.JobStatus {
     receiptPublicKey: view.receiptPublicKey,
     resultSha256: view.result?.sha256 ?? '',
     resultBytes: BigInt(view.result?.bytes ?? 0),
+    solveGroups: (view.solveGroups ?? []).map((g) => ({ ...g })),
   });
 }
 

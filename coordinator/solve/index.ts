@@ -2,3 +2,12 @@
 export { type SolveExecutor, workerThreadExecutor } from './executor.js';
 export { Slots } from './slots.js';
 export { committedStatistics, runSolveJob, type SolveOutcome, type SolveProgress, type SolveRequest } from './solve-job.js';
+export {
+  type AnswerHeader,
+  type AnswerReply,
+  type GroupTaskState,
+  type NatsExecutorOptions,
+  NatsSolveExecutor,
+  type SolveGroupView,
+} from './nats-executor.js';
+export { DEFAULT_RESIDUAL_TOLERANCE, projectedResidual } from './tasks.js';

@@ -35,6 +35,9 @@ export interface SolveProgress {
   readonly done: number;
   readonly total: number;
   readonly item: string;
+  /** Distributed solve: the group's task state and the worker that holds it (nats-executor.ts). */
+  readonly state?: string;
+  readonly worker?: string;
 }
 
 export interface SolveOutcome {

@@ -3,3 +3,15 @@ export { AUDIT_STREAM, connectNats, ensureStreams, JOBS_STREAM, type NatsOptions
 export { NatsEventBus } from './event-bus.js';
 export { AuditPublisher, auditSubject, type LedgerSource } from './audit-publisher.js';
 export { readAuditStream, type StreamLedger } from './audit-stream.js';
+export {
+  DEFAULT_SOLVE_QUEUE,
+  ensureSolveQueue,
+  MAX_DELIVERIES_ADVISORY,
+  parseSolveTask,
+  SOLVE_CONSUMER,
+  SOLVE_STREAM,
+  type SolveQueueSettings,
+  solveSubject,
+  SolveTask,
+  solveTaskId,
+} from './solve-queue.js';

@@ -1,0 +1,44 @@
+import type { Command } from 'commander';
+
+import { SolverServeFlags } from '../federation-flags.js';
+import { parseFlags } from '../flags.js';
+import { h, stdout, tlsOptions } from './common.js';
+
+export function registerSolverCommands(program: Command): void {
+  tlsOptions(
+    program
+      .command('solver')
+      .description('A solver worker for a coordinator started with --solvers nats: gramfuse solver serve')
+      .command('serve')
+      .description(
+        "Pull solve tasks (one per Gram group) from NATS JetStream, fetch the group's sums from the coordinator over gRPC, solve, submit X",
+      )
+      .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
+      .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
+      .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
+      .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
+      .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(SolverServeFlags, raw);
+    const log = (line: string): void => {
+      process.stderr.write(`${flags.insecureLoopback === true ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
+    };
+    const solver = await h().startSolver({
+      coordinator: await h().connectOptions(flags.coordinator, flags),
+      nats: flags.nats,
+      device: flags.device,
+      ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+      log,
+      ...(flags.json ? { onTask: (record) => stdout(`${JSON.stringify(record)}\n`) } : {}),
+    });
+    await Promise.race([
+      solver.stopped,
+      new Promise<void>((resolve) => {
+        process.once('SIGINT', () => resolve());
+        process.once('SIGTERM', () => resolve());
+      }),
+    ]);
+    log('stopping (finishing the task in hand)');
+    await solver.stop();
+  });
+}

@@ -1,0 +1,363 @@
+// The distributed solve (issue #17): a coordinator started with --solvers nats publishes one task per Gram group on
+// the JetStream work queue of a real nats-server; real `gramfuse solver serve` processes pull them, fetch the sums
+// over gRPC, solve and submit. The merged model must be byte-identical to the in-process solve's, through a worker
+// killed mid-solve, a worker that answers wrongly, and a coordinator killed while tasks are in flight.
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { runAgent } from '../../agent/index.js';
+import { connectFederation } from '../../client/index.js';
+import type { JobEvent } from '../../shared/events/index.js';
+import { ErrorCode, type GramfuseError } from '../../shared/index.js';
+import type { MergeReport } from '../../shared/merge/index.js';
+import { NatsEventBus } from '../../shared/nats/index.js';
+import { exampleAgent } from '../helpers/agent-options.js';
+import { runCli } from '../helpers/cli.js';
+import { CoordinatorProcess } from '../helpers/coordinator-process.js';
+import { exampleModel } from '../helpers/examples.js';
+import { freePort, NatsServer } from '../helpers/nats-server.js';
+import { recordFault } from '../helpers/reliability.js';
+import { SolverProcess } from '../helpers/solver-process.js';
+
+const orgs = ['org0', 'org1'];
+const JOB = 'fuse';
+/** The example model's Gram groups (2 encoder layers × 4, the pooler, the classifier). */
+const GROUPS = 10;
+const work = mkdtempSync(join(tmpdir(), 'gramfuse-solve-distributed-'));
+let baseline: { sha256: string; report: MergeReport };
+
+const creator = (address: string) => connectFederation({ address, insecureIdentity: 'creator', deadlineSeconds: 10 });
+
+/** Creates the job and uploads both owners' statistics (the baseline's bundles after the first run). */
+async function createAndUpload(coordinator: CoordinatorProcess, name: string): Promise<void> {
+  const client = creator(coordinator.address);
+  await client.createJob(
+    JSON.stringify({ id: JOB, participants: orgs, policy: { minRowsPerGroup: 16 } }),
+    readFileSync(exampleModel('org0')),
+  );
+  client.close();
+  await Promise.all(
+    orgs.map(async (org) => {
+      const workDir = join(work, name, 'agents', org);
+      if (name !== 'baseline')
+        cpSync(join(work, 'baseline', 'agents', org, JOB, 'bundle'), join(workDir, JOB, 'bundle'), { recursive: true });
+      await runAgent(
+        exampleAgent(org, { address: coordinator.address, insecureIdentity: org, deadlineSeconds: 10 }, JOB, workDir, { threads: 1 }),
+      );
+    }),
+  );
+}
+
+/** Waits for the job to be done (through coordinator restarts) and returns its merged model's digest and report. */
+async function result(coordinator: CoordinatorProcess, timeoutMs = 180_000): Promise<{ sha256: string; report: MergeReport }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (Date.now() > deadline) throw new Error(`job not done in time:\n${coordinator.log}`);
+    const client = creator(coordinator.address);
+    try {
+      const status = await client.getJob(JOB);
+      if (status.state === 'failed') throw new Error(`job failed: ${status.failureCode}: ${status.failureMessage}\n${coordinator.log}`);
+      if (status.state === 'done') {
+        const model = await client.download(JOB, 'merged.onnx');
+        const report = JSON.parse((await client.download(JOB, 'report.json')).toString('utf8')) as MergeReport;
+        expect(createHash('sha256').update(model).digest('hex')).toBe(status.resultSha256);
+        return { sha256: status.resultSha256, report };
+      }
+    } catch (error) {
+      if ((error as Error).message.startsWith('job failed')) throw error;
+    } finally {
+      client.close();
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** A coordinator that hands its solves to solver workers over `nats`; AckWait 2 s so a lost worker's task returns fast. */
+async function distributedCoordinator(name: string, nats: NatsServer, failpoint?: string): Promise<CoordinatorProcess> {
+  const coordinator = new CoordinatorProcess(await freePort(), join(work, name, 'state'));
+  await coordinator.start(failpoint, distributedArgs(nats));
+  return coordinator;
+}
+const distributedArgs = (nats: NatsServer): string[] => [
+  '--nats',
+  nats.url,
+  '--solvers',
+  'nats',
+  '--solver-identities',
+  'solver-a,solver-b,solver-c,solver-bad',
+  '--solve-ack-wait',
+  '2',
+  '--solve-max-deliver',
+  '10',
+];
+
+/** Lines `job fuse: group G committed, solved by W` of a coordinator's log: group → workers that committed it. */
+function commits(log: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const match of log.matchAll(/job fuse: group (\S+) committed, solved by (\S+)/g))
+    out.set(match[1]!, [...(out.get(match[1]!) ?? []), match[2]!]);
+  return out;
+}
+
+/** `promise`, or a failure with `why()` after `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, why: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(why())), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const running: { stop(): Promise<void> }[] = [];
+afterAll(async () => {
+  for (const r of running.reverse()) await r.stop().catch(() => undefined);
+  rmSync(work, { recursive: true, force: true });
+});
+
+beforeAll(async () => {
+  // The in-process solve of the same statistics: what every distributed run must reproduce byte for byte.
+  const coordinator = new CoordinatorProcess(await freePort(), join(work, 'baseline', 'state'));
+  await coordinator.start();
+  try {
+    await createAndUpload(coordinator, 'baseline');
+    baseline = await result(coordinator);
+  } finally {
+    await coordinator.kill('SIGTERM');
+  }
+  expect(baseline.report.layers).toHaveLength(GROUPS);
+}, 300_000);
+
+describe('distributed solve over a NATS JetStream work queue', () => {
+  it(
+    '3 workers solve a 10-group job: the merged model is the in-process solve’s, each group committed once',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('three', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const workers = ['solver-a', 'solver-b', 'solver-c'].map((w) => new SolverProcess(w, coordinator.address, nats.url));
+      for (const w of workers) running.push(w);
+      await Promise.all(workers.map((w) => w.ready()));
+      await createAndUpload(coordinator, 'three');
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      // Every group was solved by a worker, and committed exactly once.
+      const committed = commits(coordinator.log);
+      expect(committed.size).toBe(GROUPS);
+      for (const by of committed.values()) expect(by).toHaveLength(1);
+      for (const layer of report.layers) expect(['solver-a', 'solver-b', 'solver-c']).toContain(layer.solvedBy);
+      // The coordinator's own residual check is in the report: far below the tolerance on these well-posed groups.
+      for (const layer of report.layers) expect(layer.relativeResidual).toBeLessThan(1e-9);
+      expect(coordinator.log).toMatch(/job fuse: 10 solve task\(s\) on GRAMFUSE_SOLVE/);
+      // The events bus carried each group's progress and the worker holding it (what `job status` shows while solving).
+      const bus = await NatsEventBus.connect(nats.url, 'gramfuse test');
+      const seen: JobEvent[] = [];
+      const unsubscribe = await bus.subscribe(JOB, (event) => seen.push(event), { history: true });
+      const until = Date.now() + 20_000;
+      while (!seen.some((e) => e.type === 'result') && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+      await unsubscribe();
+      await bus.close();
+      const tasks = seen.filter((e) => e.type === 'solve' && typeof e.data.state === 'string');
+      for (const state of ['queued', 'fetching', 'solving', 'checking', 'committed'])
+        expect(tasks.some((e) => e.data.state === state)).toBe(true);
+      const committedEvents = tasks.filter((e) => e.data.state === 'committed');
+      expect(new Set(committedEvents.map((e) => e.data.item)).size).toBe(GROUPS);
+      for (const e of committedEvents) expect(['solver-a', 'solver-b', 'solver-c']).toContain(e.data.worker);
+      expect(Math.max(...committedEvents.map((e) => Number(e.data.done)))).toBe(GROUPS);
+      // Only listed solver identities may fetch a group's sums: an owner may not.
+      const owner = connectFederation({ address: coordinator.address, insecureIdentity: 'org0', deadlineSeconds: 10 });
+      const refused = (await owner
+        .fetchSolveInput({ jobId: JOB, group: report.layers[0]!.group, part: 'gram', sha256: '0'.repeat(64), bytes: 8 })
+        .catch((e: unknown) => e)) as GramfuseError;
+      owner.close();
+      expect(refused.code).toBe(ErrorCode.NotAuthorized);
+      expect(refused.message).toMatch(/org0 is not a solver of this coordinator/);
+      for (const w of workers) await w.stop();
+      // The same job again (a fresh coordinator, the same id and the same sums) on the same stream within its
+      // duplicate window: its tasks are new messages, not de-duplicated away as the first job's.
+      await coordinator.kill('SIGTERM');
+      const again = await distributedCoordinator('three-again', nats);
+      running.push({ stop: () => again.kill('SIGTERM') });
+      const worker = new SolverProcess('solver-a', again.address, nats.url);
+      running.push(worker);
+      await worker.ready();
+      await createAndUpload(again, 'three-again');
+      expect((await result(again, 120_000)).sha256).toBe(baseline.sha256);
+      await worker.stop();
+    },
+  );
+
+  it(
+    'a worker SIGKILLed mid-solve: its task is redelivered after AckWait, the job completes with the same model',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('worker-kill', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      // The first worker kills itself once it has fetched a group's sums and starts solving.
+      const doomed = new SolverProcess('solver-a', coordinator.address, nats.url, { GRAMFUSE_FAILPOINT: 'solver.solve:1' });
+      running.push(doomed);
+      await doomed.ready();
+      await createAndUpload(coordinator, 'worker-kill');
+      await within(doomed.exited, 120_000, () => `the worker did not reach its failpoint:\n${doomed.log}\n${coordinator.log}`);
+      expect(doomed.exit).toBe('SIGKILL');
+      const taken = /job fuse, group (\S+) \(/.exec(doomed.log)![1]!;
+      // `job status` shows which worker holds which group: the dead worker still holds its group until AckWait passes.
+      const status = await runCli([
+        'job',
+        'status',
+        JOB,
+        '--coordinator',
+        coordinator.address,
+        '--insecure-loopback',
+        '--identity',
+        'creator',
+        '--json',
+      ]);
+      expect(status.code).toBe(0);
+      const view = JSON.parse(status.stdout) as { state: string; solveGroups: { group: string; state: string; worker: string }[] };
+      expect(view.state).toBe('solving');
+      expect(view.solveGroups).toHaveLength(GROUPS);
+      expect(view.solveGroups.find((g) => g.group === taken)).toMatchObject({ state: 'solving', worker: 'solver-a' });
+      expect(view.solveGroups.filter((g) => g.state === 'queued').length).toBe(GROUPS - 1);
+      const text = await runCli([
+        'job',
+        'status',
+        JOB,
+        '--coordinator',
+        coordinator.address,
+        '--insecure-loopback',
+        '--identity',
+        'creator',
+      ]);
+      expect(text.stdout).toContain(`solve: 0/${GROUPS} groups committed`);
+      expect(text.stdout).toContain(`  ${taken}: solving (solver-a)`);
+      const healthy = new SolverProcess('solver-b', coordinator.address, nats.url);
+      running.push(healthy);
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      // The killed worker's group came back to the healthy one as a redelivery.
+      expect(healthy.log).toMatch(new RegExp(`group ${taken.replaceAll('.', '\\.')} \\(n \\d+, \\d+ right-hand sides, delivery [2-9]\\)`));
+      expect(report.layers.every((l) => l.solvedBy === 'solver-b')).toBe(true);
+      recordFault(
+        'solver worker SIGKILL mid-solve (distributed solve)',
+        'task redelivered after AckWait to another worker; job finished with the in-process solve’s merged model (SHA-256 equal)',
+      );
+      await healthy.stop();
+    },
+  );
+
+  it(
+    'a worker that returns wrong solutions is refused by the residual check; the task is solved elsewhere',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('wrong', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const bad = new SolverProcess('solver-bad', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.wrong-solution' });
+      running.push(bad);
+      await bad.ready();
+      await createAndUpload(coordinator, 'wrong');
+      // Wait for the first refusal before a good worker joins, so the bad one certainly answered.
+      const deadline = Date.now() + 120_000;
+      while (!coordinator.log.includes("solver-bad's solution rejected")) {
+        if (Date.now() > deadline) throw new Error(`no rejection:\n${coordinator.log}\n${bad.log}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(coordinator.log).toMatch(/solver-bad's solution rejected: relative residual \S+ is above the tolerance 1e-6/);
+      const good = new SolverProcess('solver-a', coordinator.address, nats.url);
+      running.push(good);
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      expect(report.layers.map((l) => l.solvedBy)).not.toContain('solver-bad');
+      expect(commits(coordinator.log).size).toBe(GROUPS);
+      recordFault(
+        'solver worker returning wrong solutions (GRAMFUSE_FAULT)',
+        'refused by the coordinator’s residual check, redelivered, solved by another worker; merged model SHA-256 equal to the in-process solve’s',
+      );
+      await Promise.all([good.stop(), bad.stop()]);
+    },
+  );
+
+  it(
+    'a task past MaxDeliver fails the job with SOLVE_FAILED naming the group and the last worker’s error',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = new CoordinatorProcess(await freePort(), join(work, 'max-deliver', 'state'));
+      await coordinator.start(undefined, [...distributedArgs(nats).slice(0, -2), '--solve-max-deliver', '2']);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const bad = new SolverProcess('solver-bad', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.wrong-solution' });
+      running.push(bad);
+      await bad.ready();
+      await createAndUpload(coordinator, 'max-deliver');
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const client = creator(coordinator.address);
+        const status = await client.getJob(JOB).finally(() => client.close());
+        if (status.state === 'failed') {
+          expect(status.failureCode).toBe(ErrorCode.SolveFailed);
+          expect(status.failureMessage).toMatch(
+            /the solve task of group \S+ was delivered 2 times \(MaxDeliver\) without an accepted solution; last: solver-bad: rejected: relative residual/,
+          );
+          recordFault('a solve task rejected past MaxDeliver', 'job failed with SOLVE_FAILED naming the group and the last worker’s error');
+          break;
+        }
+        expect(status.state).not.toBe('done');
+        if (Date.now() > deadline) throw new Error(`the job did not fail:\n${coordinator.log}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await bad.stop();
+    },
+  );
+
+  it(
+    'the coordinator SIGKILLed while tasks are in flight: the restart re-publishes only uncommitted groups, same model, no group twice',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      // Killed right after the 4th group's commit (its weights and diagnostics written, the reply not sent).
+      const coordinator = await distributedCoordinator('coordinator-kill', nats, 'solve.committed:4');
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const workers = ['solver-a', 'solver-b'].map((w) => new SolverProcess(w, coordinator.address, nats.url));
+      for (const w of workers) running.push(w);
+      await Promise.all(workers.map((w) => w.ready()));
+      await createAndUpload(coordinator, 'coordinator-kill');
+      await within(coordinator.waitExit(), 120_000, () => `the coordinator did not reach its failpoint:\n${coordinator.log}`);
+      expect(coordinator.exits).toEqual(['SIGKILL']);
+      const firstLog = coordinator.log;
+      await coordinator.start(undefined, distributedArgs(nats));
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      // The restart found at least the 4 committed groups and published only the rest (message ids de-duplicate those
+      // still queued).
+      const republished = /job fuse: (\d+) solve task\(s\) on GRAMFUSE_SOLVE \((\d+) group\(s\) already committed\)/.exec(
+        coordinator.log.slice(firstLog.length),
+      );
+      expect(republished).not.toBeNull();
+      expect(Number(republished![2])).toBeGreaterThanOrEqual(4);
+      expect(Number(republished![1]) + Number(republished![2])).toBe(GROUPS);
+      // No group was committed twice across both runs: the 4 before the kill are not solved into the result again.
+      const committed = commits(coordinator.log);
+      for (const by of committed.values()) expect(by).toHaveLength(1);
+      expect(commits(firstLog).size).toBe(4);
+      expect(committed.size).toBe(GROUPS);
+      expect(new Set(report.layers.map((l) => l.group)).size).toBe(GROUPS);
+      recordFault(
+        'coordinator SIGKILL at solve.committed with solve tasks in flight',
+        'restart re-published only uncommitted groups (message ids de-duplicate); no group committed twice; merged model SHA-256 equal to the in-process solve’s',
+      );
+      for (const w of workers) await w.stop();
+    },
+  );
+});
