@@ -32,5 +32,5 @@ export { formatBytes, formatTable, parseByteSize } from './text-format.js';
 export { packageVersion } from './version.js';
 export { ensureDirectoryFor, syncDirectory, writeAll, writeFileAtomic } from './atomic-file.js';
 export { sha256OfFile } from './file-hash.js';
-export { callWorker, startWorker, type WorkerMessage } from './worker-thread.js';
+export { callWorker, PersistentWorker, startWorker, type WorkerMessage } from './worker-thread.js';
 export { failpoint, faultInjected } from './failpoint.js';

@@ -40,3 +40,64 @@ export async function callWorker<P, T>(base: string, name: string, request: unkn
     await worker.terminate();
   }
 }
+
+/**
+ * One long-lived worker thread answering requests one at a time (the same messages as `callWorker`'s): for work
+ * that repeats often enough that a fresh thread's start (module loading, often 100 ms or more) would dominate.
+ * A worker that dies is replaced on the next call; `close` terminates it.
+ */
+export class PersistentWorker<P, T> {
+  private worker: Worker | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly base: string,
+    private readonly name: string,
+  ) {}
+
+  call(request: unknown, onProgress?: (progress: P) => void): Promise<T> {
+    const run = this.queue.then(() => this.once(request, onProgress));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private once(request: unknown, onProgress?: (progress: P) => void): Promise<T> {
+    const worker = (this.worker ??= startWorker(this.base, this.name));
+    worker.unref();
+    return new Promise<T>((resolve, reject) => {
+      const done = (): void => {
+        worker.off('message', message);
+        worker.off('error', failed);
+        worker.off('exit', exited);
+      };
+      const message = (m: WorkerMessage<P, T>): void => {
+        if (m.type === 'progress') return onProgress?.(m.progress);
+        done();
+        if (m.type === 'result') resolve(m.result);
+        else reject(new GramfuseError(m.error.code, m.error.message, { facts: m.error.facts }));
+      };
+      const failed = (error: Error): void => {
+        done();
+        this.worker = undefined;
+        void worker.terminate();
+        reject(error);
+      };
+      const exited = (code: number): void => {
+        done();
+        this.worker = undefined;
+        reject(new Error(`the ${this.name} worker exited (code ${code}) before answering`));
+      };
+      worker.on('message', message);
+      worker.on('error', failed);
+      worker.on('exit', exited);
+      worker.postMessage(request);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.queue;
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.terminate();
+  }
+}

@@ -177,8 +177,8 @@ export async function startSolver(options: SolverOptions): Promise<SolverHandle>
           sha256: part === 'gram' ? task.gram.sha256 : task.rhsPart.sha256,
           bytes: part === 'gram' ? task.gram.bytes : task.rhsPart.bytes,
         });
-      const gram = await fetch('gram');
-      const rhs = gram === undefined ? undefined : await fetch('rhs');
+      // Both sums at once: two streams share the connection, so the second does not wait for the first's last chunk.
+      const [gram, rhs] = await Promise.all([fetch('gram'), fetch('rhs')]);
       fetchSeconds = (performance.now() - started) / 1000;
       if (gram === undefined || rhs === undefined) {
         log(`${where}: already committed; acknowledged`);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 
-import { callWorker, ErrorCode, failpoint, GramfuseError, toGramfuseError } from '../../shared/index.js';
+import { callWorker, ErrorCode, failpoint, GramfuseError, PersistentWorker, toGramfuseError } from '../../shared/index.js';
 import { statisticFile } from '../../shared/federation/index.js';
 import {
   connectNats,
@@ -101,6 +101,8 @@ export class NatsSolveExecutor implements SolveExecutor {
   private readonly bySequence = new Map<number, { job: string; group: string }>();
   /** One solution check at a time: each holds a group's Σ G̃, R and X in memory. */
   private readonly checks = new Slots(1);
+  /** The checks' thread, kept between answers (a fresh thread per answer cost more than a small group's solve). */
+  private readonly checker = new PersistentWorker<never, CheckOutcome>(import.meta.url, 'task-worker');
   private readonly js: JetStreamClient;
   private advisories?: Subscription;
 
@@ -354,10 +356,7 @@ export class NatsSolveExecutor implements SolveExecutor {
       };
       let outcome: CheckOutcome;
       try {
-        outcome = await callWorker<never, CheckOutcome>(import.meta.url, 'task-worker', {
-          kind: 'check',
-          request,
-        } satisfies TaskWorkerRequest);
+        outcome = await this.checker.call({ kind: 'check', request } satisfies TaskWorkerRequest);
       } catch (error) {
         const coded = toGramfuseError(error);
         state.state = 'queued';
@@ -391,6 +390,7 @@ export class NatsSolveExecutor implements SolveExecutor {
 
   async close(): Promise<void> {
     this.advisories?.unsubscribe();
+    await this.checker.close();
     await this.nc.drain().catch(() => undefined);
   }
 }
