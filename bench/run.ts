@@ -6,6 +6,7 @@ import type { BenchContext } from './harness.js';
 import { benchCollect } from './collect.js';
 import { benchScale } from './scale.js';
 import { benchSolve } from './solve.js';
+import { benchSolveDistributed } from './solve-distributed.js';
 import { benchUpload } from './upload.js';
 
 const benches: Record<string, (context: BenchContext) => Promise<void>> = {
@@ -13,6 +14,7 @@ const benches: Record<string, (context: BenchContext) => Promise<void>> = {
   collect: benchCollect,
   upload: benchUpload,
   scale: benchScale,
+  'solve-distributed': benchSolveDistributed,
 };
 
 const args = process.argv.slice(2);
