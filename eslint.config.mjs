@@ -21,8 +21,8 @@ const boundaries = {
   ],
   coordinator: [
     restrict(
-      ['**/agent/**', '**/cli/**', '**/client/**', '**/solver/**'],
-      'coordinator/ never imports agent/, client/, solver/ or cli/ (DESIGN.md §7).',
+      ['**/agent/**', '**/cli/**', '**/client/**', '**/solver/**', '**/dashboard/**'],
+      'coordinator/ never imports agent/, client/, solver/, dashboard/ or cli/ (DESIGN.md §7).',
     ),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
@@ -31,6 +31,15 @@ const boundaries = {
     restrict(
       ['**/agent/**', '**/coordinator/**', '**/cli/**', '**/dashboard/**'],
       'solver/ never imports agent/, coordinator/ or cli/ (DESIGN.md §7).',
+    ),
+    restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
+    restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
+    restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
+  ],
+  dashboard: [
+    restrict(
+      ['**/agent/**', '**/coordinator/**', '**/cli/**', '**/solver/**'],
+      'dashboard/ never imports agent/, coordinator/, solver/ or cli/: it reads the coordinator through client/ (DESIGN.md §7).',
     ),
     restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(sharedDomainEntries, 'import shared/ only through its entries: shared/index.js or shared/<domain>/index.js.'),
@@ -54,6 +63,7 @@ const boundaries = {
     restrict(onlyEntry('coordinator'), 'import coordinator/ only through coordinator/index.js.'),
     restrict(onlyEntry('client'), 'import client/ only through client/index.js.'),
     restrict(onlyEntry('solver'), 'import solver/ only through solver/index.js.'),
+    restrict(onlyEntry('dashboard'), 'import dashboard/ only through dashboard/index.js.'),
     restrict(['**/proto/gen/**'], 'generated code is reached only through proto/index.js.'),
   ],
   // bench/ and test/ also reach cli/ only through its entry.
@@ -86,6 +96,7 @@ export default tseslint.config(
   { files: ['agent/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.agent }] } },
   { files: ['client/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.client }] } },
   { files: ['solver/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.solver }] } },
+  { files: ['dashboard/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.dashboard }] } },
   { files: ['coordinator/**/*.ts'], rules: { 'no-restricted-imports': ['error', { paths: [noOrt], patterns: boundaries.coordinator }] } },
   {
     files: ['shared/**/*.ts'],

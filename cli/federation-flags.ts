@@ -53,6 +53,15 @@ export const CoordinatorServeFlags = z
           .map((c) => c.trim())
           .filter((c) => c !== ''),
       ),
+    observers: z
+      .string()
+      .optional()
+      .transform((list) =>
+        list
+          ?.split(',')
+          .map((c) => c.trim())
+          .filter((c) => c !== ''),
+      ),
     solveAckWait: z.coerce.number().positive('must be a positive number of seconds').default(60),
     solveMaxDeliver: int(1).default(5),
     residualTolerance: z.coerce.number().positive('must be a positive number').max(1, 'must be at most 1').default(1e-6),
@@ -69,6 +78,15 @@ export const SolverServeFlags = z.object({
   nats: z.string().min(1),
   device: z.enum(['auto', 'cpu', 'cuda'], { message: 'must be auto, cpu or cuda' }).default('auto'),
   threads: int(1).optional(),
+  json,
+});
+
+export const DashboardFlags = z.object({
+  ...tls,
+  coordinator: address,
+  ledger: z.array(path).default([]),
+  nats: z.string().min(1).optional(),
+  listen: address.default('127.0.0.1:8080'),
   json,
 });
 

@@ -10,6 +10,7 @@ import { packageVersion } from '../shared/version.js';
 import { loadCommands } from './commands/common.js';
 import { registerAgentCommands } from './commands/agent.js';
 import { registerAuditCommands } from './commands/audit.js';
+import { registerDashboardCommand } from './commands/dashboard.js';
 import { registerDemoCommand } from './commands/demo.js';
 import { registerFederationCommands } from './commands/federation.js';
 import { registerLocalCommands } from './commands/local.js';
@@ -30,6 +31,7 @@ function buildProgram(): Command {
   registerFederationCommands(program);
   registerSolverCommands(program);
   registerAuditCommands(program);
+  registerDashboardCommand(program);
   registerDemoCommand(program);
   return program;
 }

@@ -28,6 +28,8 @@ export interface ConnectOptions {
 export interface FederationClient {
   readonly identity: string;
   getJob(jobId: string): Promise<federation.JobStatus>;
+  /** Every job the coordinator lets this identity see. */
+  listJobs(): Promise<federation.JobStatus[]>;
   createJob(specJson: string, template: Uint8Array | { readonly path: string }): Promise<federation.JobStatus>;
   join(request: federation.JoinRequest): Promise<federation.UploadState>;
   uploadState(jobId: string): Promise<federation.UploadState>;
@@ -105,6 +107,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
   return {
     identity,
     getJob: (jobId) => retry(() => unary(jobs.get.bind(jobs), { jobId })),
+    listJobs: async () => (await retry(() => unary(jobs.list.bind(jobs), {}))).jobs,
     createJob: (specJson, template) =>
       retry(() =>
         unary(

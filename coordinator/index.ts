@@ -11,6 +11,10 @@ export {
   TRANSITIONS,
 } from './jobs/index.js';
 export {
+  type Action,
+  authorize,
+  type AuthorizationConfig,
+  canSee,
   type CoordinatorServer,
   type CoordinatorServerOptions,
   decodeChunk,

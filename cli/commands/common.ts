@@ -14,6 +14,7 @@ const loadCommandModules = async () => ({
   ...(await import('../../agent/index.js')),
   ...(await import('../../client/index.js')),
   ...(await import('../../coordinator/index.js')),
+  ...(await import('../../dashboard/index.js')),
   ...(await import('../../shared/index.js')),
   ...(await import('../../shared/merge/index.js')),
   ...(await import('../../solver/index.js')),

@@ -70,6 +70,10 @@ export function registerFederationCommands(program: Command): void {
         '--solver-identities <names>',
         'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
       )
+      .option(
+        '--observers <names>',
+        "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
+      )
       .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
       .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
       .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
@@ -93,6 +97,7 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.nats === undefined ? {} : { nats: flags.nats }),
       solvers: flags.solvers,
       ...(flags.solverIdentities === undefined ? {} : { solverIdentities: flags.solverIdentities }),
+      ...(flags.observers === undefined ? {} : { observers: flags.observers }),
       solveQueue: { ackWaitMs: flags.solveAckWait * 1000, maxDeliver: flags.solveMaxDeliver },
       residualTolerance: flags.residualTolerance,
     });

@@ -39,6 +39,8 @@ export interface CoordinatorOptions {
   readonly solveExecutor?: SolveExecutor;
   /** Identities of solver workers (`gramfuse solver serve`) allowed to fetch sums and submit solutions. @default [] */
   readonly solverIdentities?: readonly string[];
+  /** Read-only identities (auditors, `gramfuse dashboard`): every job's status and report.json, nothing else. @default [] */
+  readonly observers?: readonly string[];
   /** The coordinator's own identity in audit records. Default `coordinator`. */
   readonly identity?: string;
   readonly log?: (line: string) => void;
@@ -429,7 +431,9 @@ export class Coordinator {
    */
   async artifactFile(identity: string, jobId: string, name: string): Promise<{ path: string; sha256: string; bytes: number }> {
     const job = this.job(jobId);
-    if (identity !== job.persisted.createdBy) this.participant(job, identity);
+    // Observers read the report (diagnostics and digests), never the merged weights (auth.ts, report.read).
+    const observer = name === 'report.json' && (this.options.observers ?? []).includes(identity);
+    if (identity !== job.persisted.createdBy && !observer) this.participant(job, identity);
     if (job.persisted.state !== 'done')
       throw new GramfuseError(ErrorCode.JobClosed, `job ${jobId} is ${job.persisted.state}; its result is not ready`, {
         facts: { job: jobId },

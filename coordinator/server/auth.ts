@@ -7,12 +7,14 @@ import { ErrorCode, GramfuseError } from '../../shared/index.js';
 export type Action =
   /** Jobs/Create: only identities the operator listed as creators. */
   | 'job.create'
-  /** Jobs/Get, Jobs/Watch: the job's participants and its creator. */
+  /** Jobs/Get, Jobs/Watch (and what Jobs/List shows): the job's participants, its creator and the observers. */
   | 'job.read'
   /** Uploads/Join, Uploads/State, Uploads/Upload: only the job's participants, each for itself. */
   | 'job.upload'
-  /** Results/Download: the job's participants and its creator. */
+  /** Results/Download of the merged model: the job's participants and its creator. */
   | 'result.read'
+  /** Results/Download of report.json (per-layer diagnostics, digests; no weights): as result.read, and the observers. */
+  | 'report.read'
   /** Results/ReportEvaluation: only the job's participants. */
   | 'result.report'
   /** Solves/FetchInput, Solves/Submit: only identities the operator listed as solvers (--solver-identities). */
@@ -31,11 +33,16 @@ export interface AuthorizationConfig {
   readonly creators: readonly string[];
   /** Identities of solver workers (distributed solve). @default [] (no worker may fetch sums or submit solutions) */
   readonly solvers?: readonly string[];
+  /**
+   * Read-only identities (auditors, `gramfuse dashboard`): they see every job's status and its report.json, never
+   * a merged model, and may change nothing. @default []
+   */
+  readonly observers?: readonly string[];
 }
 
-/** May `identity` see this job at all (get, watch, list, download)? */
-export function canSee(identity: string, job: JobAccess): boolean {
-  return job.participants.includes(identity) || job.createdBy === identity;
+/** May `identity` see this job at all (get, watch, list)? Its participants, its creator and the observers. */
+export function canSee(identity: string, job: JobAccess, config: Pick<AuthorizationConfig, 'observers'> = {}): boolean {
+  return job.participants.includes(identity) || job.createdBy === identity || (config.observers ?? []).includes(identity);
 }
 
 /** Throws NOT_AUTHORIZED unless `identity` may perform `action` (on `job`, for every action but job.create). */
@@ -68,8 +75,15 @@ export function authorize(identity: string, action: Action, job: JobAccess | und
   const participant = job.participants.includes(identity);
   switch (action) {
     case 'job.read':
+    case 'report.read':
+      if (!canSee(identity, job, config))
+        deny(`${identity} may not see job ${job.id}: only its participants, its creator and this coordinator's observers may`);
+      return;
     case 'result.read':
-      if (!canSee(identity, job)) deny(`${identity} may not see job ${job.id}: only its participants and its creator may`);
+      if (!canSee(identity, job))
+        deny(
+          `${identity} may not download job ${job.id}'s merged model: only its participants and its creator may${(config.observers ?? []).includes(identity) ? ' (an observer reads its status and report.json only)' : ''}`,
+        );
       return;
     case 'job.upload':
     case 'result.report':

@@ -7,3 +7,4 @@ export {
   startCoordinatorServer,
 } from './servicer.js';
 export { decodeChunk } from './wire.js';
+export { type Action, authorize, type AuthorizationConfig, canSee } from './auth.js';

@@ -119,7 +119,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       );
     return cn;
   };
-  const auth = { creators: options.creators ?? [], solvers: options.solverIdentities ?? [] };
+  const auth = { creators: options.creators ?? [], solvers: options.solverIdentities ?? [], observers: options.observers ?? [] };
   type Call = Parameters<typeof identity>[0];
   /** The caller's identity, once `authorize` allowed it `action` on job `jobId`: every RPC goes through here. */
   const guard = (call: Call, action: Action, jobId?: string): string => {
@@ -165,11 +165,15 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         jobs: coordinator
           .list()
           .filter((j) =>
-            canSee(who, {
-              id: j.spec.id,
-              participants: j.spec.participants,
-              ...(j.createdBy === undefined ? {} : { createdBy: j.createdBy }),
-            }),
+            canSee(
+              who,
+              {
+                id: j.spec.id,
+                participants: j.spec.participants,
+                ...(j.createdBy === undefined ? {} : { createdBy: j.createdBy }),
+              },
+              auth,
+            ),
           )
           .map(jobToProto),
       };
@@ -347,7 +351,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         try {
           decoded(call.request);
           const artifact = await coordinator.artifactFile(
-            guard(call, 'result.read', call.request.jobId),
+            guard(call, call.request.artifact === 'report.json' ? 'report.read' : 'result.read', call.request.jobId),
             call.request.jobId,
             call.request.artifact,
           );
