@@ -69,6 +69,7 @@ async function stop(child: Child): Promise<void> {
 interface TaskRecord {
   readonly group: string;
   readonly n: number;
+  readonly rhs: number;
   readonly outcome: string;
   readonly fetchSeconds: number;
   readonly solveSeconds: number;
@@ -87,6 +88,8 @@ interface ConfigResult {
   readonly tasks: number;
   /** Σ over the committed tasks of the workers' fetch, solve and submit (check and commit included) seconds. */
   readonly breakdown: { readonly fetch: number; readonly solve: number; readonly submit: number } | null;
+  /** Σ over the committed tasks of the bytes fetched (Σ G̃ packed + R) and submitted (X), float64. */
+  readonly bytes: { readonly fetched: number; readonly submitted: number };
 }
 
 /** One job on a fresh coordinator (solving in-process, or by `workers` solver processes of `threads` threads each). */
@@ -244,6 +247,10 @@ async function runJob(
       overheadByN: byN,
       mergedSha256: final.resultSha256,
       tasks: records.length,
+      bytes: {
+        fetched: records.reduce((t, r) => t + 8 * ((r.n * (r.n + 1)) / 2 + r.n * r.rhs), 0),
+        submitted: records.reduce((t, r) => t + 8 * r.n * r.rhs, 0),
+      },
       breakdown:
         workers === 0
           ? null
@@ -311,6 +318,8 @@ export async function benchSolveDistributed(context: BenchContext): Promise<void
         overheadFraction: r.overheadFraction,
         overheadByN: r.overheadByN,
         taskSeconds: r.breakdown,
+        bytesFetched: r.bytes.fetched,
+        bytesSubmitted: r.bytes.submitted,
         mergedSha256: r.mergedSha256,
         sameAsInProcess: r.mergedSha256 === results[0]!.mergedSha256,
       });
