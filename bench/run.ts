@@ -5,6 +5,7 @@ import { cpus } from 'node:os';
 import type { BenchContext } from './harness.js';
 import { benchCollect } from './collect.js';
 import { benchScale } from './scale.js';
+import { benchSecurePrimitives } from './secure-primitives.js';
 import { benchSolve } from './solve.js';
 import { benchSolveDistributed } from './solve-distributed.js';
 import { benchUpload } from './upload.js';
@@ -15,6 +16,7 @@ const benches: Record<string, (context: BenchContext) => Promise<void>> = {
   upload: benchUpload,
   scale: benchScale,
   'solve-distributed': benchSolveDistributed,
+  'secure-primitives': benchSecurePrimitives,
 };
 
 const args = process.argv.slice(2);

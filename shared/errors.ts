@@ -65,6 +65,11 @@ export const ErrorCode = {
    * two parameters claim, a checkpoint that is not this model's): nothing is written.
    */
   CheckpointMismatch: 'CHECKPOINT_MISMATCH',
+  /**
+   * Secure aggregation: a value past the power-of-two bound its owner declared for the fixed-point encoding (the sum
+   * could overflow Z/2⁶⁴), or a request for both kinds of secret share of one owner: refused at the owner.
+   */
+  SecureAggregation: 'SECURE_AGGREGATION',
   /** Something that should never happen did; a bug in gramfuse. */
   Internal: 'INTERNAL',
 } as const;
@@ -147,6 +152,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 23,
+  SECURE_AGGREGATION: 32,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
@@ -213,6 +219,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 9,
+  SECURE_AGGREGATION: 9,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */

@@ -1,0 +1,20 @@
+/**
+ * shared/secure-aggregation/ (DESIGN §8): the primitives of SecAgg+ for Gram sums — Z/2⁶⁴ vectors (BigUint64Array), the fixed-point
+ * codec with its overflow bound, AES-256-CTR masks, X25519 agreements with signed advertisements, end-to-end sealed
+ * shares, Shamir t-of-n over GF(2⁸), and the never-both-shares guard. The protocol that uses them is issue #18.
+ */
+export { applyMask } from './prg.js';
+export { boundLog2Of, decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
+export {
+  type AgreementKeys,
+  agreedSecret,
+  generateAgreementKeys,
+  type KeyAdvertisement,
+  openShare,
+  sealShare,
+  signAdvertisement,
+  verifyAdvertisement,
+} from './keys.js';
+export { ringAddInto, ringAddIntoLanes, ringSubInto, ringVector } from './ring.js';
+export { combineShares, type Share, splitSecret } from './shamir.js';
+export { type ShareKind, ShareGuard } from './guard.js';

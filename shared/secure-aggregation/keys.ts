@@ -1,0 +1,116 @@
+// Round 0's keys (SecAgg+, Bell et al. 2020): each owner makes two X25519 key pairs, one whose agreements seed the
+// pairwise masks and one whose agreements key the end-to-end encryption of the secret shares it sends. It
+// advertises both public keys signed with its certificate's own key, so a coordinator relaying them cannot put its
+// own keys in their place: every other owner checks the signature against the certificate, and the certificate's
+// name against the owner the advertisement claims to be.
+import {
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  randomBytes,
+  sign,
+  verify,
+  X509Certificate,
+} from 'node:crypto';
+
+import { ErrorCode, GramfuseError } from '../errors.js';
+import { canonicalJson, certificateName } from '../security/index.js';
+
+export interface AgreementKeys {
+  /** SPKI PEM */
+  readonly publicKeyPem: string;
+  /** PKCS#8 PEM: never leaves its owner except as Shamir shares of the mask key (for dropout recovery). */
+  readonly privateKeyPem: string;
+}
+
+export function generateAgreementKeys(): AgreementKeys {
+  const { publicKey, privateKey } = generateKeyPairSync('x25519');
+  return {
+    publicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+  };
+}
+
+/**
+ * The 32-byte secret two owners share: HKDF-SHA256 of their X25519 agreement, bound to the job and to what it is for
+ * ('mask' or 'share-encryption'). Either side computes the same bytes from its private key and the other's public one.
+ */
+export function agreedSecret(privateKeyPem: string, peerPublicKeyPem: string, job: string, use: 'mask' | 'share-encryption'): Uint8Array {
+  const shared = diffieHellman({ privateKey: createPrivateKey(privateKeyPem), publicKey: createPublicKey(peerPublicKeyPem) });
+  return new Uint8Array(hkdfSync('sha256', shared, Buffer.from(job, 'utf8'), `gramfuse secagg ${use}`, 32));
+}
+
+/** What an owner advertises in round 0. */
+export interface KeyAdvertisement {
+  readonly job: string;
+  readonly owner: string;
+  readonly maskPublicKey: string;
+  readonly encryptionPublicKey: string;
+  /** base64 signature over the canonical JSON of the fields above, by the owner's certificate key. */
+  readonly signature: string;
+}
+
+const advertised = (a: Omit<KeyAdvertisement, 'signature'>): Buffer =>
+  Buffer.from(canonicalJson({ job: a.job, owner: a.owner, maskPublicKey: a.maskPublicKey, encryptionPublicKey: a.encryptionPublicKey }));
+
+/** Signs the advertisement with the owner's certificate private key (ECDSA P-256 / SHA-256, or Ed25519). */
+export function signAdvertisement(fields: Omit<KeyAdvertisement, 'signature'>, certificateKeyPem: string): KeyAdvertisement {
+  const key = createPrivateKey(certificateKeyPem);
+  const signature = sign(key.asymmetricKeyType === 'ed25519' ? null : 'sha256', advertised(fields), key).toString('base64');
+  return { ...fields, signature };
+}
+
+/**
+ * Checks an advertisement against the claimed owner's certificate (which the caller has verified against the
+ * federation CA): its name must be the owner's, and the signature its key's. Otherwise SECURE_AGGREGATION: the
+ * keys were not made by that owner, and nothing is derived from them.
+ */
+export function verifyAdvertisement(ad: KeyAdvertisement, certificatePem: string): void {
+  const name = certificateName(certificatePem);
+  const refuse = (why: string): never => {
+    throw new GramfuseError(ErrorCode.SecureAggregation, `job ${ad.job}: the keys advertised for ${ad.owner} are refused: ${why}`, {
+      facts: { job: ad.job, owner: ad.owner },
+    });
+  };
+  if (name !== ad.owner) refuse(`they are signed for certificate ${name}, not ${ad.owner}'s`);
+  const key = new X509Certificate(certificatePem).publicKey;
+  let ok = false;
+  try {
+    ok = verify(key.asymmetricKeyType === 'ed25519' ? null : 'sha256', advertised(ad), key, Buffer.from(ad.signature, 'base64'));
+  } catch {
+    ok = false;
+  }
+  if (!ok) refuse(`the signature does not verify with ${ad.owner}'s certificate (substituted or changed in transit)`);
+}
+
+/**
+ * End-to-end encryption of a share from one owner to another (the coordinator relays only this): AES-256-GCM under
+ * their share-encryption secret, the sender, recipient and job bound as associated data.
+ */
+export function sealShare(secret: Uint8Array, plaintext: Uint8Array, aad: string): Uint8Array {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', secret, iv);
+  cipher.setAAD(Buffer.from(aad, 'utf8'));
+  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  return new Uint8Array(Buffer.concat([iv, cipher.getAuthTag(), body]));
+}
+
+export function openShare(secret: Uint8Array, sealed: Uint8Array, aad: string): Uint8Array {
+  const data = Buffer.from(sealed);
+  if (data.byteLength < 28) throw new GramfuseError(ErrorCode.SecureAggregation, `a sealed share of ${data.byteLength} bytes is too short`);
+  const decipher = createDecipheriv('aes-256-gcm', secret, data.subarray(0, 12));
+  decipher.setAAD(Buffer.from(aad, 'utf8'));
+  decipher.setAuthTag(data.subarray(12, 28));
+  try {
+    return new Uint8Array(Buffer.concat([decipher.update(data.subarray(28)), decipher.final()]));
+  } catch {
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `a sealed share does not open (${aad}): changed in transit, or not sealed for this owner`,
+    );
+  }
+}
