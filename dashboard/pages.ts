@@ -128,6 +128,15 @@ interface StatisticRow {
   readonly agentConfirms: boolean | null;
 }
 
+/** The verified ledgers of one role, each once: a writer's mirror on GRAMFUSE_AUDIT is skipped when its file is given too. */
+function verifiedLedgers(ledgers: readonly LedgerView[], role: 'coordinator' | 'agent'): LedgerView[] {
+  return ledgers.filter(
+    (l) =>
+      l.verified && l.role === role && !(l.from === 'nats' && ledgers.some((f) => f.from === 'file' && f.verified && f.keyId === l.keyId)),
+  );
+}
+const coordinatorLedgers = (ledgers: readonly LedgerView[]): LedgerView[] => verifiedLedgers(ledgers, 'coordinator');
+
 /** Per owner of the job: the statistics the coordinator's verified ledger(s) record, with their receipts. */
 function ownerStatistics(job: string, ledgers: readonly LedgerView[]): { owners: Map<string, StatisticRow[]>; sources: string[] } {
   const owners = new Map<string, StatisticRow[]>();
@@ -138,10 +147,8 @@ function ownerStatistics(job: string, ledgers: readonly LedgerView[]): { owners:
       for (const r of l.records)
         if (r.kind === 'receipt.issued' && r.job === job)
           agentReceipts.set(`${r.actor}\u0000${String(r.facts.statistic)}`, String(r.facts.sha256));
-  for (const l of ledgers) {
-    if (!l.verified || l.role !== 'coordinator' || !l.records.some((r) => r.job === job)) continue;
-    // The same coordinator's ledger as a file and on the stream: take it once.
-    if (l.from === 'nats' && ledgers.some((f) => f.from === 'file' && f.verified && f.keyId === l.keyId)) continue;
+  for (const l of coordinatorLedgers(ledgers)) {
+    if (!l.records.some((r) => r.job === job)) continue;
     sources.push(l.source);
     const receipts = new Map<string, string>();
     for (const r of l.records)
@@ -308,8 +315,7 @@ export function jobPage(status: federation.JobStatus, report: JobReport | undefi
               )}
             </tbody>
           </table>`;
-  const done = set.ledgers
-    .filter((l) => l.verified && l.role === 'coordinator')
+  const done = coordinatorLedgers(set.ledgers)
     .flatMap((l) => l.records)
     .filter((r) => r.job === status.jobId && (r.kind === 'solve.done' || r.kind === 'result.fetched'));
   const outputs = report?.outputs ?? {};
@@ -437,8 +443,8 @@ export function auditPage(set: LedgerSet, jobs: readonly federation.JobStatus[])
       </td>
     </tr>`;
   });
-  const coordinators = ledgers.filter((l) => l.verified && l.role === 'coordinator');
-  const agents = ledgers.filter((l) => l.verified && l.role === 'agent' && l.from === 'file');
+  const coordinators = coordinatorLedgers(ledgers);
+  const agents = verifiedLedgers(ledgers, 'agent');
   const ownerIds = new Set<string>();
   for (const c of coordinators) for (const r of c.records) if (r.kind === 'statistic.committed') ownerIds.add(String(r.facts.owner));
   for (const a of agents) for (const w of a.writers) ownerIds.add(w);
@@ -491,40 +497,38 @@ export function auditPage(set: LedgerSet, jobs: readonly federation.JobStatus[])
       )}
     </section>`;
   });
-  const reconciliations = coordinators
-    .filter((c) => c.from === 'file' || !coordinators.some((f) => f.from === 'file' && f.keyId === c.keyId))
-    .flatMap((c) =>
-      agents.map((a) => {
-        let result: ReturnType<typeof reconcileLedgers>;
-        try {
-          result = reconcileLedgers(a.records, c.records, a.source, c.source);
-        } catch (error) {
-          return html`<tr>
-            <td>${a.source}</td>
-            <td>${c.source}</td>
-            <td colspan="2" class="bad">${(error as Error).message}</td>
-          </tr>`;
-        }
-        const bad = result.rows.filter((r) => r.status !== 'match');
-        return html`<tr class="${result.agree ? 'verified' : 'broken'}">
+  const reconciliations = coordinators.flatMap((c) =>
+    agents.map((a) => {
+      let result: ReturnType<typeof reconcileLedgers>;
+      try {
+        result = reconcileLedgers(a.records, c.records, a.source, c.source);
+      } catch (error) {
+        return html`<tr>
           <td>${a.source}</td>
           <td>${c.source}</td>
-          <td>${result.owner}</td>
-          <td>
-            ${
-              result.agree
-                ? html`<span class="state ok">agree</span> ${result.rows.length} statistics, each receipt matching a committed statistic and
-                    an approved plan`
-                : html`<span class="state bad">disagree</span> on ${bad.length} of ${result.rows.length}:
-                    ${bad
-                      .slice(0, 5)
-                      .map((b) => `${b.job}/${b.statistic}: ${b.status}`)
-                      .join('; ')}${bad.length > 5 ? '; …' : ''}`
-            }
-          </td>
+          <td colspan="2" class="bad">${(error as Error).message}</td>
         </tr>`;
-      }),
-    );
+      }
+      const bad = result.rows.filter((r) => r.status !== 'match');
+      return html`<tr class="${result.agree ? 'verified' : 'broken'}">
+        <td>${a.source}</td>
+        <td>${c.source}</td>
+        <td>${result.owner}</td>
+        <td>
+          ${
+            result.agree
+              ? html`<span class="state ok">agree</span> ${result.rows.length} statistics, each receipt matching a committed statistic and
+                  an approved plan`
+              : html`<span class="state bad">disagree</span> on ${bad.length} of ${result.rows.length}:
+                  ${bad
+                    .slice(0, 5)
+                    .map((b) => `${b.job}/${b.statistic}: ${b.status}`)
+                    .join('; ')}${bad.length > 5 ? '; …' : ''}`
+          }
+        </td>
+      </tr>`;
+    }),
+  );
   // The coordinator's live records against its ledger: each done job's merged model digest, as the ledger has it.
   const liveChecks = jobs
     .filter((j) => j.state === 'done')

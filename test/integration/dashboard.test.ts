@@ -179,6 +179,8 @@ describe('gramfuse dashboard in a real browser', () => {
       .update(readFileSync(join(demo, 'coordinator', 'jobs', 'demo', 'result', 'merged.onnx')))
       .digest('hex');
     expect(await page.locator('#artifacts').textContent()).toContain(merged);
+    // The coordinator's ledger as a file and as its mirror on GRAMFUSE_AUDIT: its records are shown once.
+    expect(await page.locator('#artifact-records tr').filter({ hasText: 'solve.done' }).count()).toBe(1);
     await page.screenshot({ path: join(shots, 'dashboard-job.png'), fullPage: true });
   });
 
