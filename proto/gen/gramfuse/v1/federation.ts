@@ -199,7 +199,7 @@ export interface SolveInputRequest {
   jobId: string;
   group: string;
   /**
-   * gram: Σ G̃, the lower triangle packed row by row (n(n+1)/2 float64, little-endian);
+   * gram: Σ G̃, the upper triangle packed row by row (n(n+1)/2 float64, little-endian);
    * rhs: Σ G̃B, n × rhs float64 row-major (the group's weights side by side, in the group's order).
    */
   part: string;
