@@ -9,9 +9,9 @@ import type { Worker } from 'node:worker_threads';
 import { jetstream, type JsMsg } from '@nats-io/jetstream';
 
 import { type ConnectOptions, connectFederation, type FederationClient } from '../client/index.js';
-import { ErrorCode, failpoint, startWorker, toGramfuseError } from '../shared/index.js';
+import { ErrorCode, failpoint, faultInjected, startWorker, toGramfuseError } from '../shared/index.js';
 import { solverProbeModel } from '../shared/linalg/index.js';
-import { connectNats, parseSolveTask, SOLVE_CONSUMER, SOLVE_STREAM, type SolveTask } from '../shared/nats/index.js';
+import { connectNats, parseSolveTask, SOLVE_CONSUMER, SOLVE_STREAM, type SolveTask, solveTaskId } from '../shared/nats/index.js';
 import { resolveDevice } from '../shared/onnx/index.js';
 import type { ThreadAnswer, ThreadSetup, ThreadTask } from './solve-thread.js';
 
@@ -57,37 +57,58 @@ export function redeliveryDelayMs(delivery: number): number {
   return Math.min(30_000, 1000 * 2 ** Math.max(0, delivery - 1));
 }
 
-/** The solve thread: one solver for the worker's life, one task at a time. */
+/**
+ * The solve thread: one solver for the worker's life, one task at a time. A thread that dies (out of memory, a
+ * crash in a kernel) answers its task with an error — so the task is negatively acknowledged, never held by
+ * in-progress acks forever — and is started again for the next task.
+ */
 class SolveThread {
-  private readonly worker: Worker;
+  private worker: Worker | undefined;
   private next = 1;
   private readonly waiting = new Map<number, (answer: ThreadAnswer) => void>();
 
-  constructor(setup: ThreadSetup) {
-    this.worker = startWorker(import.meta.url, 'solve-thread');
-    this.worker.on('message', (answer: ThreadAnswer | { released: true }) => {
+  constructor(private readonly setup: ThreadSetup) {
+    this.worker = this.start();
+  }
+
+  private start(): Worker {
+    const worker = startWorker(import.meta.url, 'solve-thread');
+    const died = (why: string): void => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const resolve of this.waiting.values())
+        resolve({ id: 0, error: { code: ErrorCode.RuntimeFailed, message: `the solve thread died: ${why}` } });
+      this.waiting.clear();
+    };
+    worker.on('message', (answer: ThreadAnswer | { released: true }) => {
       if ('id' in answer) {
         this.waiting.get(answer.id)?.(answer);
         this.waiting.delete(answer.id);
       }
     });
-    this.worker.on('error', (error) => {
-      for (const resolve of this.waiting.values()) resolve({ id: 0, error: { code: ErrorCode.Internal, message: error.message } });
-      this.waiting.clear();
-    });
-    this.worker.postMessage({ setup });
+    worker.on('error', (error) => died(error.message));
+    worker.on('exit', (code) => died(`it exited with code ${code}`));
+    worker.postMessage({ setup: this.setup });
+    return worker;
   }
 
   solve(task: Omit<ThreadTask, 'id'>): Promise<ThreadAnswer> {
     const id = this.next++;
+    const worker = (this.worker ??= this.start());
     return new Promise((resolve) => {
       this.waiting.set(id, resolve);
-      this.worker.postMessage({ task: { ...task, id } }, [task.packed.buffer as ArrayBuffer, task.r.buffer as ArrayBuffer]);
+      worker.postMessage({ task: { ...task, id } }, [task.packed.buffer as ArrayBuffer, task.r.buffer as ArrayBuffer]);
     });
   }
 
+  /** Fault injection (GRAMFUSE_FAULT=solver.thread-dies): the thread is terminated with its task in hand. */
+  killForFault(): void {
+    void this.worker?.terminate();
+  }
+
   async close(): Promise<void> {
-    await this.worker.terminate();
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.terminate();
   }
 }
 
@@ -133,7 +154,7 @@ export async function startSolver(options: SolverOptions): Promise<SolverHandle>
     }
     const delivery = msg.info.deliveryCount;
     const lastDelivery = maxDeliver > 0 && delivery >= maxDeliver;
-    const key = `${task.job}/${task.group}/${task.gram.sha256}`;
+    const key = solveTaskId(task);
     if (rejected.has(key) && !lastDelivery) {
       msg.nak(1000);
       await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -187,7 +208,9 @@ export async function startSolver(options: SolverOptions): Promise<SolverHandle>
       }
       failpoint('solver.solve');
       const solveStarted = performance.now();
-      const answer = await thread.solve({ n: task.n, rhs: task.rhs, packed: float64(gram), r: float64(rhs), label: task.group });
+      const solving = thread.solve({ n: task.n, rhs: task.rhs, packed: float64(gram), r: float64(rhs), label: task.group });
+      if (faultInjected('solver.thread-dies')) thread.killForFault();
+      const answer = await solving;
       solveSeconds = (performance.now() - solveStarted) / 1000;
       const submitStarted = performance.now();
       if (answer.error !== undefined || answer.x === undefined) {

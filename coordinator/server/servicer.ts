@@ -507,7 +507,8 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
                 `the solution of group ${header.group} arrived as ${target.received} bytes with SHA-256 ${digest.slice(0, 16)}…, the header says ${target.bytes} bytes with ${claimed.slice(0, 16)}…; nothing was kept`,
                 { facts: { job: header.jobId, group: header.group } },
               );
-            await target.handle.sync();
+            // Not fsynced: an answer is void after a restart (the worker that gets no reply submits again), and
+            // the group it solves is made durable by its commit.
             await target.handle.close();
             const path = target.path;
             target = undefined;

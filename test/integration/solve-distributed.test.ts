@@ -255,6 +255,28 @@ describe('distributed solve over a NATS JetStream work queue', () => {
   );
 
   it(
+    'a worker whose solve thread dies reports the error, the task comes back, and the restarted thread solves it',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('thread-dies', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const worker = new SolverProcess('solver-a', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.thread-dies:1' });
+      running.push(worker);
+      await worker.ready();
+      await createAndUpload(coordinator, 'thread-dies');
+      const { sha256 } = await result(coordinator, 120_000).catch((e: unknown) => {
+        throw new Error(`${(e as Error).message.slice(0, 3000)}\nWORKER:\n${worker.log.slice(0, 4000)}`);
+      });
+      expect(sha256).toBe(baseline.sha256);
+      expect(worker.log).toMatch(/could not solve: RUNTIME_FAILED: the solve thread died/);
+      expect(coordinator.log).toMatch(/solver-a could not solve \(delivery 1\): RUNTIME_FAILED: the solve thread died/);
+      await worker.stop();
+    },
+  );
+
+  it(
     'a worker that returns wrong solutions is refused by the residual check; the task is solved elsewhere',
     { timeout: 300_000 },
     async () => {
