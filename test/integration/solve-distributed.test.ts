@@ -272,6 +272,10 @@ describe('distributed solve over a NATS JetStream work queue', () => {
       expect(sha256).toBe(baseline.sha256);
       expect(worker.log).toMatch(/could not solve: RUNTIME_FAILED: the solve thread died/);
       expect(coordinator.log).toMatch(/solver-a could not solve \(delivery 1\): RUNTIME_FAILED: the solve thread died/);
+      recordFault(
+        'a solver worker’s solve thread dies mid-task (distributed solve)',
+        'RUNTIME_FAILED reported, the task naked and redelivered, solved by a new thread; same merged model',
+      );
       await worker.stop();
     },
   );
