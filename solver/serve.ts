@@ -100,11 +100,6 @@ class SolveThread {
     });
   }
 
-  /** Fault injection (GRAMFUSE_FAULT=solver.thread-dies): the thread is terminated with its task in hand. */
-  killForFault(): void {
-    void this.worker?.terminate();
-  }
-
   async close(): Promise<void> {
     const worker = this.worker;
     this.worker = undefined;
@@ -208,9 +203,14 @@ export async function startSolver(options: SolverOptions): Promise<SolverHandle>
       }
       failpoint('solver.solve');
       const solveStarted = performance.now();
-      const solving = thread.solve({ n: task.n, rhs: task.rhs, packed: float64(gram), r: float64(rhs), label: task.group });
-      if (faultInjected('solver.thread-dies')) thread.killForFault();
-      const answer = await solving;
+      const answer = await thread.solve({
+        n: task.n,
+        rhs: task.rhs,
+        packed: float64(gram),
+        r: float64(rhs),
+        label: task.group,
+        ...(faultInjected('solver.thread-dies') ? { die: true } : {}),
+      });
       solveSeconds = (performance.now() - solveStarted) / 1000;
       const submitStarted = performance.now();
       if (answer.error !== undefined || answer.x === undefined) {

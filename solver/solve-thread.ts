@@ -21,6 +21,8 @@ export interface ThreadTask {
   readonly packed: Float64Array;
   readonly r: Float64Array;
   readonly label: string;
+  /** Fault injection (GRAMFUSE_FAULT=solver.thread-dies): the thread exits on receiving the task, before solving. */
+  readonly die?: boolean;
 }
 
 export interface ThreadAnswer {
@@ -45,6 +47,14 @@ port.on('message', (message: { setup: ThreadSetup } | { task: ThreadTask } | { r
     if ('release' in message) {
       await (await solver)?.release();
       port.postMessage({ released: true });
+      return;
+    }
+    // An uncaught error between runs ends this thread only (terminating it during an onnxruntime run aborts the
+    // whole process, so the fault is injected here rather than by terminate()).
+    if (message.task.die === true) {
+      setImmediate(() => {
+        throw new Error('fault injected: solver.thread-dies');
+      });
       return;
     }
     const { id, n, rhs, packed, r, label } = message.task;
