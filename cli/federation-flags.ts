@@ -8,6 +8,16 @@ const path = z.string().min(1, 'name a file or directory');
 export const address = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be HOST:PORT (e.g. 127.0.0.1:7443)');
 const json = z.boolean().default(false);
 const keys = z.array(path).optional();
+/** A comma-separated list of certificate identities (`a,b`), blanks dropped; absent stays undefined. */
+const identityList = z
+  .string()
+  .optional()
+  .transform((list) =>
+    list
+      ?.split(',')
+      .map((c) => c.trim())
+      .filter((c) => c !== ''),
+  );
 
 /** --tls-ca/--tls-cert/--tls-key or --insecure-loopback (with --identity for a client). */
 export const tls = {
@@ -30,38 +40,14 @@ export const CoordinatorServeFlags = z
     ...tls,
     listen: address,
     state: path,
-    creators: z
-      .string()
-      .optional()
-      .transform((list) =>
-        list
-          ?.split(',')
-          .map((c) => c.trim())
-          .filter((c) => c !== ''),
-      ),
+    creators: identityList,
     templateDir: z.array(path).optional(),
     maxOpenJobsPerCreator: int(1),
     maxConcurrentSolves: int(1),
     nats: z.string().min(1).optional(),
     solvers: z.enum(['in-process', 'nats'], { message: 'must be in-process or nats' }).default('in-process'),
-    solverIdentities: z
-      .string()
-      .optional()
-      .transform((list) =>
-        list
-          ?.split(',')
-          .map((c) => c.trim())
-          .filter((c) => c !== ''),
-      ),
-    observers: z
-      .string()
-      .optional()
-      .transform((list) =>
-        list
-          ?.split(',')
-          .map((c) => c.trim())
-          .filter((c) => c !== ''),
-      ),
+    solverIdentities: identityList,
+    observers: identityList,
     solveAckWait: z.coerce.number().positive('must be a positive number of seconds').default(60),
     solveMaxDeliver: int(1).default(5),
     residualTolerance: z.coerce.number().positive('must be a positive number').max(1, 'must be at most 1').default(1e-6),
