@@ -128,6 +128,40 @@ interface StatisticRow {
   readonly agentConfirms: boolean | null;
 }
 
+/** The columns every statistics table has (statistic, kind, shape, rows, bytes, SHA-256), then the caller's own. */
+function statisticsTable<R extends Pick<StatisticRow, 'statistic' | 'kind' | 'shape' | 'rows' | 'bytes' | 'sha256'>>(
+  rows: readonly R[],
+  extra: readonly { head: string; cell: (row: R) => Html }[],
+): Html {
+  return html`<table class="stats">
+    <thead>
+      <tr>
+        <th>statistic</th>
+        <th>kind</th>
+        <th>shape</th>
+        <th>rows</th>
+        <th>bytes</th>
+        <th>SHA-256</th>
+        ${extra.map((e) => html`<th>${e.head}</th>`)}
+      </tr>
+    </thead>
+    <tbody>
+      ${rows.map(
+        (r) =>
+          html`<tr>
+            <td>${r.statistic}</td>
+            <td>${r.kind}</td>
+            <td>${r.shape.length === 0 ? '-' : `[${r.shape.join(', ')}]`}</td>
+            <td>${r.rows ?? '-'}</td>
+            <td>${r.bytes}</td>
+            <td class="digest">${r.sha256}</td>
+            ${extra.map((e) => e.cell(r))}
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
 /** The verified ledgers of one role, each once: a writer's mirror on GRAMFUSE_AUDIT is skipped when its file is given too. */
 function verifiedLedgers(ledgers: readonly LedgerView[], role: 'coordinator' | 'agent'): LedgerView[] {
   return ledgers.filter(
@@ -206,37 +240,16 @@ export function jobPage(status: federation.JobStatus, report: JobReport | undefi
       ${rows.some((r) => r.agentConfirms !== null) ? html`<p class="note">${confirmed} of ${rows.length} receipts confirmed by ${p}'s own ledger (same digest).</p>` : ''}
       <details>
         <summary>Statistics of ${p}: shape, rows, bytes, SHA-256, receipt</summary>
-        <table class="stats">
-          <thead>
-            <tr>
-              <th>statistic</th>
-              <th>kind</th>
-              <th>shape</th>
-              <th>rows</th>
-              <th>bytes</th>
-              <th>SHA-256</th>
-              <th>receipt signature</th>
-              <th>owner's ledger</th>
-            </tr>
-          </thead>
-          <tbody>
-            ${rows.map(
-              (r) =>
-                html`<tr>
-                  <td>${r.statistic}</td>
-                  <td>${r.kind}</td>
-                  <td>${r.shape.length === 0 ? '-' : `[${r.shape.join(', ')}]`}</td>
-                  <td>${r.rows ?? '-'}</td>
-                  <td>${r.bytes}</td>
-                  <td class="digest">${r.sha256}</td>
-                  <td class="digest">${r.receipt === '' ? '-' : short(r.receipt, 20)}</td>
-                  <td>
-                    ${r.agentConfirms === null ? '-' : r.agentConfirms ? '✓ same digest' : html`<span class="bad">digest differs</span>`}
-                  </td>
-                </tr>`,
-            )}
-          </tbody>
-        </table>
+        ${statisticsTable(rows, [
+          { head: 'receipt signature', cell: (r) => html`<td class="digest">${r.receipt === '' ? '-' : short(r.receipt, 20)}</td>` },
+          {
+            head: "owner's ledger",
+            cell: (r) =>
+              html`<td>
+                ${r.agentConfirms === null ? '-' : r.agentConfirms ? '✓ same digest' : html`<span class="bad">digest differs</span>`}
+              </td>`,
+          },
+        ])}
       </details>
     </section>`;
   });
@@ -466,33 +479,7 @@ export function auditPage(set: LedgerSet, jobs: readonly federation.JobStatus[])
               job ${j.job}: ${j.statistics.length} statistics, ${formatBytes(j.statistics.reduce((t, x) => t + x.bytes, 0))};
               ${j.usedBy.length === 0 ? 'not used by a merged model in this ledger' : `used by merged model ${j.usedBy.map((u) => short(u.mergedModelSha256)).join(', ')}`}
             </summary>
-            <table class="stats">
-              <thead>
-                <tr>
-                  <th>statistic</th>
-                  <th>kind</th>
-                  <th>shape</th>
-                  <th>rows</th>
-                  <th>bytes</th>
-                  <th>SHA-256</th>
-                  <th>time</th>
-                </tr>
-              </thead>
-              <tbody>
-                ${j.statistics.map(
-                  (s) =>
-                    html`<tr>
-                      <td>${s.statistic}</td>
-                      <td>${s.kind}</td>
-                      <td>${s.shape.length === 0 ? '-' : `[${s.shape.join(', ')}]`}</td>
-                      <td>${s.rows ?? '-'}</td>
-                      <td>${s.bytes}</td>
-                      <td class="digest">${s.sha256}</td>
-                      <td>${s.time}</td>
-                    </tr>`,
-                )}
-              </tbody>
-            </table>
+            ${statisticsTable(j.statistics, [{ head: 'time', cell: (x) => html`<td>${x.time}</td>` }])}
           </details>`,
       )}
     </section>`;
