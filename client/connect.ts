@@ -36,8 +36,11 @@ export interface FederationClient {
   /**
    * Sends chunks with at most `window` of them unacknowledged (each is stored when acknowledged, so an interruption
    * loses at most `window` chunks); resolves with the coordinator's reply once every chunk is acknowledged.
+   * Chunks come as messages or already encoded (chunkMessage: the agent reads a chunk's bytes straight into its
+   * message); the next one is read from `chunks` only while fewer than `window` are unacknowledged, which a
+   * ChunkMessagePool of the same window relies on.
    */
-  upload(chunks: AsyncIterable<federation.Chunk>, deadlineSeconds: number, window?: number): Promise<federation.UploadReply>;
+  upload(chunks: AsyncIterable<federation.Chunk | Buffer>, deadlineSeconds: number, window?: number): Promise<federation.UploadReply>;
   download(jobId: string, artifact: string): Promise<Buffer>;
   /**
    * Streams an artifact into `path`: written beside it, its SHA-256 checked against the coordinator's
@@ -121,7 +124,14 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     uploadState: (jobId) => retry(() => unary(uploads.state.bind(uploads), { jobId })),
     upload: (chunks, deadlineSeconds, window = 1) =>
       new Promise((resolve, reject) => {
-        const stream = uploads.upload(metadata(), { deadline: deadline(deadlineSeconds) });
+        const method = federation.UploadsService.upload;
+        const stream = uploads.makeBidiStreamRequest<federation.Chunk | Buffer, federation.UploadAck>(
+          method.path,
+          (chunk) => (Buffer.isBuffer(chunk) ? chunk : method.requestSerialize(chunk)),
+          method.responseDeserialize,
+          metadata(),
+          { deadline: deadline(deadlineSeconds) },
+        );
         let reply: federation.UploadReply | undefined;
         let sent = 0;
         let acked = 0;

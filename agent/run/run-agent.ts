@@ -3,11 +3,10 @@
 import { appendFile, type FileHandle, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
-import { federation } from '../../proto/index.js';
+import { chunkMessage, ChunkMessagePool, codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
 import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
 import { type FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
-import { chunkCount, DEFAULT_CHUNK_BYTES, readChunk, receiptFields } from '../../shared/federation/index.js';
+import { chunkCount, chunkLength, DEFAULT_CHUNK_BYTES, readChunk, receiptFields } from '../../shared/federation/index.js';
 import {
   BUNDLE_TENSORS,
   type BundleManifest,
@@ -227,26 +226,36 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       pending: readonly (typeof manifest.plan.statistics)[number][],
       held: ReadonlyMap<string, { held: number[] }>,
       total: number,
-    ): AsyncGenerator<federation.Chunk> {
+      window: number,
+    ): AsyncGenerator<Buffer> {
+      const pool = new ChunkMessagePool(window);
       for (const s of pending) {
         const range = ranges.get(s.id)!;
         const size = range.end - range.begin;
         const have = new Set(held.get(s.id)?.held ?? []);
-        for (let index = 0; index < chunkCount(size, chunkBytes); index++) {
+        const count = chunkCount(size, chunkBytes);
+        for (let index = 0; index < count; index++) {
           if (have.has(index)) continue;
-          const chunk = await readChunk(bundleFile!, range.begin, size, index, chunkBytes, s.sha256);
+          // Read straight into the encoded message (a pooled buffer, no copy before grpc-js frames it).
+          const wire = chunkMessage(
+            {
+              jobId: options.jobId,
+              statisticId: s.id,
+              dtype: s.dtype,
+              shape: s.shape.map(BigInt),
+              packing: s.packing,
+              index,
+              count,
+              offset: BigInt(index * chunkBytes),
+            },
+            chunkLength(size, index, chunkBytes),
+            pool,
+          );
+          const chunk = await readChunk(bundleFile!, range.begin, size, index, chunkBytes, s.sha256, wire.data);
           await options.onUpload?.(sent + chunk.data.byteLength, total);
           sent += chunk.data.byteLength;
           chunksSent++;
-          yield federation.Chunk.fromPartial({
-            ...chunk,
-            jobId: options.jobId,
-            statisticId: s.id,
-            dtype: s.dtype,
-            shape: s.shape.map(BigInt),
-            packing: s.packing,
-            offset: BigInt(chunk.offset),
-          });
+          yield wire.seal(chunk.sha256);
         }
       }
     }
@@ -266,7 +275,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           uploadWindow = Math.max(1, Math.min(state.uploadWindow, options.uploadWindow ?? Number.POSITIVE_INFINITY));
           if (pending.length > 0) {
             const total = pending.reduce((sum, s) => sum + s.bytes, 0);
-            const reply = await client.upload(chunks(pending, held, total), 600, uploadWindow);
+            const reply = await client.upload(chunks(pending, held, total, uploadWindow), 600, uploadWindow);
             chunksSkipped += reply.chunksSkipped;
           }
         },

@@ -28,6 +28,10 @@ export const sha256Hex = (bytes: Uint8Array): string => createHash('sha256').upd
 /** How many chunks of `chunkBytes` a statistic of `bytes` is cut into (an empty statistic is one empty chunk). */
 export const chunkCount = (bytes: number, chunkBytes: number): number => Math.max(1, Math.ceil(bytes / chunkBytes));
 
+/** How many bytes chunk `index` of a statistic of `size` bytes holds. */
+export const chunkLength = (size: number, index: number, chunkBytes: number): number =>
+  Math.max(0, Math.min(chunkBytes, size - index * chunkBytes));
+
 /** Chunk `index` of a statistic's bytes: its slice, offset and digest. */
 export function chunkAt(
   bytes: Uint8Array,
@@ -60,6 +64,7 @@ export function chunkBoundsProblem(
  * statistics.safetensors): read when it is sent, so memory holds one chunk whatever the statistic's size.
  * `statisticSha256`, the statistic's digest from a verified manifest, is the digest of a chunk that is the whole
  * statistic (it is not hashed again; a file changed since would fail the coordinator's check, and nothing is stored).
+ * `into`, when given, receives the bytes (exactly the chunk's length; e.g. the tail of its encoded wire message).
  */
 export async function readChunk(
   file: FileHandle,
@@ -68,9 +73,13 @@ export async function readChunk(
   index: number,
   chunkBytes: number,
   statisticSha256?: string,
+  into?: Uint8Array,
 ): Promise<Pick<StatisticChunk, 'index' | 'count' | 'offset' | 'data' | 'sha256'>> {
   const offset = index * chunkBytes;
-  const data = new Uint8Array(Math.min(chunkBytes, size - offset));
+  const length = chunkLength(size, index, chunkBytes);
+  if (into !== undefined && into.byteLength !== length)
+    throw new RangeError(`readChunk: the buffer holds ${into.byteLength} bytes, chunk ${index} has ${length}`);
+  const data = into ?? new Uint8Array(length);
   const { bytesRead } = await file.read(data, 0, data.byteLength, begin + offset);
   if (bytesRead !== data.byteLength)
     throw new GramfuseError(

@@ -10,5 +10,14 @@ export {
   parseJobSpec,
 } from './job-spec.js';
 export { type CountName, type ParsedStatisticId, parseStatisticId, type StatisticId, StatisticIds, statisticFile } from './statistic-id.js';
-export { chunkAt, chunkBoundsProblem, chunkCount, DEFAULT_CHUNK_BYTES, readChunk, sha256Hex, type StatisticChunk } from './chunk.js';
+export {
+  chunkAt,
+  chunkBoundsProblem,
+  chunkCount,
+  chunkLength,
+  DEFAULT_CHUNK_BYTES,
+  readChunk,
+  sha256Hex,
+  type StatisticChunk,
+} from './chunk.js';
 export { type Receipt, type ReceiptFields, receiptFields } from './receipt.js';
