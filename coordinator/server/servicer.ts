@@ -241,8 +241,23 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         for (const receipt of list) if (!receipts.some((r) => r.statisticId === receipt.statisticId)) receipts.push(receipt);
       };
       // Verified statistics are committed in groups (at most 64 or 64 MiB at a time, and at the end of the
-      // stream); a stream cut off, or one that fails, still commits what verified before it.
+      // stream); a stream cut off, or one that fails, still commits what verified before it. A full group is
+      // committed in the background while the stream goes on (its fsyncs overlap the next chunks): an ack says
+      // "stored", never "committed" (a stored statistic survives a coordinator crash, and restart recovery
+      // commits it after hashing it again); the reply's receipts, sent once every group is durable, are the
+      // commit. Groups commit in order (the coordinator chains an owner's commits).
       const commit = async (): Promise<void> => addReceipts(await coordinator.commit(who, batch));
+      const background = new Set<Promise<void>>();
+      const commitInBackground = (): void => {
+        const work = commit()
+          .catch((error: unknown) => fail(error))
+          .finally(() => background.delete(work));
+        background.add(work);
+      };
+      const committed = async (): Promise<void> => {
+        await Promise.all(background);
+        await commit();
+      };
       // Chunks are checked in order and acknowledged once stored; the agent keeps at most the job's window of
       // them unacknowledged (backpressure, and what an interruption can lose). The window is the job's once the
       // first chunk names it, the largest allowed before. A client past its window (sending ahead of the acks)
@@ -260,11 +275,15 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         if (result.skipped) skipped++;
         else received++;
         if (result.receipt !== undefined) addReceipts([result.receipt]);
-        if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) await commit();
+        if (batch.entries.length >= 64 || batch.bytes >= 64 * 1024 * 1024) {
+          // One group in flight at a time: a disk slower than the stream holds the acks back, never queues groups.
+          await Promise.all(background);
+          commitInBackground();
+        }
         if (!failed) call.write({ statisticId: chunk.statisticId, index: chunk.index });
       };
       const abort = async (error: unknown): Promise<void> => {
-        await commit().catch(() => undefined);
+        await committed().catch(() => undefined);
         fail(error);
       };
       const settled = (): Promise<unknown> => Promise.all(storing.values());
@@ -322,7 +341,8 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         void queue.then(settled).then(async () => {
           if (failed) return;
           try {
-            await commit();
+            await committed();
+            if (failed) return;
             call.write({
               statisticId: '',
               index: 0,
@@ -338,7 +358,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         if (!finished)
           void queue
             .then(settled)
-            .then(commit)
+            .then(committed)
             .catch(() => undefined);
       };
       call.on('cancelled', abandoned);

@@ -67,7 +67,7 @@ export class FileStore implements StatisticStore {
   async appendLines(parts: string[], lines: readonly string[], sync: boolean): Promise<void> {
     const path = this.path(...parts);
     try {
-      await mkdir(join(path, '..'), { recursive: true });
+      await this.ensureDirectory(dirname(path));
       const handle = await open(path, 'a');
       try {
         await writeAll(handle, lines.map((l) => `${l}\n`).join(''));
