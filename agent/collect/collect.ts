@@ -68,7 +68,7 @@ export async function collectGramStatistics(
   const session = await createSession(instrumented.model, options);
   const roles = inputRoles(analysis.inputs);
   const batchSize = options.batchSize ?? 32;
-  const groups = new Map(selected.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
+  const accumulators = new Map(selected.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0, n: g.inDim }]));
   // onnxruntime writes each batch's Grams into these (one float32 n² buffer per group, reused), instead of new
   // output buffers per batch that the garbage collector frees when it gets to them.
   const fetches: Record<string, Tensor> = {};
@@ -87,10 +87,12 @@ export async function collectGramStatistics(
       await runSession(session, feeds, `${model.source} (statistics)`, fetches);
       const out = fetches;
       for (const names of instrumented.outputs) {
-        const acc = groups.get(names.group)!;
+        const acc = accumulators.get(names.group)!;
         const gram = out[names.gram]!.data as Float32Array;
         const g = acc.gram;
-        for (let i = 0; i < gram.length; i++) g[i] = g[i]! + gram[i]!;
+        const n = acc.n;
+        // The upper triangle only (a Gram is symmetric): half the float64 additions; mirrored once at the end.
+        for (let i = 0; i < n; i++) for (let at = i * n + i, end = (i + 1) * n; at < end; at++) g[at] = g[at]! + gram[at]!;
         acc.rows += Number((out[names.rows]!.data as BigInt64Array)[0]);
       }
       for (const item of items) tokens += item.ids.length;
@@ -110,6 +112,11 @@ export async function collectGramStatistics(
     if (chunk.length > 0) await runChunk(chunk);
   } finally {
     await session.release();
+  }
+  const groups = new Map<string, { gram: Float64Array; rows: number }>();
+  for (const [id, { gram, rows, n }] of accumulators) {
+    for (let i = 1; i < n; i++) for (let j = 0; j < i; j++) gram[i * n + j] = gram[j * n + i]!;
+    groups.set(id, { gram, rows });
   }
   return { fingerprint: analysis.fingerprint, groups, examples: done, tokens };
 }
