@@ -17,13 +17,11 @@ const varintLength = (n: number): number => {
   return length;
 };
 
-/** A Chunk message under construction: fill `data`, then `seal` it with the data's SHA-256 and send `message`. */
+/** A Chunk message under construction: fill `data`, then `seal` it with the data's SHA-256 and send what it returns. */
 export interface ChunkMessage {
-  /** The whole encoded message (valid once sealed). */
-  readonly message: Buffer;
   /** Where the chunk's bytes go: the message's tail. */
   readonly data: Buffer;
-  /** Writes the header with the chunk's digest (64 hex digits, as every SHA-256 is). */
+  /** Writes the header with the chunk's digest (64 hex digits, as every SHA-256 is); returns the whole message. */
   seal(sha256: string): Buffer;
 }
 
@@ -50,7 +48,6 @@ export function chunkMessage(fields: Omit<federation.Chunk, 'data' | 'sha256'>, 
     message[at] = n;
   }
   return {
-    message,
     data: message.subarray(dataStart),
     seal(sha256: string): Buffer {
       if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RangeError(`chunkMessage: ${sha256} is not a SHA-256 in hex`);
