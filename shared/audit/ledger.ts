@@ -19,6 +19,12 @@ export const AuditKind = z.enum([
   'result.fetched',
   'evaluation.reported',
   'job.failed',
+  /** Secure aggregation (coordinator): a round closed — who advertised, shared, survived, dropped; the scales. */
+  'secure.round',
+  /** Secure aggregation (agent): the scales it masked with and the digests of the masked statistics it sends. */
+  'secure.masked',
+  /** Secure aggregation (agent): which owners' shares it revealed, of which kind. */
+  'secure.revealed',
 ]);
 export type AuditKind = z.infer<typeof AuditKind>;
 

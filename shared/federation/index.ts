@@ -8,6 +8,8 @@ export {
   type JobState,
   MAX_UPLOAD_WINDOW,
   parseJobSpec,
+  PrivacySpec,
+  secureThreshold,
 } from './job-spec.js';
 export { type CountName, type ParsedStatisticId, parseStatisticId, type StatisticId, StatisticIds, statisticFile } from './statistic-id.js';
 export {

@@ -15,6 +15,36 @@ export const IdentityName = z
 /** True when `name` can serve as an identity (see IDENTITY_PATTERN). */
 export const isValidIdentity = (name: string): boolean => IDENTITY_PATTERN.test(name);
 
+/** The privacy block of a job spec (issue #18). */
+export const PrivacySpec = z
+  .object({
+    secureAggregation: z
+      .boolean()
+      .default(false)
+      .describe(
+        'mask every statistic (fixed point in Z/2⁶⁴, SecAgg+ pairwise and self masks): the coordinator stores only masked vectors and their sum',
+      ),
+    threshold: z
+      .number()
+      .int()
+      .min(2)
+      .optional()
+      .describe('Shamir threshold t (n/2 < t ≤ n): owners whose shares unmask the sum; default ⌊n/2⌋ + 1'),
+    minOwners: z.number().int().min(3).default(3).describe('fewest owners whose statistics may enter a secure sum (≥ 3)'),
+    roundTimeoutSeconds: z
+      .number()
+      .positive()
+      .max(7 * 24 * 3600)
+      .default(60)
+      .describe('how long a round waits for the owners still missing once its first answer came, before they count as dropped'),
+  })
+  .strict();
+export type PrivacySpec = z.infer<typeof PrivacySpec>;
+
+/** The Shamir threshold in force: the spec's, or a majority of the participants. */
+export const secureThreshold = (spec: { participants: readonly string[]; privacy: PrivacySpec }): number =>
+  spec.privacy.threshold ?? Math.floor(spec.participants.length / 2) + 1;
+
 /** A federated merge job (issue #5). Every field has a default or says why it has none. */
 /** Chunks in flight per upload stream by default, and at most (a stream holds up to this many chunks in memory). */
 export const DEFAULT_UPLOAD_WINDOW = 8;
@@ -76,11 +106,26 @@ export const JobSpec = z
       .strict()
       .default({})
       .describe("wall-clock limits of the job (per-call deadlines are the clients' own)"),
+    privacy: PrivacySpec.default(PrivacySpec.parse({})).describe(
+      "secure aggregation (DESIGN §8): the coordinator learns only the sums of the owners' statistics",
+    ),
   })
   .strict()
   .refine((spec) => spec.quorum === undefined || spec.quorum <= spec.participants.length, {
     message: 'quorum cannot exceed the number of participants',
     path: ['quorum'],
+  })
+  .superRefine((spec, ctx) => {
+    const p = spec.privacy;
+    if (!p.secureAggregation) return;
+    const n = spec.participants.length;
+    const issue = (path: (string | number)[], message: string): void => ctx.addIssue({ code: 'custom', path, message });
+    if (n < 3) issue(['participants'], `secure aggregation needs at least 3 participants (got ${n}): with 2, the sum reveals the other's`);
+    if (p.threshold !== undefined && (p.threshold <= n / 2 || p.threshold > n))
+      issue(['privacy', 'threshold'], `the threshold t must satisfy n/2 < t ≤ n for n = ${n} participants (got ${p.threshold})`);
+    if (p.minOwners > n) issue(['privacy', 'minOwners'], `minOwners ${p.minOwners} exceeds the ${n} participants`);
+    if (spec.quorum !== undefined)
+      issue(['quorum'], 'with secure aggregation the survivors needed are privacy.minOwners and privacy.threshold; leave quorum out');
   })
   .refine((spec) => spec.merge.method !== 'ties' && spec.merge.method !== 'task-arithmetic', {
     message:

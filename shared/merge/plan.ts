@@ -18,7 +18,9 @@ export const PlannedStatistic = z
     kind: StatisticKind,
     tensors: z.array(z.string()).describe('the model tensors (weights, parameters) this statistic concerns'),
     shape: z.array(z.number().int().nonnegative()).describe('shape as stored; packed Grams are 1-D of length n(n+1)/2'),
-    dtype: z.enum(['float32', 'float64']),
+    dtype: z
+      .enum(['float32', 'float64', 'ring64'])
+      .describe('ring64: a masked statistic of a secure job, fixed point in Z/2⁶⁴ (little-endian uint64)'),
     packing: z.enum(['dense', 'upper_triangle']).describe('upper_triangle: a symmetric n×n matrix, rows of its upper triangle'),
     bytes: z.number().int().nonnegative(),
     rows: z.number().int().nonnegative().optional().describe('rows (tokens or vectors) that entered it, after collection'),
@@ -52,7 +54,7 @@ export const DisclosurePlan = z
   .strict();
 export type DisclosurePlan = z.infer<typeof DisclosurePlan>;
 
-const width = (dtype: 'float32' | 'float64'): number => (dtype === 'float32' ? 4 : 8);
+const width = (dtype: PlannedStatistic['dtype']): number => (dtype === 'float32' ? 4 : 8);
 
 /**
  * Models with more parameter bytes than this send float32 statistics when the owner asks for `auto` (the agent's

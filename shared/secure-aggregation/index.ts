@@ -1,7 +1,8 @@
 /**
  * shared/secure-aggregation/ (DESIGN §8): the primitives of SecAgg+ for Gram sums — Z/2⁶⁴ vectors (BigUint64Array), the fixed-point
  * codec with its overflow bound, AES-256-CTR masks, X25519 agreements with signed advertisements, end-to-end sealed
- * shares, Shamir t-of-n over GF(2⁸), and the never-both-shares guard. The protocol that uses them is issue #18.
+ * shares, Shamir t-of-n over GF(2⁸), the never-both-shares guard, and the rounds' messages, masking and unmasking
+ * (protocol.ts) that the agent and the coordinator run (issue #18).
  */
 export { applyMask } from './prg.js';
 export { boundLog2Of, decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
@@ -18,3 +19,20 @@ export {
 export { ringAddInto, ringAddIntoLanes, ringSubInto, ringVector } from './ring.js';
 export { combineShares, type Share, splitSecret } from './shamir.js';
 export { type ShareKind, ShareGuard } from './guard.js';
+export {
+  AdvertiseBody,
+  checkUnmaskRequest,
+  maskLabel,
+  maskSlice,
+  MIN_BOUND_LOG2,
+  pairSign,
+  parseSecure,
+  RevealBody,
+  RoundView,
+  SecurePhase,
+  ShareBody,
+  SharePayload,
+  statisticScale,
+  unmaskSlice,
+  verifyPeerCertificate,
+} from './protocol.js';

@@ -14,11 +14,17 @@ function maskKey(seed: Uint8Array, label: string): Buffer {
 }
 
 /**
- * target ← target + sign · PRG(seed, label) (mod 2⁶⁴), the mask generated slice by slice. The same seed and label
- * always give the same mask, so the party that adds it and the one that subtracts it cancel exactly.
+ * target ← target + sign · PRG(seed, label)[offset … offset + target.length) (mod 2⁶⁴), the mask generated slice by
+ * slice. The same seed and label always give the same mask, so the party that adds it and the one that subtracts it
+ * cancel exactly; `offset` (in entries) lets a long vector be masked a slice at a time (AES-CTR seeks to the block).
  */
-export function applyMask(target: BigUint64Array, seed: Uint8Array, label: string, sign: 1 | -1): void {
-  const cipher = createCipheriv('aes-256-ctr', maskKey(seed, label), Buffer.alloc(16));
+export function applyMask(target: BigUint64Array, seed: Uint8Array, label: string, sign: 1 | -1, offset = 0): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`a mask offset is a whole number of entries, not ${offset}`);
+  // The counter block holding entry `offset` (two 64-bit entries per 16-byte AES block), big-endian as OpenSSL counts.
+  const iv = Buffer.alloc(16);
+  iv.writeBigUInt64BE(BigInt(Math.floor(offset / 2)), 8);
+  const cipher = createCipheriv('aes-256-ctr', maskKey(seed, label), iv);
+  if (offset % 2 === 1) cipher.update(ZEROS.subarray(0, 8)); // the block's first entry precedes the slice
   for (let start = 0; start < target.length; start += SLICE) {
     const n = Math.min(SLICE, target.length - start);
     let stream = cipher.update(ZEROS.subarray(0, 8 * n));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { parseSpecText } from '../../../cli/index.js';
 import { ErrorCode, GramfuseError } from '../../../shared/index.js';
-import { parseJobSpec } from '../../../shared/federation/index.js';
+import { parseJobSpec, secureThreshold } from '../../../shared/federation/index.js';
 
 describe('job spec', () => {
   it('fills every default', () => {
@@ -51,5 +51,35 @@ describe('job spec', () => {
     expect(() => parseJobSpec({ id: 'j3', participants: ['a'], merge: { method: 'ties' } }, 'spec')).toThrow(
       /merge\.method: federated jobs support regmean and average/,
     );
+  });
+
+  it('privacy: off by default; secure aggregation needs n ≥ 3, n/2 < t ≤ n, minOwners ≤ n and no quorum', () => {
+    const plain = parseJobSpec({ id: 'p', participants: ['a', 'b'] }, 'spec');
+    expect(plain.privacy).toEqual({ secureAggregation: false, minOwners: 3, roundTimeoutSeconds: 60 });
+    const secure = parseJobSpec({ id: 's', participants: ['a', 'b', 'c', 'd', 'e'], privacy: { secureAggregation: true } }, 'spec');
+    expect(secureThreshold(secure)).toBe(3);
+    const problems = (
+      privacy: Record<string, unknown>,
+      participants = ['a', 'b', 'c', 'd'],
+      extra: Record<string, unknown> = {},
+    ): string => {
+      try {
+        parseJobSpec({ id: 's', participants, privacy: { secureAggregation: true, ...privacy }, ...extra }, 'job.yaml');
+      } catch (error) {
+        expect((error as GramfuseError).code).toBe(ErrorCode.InvalidArgument);
+        return (error as GramfuseError).message;
+      }
+      return '';
+    };
+    expect(problems({}, ['a', 'b'])).toMatch(/participants: secure aggregation needs at least 3 participants \(got 2\)/);
+    expect(problems({ threshold: 2 })).toMatch(
+      /privacy\.threshold: the threshold t must satisfy n\/2 < t ≤ n for n = 4 participants \(got 2\)/,
+    );
+    expect(problems({ threshold: 5 })).toMatch(/privacy\.threshold: /);
+    expect(problems({ minOwners: 5 })).toMatch(/privacy\.minOwners: minOwners 5 exceeds the 4 participants/);
+    expect(problems({}, ['a', 'b', 'c', 'd'], { quorum: 3 })).toMatch(
+      /quorum: with secure aggregation the survivors needed are privacy\.minOwners/,
+    );
+    expect(problems({ threshold: 3, minOwners: 4 })).toBe('');
   });
 });

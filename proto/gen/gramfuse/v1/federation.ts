@@ -69,6 +69,11 @@ export interface JobStatus {
   policyJson: string;
   /** Distributed solve (`coordinator serve --solvers nats`): one entry per Gram group of the solve in progress. */
   solveGroups: SolveGroupStatus[];
+  /**
+   * The job's privacy block (JSON): `{"secureAggregation": false}` for a plain job; with secure aggregation its
+   * threshold t, minOwners and roundTimeoutSeconds (docs: README, Secure aggregation).
+   */
+  privacyJson: string;
 }
 
 export interface SolveGroupStatus {
@@ -252,6 +257,23 @@ export interface SolutionReply {
   relativeResidual: number;
 }
 
+export interface SecureRequest {
+  jobId: string;
+  /**
+   * advertise: {maskPublicKey, encryptionPublicKey, signature, bounds: {statistic: log2 bound}}
+   * share: {shares: [{to, sealed}]}; reveal: {shares: [{owner, kind, x, y}]}; round: empty.
+   */
+  bodyJson: string;
+}
+
+export interface SecureRoundReply {
+  /**
+   * The round as the caller may see it: phase, advertisements (with certificates), scales, the sealed shares
+   * addressed to the caller, and the unmasking request (survivors, dropped).
+   */
+  roundJson: string;
+}
+
 function createBaseCreateJobRequest(): CreateJobRequest {
   return { specJson: "", templateOnnx: new Uint8Array(0), templatePath: "" };
 }
@@ -347,6 +369,7 @@ function createBaseJobStatus(): JobStatus {
     resultBytes: 0n,
     policyJson: "",
     solveGroups: [],
+    privacyJson: "",
   };
 }
 
@@ -396,6 +419,9 @@ export const JobStatus: MessageFns<JobStatus> = {
     }
     for (const v of message.solveGroups) {
       SolveGroupStatus.encode(v!, writer.uint32(114).fork()).join();
+    }
+    if (message.privacyJson !== "") {
+      writer.uint32(122).string(message.privacyJson);
     }
     return writer;
   },
@@ -525,6 +551,14 @@ export const JobStatus: MessageFns<JobStatus> = {
             message.solveGroups.push(SolveGroupStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.privacyJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -558,6 +592,7 @@ export const JobStatus: MessageFns<JobStatus> = {
       : 0n;
     message.policyJson = object.policyJson ?? "";
     message.solveGroups = object.solveGroups?.map((e) => SolveGroupStatus.fromPartial(e)) || [];
+    message.privacyJson = object.privacyJson ?? "";
     return message;
   },
 };
@@ -2464,6 +2499,128 @@ export const SolutionReply: MessageFns<SolutionReply> = {
   },
 };
 
+function createBaseSecureRequest(): SecureRequest {
+  return { jobId: "", bodyJson: "" };
+}
+
+export const SecureRequest: MessageFns<SecureRequest> = {
+  encode(message: SecureRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.bodyJson !== "") {
+      writer.uint32(18).string(message.bodyJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SecureRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSecureRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.bodyJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SecureRequest>): SecureRequest {
+    return SecureRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SecureRequest>): SecureRequest {
+    const message = createBaseSecureRequest();
+    message.jobId = object.jobId ?? "";
+    message.bodyJson = object.bodyJson ?? "";
+    return message;
+  },
+};
+
+function createBaseSecureRoundReply(): SecureRoundReply {
+  return { roundJson: "" };
+}
+
+export const SecureRoundReply: MessageFns<SecureRoundReply> = {
+  encode(message: SecureRoundReply, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.roundJson !== "") {
+      writer.uint32(10).string(message.roundJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SecureRoundReply {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSecureRoundReply();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.roundJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SecureRoundReply>): SecureRoundReply {
+    return SecureRoundReply.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SecureRoundReply>): SecureRoundReply {
+    const message = createBaseSecureRoundReply();
+    message.roundJson = object.roundJson ?? "";
+    return message;
+  },
+};
+
 export type JobsService = typeof JobsService;
 export const JobsService = {
   create: {
@@ -2768,6 +2925,137 @@ export interface SolvesClient extends Client {
 export const SolvesClient = makeGenericClientConstructor(SolvesService, "gramfuse.v1.Solves") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): SolvesClient;
   service: typeof SolvesService;
+  serviceName: string;
+};
+
+export type SecureAggregationService = typeof SecureAggregationService;
+export const SecureAggregationService = {
+  /** Round 0: the caller's two X25519 public keys, signed with its certificate key, and its per-statistic bounds. */
+  advertise: {
+    path: "/gramfuse.v1.SecureAggregation/Advertise" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SecureRequest): Buffer => Buffer.from(SecureRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SecureRequest => SecureRequest.decode(value),
+    responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
+  },
+  /** Round 1: the caller's Shamir shares of its mask key and self-mask seed, each sealed for one other owner. */
+  share: {
+    path: "/gramfuse.v1.SecureAggregation/Share" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SecureRequest): Buffer => Buffer.from(SecureRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SecureRequest => SecureRequest.decode(value),
+    responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
+  },
+  /** Unmasking: the caller's shares of the survivors' self-mask seeds and of the dropped owners' mask keys. */
+  reveal: {
+    path: "/gramfuse.v1.SecureAggregation/Reveal" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SecureRequest): Buffer => Buffer.from(SecureRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SecureRequest => SecureRequest.decode(value),
+    responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
+  },
+  /** The round's state as the caller may see it (agents poll it between rounds). */
+  round: {
+    path: "/gramfuse.v1.SecureAggregation/Round" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SecureRequest): Buffer => Buffer.from(SecureRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SecureRequest => SecureRequest.decode(value),
+    responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
+  },
+} as const;
+
+export interface SecureAggregationServer extends UntypedServiceImplementation {
+  /** Round 0: the caller's two X25519 public keys, signed with its certificate key, and its per-statistic bounds. */
+  advertise: handleUnaryCall<SecureRequest, SecureRoundReply>;
+  /** Round 1: the caller's Shamir shares of its mask key and self-mask seed, each sealed for one other owner. */
+  share: handleUnaryCall<SecureRequest, SecureRoundReply>;
+  /** Unmasking: the caller's shares of the survivors' self-mask seeds and of the dropped owners' mask keys. */
+  reveal: handleUnaryCall<SecureRequest, SecureRoundReply>;
+  /** The round's state as the caller may see it (agents poll it between rounds). */
+  round: handleUnaryCall<SecureRequest, SecureRoundReply>;
+}
+
+export interface SecureAggregationClient extends Client {
+  /** Round 0: the caller's two X25519 public keys, signed with its certificate key, and its per-statistic bounds. */
+  advertise(
+    request: SecureRequest,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  advertise(
+    request: SecureRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  advertise(
+    request: SecureRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  /** Round 1: the caller's Shamir shares of its mask key and self-mask seed, each sealed for one other owner. */
+  share(
+    request: SecureRequest,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  share(
+    request: SecureRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  share(
+    request: SecureRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  /** Unmasking: the caller's shares of the survivors' self-mask seeds and of the dropped owners' mask keys. */
+  reveal(
+    request: SecureRequest,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  reveal(
+    request: SecureRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  reveal(
+    request: SecureRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  /** The round's state as the caller may see it (agents poll it between rounds). */
+  round(
+    request: SecureRequest,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  round(
+    request: SecureRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  round(
+    request: SecureRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+}
+
+export const SecureAggregationClient = makeGenericClientConstructor(
+  SecureAggregationService,
+  "gramfuse.v1.SecureAggregation",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): SecureAggregationClient;
+  service: typeof SecureAggregationService;
   serviceName: string;
 };
 

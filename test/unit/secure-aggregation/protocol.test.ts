@@ -1,0 +1,170 @@
+// The rounds' arithmetic in one process (no sockets): masking by 5 owners, dropouts before and after upload, unmasking
+// from t shares, checked against the float64 sum of the survivors' plaintext; the agent's checks on an unmasking request.
+import { randomBytes } from 'node:crypto';
+
+import { describe, expect, it } from 'vitest';
+
+import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
+import {
+  agreedSecret,
+  applyMask,
+  checkUnmaskRequest,
+  combineShares,
+  generateAgreementKeys,
+  maskSlice,
+  pairSign,
+  ringAddInto,
+  ShareGuard,
+  splitSecret,
+  statisticScale,
+  unmaskSlice,
+} from '../../../shared/secure-aggregation/index.js';
+import { rng } from '../../helpers/random.js';
+
+const coded = (fn: () => unknown): GramfuseError => {
+  try {
+    fn();
+  } catch (error) {
+    return error as GramfuseError;
+  }
+  throw new Error('expected an error');
+};
+
+describe('secure aggregation rounds (pure)', () => {
+  it('a mask applied in slices at any offsets equals the mask applied whole', () => {
+    const seed = randomBytes(32);
+    const whole = new BigUint64Array(1001);
+    applyMask(whole, seed, 'label', 1);
+    for (const cut of [
+      [0, 1001],
+      [0, 1, 2, 1001],
+      [0, 7, 8, 500, 999, 1001],
+      [0, 3, 1001],
+    ]) {
+      const pieces = new BigUint64Array(1001);
+      for (let k = 0; k + 1 < cut.length; k++) applyMask(pieces.subarray(cut[k], cut[k + 1]), seed, 'label', 1, cut[k]);
+      expect(Array.from(pieces)).toEqual(Array.from(whole));
+    }
+  });
+
+  it('5 owners, one dropped after sharing and one after uploading: the unmasked sum is the survivors’ float64 sum', () => {
+    const job = 'job-x';
+    const owners = ['ann', 'bob', 'cy', 'dee', 'eve'];
+    const t = 3;
+    const random = rng(7);
+    const entries = 257;
+    const values = new Map(owners.map((o) => [o, Float64Array.from({ length: entries }, () => (random() - 0.5) * 40)]));
+    const keys = new Map(owners.map((o) => [o, generateAgreementKeys()]));
+    const seeds = new Map(owners.map((o) => [o, new Uint8Array(randomBytes(32))]));
+    // Round 1: every owner shares its mask key and self seed t-of-n; share x = index + 1 goes to owners[index].
+    const keyShares = new Map(owners.map((o) => [o, splitSecret(Buffer.from(keys.get(o)!.privateKeyPem), owners.length, t)]));
+    const seedShares = new Map(owners.map((o) => [o, splitSecret(seeds.get(o)!, owners.length, t)]));
+    const bound = Math.max(...owners.map((o) => Math.ceil(Math.log2(Math.max(...values.get(o)!.map(Math.abs))))));
+    const scale = statisticScale(bound, owners.length);
+    const dropped = 'dee'; // shared, never uploaded
+    const survivors = owners.filter((o) => o !== dropped); // eve uploaded, then went away: she reveals nothing
+    const masked = survivors.map((self) => {
+      const pairSeeds = new Map(
+        owners
+          .filter((o) => o !== self)
+          .map((o) => [o, agreedSecret(keys.get(self)!.privateKeyPem, keys.get(o)!.publicKeyPem, job, 'mask')]),
+      );
+      return maskSlice(values.get(self)!, 0, scale, { job, statistic: 'gram/g0', self, selfSeed: seeds.get(self)!, pairSeeds });
+    });
+    const sum = new BigUint64Array(entries);
+    for (const m of masked) ringAddInto(sum, m);
+    // Unmasking from the responders ann, bob, cy (t of them): survivors' seeds, the dropped owner's mask key.
+    const responders = [0, 1, 2];
+    const selfSeeds = survivors.map((o) =>
+      combineShares(
+        responders.map((r) => seedShares.get(o)![r]!),
+        t,
+      ),
+    );
+    const deeKey = Buffer.from(
+      combineShares(
+        responders.map((r) => keyShares.get(dropped)![r]!),
+        t,
+      ),
+    ).toString('utf8');
+    expect(deeKey).toBe(keys.get(dropped)!.privateKeyPem);
+    const droppedPairs = survivors.map((s) => ({
+      seed: agreedSecret(deeKey, keys.get(s)!.publicKeyPem, job, 'mask'),
+      sign: pairSign(s, dropped),
+    }));
+    const out = unmaskSlice(sum, 0, scale, { job, statistic: 'gram/g0', selfSeeds, droppedPairs });
+    for (let i = 0; i < entries; i++) {
+      const expected = survivors.reduce((acc, o) => acc + values.get(o)![i]!, 0);
+      expect(Math.abs(out[i]! - expected)).toBeLessThanOrEqual(scale.resolution + 1e-12 * Math.abs(expected));
+    }
+    // Without the dropped owner's correction the result is noise, not the sum (the masks really are there).
+    const unfixed = new BigUint64Array(entries);
+    for (const m of masked) ringAddInto(unfixed, m);
+    const noise = unmaskSlice(unfixed, 0, scale, { job, statistic: 'gram/g0', selfSeeds, droppedPairs: [] });
+    // (decoded noise spans the whole ±2^(b + ⌈log₂ n⌉) range, so almost every entry is far off)
+    expect(Array.from(noise).filter((v, i) => Math.abs(v - out[i]!) > 1).length).toBeGreaterThan(0.9 * entries);
+  });
+
+  it('a masked vector alone is uncorrelated with its plaintext', () => {
+    const random = rng(3);
+    const values = Float64Array.from({ length: 20_000 }, () => random() * 8);
+    const scale = statisticScale(3, 5);
+    const peer = generateAgreementKeys();
+    const self = generateAgreementKeys();
+    const masked = maskSlice(values, 0, scale, {
+      job: 'j',
+      statistic: 's',
+      self: 'a',
+      selfSeed: randomBytes(32),
+      pairSeeds: new Map([['b', agreedSecret(self.privateKeyPem, peer.publicKeyPem, 'j', 'mask')]]),
+    });
+    const asSigned = Array.from(new BigInt64Array(masked.buffer), (v) => Number(v));
+    const mean = (a: ArrayLike<number>): number => Array.from(a).reduce((s, v) => s + v, 0) / a.length;
+    const mx = mean(values);
+    const my = mean(asSigned);
+    let sxy = 0;
+    let sxx = 0;
+    let syy = 0;
+    for (let i = 0; i < values.length; i++) {
+      sxy += (values[i]! - mx) * (asSigned[i]! - my);
+      sxx += (values[i]! - mx) ** 2;
+      syy += (asSigned[i]! - my) ** 2;
+    }
+    expect(Math.abs(sxy / Math.sqrt(sxx * syy))).toBeLessThan(0.05);
+  });
+
+  it('a value past the declared bound is SECURE_AGGREGATION before anything is masked', () => {
+    const error = coded(() =>
+      maskSlice([1, 2, 9], 0, statisticScale(3, 3), {
+        job: 'j',
+        statistic: 'gram/g1',
+        self: 'a',
+        selfSeed: randomBytes(32),
+        pairSeeds: new Map(),
+      }),
+    );
+    expect(error.code).toBe(ErrorCode.SecureAggregation);
+    expect(error.message).toMatch(/gram\/g1: entry 2 is 9, past the declared bound ±2\^3; nothing was sent/);
+  });
+
+  it('an agent refuses an unmasking request that asks both shares of one owner, names strangers, or has too few survivors', () => {
+    const sharers = ['a', 'b', 'c', 'd'];
+    const both = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['c'] }, sharers, 3, new ShareGuard('j')));
+    expect(both.code).toBe(ErrorCode.SecureAggregation);
+    expect(both.message).toMatch(/both the self-mask and the mask-key shares of c/);
+    expect(
+      coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'z'], dropped: [] }, sharers, 3, new ShareGuard('j'))).message,
+    ).toMatch(/z did not share keys/);
+    expect(
+      coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b'], dropped: ['c', 'd'] }, sharers, 3, new ShareGuard('j'))).message,
+    ).toMatch(/only 2 survivors, fewer than the threshold 3/);
+    // Across requests: c's self-mask share went out once; a later request for its mask key is refused, and the refusal
+    // records nothing (the guard is unchanged).
+    const guard = new ShareGuard('j');
+    checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['d'] }, sharers, 3, guard);
+    const before = guard.toJSON();
+    const later = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'd'], dropped: ['c'] }, sharers, 3, guard));
+    expect(later.code).toBe(ErrorCode.SecureAggregation);
+    expect(guard.toJSON()).toEqual(before);
+  });
+});
