@@ -135,7 +135,7 @@ export function formatOwnerReport(report: OwnerReport, ledger: string): string {
     const total = job.statistics.reduce((s, x) => s + x.bytes, 0);
     parts.push(
       '',
-      `Job ${job.job}: ${job.statistics.length} statistics, ${formatBytes(total)}`,
+      `Job ${job.job}: ${job.statistics.length} statistics, ${formatBytes(total)}${job.securelyAggregated ? ' — securely aggregated: each left masked (fixed point in Z/2⁶⁴), only the sum over the owners was unmasked' : ''}`,
       formatTable(
         ['statistic', 'shape', 'rows', 'bytes', 'digest', 'time'],
         job.statistics.map((s) => [

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { federation } from '../proto/index.js';
 import { ErrorCode, errorFromGrpc, GramfuseError, writeFileAtomic } from '../shared/index.js';
 import { certificateName } from '../shared/security/index.js';
+import { parseSecure, RoundView } from '../shared/secure-aggregation/index.js';
 import { withRetries } from './retry.js';
 
 /** mTLS material of a client: the federation CA and its own certificate (whose subject is its identity). */
@@ -63,6 +64,12 @@ export interface FederationClient {
   }): Promise<Uint8Array | undefined>;
   /** A solver worker's answer: the header, then `x` (n × rhs float64) in 4 MiB slices; or an error report without x. */
   submitSolution(header: federation.SolutionHeader, x?: Uint8Array): Promise<federation.SolutionReply>;
+  /**
+   * Secure aggregation (privacy.secureAggregation): one of the SecAgg+ calls with its JSON body (round 0's keys and
+   * bounds, round 1's sealed shares, the unmasking reveal, or `round` to read the state); returns the round as this
+   * owner may see it, validated.
+   */
+  secure(call: 'advertise' | 'share' | 'reveal' | 'round', jobId: string, body?: unknown): Promise<RoundView>;
   close(): void;
 }
 
@@ -94,6 +101,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
   const uploads = new federation.UploadsClient(options.address, credentials, channelOptions);
   const results = new federation.ResultsClient(options.address, credentials, channelOptions);
   const solves = new federation.SolvesClient(options.address, credentials, channelOptions);
+  const secure = new federation.SecureAggregationClient(options.address, credentials, channelOptions);
   const metadata = (): grpc.Metadata => {
     const m = new grpc.Metadata();
     if (options.tls === undefined) m.set('x-gramfuse-identity', identity);
@@ -121,6 +129,17 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         ),
       ),
     join: (request) => retry(() => unary(uploads.join.bind(uploads), request)),
+    secure: async (call, jobId, body) => {
+      const method = {
+        advertise: secure.advertise.bind(secure),
+        share: secure.share.bind(secure),
+        reveal: secure.reveal.bind(secure),
+        round: secure.round.bind(secure),
+      }[call];
+      // Every call is idempotent on the coordinator (a repeated answer returns the round), so retrying is safe.
+      const reply = await retry(() => unary(method, { jobId, bodyJson: body === undefined ? '{}' : JSON.stringify(body) }));
+      return parseSecure(RoundView, reply.roundJson, `the coordinator's secure round of job ${jobId}`);
+    },
     uploadState: (jobId) => retry(() => unary(uploads.state.bind(uploads), { jobId })),
     upload: (chunks, deadlineSeconds, window = 1) =>
       new Promise((resolve, reject) => {
@@ -310,6 +329,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
       uploads.close();
       results.close();
       solves.close();
+      secure.close();
     },
   };
 }

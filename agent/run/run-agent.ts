@@ -4,9 +4,9 @@ import { appendFile, type FileHandle, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { chunkMessage, ChunkMessagePool, codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
-import { ErrorCode, fileError, GramfuseError } from '../../shared/index.js';
+import { ErrorCode, failpoint, fileError, GramfuseError } from '../../shared/index.js';
 import { type FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
-import { chunkCount, chunkLength, DEFAULT_CHUNK_BYTES, readChunk, receiptFields } from '../../shared/federation/index.js';
+import { chunkCount, chunkLength, DEFAULT_CHUNK_BYTES, PrivacySpec, readChunk, receiptFields } from '../../shared/federation/index.js';
 import {
   BUNDLE_TENSORS,
   type BundleManifest,
@@ -22,6 +22,7 @@ import { memoryTarget, type Progress } from '../collect/index.js';
 import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
 import { openAgentLedger } from './ledger.js';
+import { type SecureProgress, SecureSession } from './secure-aggregation.js';
 
 export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
   /**
@@ -54,6 +55,10 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   /** Upload attempts on UNAVAILABLE / DEADLINE_EXCEEDED (a dropped link, a restarting coordinator). Default 5. */
   readonly uploadAttempts?: number;
   readonly onRetry?: (attempt: number, error: GramfuseError) => void;
+  /** Secure aggregation: how long to wait for the other owners in each round. @default 3600 */
+  readonly secureWaitSeconds?: number;
+  /** Secure aggregation: each round's progress (advertised, shared, masking, waiting, revealed). */
+  readonly onSecure?: (progress: SecureProgress) => void;
 }
 
 export interface RunAgentResult {
@@ -69,6 +74,8 @@ export interface RunAgentResult {
   /** The upload window used (the job's, or the owner's smaller one). */
   readonly uploadWindow: number;
   readonly reusedBundle: boolean;
+  /** Secure aggregation: the statistics went up masked (fixed point in Z/2⁶⁴); their largest resolution. */
+  readonly secureAggregation?: { readonly maxResolution: number };
   /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
   readonly auditBacklog?: number;
   /** Wall time of collection (0 when the bundle was reused) and of join + upload + receipts. */
@@ -204,16 +211,34 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       });
     }
     // Chunks are read from statistics.safetensors as they are sent: memory holds one chunk, not the bundle.
-    const statisticsPath = join(bundleDir, BUNDLE_TENSORS);
-    const ranges =
+    const bundlePath = join(bundleDir, BUNDLE_TENSORS);
+    const bundleRanges =
       reusedBundle && existing !== undefined
         ? existing.ranges
         : (
             await readSafetensorsHeader(
-              statisticsPath,
+              bundlePath,
               (reason: string) => new GramfuseError(ErrorCode.BundleInvalid, `${bundleDir}: ${reason}`),
             )
           ).entries;
+    // Secure aggregation: the two key rounds, then the bundle masked in Z/2⁶⁴ is what goes up (secure-aggregation.ts).
+    const privacy = PrivacySpec.parse(JSON.parse(status.privacyJson === '' ? '{}' : status.privacyJson));
+    const secure = privacy.secureAggregation
+      ? await SecureSession.open({
+          client,
+          jobId: options.jobId,
+          owner: client.identity,
+          jobDir,
+          ledger,
+          tls: options.connect.tls,
+          ...(options.secureWaitSeconds === undefined ? {} : { waitSeconds: options.secureWaitSeconds }),
+          ...(options.onSecure === undefined ? {} : { onProgress: options.onSecure }),
+        })
+      : undefined;
+    const upload = secure === undefined ? undefined : await secure.prepare(manifest, bundlePath, bundleRanges);
+    const uploaded = upload?.manifest ?? manifest;
+    const statisticsPath = upload?.statisticsPath ?? bundlePath;
+    const ranges = upload?.ranges ?? bundleRanges;
     bundleFile = await open(statisticsPath, 'r').catch((error: unknown) => {
       throw fileError(error, statisticsPath, 'reading the statistics bundle');
     });
@@ -223,7 +248,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     let chunksSkipped = 0;
     let uploadWindow = 1;
     async function* chunks(
-      pending: readonly (typeof manifest.plan.statistics)[number][],
+      pending: readonly (typeof uploaded.plan.statistics)[number][],
       held: ReadonlyMap<string, { held: number[] }>,
       total: number,
       window: number,
@@ -267,10 +292,10 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           const state = await client.join({
             jobId: options.jobId,
             fingerprint: status.fingerprint,
-            manifestJson: JSON.stringify(manifest),
+            manifestJson: JSON.stringify(uploaded),
           });
           const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
-          const pending = manifest.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
+          const pending = uploaded.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
           // A coordinator from before upload windows sends 0: one chunk at a time.
           uploadWindow = Math.max(1, Math.min(state.uploadWindow, options.uploadWindow ?? Number.POSITIVE_INFINITY));
           if (pending.length > 0) {
@@ -293,7 +318,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     // lost (a cut link, a crash of either side) are recovered too; each is verified before it is kept.
     const after = await client.uploadState(options.jobId);
     const committedIds = new Set(after.statistics.filter((s) => s.committed).map((s) => s.statisticId));
-    const missing = manifest.plan.statistics.filter((s) => !committedIds.has(s.id)).map((s) => s.id);
+    const missing = uploaded.plan.statistics.filter((s) => !committedIds.has(s.id)).map((s) => s.id);
     if (missing.length > 0) {
       if (closed || (await client.getJob(options.jobId)).state !== 'collecting') throw closedError();
       throw new GramfuseError(
@@ -308,7 +333,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     const receiptsPath = join(jobDir, 'receipts.jsonl');
     // The agent's ledger says which receipts are already recorded (receipts.jsonl is a copy written after it).
     const known = new Set(earlier.filter((r) => r.kind === 'receipt.issued').map((r) => String(r.facts.statistic)));
-    const planned = new Map(manifest.plan.statistics.map((s) => [s.id, s]));
+    const planned = new Map(uploaded.plan.statistics.map((s) => [s.id, s]));
     const lines: string[] = [];
     const records: Parameters<FileLedger['appendAll']>[0][number][] = [];
     for (const r of after.statistics.flatMap((s) => (s.receipt === undefined || known.has(s.statisticId) ? [] : [s.receipt]))) {
@@ -342,6 +367,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     // Receipts are verified all before any is kept; then recorded (one fsynced ledger write) and copied.
     await ledger.appendAll(records);
     if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
+    // Secure aggregation: the masks come off the sum only with the survivors' shares; this owner reveals its part.
+    if (secure !== undefined) {
+      failpoint('secure.uploaded'); // fault tests: an owner gone after its upload, before the unmasking
+      await secure.reveal();
+    }
     return {
       owner: client.identity,
       ledger: ledger.path,
@@ -353,6 +383,9 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       uploadWindow,
       bytesSent: sent,
       reusedBundle,
+      ...(upload === undefined
+        ? {}
+        : { secureAggregation: { maxResolution: Math.max(...[...upload.scales.values()].map((x) => x.resolution)) } }),
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
       seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
       peakRssMb: process.resourceUsage().maxRSS / 1024,

@@ -187,13 +187,16 @@ export function registerAgentCommands(program: Command): void {
         uploadBar.update(sent, total);
         progressLine('upload', sent, total);
       },
+      onSecure: (p) => {
+        if (!flags.json) process.stderr.write(`secure aggregation: ${p.message}\n`);
+      },
     });
     collectBar.stop();
     uploadBar.stop();
     stdout(
       flags.json
         ? `${JSON.stringify(result)}\n`
-        : `uploaded ${result.bytesSent} bytes in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
+        : `uploaded ${result.bytesSent} bytes${result.secureAggregation === undefined ? '' : ` (masked: secure aggregation, resolution ≤ ${result.secureAggregation.maxResolution.toExponential(1)})`} in ${result.chunksSent} chunks (${result.chunksSkipped} already held); ${result.receipts} signed receipts verified and saved to ${result.receiptsPath}\n`,
     );
   });
 

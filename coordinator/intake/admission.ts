@@ -64,14 +64,24 @@ export function admitManifest(
       throw new GramfuseError(ErrorCode.UploadInvalid, `${identity}: statistic ${s.id} is not in the job's template`, {
         facts: { identity, statistic: s.id },
       });
-    if (e.shape.join(',') !== s.shape.join(',') || (s.kind === 'count' && s.dtype !== 'float64')) {
+    // A secure job takes masked statistics only (fixed point in Z/2⁶⁴), a plain job never: a mix would be summed wrong.
+    const secure = spec.privacy.secureAggregation;
+    if (secure !== (s.dtype === 'ring64'))
+      throw new GramfuseError(
+        ErrorCode.UploadInvalid,
+        secure
+          ? `${identity}: statistic ${s.id} is ${s.dtype}, but job ${spec.id} uses secure aggregation: every statistic must be masked (ring64); run a gramfuse agent that supports privacy.secureAggregation`
+          : `${identity}: statistic ${s.id} is masked (ring64), but job ${spec.id} does not use secure aggregation`,
+        { facts: { identity, statistic: s.id } },
+      );
+    if (e.shape.join(',') !== s.shape.join(',') || (s.kind === 'count' && s.dtype === 'float32')) {
       throw new GramfuseError(
         ErrorCode.UploadInvalid,
         `${identity}: statistic ${s.id} has shape [${s.shape.join(', ')}], the template needs [${e.shape.join(', ')}]`,
         { facts: { identity, statistic: s.id } },
       );
     }
-    const width = s.dtype === 'float64' ? 8 : s.dtype === 'float32' ? 4 : 0;
+    const width = s.dtype === 'float64' || s.dtype === 'ring64' ? 8 : s.dtype === 'float32' ? 4 : 0;
     const bytes = e.shape.reduce((a, b) => a * b, 1) * width;
     if (width === 0 || s.bytes !== bytes)
       throw new GramfuseError(
@@ -83,7 +93,9 @@ export function admitManifest(
       throw new GramfuseError(ErrorCode.UploadInvalid, `${identity}: statistic ${s.id} has no SHA-256 in the manifest`, {
         facts: { statistic: s.id },
       });
-    if (s.kind === 'gram' && (s.rows ?? 0) < spec.policy.minRowsPerGroup) {
+    // A masked manifest carries no per-owner row counts (they would say how much data each owner has): under secure
+    // aggregation each agent enforces minRowsPerGroup itself before masking (the owner's policy is final anyway).
+    if (!secure && s.kind === 'gram' && (s.rows ?? 0) < spec.policy.minRowsPerGroup) {
       throw new GramfuseError(
         ErrorCode.PolicyViolation,
         `${identity}: ${s.id} comes from ${s.rows ?? 0} rows, the job's policy needs ${spec.policy.minRowsPerGroup}`,

@@ -36,7 +36,9 @@ export async function commitEntries(ctx: JobContext, identity: string, job: Job,
     const quorum = job.spec.quorum ?? job.spec.participants.length;
     ctx.log(`job ${jobId}: ${identity} complete (${job.persisted.completed.length}/${quorum})`);
     await ctx.persist(jobId);
-    if (job.persisted.completed.length >= quorum && job.persisted.state === 'collecting') void ctx.solve(jobId);
+    // A secure job solves only once its survivors' masks are removed (secure-rounds.ts), never at a quorum of uploads.
+    if (job.spec.privacy.secureAggregation) void ctx.secureCompleted(jobId);
+    else if (job.persisted.completed.length >= quorum && job.persisted.state === 'collecting') void ctx.solve(jobId);
   }
   return receipts;
 }

@@ -3,6 +3,7 @@
 import type { FileLedger } from '../../shared/audit/index.js';
 import type { JobEvent } from '../../shared/events/index.js';
 import type { JobState } from '../../shared/federation/index.js';
+import type { PlannedStatistic } from '../../shared/merge/index.js';
 import type { SigningKeys } from '../../shared/security/index.js';
 import type { StatisticStore } from '../store/index.js';
 
@@ -25,4 +26,8 @@ export interface JobContext {
   solve(id: string): Promise<void>;
   /** Arms the job's collection deadline (jobs/deadline.ts). */
   scheduleDeadline(id: string): void;
+  /** A secure job's owner completed its upload: its upload round may close (secure-rounds.ts). */
+  secureCompleted(id: string): Promise<void>;
+  /** A secure job's unmasked sums, once summed. */
+  secureSum(id: string): { readonly owners: string[]; readonly statistics: PlannedStatistic[] } | undefined;
 }

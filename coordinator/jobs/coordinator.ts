@@ -18,6 +18,8 @@ import { readJob, resumeJob } from './loading.js';
 import { ledgeredCommits } from './recovery.js';
 import { type Job, jobAccess, type JobView, jobView, newJob, type PersistedState } from './job.js';
 import { runSolve } from './solve-run.js';
+import { SecureRounds } from './secure-rounds.js';
+import type { AdvertiseBody, RevealBody, RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
 export type ChunkIn = StatisticChunk;
@@ -65,6 +67,8 @@ export class Coordinator {
   private readonly executor: SolveExecutor;
   /** Control-plane events (DESIGN.md §6): the gRPC Watch follows this bus; `options.events` gets a copy. */
   readonly events = new InProcessBus();
+  /** The SecAgg+ rounds of secure jobs (privacy.secureAggregation). */
+  private secure!: SecureRounds;
 
   private constructor(
     readonly store: FileStore,
@@ -98,6 +102,8 @@ export class Coordinator {
       fail: (id, error) => this.fail(id, error),
       solve: (id) => this.solve(id),
       scheduleDeadline: (id) => this.scheduleDeadline(id),
+      secureCompleted: (id) => this.secure.ownerCompleted(id),
+      secureSum: (id) => this.secure.summed(id),
     };
     return this.lent;
   }
@@ -108,6 +114,7 @@ export class Coordinator {
     this.ledger = await FileLedger.open(this.store.path('audit.jsonl'), this.keys, this.options.identity ?? 'coordinator', (line) =>
       this.log(line),
     );
+    this.secure = new SecureRounds(this.context(), (id) => this.job(id));
     const ledgered = await ledgeredCommits(this.ledger);
     for (const id of await this.store.list(['jobs'])) {
       try {
@@ -131,6 +138,7 @@ export class Coordinator {
     const loaded = await readJob(this.context(), id, ledgered);
     if (loaded === undefined) return;
     this.jobs.set(id, loaded.job);
+    if (loaded.job.spec.privacy.secureAggregation) await this.secure.load(loaded.job);
     await resumeJob(this.context(), loaded.job, loaded.recovered);
   }
 
@@ -321,6 +329,7 @@ export class Coordinator {
     const job = this.job(jobId);
     this.participant(job, identity);
     this.accepting(job);
+    if (job.spec.privacy.secureAggregation) this.secure.checkUpload(identity, jobId, job.persisted.completed.includes(identity));
     const manifest = admitManifest(identity, job.spec, job.analysis, fingerprintValue, manifestJson);
     const plan = manifest.plan;
     const total = plan.statistics.reduce((s, x) => s + x.bytes, 0);
@@ -409,6 +418,30 @@ export class Coordinator {
 
   private commitEntries(identity: string, job: Job, entries: CommitBatch['entries']): Promise<Receipt[]> {
     return commitEntries(this.context(), identity, job, entries);
+  }
+
+  /** Secure aggregation, round 0: the caller's keys (checked against `certificatePem`, its mTLS certificate) and bounds. */
+  secureAdvertise(identity: string, jobId: string, body: AdvertiseBody, certificatePem: string | undefined): Promise<RoundView> {
+    this.participant(this.job(jobId), identity);
+    return this.secure.advertise(identity, jobId, body, certificatePem);
+  }
+
+  /** Secure aggregation, round 1: the caller's sealed shares. */
+  secureShare(identity: string, jobId: string, body: ShareBody): Promise<RoundView> {
+    this.participant(this.job(jobId), identity);
+    return this.secure.share(identity, jobId, body);
+  }
+
+  /** Secure aggregation, unmasking: the caller's revealed shares. */
+  secureReveal(identity: string, jobId: string, body: RevealBody): Promise<RoundView> {
+    this.participant(this.job(jobId), identity);
+    return this.secure.reveal(identity, jobId, body);
+  }
+
+  /** Secure aggregation: the round as the caller may see it. */
+  secureRound(identity: string, jobId: string): RoundView {
+    this.participant(this.job(jobId), identity);
+    return this.secure.round(identity, jobId);
   }
 
   /** Aggregates the committed statistics of the completed owners, solves, and writes the result. */

@@ -50,6 +50,8 @@ export async function resumeJob(ctx: JobContext, job: Job, recovered: Map<string
   // A solve that failed for lack of disk space is tried again once the coordinator restarts (with space, one hopes).
   const retry = persisted.state === 'failed' && persisted.failure?.code === ErrorCode.StorageFull && persisted.completed.length >= quorum;
   if (retry) ctx.log(`job ${id}: its solve failed for lack of disk space; trying again`);
-  if (retry || persisted.state === 'solving' || (persisted.state === 'collecting' && persisted.completed.length >= quorum))
+  // A secure job's rounds (secure-rounds.ts, loaded before this) start its solve once its sum is unmasked.
+  const secure = job.spec.privacy.secureAggregation;
+  if (retry || persisted.state === 'solving' || (!secure && persisted.state === 'collecting' && persisted.completed.length >= quorum))
     void ctx.solve(id);
 }

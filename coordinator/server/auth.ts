@@ -17,6 +17,8 @@ export type Action =
   | 'report.read'
   /** Results/ReportEvaluation: only the job's participants. */
   | 'result.report'
+  /** SecureAggregation/Advertise, Share, Reveal, Round: only the job's participants, each for itself. */
+  | 'secure.exchange'
   /** Solves/FetchInput, Solves/Submit: only identities the operator listed as solvers (--solver-identities). */
   | 'solve.work';
 
@@ -87,9 +89,10 @@ export function authorize(identity: string, action: Action, job: JobAccess | und
       return;
     case 'job.upload':
     case 'result.report':
+    case 'secure.exchange':
       if (!participant)
         deny(
-          `${identity} is not a participant of job ${job.id}: only its participants may ${action === 'job.upload' ? 'upload to it' : 'report evaluations of it'}`,
+          `${identity} is not a participant of job ${job.id}: only its participants may ${action === 'job.upload' ? 'upload to it' : action === 'secure.exchange' ? 'take part in its secure aggregation' : 'report evaluations of it'}`,
         );
       return;
   }

@@ -13,6 +13,7 @@ import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
 import { type AnswerHeader, NatsSolveExecutor } from '../solve/index.js';
+import { AdvertiseBody, parseSecure, RevealBody, type RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
 import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, uploadStateToProto, withCodedDecoding } from './wire.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
@@ -541,6 +542,33 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       call.on('cancelled', () => answer(new GramfuseError(ErrorCode.Unavailable, 'the Submit stream was cancelled')));
     },
   } satisfies federation.SolvesServer);
+
+  // Secure aggregation's rounds: JSON bodies validated by zod (shared/secure-aggregation/protocol.ts), every call
+  // authorized as secure.exchange; Advertise also takes the caller's certificate, which the other owners check its keys by.
+  const secureCall =
+    (handle: (who: string, jobId: string, body: string, call: Call) => Promise<RoundView> | RoundView) =>
+    async (call: grpc.ServerUnaryCall<federation.SecureRequest, federation.SecureRoundReply>): Promise<federation.SecureRoundReply> => {
+      const who = guard(call, 'secure.exchange', call.request.jobId);
+      return { roundJson: JSON.stringify(await handle(who, call.request.jobId, call.request.bodyJson, call)) };
+    };
+  server.addService(withCodedDecoding(federation.SecureAggregationService), {
+    advertise: unary(
+      secureCall((who, jobId, body, call) => {
+        const raw = insecure ? undefined : call.getAuthContext().sslPeerCertificate?.raw;
+        const pem =
+          raw === undefined
+            ? undefined
+            : `-----BEGIN CERTIFICATE-----\n${raw
+                .toString('base64')
+                .replace(/(.{64})/g, '$1\n')
+                .replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`;
+        return coordinator.secureAdvertise(who, jobId, parseSecure(AdvertiseBody, body, 'Advertise body'), pem);
+      }),
+    ),
+    share: unary(secureCall((who, jobId, body) => coordinator.secureShare(who, jobId, parseSecure(ShareBody, body, 'Share body')))),
+    reveal: unary(secureCall((who, jobId, body) => coordinator.secureReveal(who, jobId, parseSecure(RevealBody, body, 'Reveal body')))),
+    round: unary(secureCall((who, jobId) => coordinator.secureRound(who, jobId))),
+  } satisfies federation.SecureAggregationServer);
 
   const credentials = insecure
     ? grpc.ServerCredentials.createInsecure()

@@ -24,6 +24,7 @@ export function jobToProto(view: JobView): federation.JobStatus {
     failureMessage: view.failure?.message ?? '',
     mergeSpecJson: JSON.stringify(view.spec.merge),
     policyJson: JSON.stringify(view.spec.policy),
+    privacyJson: JSON.stringify(view.spec.privacy),
     receiptPublicKey: view.receiptPublicKey,
     resultSha256: view.result?.sha256 ?? '',
     resultBytes: BigInt(view.result?.bytes ?? 0),

@@ -28,6 +28,11 @@ export interface SolveRequest {
   readonly analysis: ModelAnalysis;
   /** The owners whose statistics enter the merge (sorted), with their committed statistics. */
   readonly owners: readonly { readonly owner: string; readonly statistics: readonly PlannedStatistic[] }[];
+  /**
+   * A securely aggregated job: `owners` is then one pseudo-owner, the unmasked sum in jobs/<id>/secure/sum/, and these
+   * are the owners in it. Per-owner figures do not exist in this mode; the report says so.
+   */
+  readonly secure?: { readonly owners: readonly string[] };
 }
 
 export interface SolveProgress {
@@ -68,7 +73,9 @@ export function committedStatistics(store: StatisticStore, request: SolveRequest
           facts: { statistic: id },
         });
       const bytes = await store.readRange(
-        ['jobs', request.jobId, 'owners', owner, 'committed', `${statisticFile(id)}.bin`],
+        request.secure === undefined
+          ? ['jobs', request.jobId, 'owners', owner, 'committed', `${statisticFile(id)}.bin`]
+          : ['jobs', request.jobId, 'secure', 'sum', `${statisticFile(id)}.bin`],
         start * width,
         length * width,
       );
@@ -108,7 +115,12 @@ export async function runSolveJob(
 
   const ownerFacts: MergeReport['owners'][number][] = [];
   for (const { owner } of request.owners)
-    ownerFacts.push({ name: owner, model: `agent ${owner}`, data: null, ...(await ownerCounts(source, owner, analysis, spec)) });
+    ownerFacts.push({
+      name: owner,
+      model: request.secure === undefined ? `agent ${owner}` : `sum of ${request.secure.owners.join(', ')}`,
+      data: null,
+      ...(await ownerCounts(source, owner, analysis, spec)),
+    });
   const { seconds } = outcome;
   const report: MergeReport = {
     tool: { name: 'gramfuse', version: packageVersion() },
@@ -118,6 +130,15 @@ export async function runSolveJob(
     fingerprint: request.fingerprint,
     base: null,
     owners: ownerFacts,
+    ...(request.secure === undefined
+      ? {}
+      : {
+          privacy: {
+            secureAggregation: true,
+            owners: [...request.secure.owners],
+            note: 'securely aggregated: the coordinator holds only the sum of these owners’ statistics, so per-owner counts and diagnostics are unavailable; the figures above are totals',
+          },
+        }),
     layers: outcome.layers,
     averaged: outcome.averaged,
     seconds: {

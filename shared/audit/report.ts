@@ -45,6 +45,10 @@ export function reconcileLedgers(
     if (r.kind === 'plan.approved')
       for (const s of (r.facts.statistics as { id: string; sha256: string | null }[] | undefined) ?? [])
         approved.add(`${key(r.job, s.id)}\u0000${s.sha256}`);
+    // Secure aggregation: the masked statistics the agent sent (their digests, derived from the approved plan's) count as approved.
+    if (r.kind === 'secure.masked')
+      for (const s of (r.facts.statistics as { id: string; sha256: string }[] | undefined) ?? [])
+        approved.add(`${key(r.job, s.id)}\u0000${s.sha256}`);
     if (r.kind === 'receipt.issued') receipts.set(key(r.job, String(r.facts.statistic)), r);
   }
   const committed = new Map<string, AuditRecord>();
@@ -102,6 +106,8 @@ export interface OwnerReport {
       time: string;
     }[];
     readonly usedBy: { mergedModelSha256: string; time: string }[];
+    /** The job used secure aggregation: what left the owner was masked, and only the sum was ever unmasked. */
+    securelyAggregated: boolean;
   }[];
 }
 
@@ -110,7 +116,7 @@ export function ownerReport(records: readonly AuditRecord[], owner: string): Own
   const jobs = new Map<string, OwnerReport['jobs'][number]>();
   const jobOf = (id: string): OwnerReport['jobs'][number] => {
     let job = jobs.get(id);
-    if (job === undefined) jobs.set(id, (job = { job: id, statistics: [], usedBy: [] }));
+    if (job === undefined) jobs.set(id, (job = { job: id, statistics: [], usedBy: [], securelyAggregated: false }));
     return job;
   };
   // A coordinator ledger records statistic.committed per owner; an agent ledger (its writer is the owner) records receipts.
@@ -136,6 +142,8 @@ export function ownerReport(records: readonly AuditRecord[], owner: string): Own
         sha256: String(f.sha256),
         time: r.time,
       });
+    } else if ((r.kind === 'secure.round' && f.phase === 'sharing') || (r.kind === 'secure.masked' && r.actor === owner)) {
+      jobOf(r.job).securelyAggregated = true;
     } else if (r.kind === 'solve.done') {
       const owners = (f.owners as { owner: string }[] | undefined) ?? [];
       if (owners.some((o) => o.owner === owner)) jobOf(r.job).usedBy.push({ mergedModelSha256: String(f.mergedModelSha256), time: r.time });

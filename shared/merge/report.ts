@@ -17,6 +17,8 @@ export interface MergeReport {
     readonly tokens: number;
     readonly rows: Readonly<Record<string, number>>;
   }[];
+  /** A securely aggregated federated job: `owners` holds one entry, their sum; per-owner figures do not exist. */
+  readonly privacy?: { readonly secureAggregation: true; readonly owners: readonly string[]; readonly note: string };
   /** One entry per Gram group solved by RegMean (empty for the baselines). */
   readonly layers: readonly LayerDiagnostics[];
   /** Parameters averaged (or combined by the baseline) rather than solved. */
@@ -41,6 +43,7 @@ export function formatMergeReport(report: MergeReport): string {
     '',
     'owners:',
     ...report.owners.map((o) => `  ${o.name}: ${o.examples} examples, ${o.tokens} tokens${o.data === null ? '' : ` from ${o.data}`}`),
+    ...(report.privacy === undefined ? [] : [`  (${report.privacy.note})`]),
   ];
   if (report.layers.length > 0) {
     lines.push('', 'RegMean solves (per Gram group):');

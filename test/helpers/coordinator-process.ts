@@ -34,7 +34,8 @@ export class CoordinatorProcess {
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  async start(failpoint?: string, extraArgs: string[] = []): Promise<void> {
+  /** `env`: more environment for the process (e.g. GRAMFUSE_FAULT for a misbehaving coordinator). */
+  async start(failpoint?: string, extraArgs: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<void> {
     const child = spawn(
       process.execPath,
       [
@@ -51,7 +52,10 @@ export class CoordinatorProcess {
         '--json',
         ...extraArgs,
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(failpoint === undefined ? {} : { GRAMFUSE_FAILPOINT: failpoint }) } },
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...env, ...(failpoint === undefined ? {} : { GRAMFUSE_FAILPOINT: failpoint }) },
+      },
     );
     this.child = child;
     child.stderr.setEncoding('utf8').on('data', (c: string) => (this.log += c));

@@ -27,6 +27,7 @@ describe('authorize', () => {
       'report.read': true,
       'result.report': true,
       'solve.work': false,
+      'secure.exchange': true,
     },
     creator: {
       'job.create': true,
@@ -36,6 +37,7 @@ describe('authorize', () => {
       'report.read': true,
       'result.report': false,
       'solve.work': false,
+      'secure.exchange': false,
     },
     auditor: {
       'job.create': false,
@@ -45,6 +47,7 @@ describe('authorize', () => {
       'report.read': true,
       'result.report': false,
       'solve.work': false,
+      'secure.exchange': false,
     },
     'solver-1': {
       'job.create': false,
@@ -54,6 +57,7 @@ describe('authorize', () => {
       'report.read': false,
       'result.report': false,
       'solve.work': true,
+      'secure.exchange': false,
     },
     stranger: {
       'job.create': false,
@@ -63,6 +67,7 @@ describe('authorize', () => {
       'report.read': false,
       'result.report': false,
       'solve.work': false,
+      'secure.exchange': false,
     },
   };
   for (const [identity, actions] of Object.entries(expected))

@@ -1,0 +1,453 @@
+// Secure aggregation on the coordinator (issue #18, DESIGN §8): the SecAgg+ rounds of a job whose spec says
+// privacy.secureAggregation. The coordinator relays public keys (with the certificates it saw), bounds and sealed
+// shares it cannot open; it stores each owner's masked statistics like any upload, and once the survivors' shares
+// come back it removes the masks from their sum and writes only the sum (jobs/<id>/secure/sum/). No owner's own
+// statistics are ever in the clear here.
+//
+// Rounds: advertising (U₁: keys + bounds) → sharing (U₂: sealed shares) → uploading (survivors: every masked
+// statistic committed) → unmasking (≥ t of the survivors reveal) → summed (the solve starts). A round closes as soon
+// as every owner it waits for has answered, or — with at least max(t, minOwners) answers — roundTimeoutSeconds after
+// its first answer; the others count as dropped from then on. The state is one JSON file, written atomically at each
+// change, so a restarted coordinator goes on where it stopped.
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
+
+import { ErrorCode, faultInjected, GramfuseError, toGramfuseError } from '../../shared/index.js';
+import { secureThreshold, statisticFile } from '../../shared/federation/index.js';
+import { planDisclosure, type PlannedStatistic } from '../../shared/merge/index.js';
+import {
+  type AdvertiseBody,
+  agreedSecret,
+  combineShares,
+  pairSign,
+  type RevealBody,
+  ringAddInto,
+  type RoundView,
+  type SecurePhase,
+  type ShareBody,
+  statisticScale,
+  unmaskSlice,
+  verifyAdvertisement,
+} from '../../shared/secure-aggregation/index.js';
+import type { JobContext } from './context.js';
+import type { Job } from './job.js';
+
+/** The owner name the unmasked sum goes by in the solve (never a participant: identities cannot contain a space). */
+export const SECURE_SUM_OWNER = 'Σ secure aggregation';
+
+interface Advertisement {
+  readonly maskPublicKey: string;
+  readonly encryptionPublicKey: string;
+  readonly signature: string;
+  readonly certificatePem: string;
+  readonly bounds: Readonly<Record<string, number>>;
+}
+
+/** jobs/<id>/secure/state.json */
+export interface SecureState {
+  phase: SecurePhase;
+  /** When the current round's first answer came: its timeout counts from there. */
+  firstAnswerAt?: string;
+  advertisements: Record<string, Advertisement>;
+  /** U₁, sorted, and the common scale (from phase sharing on). */
+  members?: string[];
+  scale?: { owners: number; bounds: Record<string, number> };
+  /** from → to → sealed share (base64). */
+  shares: Record<string, Record<string, string>>;
+  /** U₂, sorted (from phase uploading on). */
+  sharers?: string[];
+  unmask?: { survivors: string[]; dropped: string[] };
+  /** responder → its revealed shares. */
+  reveals: Record<string, RevealBody['shares']>;
+  /** The unmasked sums, as the solve reads them (phase summed). */
+  summed?: { owners: string[]; statistics: PlannedStatistic[] };
+}
+
+const SLICE = 1 << 20;
+
+export class SecureRounds {
+  private readonly states = new Map<string, SecureState>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    private readonly ctx: JobContext,
+    private readonly jobOf: (id: string) => Job,
+  ) {}
+
+  /** The job's state (a fresh one for a job that has none yet). */
+  private state(job: Job): SecureState {
+    const id = job.spec.id;
+    let state = this.states.get(id);
+    if (state === undefined) this.states.set(id, (state = { phase: 'advertising', advertisements: {}, shares: {}, reveals: {} }));
+    return state;
+  }
+
+  /** Reads a secure job's rounds back after a restart and re-arms their timeouts. */
+  async load(job: Job): Promise<void> {
+    const saved = await this.ctx.store.readJson<SecureState>(['jobs', job.spec.id, 'secure', 'state.json']);
+    if (saved !== undefined) this.states.set(job.spec.id, saved);
+    if (job.persisted.state === 'open' || job.persisted.state === 'collecting') await this.advance(job.spec.id);
+  }
+
+  /** The unmasked sums the solve reads, once summed. */
+  summed(jobId: string): SecureState['summed'] {
+    return this.states.get(jobId)?.summed;
+  }
+
+  /** Serializes the work on one job's rounds (answers and timeouts arrive concurrently). */
+  private exclusive<T>(jobId: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.queues.get(jobId) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(work);
+    this.queues.set(jobId, next);
+    return next;
+  }
+
+  private async save(jobId: string, state: SecureState): Promise<void> {
+    await this.ctx.store.write(['jobs', jobId, 'secure', 'state.json'], JSON.stringify(state));
+  }
+
+  private refuse(jobId: string, message: string, code: ErrorCode = ErrorCode.SecureAggregation): never {
+    throw new GramfuseError(code, `job ${jobId}: ${message}`, { facts: { job: jobId } });
+  }
+
+  private secureJob(jobId: string): Job {
+    const job = this.jobOf(jobId);
+    if (!job.spec.privacy.secureAggregation)
+      this.refuse(jobId, 'this job does not use secure aggregation (privacy.secureAggregation is false)', ErrorCode.InvalidArgument);
+    if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting')
+      this.refuse(jobId, `the job is ${job.persisted.state}; its secure rounds are over`, ErrorCode.JobClosed);
+    return job;
+  }
+
+  /** Round 0: an owner's keys (checked against the certificate it connected with) and its bounds. */
+  advertise(identity: string, jobId: string, body: AdvertiseBody, certificatePem: string | undefined): Promise<RoundView> {
+    return this.exclusive(jobId, async () => {
+      const job = this.secureJob(jobId);
+      const state = this.state(job);
+      if (certificatePem === undefined)
+        this.refuse(jobId, 'secure aggregation needs mTLS: each owner signs its keys with its certificate (insecure loopback has none)');
+      const before = state.advertisements[identity];
+      if (before !== undefined) {
+        if (before.maskPublicKey !== body.maskPublicKey || before.encryptionPublicKey !== body.encryptionPublicKey)
+          this.refuse(jobId, `${identity} advertised other keys before; an owner's round-0 keys cannot change (its masks depend on them)`);
+        return this.view(identity, job);
+      }
+      if (state.phase !== 'advertising')
+        this.refuse(jobId, `round 0 (key advertisement) is closed: ${identity} came too late and is not in this secure sum`);
+      verifyAdvertisement({ job: jobId, owner: identity, ...body }, certificatePem);
+      const expected = planDisclosure(identity, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics.map((s) => s.id);
+      const missing = expected.filter((id) => body.bounds[id] === undefined);
+      const extra = Object.keys(body.bounds).filter((id) => !expected.includes(id));
+      if (missing.length > 0 || extra.length > 0)
+        this.refuse(
+          jobId,
+          `${identity}'s bounds must name every statistic of the template once (${missing.length} missing, e.g. ${missing[0] ?? '-'}; ${extra.length} unknown, e.g. ${extra[0] ?? '-'})`,
+          ErrorCode.InvalidArgument,
+        );
+      state.advertisements[identity] = {
+        maskPublicKey: body.maskPublicKey,
+        encryptionPublicKey: body.encryptionPublicKey,
+        signature: body.signature,
+        certificatePem,
+        bounds: body.bounds,
+      };
+      state.firstAnswerAt ??= new Date().toISOString();
+      await this.save(jobId, state);
+      this.ctx.emit(jobId, 'joined', { owner: identity, secure: 'advertised' });
+      await this.step(job, state);
+      return this.view(identity, job);
+    });
+  }
+
+  /** Round 1: the owner's sealed shares, one for each member of U₁. */
+  share(identity: string, jobId: string, body: ShareBody): Promise<RoundView> {
+    return this.exclusive(jobId, async () => {
+      const job = this.secureJob(jobId);
+      const state = this.state(job);
+      if (state.shares[identity] !== undefined) return this.view(identity, job);
+      if (state.phase !== 'sharing' || !(state.members ?? []).includes(identity))
+        this.refuse(
+          jobId,
+          state.phase === 'advertising'
+            ? 'shares are taken once round 0 has closed; ask Round again'
+            : `${identity} is not sharing in this round (phase ${state.phase})`,
+        );
+      const members = state.members!;
+      const to = body.shares.map((s) => s.to).sort();
+      if (to.length !== members.length || to.some((o, i) => o !== members[i]))
+        this.refuse(jobId, `${identity} must send one sealed share to each of ${members.join(', ')}`, ErrorCode.InvalidArgument);
+      state.shares[identity] = Object.fromEntries(body.shares.map((s) => [s.to, s.sealed]));
+      state.firstAnswerAt ??= new Date().toISOString();
+      await this.save(jobId, state);
+      await this.step(job, state);
+      return this.view(identity, job);
+    });
+  }
+
+  /** Unmasking: a survivor's shares of what the coordinator asked for, exactly that. */
+  reveal(identity: string, jobId: string, body: RevealBody): Promise<RoundView> {
+    return this.exclusive(jobId, async () => {
+      const job = this.secureJob(jobId);
+      const state = this.state(job);
+      if (state.reveals[identity] !== undefined) return this.view(identity, job);
+      const unmask = state.unmask;
+      if (state.phase !== 'unmasking' || unmask === undefined || !unmask.survivors.includes(identity))
+        this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
+      const asked = new Set([...unmask.survivors.map((o) => `${o}/self-mask`), ...unmask.dropped.map((o) => `${o}/mask-key`)]);
+      const given = body.shares.map((s) => `${s.owner}/${s.kind}`);
+      if (given.length !== asked.size || given.some((g) => !asked.has(g)))
+        this.refuse(jobId, `${identity} must reveal exactly the shares asked for (${[...asked].join(', ')})`, ErrorCode.InvalidArgument);
+      state.reveals[identity] = body.shares;
+      state.firstAnswerAt ??= new Date().toISOString();
+      await this.save(jobId, state);
+      await this.step(job, state);
+      return this.view(identity, job);
+    });
+  }
+
+  /** An owner completed its upload (commit.ts): the upload round may close. */
+  ownerCompleted(jobId: string): Promise<void> {
+    return this.advance(jobId);
+  }
+
+  /** Refuses a join from an owner that is not uploading in this round (a masked vector outside U₂ could never be unmasked). */
+  checkUpload(identity: string, jobId: string, completed: boolean): void {
+    const state = this.states.get(jobId);
+    const sharer = (state?.sharers ?? []).includes(identity);
+    // An owner that completed may join again (a restarted agent collecting its receipts) while the sum is being unmasked.
+    const later = state?.phase === 'unmasking' || state?.phase === 'summed';
+    if (!sharer || !(state?.phase === 'uploading' || (later && completed)))
+      this.refuse(
+        jobId,
+        state?.phase === 'advertising' || state?.phase === 'sharing' || state === undefined
+          ? `${identity} may upload once the key rounds have closed (phase ${state?.phase ?? 'advertising'})`
+          : `${identity} is not among the owners whose masks this round can remove (phase ${state.phase}); its statistics cannot enter this secure sum`,
+      );
+  }
+
+  /** Re-checks the job's current round (a timeout, a completion, a restart). */
+  advance(jobId: string): Promise<void> {
+    return this.exclusive(jobId, async () => {
+      const job = this.jobOf(jobId);
+      if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting') return;
+      await this.step(job, this.state(job));
+    }).catch(async (error: unknown) => this.ctx.fail(jobId, toGramfuseError(error)));
+  }
+
+  /** Closes the current round when it may close (repeatedly: one close can make the next round closable). */
+  private async step(job: Job, state: SecureState): Promise<void> {
+    const jobId = job.spec.id;
+    const t = secureThreshold(job.spec);
+    const needed = Math.max(t, job.spec.privacy.minOwners);
+    for (;;) {
+      const [waitingFor, answered] = this.waiting(job, state);
+      if (state.phase === 'summed') return;
+      // The round's clock starts at its first answer (an upload's completion is one too).
+      if (answered.length > 0 && state.firstAnswerAt === undefined) {
+        state.firstAnswerAt = new Date().toISOString();
+        await this.save(jobId, state);
+      }
+      const all = waitingFor.every((o) => answered.includes(o));
+      const enough = state.phase === 'unmasking' ? answered.length >= t : answered.length >= needed;
+      const first = state.firstAnswerAt === undefined ? undefined : Date.parse(state.firstAnswerAt);
+      const due = first === undefined ? Number.POSITIVE_INFINITY : first + job.spec.privacy.roundTimeoutSeconds * 1000;
+      const timedOut = Date.now() >= due;
+      if (!(all && answered.length > 0 && enough) && !(timedOut && enough)) {
+        if (Number.isFinite(due)) this.arm(jobId, due);
+        return;
+      }
+      await this.close(job, state, answered);
+    }
+  }
+
+  /** Who the current round waits for, and who has answered. */
+  private waiting(job: Job, state: SecureState): [string[], string[]] {
+    switch (state.phase) {
+      case 'advertising':
+        return [[...job.spec.participants], Object.keys(state.advertisements).sort()];
+      case 'sharing':
+        return [state.members ?? [], Object.keys(state.shares).sort()];
+      case 'uploading':
+        return [state.sharers ?? [], (state.sharers ?? []).filter((o) => job.persisted.completed.includes(o))];
+      case 'unmasking':
+        return [state.unmask?.survivors ?? [], Object.keys(state.reveals).sort()];
+      case 'summed':
+        return [[], []];
+    }
+  }
+
+  private arm(jobId: string, due: number): void {
+    clearTimeout(this.timers.get(jobId));
+    const timer = setTimeout(() => void this.advance(jobId), Math.max(0, Math.min(due - Date.now() + 10, 2 ** 31 - 1)));
+    timer.unref();
+    this.timers.set(jobId, timer);
+  }
+
+  private async close(job: Job, state: SecureState, answered: string[]): Promise<void> {
+    const jobId = job.spec.id;
+    delete state.firstAnswerAt;
+    clearTimeout(this.timers.get(jobId));
+    switch (state.phase) {
+      case 'advertising': {
+        state.members = answered;
+        const bounds: Record<string, number> = {};
+        for (const owner of answered)
+          for (const [id, b] of Object.entries(state.advertisements[owner]!.bounds)) bounds[id] = Math.max(bounds[id] ?? -Infinity, b);
+        // Checked now, so a bound too large for Z/2⁶⁴ fails the job at once, naming the statistic.
+        for (const [id, b] of Object.entries(bounds)) {
+          try {
+            statisticScale(b, answered.length);
+          } catch (error) {
+            throw new GramfuseError(ErrorCode.SecureAggregation, `statistic ${id}: ${(error as Error).message}`, {
+              facts: { statistic: id },
+            });
+          }
+        }
+        state.scale = { owners: answered.length, bounds };
+        state.phase = 'sharing';
+        break;
+      }
+      case 'sharing':
+        state.sharers = answered;
+        state.phase = 'uploading';
+        break;
+      case 'uploading': {
+        const survivors = answered;
+        const dropped = (state.sharers ?? []).filter((o) => !survivors.includes(o));
+        state.unmask = { survivors, dropped };
+        // Fault injection (tests): a coordinator that asks for both kinds of share of one owner; every agent must refuse.
+        if (faultInjected('secure.ask-both')) state.unmask = { survivors, dropped: [...dropped, survivors[0]!] };
+        state.phase = 'unmasking';
+        break;
+      }
+      case 'unmasking':
+        await this.sum(job, state, answered);
+        state.phase = 'summed';
+        break;
+      case 'summed':
+        return;
+    }
+    await this.save(jobId, state);
+    await this.ctx.ledger.append('secure.round', jobId, {
+      phase: state.phase,
+      answered,
+      ...(state.phase === 'sharing' ? { members: state.members, scaleOwners: state.scale!.owners, bounds: state.scale!.bounds } : {}),
+      ...(state.phase === 'uploading' ? { sharers: state.sharers } : {}),
+      ...(state.phase === 'unmasking' ? { survivors: state.unmask!.survivors, dropped: state.unmask!.dropped } : {}),
+      ...(state.phase === 'summed'
+        ? { owners: state.summed!.owners, statistics: state.summed!.statistics.map((s) => ({ id: s.id, sha256: s.sha256 })) }
+        : {}),
+    });
+    this.ctx.log(`job ${jobId}: secure aggregation: ${state.phase} (${answered.length} answered: ${answered.join(', ')})`);
+    this.ctx.emit(jobId, 'state', { state: job.persisted.state, secure: state.phase });
+    if (state.phase === 'summed') void this.ctx.solve(jobId);
+  }
+
+  /** Σ of the survivors' masked statistics, unmasked with the revealed shares, decoded, written under secure/sum/. */
+  private async sum(job: Job, state: SecureState, responders: string[]): Promise<void> {
+    const jobId = job.spec.id;
+    const t = secureThreshold(job.spec);
+    const { survivors, dropped } = state.unmask!;
+    const sharesOf = (owner: string, kind: 'self-mask' | 'mask-key') =>
+      responders.flatMap((r) =>
+        (state.reveals[r] ?? [])
+          .filter((s) => s.owner === owner && s.kind === kind)
+          .map((s) => ({ x: s.x, y: new Uint8Array(Buffer.from(s.y, 'base64')) })),
+      );
+    const selfSeeds = survivors.map((o) => combineShares(sharesOf(o, 'self-mask'), t));
+    const droppedPairs: { seed: Uint8Array; sign: 1 | -1 }[] = [];
+    for (const d of dropped) {
+      const pem = Buffer.from(combineShares(sharesOf(d, 'mask-key'), t)).toString('utf8');
+      // The reconstruction must give back the key d advertised: a wrong share (a lying owner) is caught here.
+      let publicPem = '';
+      try {
+        publicPem = createPublicKey(createPrivateKey(pem)).export({ type: 'spki', format: 'pem' }).toString();
+      } catch {
+        publicPem = '';
+      }
+      if (publicPem !== state.advertisements[d]!.maskPublicKey)
+        this.refuse(jobId, `the mask key of dropped owner ${d} does not reconstruct from the revealed shares (a share was wrong)`);
+      for (const s of survivors)
+        droppedPairs.push({ seed: agreedSecret(pem, state.advertisements[s]!.maskPublicKey, jobId, 'mask'), sign: pairSign(s, d) });
+    }
+    const owners = state.scale!.owners;
+    const statistics: PlannedStatistic[] = [];
+    for (const planned of planDisclosure(SECURE_SUM_OWNER, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics) {
+      const entries = planned.shape.reduce((a, b) => a * b, 1);
+      const scale = statisticScale(state.scale!.bounds[planned.id]!, owners);
+      const out = new Float64Array(entries);
+      for (let start = 0; start < entries; start += SLICE) {
+        const length = Math.min(SLICE, entries - start);
+        const sum = new BigUint64Array(length);
+        for (const owner of survivors) {
+          const bytes = await this.ctx.store.readRange(
+            ['jobs', jobId, 'owners', owner, 'committed', `${statisticFile(planned.id)}.bin`],
+            start * 8,
+            length * 8,
+          );
+          const aligned = bytes.byteOffset % 8 === 0 ? bytes : new Uint8Array(bytes);
+          ringAddInto(sum, new BigUint64Array(aligned.buffer, aligned.byteOffset, length));
+        }
+        out.set(unmaskSlice(sum, start, scale, { job: jobId, statistic: planned.id, selfSeeds, droppedPairs }), start);
+      }
+      const bytes = new Uint8Array(out.buffer);
+      await this.ctx.store.write(['jobs', jobId, 'secure', 'sum', `${statisticFile(planned.id)}.bin`], bytes);
+      const { sha256 } = await this.ctx.store.sha256(['jobs', jobId, 'secure', 'sum', `${statisticFile(planned.id)}.bin`]);
+      statistics.push({ ...planned, dtype: 'float64', bytes: bytes.byteLength, sha256 });
+    }
+    state.summed = { owners: survivors, statistics };
+  }
+
+  /** The round as `identity` may see it. */
+  view(identity: string, job: Job): RoundView {
+    const state = this.state(job);
+    const jobId = job.spec.id;
+    const members = state.members ?? [];
+    let advertisements = members.map((owner) => {
+      const a = state.advertisements[owner]!;
+      return {
+        owner,
+        maskPublicKey: a.maskPublicKey,
+        encryptionPublicKey: a.encryptionPublicKey,
+        signature: a.signature,
+        certificatePem: a.certificatePem,
+      };
+    });
+    // Fault injection (tests): a coordinator that puts its own key in place of the first owner's; agents must refuse it.
+    if (advertisements.length > 0 && faultInjected('secure.substitute-key')) {
+      const forged = generateKeyPairSync('x25519').publicKey.export({ type: 'spki', format: 'pem' }).toString();
+      advertisements = [{ ...advertisements[0]!, maskPublicKey: forged }, ...advertisements.slice(1)];
+    }
+    const uploading = state.phase !== 'advertising' && state.phase !== 'sharing';
+    return {
+      job: jobId,
+      phase: state.phase,
+      threshold: secureThreshold(job.spec),
+      minOwners: job.spec.privacy.minOwners,
+      advertisements,
+      ...(state.scale === undefined ? {} : { scale: state.scale }),
+      ...(uploading ? { sharers: state.sharers ?? [] } : {}),
+      ...(uploading
+        ? {
+            inbox: Object.entries(state.shares)
+              .filter(([from, to]) => (state.sharers ?? []).includes(from) && to[identity] !== undefined)
+              .map(([from, to]) => ({ from, sealed: to[identity]! })),
+          }
+        : {}),
+      ...(state.unmask === undefined || state.phase === 'summed' ? {} : { unmask: state.unmask }),
+      done: {
+        advertised: state.advertisements[identity] !== undefined,
+        shared: state.shares[identity] !== undefined,
+        revealed: state.reveals[identity] !== undefined,
+      },
+    };
+  }
+
+  /** The round view for the Round RPC (the caller must be a participant: checked by authorize). */
+  round(identity: string, jobId: string): RoundView {
+    const job = this.jobOf(jobId);
+    if (!job.spec.privacy.secureAggregation)
+      this.refuse(jobId, 'this job does not use secure aggregation (privacy.secureAggregation is false)', ErrorCode.InvalidArgument);
+    return this.view(identity, job);
+  }
+}
