@@ -9,6 +9,7 @@ import { evaluateEach } from '../agent/index.js';
 import { connectFederation, downloadMergedModel } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { type MergeReport, MergeSpec } from '../shared/merge/index.js';
+import { analyzeModel, loadModel, readParameterValues } from '../shared/onnx/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
 import { certsInit, certsIssue, loadTls } from './federation-commands.js';
 import { exportHfCheckpoint } from './hf-export.js';
@@ -49,6 +50,11 @@ export interface DemoResult {
   readonly ledgers: { coordinator: string; agents: string[] };
   /** One line per ledger: the result of `gramfuse audit verify`, then one per agent: `audit reconcile`. */
   readonly verify: string[];
+  /**
+   * With secure aggregation: max over merged parameters of max |secure − plaintext| / max |plaintext|, the plaintext merge
+   * being the one pipeline run locally over the same owners' own bundles.
+   */
+  readonly maxRelDiffVsPlain?: number;
   readonly seconds: number;
 }
 
@@ -59,6 +65,8 @@ export interface DemoOptions {
   readonly maxExamples?: number;
   /** Evaluate on a seeded subset of the test split (tests). */
   readonly maxTestExamples?: number;
+  /** Run the job with privacy.secureAggregation (issue #18). @default false */
+  readonly secureAggregation?: boolean;
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(1)} %`;
@@ -164,6 +172,24 @@ function ownerProgress(orgs: readonly string[], log: (line: string) => void): { 
   };
 }
 
+/** max over float parameters of max |a − b| / max |b|: how far model `a` is from model `b`. */
+async function maxRelativeDifference(a: string, b: string): Promise<number> {
+  const [ma, mb] = await Promise.all([loadModel(a), loadModel(b)]);
+  let worst = 0;
+  for (const p of (await analyzeModel(mb, { probe: false })).parameters) {
+    const x = readParameterValues(ma, p.name);
+    const y = readParameterValues(mb, p.name);
+    let diff = 0;
+    let scale = 0;
+    for (let i = 0; i < y.length; i++) {
+      diff = Math.max(diff, Math.abs(x[i]! - y[i]!));
+      scale = Math.max(scale, Math.abs(y[i]!));
+    }
+    worst = Math.max(worst, scale === 0 ? diff : diff / scale);
+  }
+  return worst;
+}
+
 /** `gramfuse demo`: a coordinator and three agents (separate processes) on loopback with mTLS. */
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const started = performance.now();
@@ -223,11 +249,16 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const client = connectFederation({ address, tls: creatorTls });
     try {
       await client.createJob(
-        JSON.stringify({ id: 'demo', participants: orgs, merge: { method: 'regmean', alpha: 0.9 } }),
+        JSON.stringify({
+          id: 'demo',
+          participants: orgs,
+          merge: { method: 'regmean', alpha: 0.9 },
+          ...(options.secureAggregation === true ? { privacy: { secureAggregation: true } } : {}),
+        }),
         await readFile(model('org0')),
       );
       options.log(
-        `job demo created: RegMean α 0.9 over ${orgs.join(', ')}; starting three agents (each collects on its own data, then uploads)`,
+        `job demo created: RegMean α 0.9 over ${orgs.join(', ')}${options.secureAggregation === true ? ' with secure aggregation (masked statistics, the coordinator sees only their sum)' : ''}; starting three agents (each collects on its own data, then uploads)`,
       );
       const progress = ownerProgress(orgs, options.log);
       try {
@@ -330,6 +361,21 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         await runLocalMerge({ models: orgs.map(model), data: [], spec, base: join(DEMO_EXAMPLES, 'base', 'model.onnx'), out });
         baselinePaths.push(out);
       }
+      // Secure aggregation: the same pipeline over the owners' own plaintext bundles, to show what masking cost.
+      let maxRelDiffVsPlain: number | undefined;
+      if (options.secureAggregation === true) {
+        const plain = join(resultDir, 'plaintext-regmean.onnx');
+        await runLocalMerge({
+          models: [],
+          data: [],
+          bundles: orgs.map((org) => join(dir, org, 'demo', 'bundle')),
+          template: model('org0'),
+          spec: MergeSpec.parse({ method: 'regmean', alpha: 0.9 }),
+          out: plain,
+        });
+        maxRelDiffVsPlain = await maxRelativeDifference(mergedModel, plain);
+        options.log(`largest relative difference to the plaintext merge of the same statistics: ${maxRelDiffVsPlain.toExponential(2)}`);
+      }
       const federated = await federatedRuns;
       options.log('evaluating every model on the English test split');
       const names = [...orgs, ...baselines.map(([n]) => n), 'regmean'];
@@ -364,6 +410,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         report,
         ledgers,
         verify,
+        ...(maxRelDiffVsPlain === undefined ? {} : { maxRelDiffVsPlain }),
         seconds: (performance.now() - started) / 1000,
       };
     } finally {

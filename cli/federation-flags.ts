@@ -121,4 +121,4 @@ export const AuditPublishFlags = z.object({
 export const AuditReconcileFlags = z.object({ agentLedger: path, coordinatorLedger: path, keys, json });
 export const AuditReportFlags = z.object({ ledger: path, owner: z.string().min(1), keys, json });
 
-export const DemoFlags = z.object({ out: path.optional(), json });
+export const DemoFlags = z.object({ out: path.optional(), secureAggregation: z.boolean().default(false), json });

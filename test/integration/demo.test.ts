@@ -82,4 +82,31 @@ describe('gramfuse demo', () => {
       expect(demo.verify.filter((v) => v.includes('ledgers agree'))).toHaveLength(3);
     },
   );
+
+  it(
+    '--secure-aggregation: the coordinator merges masked statistics; the merged model is the plaintext merge of the same statistics',
+    { timeout: 600_000 },
+    async () => {
+      const out = join(work, 'demo-secure');
+      const result = await runCli(['demo', '--secure-aggregation', '--out', out, '--json']);
+      expect(result.code, result.stderr).toBe(0);
+      const demo = JSON.parse(result.stdout) as {
+        maxRelDiffVsPlain: number;
+        results: { model: string; accuracy: number }[];
+        report: string;
+      };
+      // Float32 rounding of the merged values is the only difference (a handful of values one float32 step apart).
+      expect(demo.maxRelDiffVsPlain).toBeLessThan(1e-6);
+      const report = JSON.parse(readFileSync(demo.report, 'utf8')) as { privacy?: { secureAggregation: boolean }; owners: unknown[] };
+      expect(report.privacy?.secureAggregation).toBe(true);
+      expect(report.owners).toHaveLength(1);
+      const coordinator = records(join(out, 'coordinator', 'audit.jsonl'));
+      expect(coordinator.filter((r) => r.kind === 'secure.round').map((r) => r.facts.phase)).toEqual([
+        'sharing',
+        'uploading',
+        'unmasking',
+        'summed',
+      ]);
+    },
+  );
 });
