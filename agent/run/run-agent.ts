@@ -75,7 +75,11 @@ export interface RunAgentResult {
   readonly uploadWindow: number;
   readonly reusedBundle: boolean;
   /** Secure aggregation: the statistics went up masked (fixed point in Z/2⁶⁴); their largest resolution. */
-  readonly secureAggregation?: { readonly maxResolution: number };
+  /**
+   * Secure aggregation: the statistics went up masked (fixed point in Z/2⁶⁴): their largest absolute resolution, and
+   * the entries masked and the seconds masking took (0 when this run reused a masked bundle).
+   */
+  readonly secureAggregation?: { readonly maxResolution: number; readonly maskedEntries: number; readonly maskSeconds: number };
   /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
   readonly auditBacklog?: number;
   /** Wall time of collection (0 when the bundle was reused) and of join + upload + receipts. */
@@ -385,7 +389,13 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       reusedBundle,
       ...(upload === undefined
         ? {}
-        : { secureAggregation: { maxResolution: Math.max(...[...upload.scales.values()].map((x) => x.resolution)) } }),
+        : {
+            secureAggregation: {
+              maxResolution: Math.max(...[...upload.scales.values()].map((x) => x.resolution)),
+              maskedEntries: upload.masking.entries,
+              maskSeconds: upload.masking.seconds,
+            },
+          }),
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
       seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
       peakRssMb: process.resourceUsage().maxRSS / 1024,

@@ -76,6 +76,8 @@ export interface MaskedBundle {
   readonly ranges: ReadonlyMap<string, { readonly begin: number; readonly end: number }>;
   /** Per statistic: the scale it was encoded with (its resolution is in the ledger). */
   readonly scales: ReadonlyMap<string, FixedPointScale>;
+  /** Entries masked and the seconds it took (read, encode, mask, write), 0 when a masked bundle was reused. */
+  readonly masking: { readonly entries: number; readonly seconds: number };
 }
 
 export class SecureSession {
@@ -257,7 +259,12 @@ export class SecureSession {
       );
       const scales = new Map<string, FixedPointScale>();
       for (const s of manifest.plan.statistics) scales.set(s.id, statisticScale(round.scale!.bounds[s.id]!, round.scale!.owners));
+      const maskStarted = performance.now();
       const masked = await this.mask(bundle, manifest, ranges, scales, pairSeeds);
+      const masking = {
+        entries: masked.reused ? 0 : masked.manifest.plan.totals.bytes / 8,
+        seconds: masked.reused ? 0 : (performance.now() - maskStarted) / 1000,
+      };
       await this.options.ledger.append('secure.masked', jobId, {
         scaleOwners: round.scale!.owners,
         sharers,
@@ -275,7 +282,7 @@ export class SecureSession {
           };
         }),
       });
-      return { ...masked, scales };
+      return { manifest: masked.manifest, statisticsPath: masked.statisticsPath, ranges: masked.ranges, scales, masking };
     } finally {
       await bundle.close();
     }
@@ -300,7 +307,7 @@ export class SecureSession {
     ranges: ReadonlyMap<string, { begin: number; end: number }>,
     scales: ReadonlyMap<string, FixedPointScale>,
     pairSeeds: ReadonlyMap<string, Uint8Array>,
-  ): Promise<Omit<MaskedBundle, 'scales'>> {
+  ): Promise<Omit<MaskedBundle, 'scales' | 'masking'> & { reused: boolean }> {
     const { jobId, owner } = this.options;
     const dir = join(this.options.jobDir, 'masked');
     const statisticsPath = join(dir, 'statistics.bin');
@@ -319,7 +326,7 @@ export class SecureSession {
       }
       return out;
     };
-    if (existing?.success === true) return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data) };
+    if (existing?.success === true) return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data), reused: true };
     await mkdir(dir, { recursive: true });
     const tmp = `${statisticsPath}.tmp-${process.pid}`;
     const out = await open(tmp, 'w', 0o600);
@@ -360,7 +367,7 @@ export class SecureSession {
       settings: { secureAggregation: true },
     };
     await writePrivateFile(manifestPath, JSON.stringify(masked, null, 2), 'writing the masked manifest');
-    return { manifest: masked, statisticsPath, ranges: rangesOf(masked) };
+    return { manifest: masked, statisticsPath, ranges: rangesOf(masked), reused: false };
   }
 
   /**
