@@ -11,7 +11,7 @@
 // change, so a restarted coordinator goes on where it stopped.
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 
-import { ErrorCode, faultInjected, GramfuseError, toGramfuseError } from '../../shared/index.js';
+import { ErrorCode, failpoint, faultInjected, GramfuseError, toGramfuseError } from '../../shared/index.js';
 import { secureThreshold, statisticFile } from '../../shared/federation/index.js';
 import { planDisclosure, type PlannedStatistic } from '../../shared/merge/index.js';
 import {
@@ -86,7 +86,10 @@ export class SecureRounds {
   async load(job: Job): Promise<void> {
     const saved = await this.ctx.store.readJson<SecureState>(['jobs', job.spec.id, 'secure', 'state.json']);
     if (saved !== undefined) this.states.set(job.spec.id, saved);
-    if (job.persisted.state === 'open' || job.persisted.state === 'collecting') await this.advance(job.spec.id);
+    if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting') return;
+    // Summed before a stop that came before the solve started: start it now.
+    if (saved?.phase === 'summed') void this.ctx.solve(job.spec.id);
+    else await this.advance(job.spec.id);
   }
 
   /** The unmasked sums the solve reads, once summed. */
@@ -114,9 +117,13 @@ export class SecureRounds {
     const job = this.jobOf(jobId);
     if (!job.spec.privacy.secureAggregation)
       this.refuse(jobId, 'this job does not use secure aggregation (privacy.secureAggregation is false)', ErrorCode.InvalidArgument);
-    if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting')
-      this.refuse(jobId, `the job is ${job.persisted.state}; its secure rounds are over`, ErrorCode.JobClosed);
     return job;
+  }
+
+  /** New answers are taken while the job collects; a repeated one (a retry whose reply was lost) is answered always. */
+  private open(job: Job): void {
+    if (job.persisted.state !== 'open' && job.persisted.state !== 'collecting')
+      this.refuse(job.spec.id, `the job is ${job.persisted.state}; its secure rounds are over`, ErrorCode.JobClosed);
   }
 
   /** Round 0: an owner's keys (checked against the certificate it connected with) and its bounds. */
@@ -132,6 +139,7 @@ export class SecureRounds {
           this.refuse(jobId, `${identity} advertised other keys before; an owner's round-0 keys cannot change (its masks depend on them)`);
         return this.view(identity, job);
       }
+      this.open(job);
       if (state.phase !== 'advertising')
         this.refuse(jobId, `round 0 (key advertisement) is closed: ${identity} came too late and is not in this secure sum`);
       verifyAdvertisement({ job: jobId, owner: identity, ...body }, certificatePem);
@@ -165,6 +173,7 @@ export class SecureRounds {
       const job = this.secureJob(jobId);
       const state = this.state(job);
       if (state.shares[identity] !== undefined) return this.view(identity, job);
+      this.open(job);
       if (state.phase !== 'sharing' || !(state.members ?? []).includes(identity))
         this.refuse(
           jobId,
@@ -190,6 +199,7 @@ export class SecureRounds {
       const job = this.secureJob(jobId);
       const state = this.state(job);
       if (state.reveals[identity] !== undefined) return this.view(identity, job);
+      this.open(job);
       const unmask = state.unmask;
       if (state.phase !== 'unmasking' || unmask === undefined || !unmask.survivors.includes(identity))
         this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
@@ -256,7 +266,14 @@ export class SecureRounds {
         if (Number.isFinite(due)) this.arm(jobId, due);
         return;
       }
-      await this.close(job, state, answered);
+      try {
+        await this.close(job, state, answered);
+      } catch (error) {
+        // A round that cannot close (a bound past Z/2⁶⁴, a share that does not reconstruct, a full disk) fails the
+        // job with its coded reason, instead of failing only the call that happened to close it.
+        await this.ctx.fail(jobId, toGramfuseError(error));
+        return;
+      }
     }
   }
 
@@ -340,6 +357,7 @@ export class SecureRounds {
     });
     this.ctx.log(`job ${jobId}: secure aggregation: ${state.phase} (${answered.length} answered: ${answered.join(', ')})`);
     this.ctx.emit(jobId, 'state', { state: job.persisted.state, secure: state.phase });
+    failpoint('secure.closed'); // fault tests: a stop after a round closed (state and ledger written)
     if (state.phase === 'summed') void this.ctx.solve(jobId);
   }
 

@@ -360,4 +360,25 @@ describe('secure aggregation against a misbehaving coordinator', () => {
       }
     },
   );
+
+  it('a coordinator killed (SIGKILL) right after the sum is unmasked restarts and finishes the job', { timeout: 300_000 }, async () => {
+    const coordinator = new CoordinatorProcess(await freePort(), join(work, 'state-restart'), tlsArgs('coordinator'));
+    // Round closes: sharing, uploading, unmasking, summed — the 4th is the sum on disk before its solve started.
+    await coordinator.start('secure.closed:4');
+    try {
+      await createJob(coordinator.address, 'restart', three, { threshold: 2, roundTimeoutSeconds: 60 });
+      const agents = Promise.all(three.map((o) => runAgent(o, coordinator.address, 'restart')));
+      await coordinator.waitExit();
+      expect(coordinator.exits).toEqual(['SIGKILL']);
+      // Restarted at once: the agent whose reveal lost its reply retries it (idempotent) against the new process.
+      await coordinator.start();
+      for (const r of await agents) expect(r.code, r.stderr).toBe(0);
+      const client = connectFederation({ address: coordinator.address, tls: tls('creator') });
+      const final = await client.watch('restart', () => undefined);
+      client.close();
+      expect(final.state, final.failureMessage).toBe('done');
+    } finally {
+      await coordinator.kill();
+    }
+  });
 });
