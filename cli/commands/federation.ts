@@ -170,6 +170,8 @@ export function registerFederationCommands(program: Command): void {
         participants: s.participants,
         fingerprint: s.fingerprint,
         resultSha256: s.resultSha256 || null,
+        // The job's privacy block: with secureAggregation the coordinator holds masked statistics and their sum only.
+        privacy: (s.privacyJson === '' ? { secureAggregation: false } : JSON.parse(s.privacyJson)) as { secureAggregation: boolean },
         failure: s.failureCode === '' ? null : { code: s.failureCode, message: s.failureMessage },
         solveGroups: s.solveGroups.map((g) => ({
           group: g.group,
@@ -191,7 +193,7 @@ export function registerFederationCommands(program: Command): void {
       stdout(
         flags.json
           ? `${JSON.stringify(view)}\n`
-          : `job ${view.job}: ${view.state}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}${groups}\n`,
+          : `job ${view.job}: ${view.state}${view.privacy.secureAggregation ? ' (secure aggregation)' : ''}; ${view.completed.length}/${view.quorum} owners complete (${view.completed.join(', ') || 'none'})${view.resultSha256 === null ? '' : `; merged model sha256 ${view.resultSha256}`}${view.failure === null ? '' : `; failed: ${view.failure.code}: ${view.failure.message}`}${groups}\n`,
       );
     } finally {
       client.close();
