@@ -1,10 +1,11 @@
-// npm run bench [-- <name> ...] [--json] [--quick] [--threads N] [--arch A] [--agents N]
+// npm run bench [-- <name> ...] [--json] [--quick] [--threads N] [--arch A] [--agents N] [--model M] [--owners N]
 // Benchmarks print tables of ratios against baselines measured in the same run; never timed tests.
 import { cpus } from 'node:os';
 
 import type { BenchContext } from './harness.js';
 import { benchCollect } from './collect.js';
 import { benchScale } from './scale.js';
+import { benchSecure } from './secure.js';
 import { benchSecurePrimitives } from './secure-primitives.js';
 import { benchSolve } from './solve.js';
 import { benchSolveDistributed } from './solve-distributed.js';
@@ -17,6 +18,7 @@ const benches: Record<string, (context: BenchContext) => Promise<void>> = {
   scale: benchScale,
   'solve-distributed': benchSolveDistributed,
   'secure-primitives': benchSecurePrimitives,
+  secure: benchSecure,
 };
 
 const args = process.argv.slice(2);
@@ -24,7 +26,7 @@ const json = args.includes('--json');
 const quick = args.includes('--quick');
 const threadsAt = args.indexOf('--threads');
 const threads = threadsAt >= 0 ? Number(args[threadsAt + 1]) : Math.min(2, cpus().length);
-const valued = new Set(['--threads', '--arch', '--agents']);
+const valued = new Set(['--threads', '--arch', '--agents', '--model', '--owners']);
 const names = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''));
 const unknown = names.filter((n) => !(n in benches));
 if (unknown.length > 0) {

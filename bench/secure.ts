@@ -1,0 +1,299 @@
+// bench/secure: a securely aggregated job against the plaintext job of the same owners, statistics and settings
+// (issue #18), on a real mTLS coordinator process with agent processes running at once (the secure rounds need them
+// together; the plaintext job runs the same way, so the ratio compares like with like). Models: the example BERT-mini
+// (label-skew-v1 orgs, 300 examples each) and the synthetic BERT-base-size model (8 examples × 64 tokens, float32
+// statistics, as bench scale). Reported: total time from job creation to done (collection included, the same in
+// both), the agents' join-to-receipts time, masking throughput, the coordinator's unmasking time, bytes on the wire
+// per owner, and the largest relative difference between the two merged models.
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+
+import { connectFederation } from '../client/index.js';
+import { formatBytes } from '../shared/index.js';
+import { readLedgerRecords } from '../shared/audit/index.js';
+import { analyzeModel, loadModel, readParameterValues } from '../shared/onnx/index.js';
+import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
+import { type BenchContext, table } from './harness.js';
+import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
+
+const repo = resolve(import.meta.dirname, '..');
+const cli = join(repo, 'dist/cli/main.js');
+const examples = join(repo, 'examples', 'label-skew-v1');
+
+function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+interface Owner {
+  readonly name: string;
+  readonly model: string;
+  readonly data: string;
+}
+
+interface JobRun {
+  readonly seconds: number;
+  /** Per agent: join + (secure rounds, masking) + upload + receipts (+ reveal), the mean over agents. */
+  readonly agentUploadSeconds: number;
+  readonly wireBytesPerOwner: number;
+  readonly maskedEntries: number;
+  readonly maskSeconds: number;
+  /** Coordinator: from the unmasking request to the unmasked sums written (secure jobs). */
+  readonly unmaskSeconds: number;
+  readonly model: string;
+}
+
+/** max over float parameters of max |a − b| / max |b|. */
+async function maxRelativeDifference(a: string, b: string): Promise<number> {
+  const [ma, mb] = await Promise.all([loadModel(a), loadModel(b)]);
+  let worst = 0;
+  for (const p of (await analyzeModel(mb, { probe: false })).parameters) {
+    const x = readParameterValues(ma, p.name);
+    const y = readParameterValues(mb, p.name);
+    let diff = 0;
+    let scale = 0;
+    for (let i = 0; i < y.length; i++) {
+      diff = Math.max(diff, Math.abs(x[i]! - y[i]!));
+      scale = Math.max(scale, Math.abs(y[i]!));
+    }
+    worst = Math.max(worst, scale === 0 ? diff : diff / scale);
+  }
+  return worst;
+}
+
+export async function benchSecure(context: BenchContext): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'gramfuse-bench-secure-'));
+  const certs = join(dir, 'certs');
+  await mkdir(certs, { recursive: true });
+  const ca = await createCertificateAuthority('bench secure CA');
+  await writeFile(join(certs, 'ca.pem'), ca.certPem);
+  const tls = (name: string): string[] => [
+    '--tls-ca',
+    join(certs, 'ca.pem'),
+    '--tls-cert',
+    join(certs, `${name}.pem`),
+    '--tls-key',
+    join(certs, `${name}-key.pem`),
+  ];
+  const names = ['creator', 'coordinator', ...Array.from({ length: 5 }, (_, i) => `owner${i}`)];
+  for (const name of names) {
+    const cert = await issueCertificate(ca, name, name === 'coordinator' ? { hosts: ['localhost', '127.0.0.1'] } : {});
+    await writeFile(join(certs, `${name}.pem`), cert.certPem);
+    await writeFile(join(certs, `${name}-key.pem`), cert.keyPem, { mode: 0o600 });
+  }
+  const creatorTls = {
+    caPem: ca.certPem,
+    certPem: await readFile(join(certs, 'creator.pem'), 'utf8'),
+    keyPem: await readFile(join(certs, 'creator-key.pem'), 'utf8'),
+  };
+  const base = join(dir, 'synthetic-bert.onnx');
+  const baseOptions = context.quick ? { ...BERT_BASE, layers: 2 } : BERT_BASE;
+  await writeSyntheticBert(base, baseOptions);
+  const models: { name: string; template: string; owners: (n: number) => Owner[]; collect: string[] }[] = [
+    {
+      name: 'bert-mini',
+      template: join(examples, 'org0', 'model.onnx'),
+      owners: (n) =>
+        Array.from({ length: n }, (_, i) => ({
+          name: `owner${i}`,
+          model: join(examples, `org${i % 3}`, 'model.onnx'),
+          data: join(examples, 'data', i < 3 ? `org${i}.train.jsonl` : `org${i % 3}.heldout.jsonl`),
+        })),
+      collect: ['--max-examples', '300', '--tokenizer', join(examples, 'tokenizer.json')],
+    },
+    {
+      name: 'bert-base',
+      template: base,
+      owners: (n) =>
+        Array.from({ length: n }, (_, i) => ({
+          name: `owner${i}`,
+          model: base,
+          data: join(examples, 'data', i < 3 ? `org${i}.train.jsonl` : `org${i % 3}.heldout.jsonl`),
+        })),
+      collect: [
+        '--max-examples',
+        '8',
+        '--max-length',
+        '64',
+        '--dtype',
+        'float32',
+        '--min-rows',
+        '1',
+        '--tokenizer',
+        join(examples, 'tokenizer.json'),
+      ],
+    },
+  ];
+  const wanted = context.option('model');
+  const ownerCounts = context.option('owners') === undefined ? [3, 5] : [Number(context.option('owners'))];
+  const rows: (string | number)[][] = [];
+  try {
+    for (const m of models.filter((x) => wanted === undefined || x.name === wanted)) {
+      const state = join(dir, `state-${m.name}`);
+      const coordinator = spawn(
+        process.execPath,
+        [
+          cli,
+          'coordinator',
+          'serve',
+          '--listen',
+          '127.0.0.1:0',
+          '--state',
+          state,
+          '--creators',
+          'creator',
+          '--template-dir',
+          dirname(m.template),
+          '--json',
+          ...tls('coordinator'),
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let log = '';
+      coordinator.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
+      const port = await new Promise<number>((resolvePromise, reject) => {
+        coordinator.stdout
+          .setEncoding('utf8')
+          .once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
+        coordinator.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
+      });
+      const address = `localhost:${port}`;
+      const client = connectFederation({ address, tls: creatorTls });
+      try {
+        const job = async (id: string, owners: Owner[], secure: boolean): Promise<JobRun> => {
+          const started = performance.now();
+          await client.createJob(
+            JSON.stringify({
+              id,
+              participants: owners.map((o) => o.name),
+              policy: { minRowsPerGroup: 1 },
+              limits: { maxJobBytes: 64 * 1024 ** 3 },
+              ...(secure ? { privacy: { secureAggregation: true, roundTimeoutSeconds: 600 } } : {}),
+            }),
+            { path: m.template },
+          );
+          const results = await Promise.all(
+            owners.map((o) =>
+              run([
+                'agent',
+                'run',
+                '--coordinator',
+                address,
+                '--job',
+                id,
+                '--model',
+                o.model,
+                '--data',
+                o.data,
+                ...m.collect,
+                '--threads',
+                '1',
+                '--work-dir',
+                join(dir, 'agents', m.name, o.name),
+                '--yes',
+                '--json',
+                ...tls(o.name),
+              ]),
+            ),
+          );
+          for (const r of results) if (r.code !== 0) throw new Error(`agent of job ${id} failed:\n${r.stderr}\n${log}`);
+          const final = await client.watch(id, () => undefined);
+          if (final.state !== 'done') throw new Error(`job ${id} ${final.state}: ${final.failureMessage}\n${log}`);
+          const seconds = (performance.now() - started) / 1000;
+          const summaries = results.map(
+            (r) =>
+              JSON.parse(r.stdout) as {
+                bytesSent: number;
+                seconds: { upload: number };
+                secureAggregation?: { maskedEntries: number; maskSeconds: number };
+              },
+          );
+          const records = (await readLedgerRecords(join(state, 'audit.jsonl'))).map((r) => r.record).filter((r) => r.job === id);
+          const at = (phase: string): number =>
+            Date.parse(records.find((r) => r.kind === 'secure.round' && r.facts.phase === phase)?.time ?? '');
+          const model = join(dir, `${id}.onnx`);
+          await writeFile(model, await client.download(id, 'merged.onnx'));
+          return {
+            seconds,
+            agentUploadSeconds: summaries.reduce((s, x) => s + x.seconds.upload, 0) / summaries.length,
+            wireBytesPerOwner: summaries.reduce((s, x) => s + x.bytesSent, 0) / summaries.length,
+            maskedEntries: summaries.reduce((s, x) => s + (x.secureAggregation?.maskedEntries ?? 0), 0),
+            maskSeconds: summaries.reduce((s, x) => s + (x.secureAggregation?.maskSeconds ?? 0), 0),
+            unmaskSeconds: secure ? (at('summed') - at('unmasking')) / 1000 : 0,
+            model,
+          };
+        };
+        for (const n of ownerCounts) {
+          const owners = m.owners(n);
+          const plain = await job(`plain-${n}`, owners, false);
+          const secure = await job(`secure-${n}`, owners, true);
+          const maxRelDiff = await maxRelativeDifference(secure.model, plain.model);
+          const maskRate = secure.maskSeconds === 0 ? 0 : secure.maskedEntries / secure.maskSeconds;
+          context.emit({
+            bench: 'secure',
+            owners: n,
+            model: m.name,
+            secureSeconds: secure.seconds,
+            plainSeconds: plain.seconds,
+            ratio: secure.seconds / plain.seconds,
+            agentUploadSeconds: { secure: secure.agentUploadSeconds, plain: plain.agentUploadSeconds },
+            maskEntriesPerSecond: maskRate,
+            unmaskSeconds: secure.unmaskSeconds,
+            maxRelDiff,
+            wireBytesPerOwner: secure.wireBytesPerOwner,
+            plainWireBytesPerOwner: plain.wireBytesPerOwner,
+          });
+          rows.push([
+            m.name,
+            n,
+            plain.seconds.toFixed(1),
+            secure.seconds.toFixed(1),
+            (secure.seconds / plain.seconds).toFixed(2),
+            `${plain.agentUploadSeconds.toFixed(1)} / ${secure.agentUploadSeconds.toFixed(1)}`,
+            `${(maskRate / 1e6).toFixed(1)} M/s`,
+            secure.unmaskSeconds.toFixed(1),
+            `${formatBytes(plain.wireBytesPerOwner)} / ${formatBytes(secure.wireBytesPerOwner)}`,
+            maxRelDiff.toExponential(1),
+          ]);
+        }
+      } finally {
+        client.close();
+        coordinator.kill('SIGTERM');
+        await new Promise((r) => coordinator.once('exit', r));
+        await rm(state, { recursive: true, force: true });
+        await rm(join(dir, 'agents', m.name), { recursive: true, force: true });
+      }
+    }
+    context.print(
+      [
+        `secure — secure aggregation vs the plaintext job of the same owners, mTLS on loopback, agents at once (BERT-mini: label-skew-v1 models, 300 examples each; BERT-base: synthetic ${baseOptions.layers} layers, 8 examples × 64 tokens, float32 statistics)`,
+        table(
+          [
+            'model',
+            'owners',
+            'plain s',
+            'secure s',
+            'ratio (goal ≤ 2)',
+            'agent join→receipts s plain / secure',
+            'masking',
+            'unmask s',
+            'wire per owner plain / secure',
+            'max rel. diff',
+          ],
+          rows,
+        ),
+      ].join('\n'),
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
