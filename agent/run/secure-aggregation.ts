@@ -251,7 +251,7 @@ export class SecureSession {
         );
       await this.saveSecrets();
       // Masking: fixed point with the common scale, the self mask, and the pairwise masks with every other sharer.
-      this.say('masking', `masking ${manifest.plan.statistics.length} statistics for ${sharers.length} owners`);
+
       const pairSeeds = new Map(
         sharers
           .filter((o) => o !== owner)
@@ -259,6 +259,11 @@ export class SecureSession {
       );
       const scales = new Map<string, FixedPointScale>();
       for (const s of manifest.plan.statistics) scales.set(s.id, statisticScale(round.scale!.bounds[s.id]!, round.scale!.owners));
+      const coarsest = [...scales.entries()].reduce((a, b) => (b[1].resolution > a[1].resolution ? b : a));
+      this.say(
+        'masking',
+        `masking ${manifest.plan.statistics.length} statistics for ${sharers.length} owners in fixed point (coarsest: ${coarsest[0]}, ±2^${coarsest[1].boundLog2} with ${coarsest[1].fractionBits} fraction bits, resolution ${coarsest[1].resolution.toExponential(1)} per entry of the sum)`,
+      );
       const maskStarted = performance.now();
       const masked = await this.mask(bundle, manifest, ranges, scales, pairSeeds);
       const masking = {

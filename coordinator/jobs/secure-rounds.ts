@@ -205,8 +205,16 @@ export class SecureRounds {
         this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
       const asked = new Set([...unmask.survivors.map((o) => `${o}/self-mask`), ...unmask.dropped.map((o) => `${o}/mask-key`)]);
       const given = body.shares.map((s) => `${s.owner}/${s.kind}`);
-      if (given.length !== asked.size || given.some((g) => !asked.has(g)))
+      if (given.length !== asked.size || new Set(given).size !== asked.size || given.some((g) => !asked.has(g)))
         this.refuse(jobId, `${identity} must reveal exactly the shares asked for (${[...asked].join(', ')})`, ErrorCode.InvalidArgument);
+      // Every share an owner holds has its own Shamir x: its place among the round's members (round 1 dealt them so).
+      const x = (state.members ?? []).indexOf(identity) + 1;
+      if (body.shares.some((s) => s.x !== x))
+        this.refuse(
+          jobId,
+          `${identity}'s shares are dealt at x = ${x}; a share revealed at another x is refused`,
+          ErrorCode.InvalidArgument,
+        );
       state.reveals[identity] = body.shares;
       state.firstAnswerAt ??= new Date().toISOString();
       await this.save(jobId, state);
