@@ -215,6 +215,15 @@ function ownerStatistics(job: string, ledgers: readonly LedgerView[]): { owners:
   return { owners, sources };
 }
 
+/** Whether the job uses secure aggregation (its privacy block; absent from coordinators that predate it). */
+function secureAggregation(status: federation.JobStatus): boolean {
+  try {
+    return status.privacyJson !== '' && (JSON.parse(status.privacyJson) as { secureAggregation?: boolean }).secureAggregation === true;
+  } catch {
+    return false;
+  }
+}
+
 export function jobPage(status: federation.JobStatus, report: JobReport | undefined, reportNote: string, set: LedgerSet): Html {
   const { owners, sources } = ownerStatistics(status.jobId, set.ledgers);
   const prettyJson = (text: string): string => {
@@ -383,6 +392,14 @@ export function jobPage(status: federation.JobStatus, report: JobReport | undefi
           </p>`
         : html`<p class="note">From ${sources.join(', ')} (verified).</p>
             ${barChart(ownerBars, { title: 'Bytes shared per owner' })}`
+    }
+    ${
+      secureAggregation(status)
+        ? html`<p class="note" data-secure="true">
+            Secure aggregation: every statistic below left its owner masked (fixed point in Z/2⁶⁴, SecAgg+ masks); the coordinator holds
+            only their sum, so per-owner diagnostics do not exist for this job.
+          </p>`
+        : ''
     }
     ${ownerSections}
     <h2>Solve</h2>

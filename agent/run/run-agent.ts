@@ -74,7 +74,6 @@ export interface RunAgentResult {
   /** The upload window used (the job's, or the owner's smaller one). */
   readonly uploadWindow: number;
   readonly reusedBundle: boolean;
-  /** Secure aggregation: the statistics went up masked (fixed point in Z/2⁶⁴); their largest resolution. */
   /**
    * Secure aggregation: the statistics went up masked (fixed point in Z/2⁶⁴): their largest absolute resolution, and
    * the entries masked and the seconds masking took (0 when this run reused a masked bundle).

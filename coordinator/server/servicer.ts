@@ -1,4 +1,4 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, type Hash, X509Certificate } from 'node:crypto';
 import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
@@ -555,13 +555,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
     advertise: unary(
       secureCall((who, jobId, body, call) => {
         const raw = insecure ? undefined : call.getAuthContext().sslPeerCertificate?.raw;
-        const pem =
-          raw === undefined
-            ? undefined
-            : `-----BEGIN CERTIFICATE-----\n${raw
-                .toString('base64')
-                .replace(/(.{64})/g, '$1\n')
-                .replace(/\n$/, '')}\n-----END CERTIFICATE-----\n`;
+        const pem = raw === undefined ? undefined : new X509Certificate(raw).toString();
         return coordinator.secureAdvertise(who, jobId, parseSecure(AdvertiseBody, body, 'Advertise body'), pem);
       }),
     ),

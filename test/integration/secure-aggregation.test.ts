@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
+import { startDashboard } from '../../dashboard/index.js';
 import { statisticFile } from '../../shared/federation/index.js';
 import { BUNDLE_TENSORS, readSafetensorsHeader } from '../../shared/merge/index.js';
 import { loadModel, readParameterValues } from '../../shared/onnx/index.js';
@@ -36,7 +37,7 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'gramfuse-secure-'));
   ca = await createCertificateAuthority('secure aggregation test CA');
   writeFileSync(join(work, 'ca.pem'), ca.certPem);
-  for (const name of ['coordinator', 'creator', ...OWNERS]) {
+  for (const name of ['coordinator', 'creator', 'auditor', ...OWNERS]) {
     const cert = await issueCertificate(ca, name, name === 'coordinator' ? { hosts: ['localhost', '127.0.0.1'] } : {});
     writeFileSync(join(work, `${name}.pem`), cert.certPem);
     writeFileSync(join(work, `${name}-key.pem`), cert.keyPem, { mode: 0o600 });
@@ -218,6 +219,7 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
       listen: '127.0.0.1:0',
       tls: tls('coordinator'),
       creators: ['creator'],
+      observers: ['auditor'],
     });
     address = `localhost:${server.port}`;
   });
@@ -282,6 +284,20 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
       ]);
       expect(reconciled.code, reconciled.stderr).toBe(0);
       expect(JSON.parse(reconciled.stdout)).toMatchObject({ owner: 'owner1', agree: true });
+
+      // The dashboard's job page says the job was securely aggregated (an observer reads its status and report).
+      const dashboard = await startDashboard({
+        coordinator: { address, tls: tls('auditor') },
+        ledgers: [join(state(), 'audit.jsonl')],
+        listen: '127.0.0.1:0',
+      });
+      try {
+        const page = await (await fetch(`${dashboard.url}jobs/sec5`)).text();
+        expect(page).toContain('data-secure="true"');
+        expect(page).toMatch(/Secure aggregation: every statistic below left its owner masked/);
+      } finally {
+        await dashboard.close();
+      }
     },
   );
 
