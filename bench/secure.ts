@@ -13,7 +13,7 @@ import { dirname, join, resolve } from 'node:path';
 import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
 import { readLedgerRecords } from '../shared/audit/index.js';
-import { analyzeModel, loadModel, readParameterValues } from '../shared/onnx/index.js';
+import { loadModel, maxRelativeParameterDifference } from '../shared/onnx/index.js';
 import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
 import { type BenchContext, table } from './harness.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
@@ -52,22 +52,10 @@ interface JobRun {
   readonly model: string;
 }
 
-/** max over float parameters of max |a − b| / max |b|. */
+/** max over float parameters of max |a − b| / max |b|: how far model `a` is from model `b`. */
 async function maxRelativeDifference(a: string, b: string): Promise<number> {
   const [ma, mb] = await Promise.all([loadModel(a), loadModel(b)]);
-  let worst = 0;
-  for (const p of (await analyzeModel(mb, { probe: false })).parameters) {
-    const x = readParameterValues(ma, p.name);
-    const y = readParameterValues(mb, p.name);
-    let diff = 0;
-    let scale = 0;
-    for (let i = 0; i < y.length; i++) {
-      diff = Math.max(diff, Math.abs(x[i]! - y[i]!));
-      scale = Math.max(scale, Math.abs(y[i]!));
-    }
-    worst = Math.max(worst, scale === 0 ? diff : diff / scale);
-  }
-  return worst;
+  return maxRelativeParameterDifference(ma, mb);
 }
 
 export async function benchSecure(context: BenchContext): Promise<void> {

@@ -9,7 +9,7 @@ import { evaluateEach } from '../agent/index.js';
 import { connectFederation, downloadMergedModel } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { type MergeReport, MergeSpec } from '../shared/merge/index.js';
-import { analyzeModel, loadModel, readParameterValues } from '../shared/onnx/index.js';
+import { loadModel, maxRelativeParameterDifference } from '../shared/onnx/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
 import { certsInit, certsIssue, loadTls } from './federation-commands.js';
 import { exportHfCheckpoint } from './hf-export.js';
@@ -175,19 +175,7 @@ function ownerProgress(orgs: readonly string[], log: (line: string) => void): { 
 /** max over float parameters of max |a − b| / max |b|: how far model `a` is from model `b`. */
 async function maxRelativeDifference(a: string, b: string): Promise<number> {
   const [ma, mb] = await Promise.all([loadModel(a), loadModel(b)]);
-  let worst = 0;
-  for (const p of (await analyzeModel(mb, { probe: false })).parameters) {
-    const x = readParameterValues(ma, p.name);
-    const y = readParameterValues(mb, p.name);
-    let diff = 0;
-    let scale = 0;
-    for (let i = 0; i < y.length; i++) {
-      diff = Math.max(diff, Math.abs(x[i]! - y[i]!));
-      scale = Math.max(scale, Math.abs(y[i]!));
-    }
-    worst = Math.max(worst, scale === 0 ? diff : diff / scale);
-  }
-  return worst;
+  return maxRelativeParameterDifference(ma, mb);
 }
 
 /** `gramfuse demo`: a coordinator and three agents (separate processes) on loopback with mTLS. */

@@ -30,6 +30,7 @@ export {
   fingerprint,
   isParameterTensor,
   listParameters,
+  maxRelativeParameterDifference,
   type Parameter,
   readParameterValues,
   withParameterValues,

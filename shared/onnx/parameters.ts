@@ -77,6 +77,26 @@ export function readParameterValues(model: OnnxModel, name: string): Float64Arra
 }
 
 /** The model with parameter values replaced (cast to each parameter's own dtype); nothing else changes. */
+/**
+ * How far model `a`'s parameters are from model `b`'s (same graph): the largest, over `b`'s float parameters, of
+ * max |a − b| / max |b| (the absolute difference for an all-zero parameter). 0 when they are equal.
+ */
+export function maxRelativeParameterDifference(a: OnnxModel, b: OnnxModel): number {
+  let worst = 0;
+  for (const p of listParameters(b)) {
+    const x = readParameterValues(a, p.name);
+    const y = readParameterValues(b, p.name);
+    let diff = 0;
+    let scale = 0;
+    for (let i = 0; i < y.length; i++) {
+      diff = Math.max(diff, Math.abs(x[i]! - y[i]!));
+      scale = Math.max(scale, Math.abs(y[i]!));
+    }
+    worst = Math.max(worst, scale === 0 ? diff : diff / scale);
+  }
+  return worst;
+}
+
 export function withParameterValues(model: OnnxModel, values: ReadonlyMap<string, Float64Array>): OnnxModel {
   const graph = model.proto.graph!;
   const seen = new Set<string>();
