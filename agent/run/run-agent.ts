@@ -6,7 +6,15 @@ import { join } from 'node:path';
 import { chunkMessage, ChunkMessagePool, codedError, type ConnectOptions, connectFederation, withRetries } from '../../client/index.js';
 import { ErrorCode, failpoint, fileError, GramfuseError } from '../../shared/index.js';
 import { type FileLedger, readLedgerRecords } from '../../shared/audit/index.js';
-import { chunkCount, chunkLength, DEFAULT_CHUNK_BYTES, PrivacySpec, readChunk, receiptFields } from '../../shared/federation/index.js';
+import {
+  chunkCount,
+  chunkLength,
+  DEFAULT_CHUNK_BYTES,
+  PrivacySpec,
+  readChunk,
+  receiptFields,
+  secureThreshold,
+} from '../../shared/federation/index.js';
 import {
   BUNDLE_TENSORS,
   type BundleManifest,
@@ -111,6 +119,11 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       });
     const spec = MergeSpec.parse(JSON.parse(status.mergeSpecJson));
     const jobPolicy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
+    // Secure aggregation changes what leaves (masked vectors, not the statistics): the owner is told before approving.
+    const privacy = PrivacySpec.parse(JSON.parse(status.privacyJson === '' ? '{}' : status.privacyJson));
+    const securely = privacy.secureAggregation
+      ? `, masked (secure aggregation: the coordinator sees only the sum over at least ${Math.max(privacy.minOwners, secureThreshold({ participants: status.participants, privacy }))} owners; each statistic's power-of-two bound is the one figure of this owner's it learns)`
+      : '';
     // The owner's word is final: the job's policy can only tighten the owner's.
     const effective = combinePolicies(
       options.ownerPolicy ?? ownerPolicy({ minRowsPerGroup: DisclosurePolicy.parse({}).minRowsPerGroup, minRowsGiven: false }),
@@ -151,7 +164,9 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         const approved =
           options.approve === undefined
             ? false
-            : await options.approve(`${plan.totals.statistics} statistics, ${plan.totals.bytes} bytes, to ${options.connect.address}`);
+            : await options.approve(
+                `${plan.totals.statistics} statistics, ${plan.totals.bytes} bytes, to ${options.connect.address}${securely}`,
+              );
         if (!approved) {
           throw new GramfuseError(
             ErrorCode.NotAuthorized,
@@ -187,7 +202,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         options.approve === undefined
           ? false
           : await options.approve(
-              `${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}`,
+              `${manifest.plan.totals.statistics} statistics, ${manifest.plan.totals.bytes} bytes, to ${options.connect.address}${securely}`,
             );
       if (!approved)
         throw new GramfuseError(
@@ -225,7 +240,6 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
             )
           ).entries;
     // Secure aggregation: the two key rounds, then the bundle masked in Z/2⁶⁴ is what goes up (secure-aggregation.ts).
-    const privacy = PrivacySpec.parse(JSON.parse(status.privacyJson === '' ? '{}' : status.privacyJson));
     const secure = privacy.secureAggregation
       ? await SecureSession.open({
           client,

@@ -9,9 +9,11 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { runAgent as runInProcess } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { startDashboard } from '../../dashboard/index.js';
+import { ErrorCode, type GramfuseError, packageVersion } from '../../shared/index.js';
 import { statisticFile } from '../../shared/federation/index.js';
 import { BUNDLE_TENSORS, readSafetensorsHeader } from '../../shared/merge/index.js';
 import { loadModel, readParameterValues } from '../../shared/onnx/index.js';
@@ -298,6 +300,38 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
       } finally {
         await dashboard.close();
       }
+    },
+  );
+
+  it(
+    'the owner is told before it approves that its statistics leave masked, and over how many owners the sum is',
+    { timeout: 60_000 },
+    async () => {
+      await createJob(address, 'consent', OWNERS, { threshold: 3, minOwners: 4 });
+      let asked = '';
+      const refused = await runInProcess({
+        connect: { address, tls: tls('owner0') },
+        jobId: 'consent',
+        workDir: join(work, 'consent'),
+        yes: false,
+        approve: (text) => {
+          asked = text;
+          return Promise.resolve(false);
+        },
+        model: SOURCES.owner0!.model,
+        data: SOURCES.owner0!.data,
+        tokenizer: EXAMPLE_TOKENIZER,
+        dtype: 'float64',
+        maxLength: 128,
+        batchSize: 32,
+        maxExamples: 300,
+        seed: 1,
+        textField: 'text',
+        device: 'cpu',
+        toolVersion: packageVersion(),
+      }).catch((error: unknown) => error as GramfuseError);
+      expect((refused as GramfuseError).code).toBe(ErrorCode.NotAuthorized);
+      expect(asked).toMatch(/, masked \(secure aggregation: the coordinator sees only the sum over at least 4 owners;/);
     },
   );
 
