@@ -66,10 +66,11 @@ export interface FederationClient {
   submitSolution(header: federation.SolutionHeader, x?: Uint8Array): Promise<federation.SolutionReply>;
   /**
    * Secure aggregation (privacy.secureAggregation): one of the SecAgg+ calls with its JSON body (round 0's keys and
-   * bounds, round 1's sealed shares, the unmasking reveal, or `round` to read the state); returns the round as this
+   * bounds, round 1's sealed shares, the consistency round's signature, the unmasking reveal, or `round` to read the
+   * state); returns the round as this
    * owner may see it, validated.
    */
-  secure(call: 'advertise' | 'share' | 'reveal' | 'round', jobId: string, body?: unknown): Promise<RoundView>;
+  secure(call: 'advertise' | 'share' | 'confirm' | 'reveal' | 'round', jobId: string, body?: unknown): Promise<RoundView>;
   close(): void;
 }
 
@@ -133,6 +134,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
       const method = {
         advertise: secure.advertise.bind(secure),
         share: secure.share.bind(secure),
+        confirm: secure.confirm.bind(secure),
         reveal: secure.reveal.bind(secure),
         round: secure.round.bind(secure),
       }[call];

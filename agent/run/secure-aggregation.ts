@@ -18,6 +18,7 @@ import { BundleManifest } from '../../shared/merge/index.js';
 import {
   agreedSecret,
   boundLog2Of,
+  checkConfirmations,
   checkUnmaskRequest,
   type FixedPointScale,
   generateAgreementKeys,
@@ -29,12 +30,14 @@ import {
   ShareGuard,
   SharePayload,
   signAdvertisement,
+  signUnmaskRequest,
   splitSecret,
   statisticScale,
   verifyAdvertisement,
   verifyPeerCertificate,
+  verifyUnmaskRequest,
 } from '../../shared/secure-aggregation/index.js';
-import { readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
+import { canonicalJson, readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
 
 const SLICE = 1 << 20;
 
@@ -382,9 +385,39 @@ export class SecureSession {
    */
   async reveal(): Promise<boolean> {
     const { client, jobId } = this.options;
-    const round = await this.until('the unmasking request', (r) => r.phase === 'unmasking' || r.phase === 'summed');
+    const tls = this.options.tls!;
+    let round = await this.until(
+      'the unmasking request',
+      (r) => r.phase === 'confirming' || r.phase === 'unmasking' || r.phase === 'summed',
+    );
     if (round.phase === 'summed' || round.done.revealed || round.unmask === undefined) return false;
+    // The consistency round: this owner signs the request it was shown (after checking it, recording nothing yet).
+    if (round.phase === 'confirming' && !round.done.confirmed) {
+      checkUnmaskRequest(jobId, round.unmask, round.sharers ?? [], round.threshold, new ShareGuard(jobId, this.secrets.guard));
+      await client.secure('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
+      this.say(
+        'confirming',
+        `signed the unmasking request (${round.unmask.survivors.length} survivors, ${round.unmask.dropped.length} dropped)`,
+      );
+    }
+    const shown = round.unmask;
+    round = await this.until('the other survivors’ confirmations', (r) => r.phase === 'unmasking' || r.phase === 'summed');
+    if (round.phase === 'summed' || round.done.revealed || round.unmask === undefined) return false;
+    if (canonicalJson(round.unmask) !== canonicalJson(shown))
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: the coordinator changed the unmasking request after this owner signed it; nothing was revealed`,
+      );
     const { survivors, dropped } = round.unmask;
+    // At least t survivors signed this very request, each with a certificate of this federation.
+    const certificates = new Map<string, string>();
+    for (const a of round.advertisements) {
+      verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner);
+      certificates.set(a.owner, a.certificatePem);
+    }
+    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], certificates, round.threshold, (signature, certificatePem) =>
+      verifyUnmaskRequest(jobId, round.unmask!, signature, certificatePem),
+    );
     const guard = new ShareGuard(jobId, this.secrets.guard);
     checkUnmaskRequest(jobId, round.unmask, round.sharers ?? [], round.threshold, guard);
     this.secrets.guard = guard.toJSON();

@@ -19,7 +19,7 @@ import { ledgeredCommits } from './recovery.js';
 import { type Job, jobAccess, type JobView, jobView, newJob, type PersistedState } from './job.js';
 import { runSolve } from './solve-run.js';
 import { SecureRounds } from './secure-rounds.js';
-import type { AdvertiseBody, RevealBody, RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
+import type { AdvertiseBody, ConfirmBody, RevealBody, RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
 
 /** A statistic chunk as the coordinator sees it (converted from the wire message in server/wire.ts). */
 export type ChunkIn = StatisticChunk;
@@ -430,6 +430,12 @@ export class Coordinator {
   secureShare(identity: string, jobId: string, body: ShareBody): Promise<RoundView> {
     this.participant(this.job(jobId), identity);
     return this.secure.share(identity, jobId, body);
+  }
+
+  /** Secure aggregation, consistency: the caller's signature over the unmasking request it was shown. */
+  secureConfirm(identity: string, jobId: string, body: ConfirmBody): Promise<RoundView> {
+    this.participant(this.job(jobId), identity);
+    return this.secure.confirm(identity, jobId, body);
   }
 
   /** Secure aggregation, unmasking: the caller's revealed shares. */

@@ -5,7 +5,8 @@
 // statistics are ever in the clear here.
 //
 // Rounds: advertising (U₁: keys + bounds) → sharing (U₂: sealed shares) → uploading (survivors: every masked
-// statistic committed) → unmasking (≥ t of the survivors reveal) → summed (the solve starts). A round closes as soon
+// statistic committed) → confirming (the survivors sign the unmasking request they were shown) → unmasking (each
+// checks that ≥ t survivors signed the same request, then reveals; ≥ t reveals are needed) → summed (the solve starts). A round closes as soon
 // as every owner it waits for has answered, or — with at least max(t, minOwners) answers — roundTimeoutSeconds after
 // its first answer; the others count as dropped from then on. The state is one JSON file, written atomically at each
 // change, so a restarted coordinator goes on where it stopped.
@@ -17,6 +18,7 @@ import { planDisclosure, type PlannedStatistic } from '../../shared/merge/index.
 import {
   type AdvertiseBody,
   agreedSecret,
+  type ConfirmBody,
   combineShares,
   pairSign,
   type RevealBody,
@@ -27,6 +29,7 @@ import {
   statisticScale,
   unmaskSlice,
   verifyAdvertisement,
+  verifyUnmaskRequest,
 } from '../../shared/secure-aggregation/index.js';
 import type { JobContext } from './context.js';
 import type { Job } from './job.js';
@@ -56,6 +59,8 @@ export interface SecureState {
   /** U₂, sorted (from phase uploading on). */
   sharers?: string[];
   unmask?: { survivors: string[]; dropped: string[] };
+  /** survivor → its signature over the unmasking request it was shown (the consistency round). */
+  confirmations?: Record<string, string>;
   /** responder → its revealed shares. */
   reveals: Record<string, RevealBody['shares']>;
   /** The unmasked sums, as the solve reads them (phase summed). */
@@ -193,6 +198,42 @@ export class SecureRounds {
     });
   }
 
+  /** The consistency round: a survivor's signature over the unmasking request it was shown. */
+  confirm(identity: string, jobId: string, body: ConfirmBody): Promise<RoundView> {
+    return this.exclusive(jobId, async () => {
+      const job = this.secureJob(jobId);
+      const state = this.state(job);
+      if (state.confirmations?.[identity] !== undefined) return this.view(identity, job);
+      this.open(job);
+      const request = this.shown(identity, state);
+      if (state.phase !== 'confirming' || request === undefined || !request.survivors.includes(identity))
+        this.refuse(jobId, `no unmasking request is open for ${identity} to confirm (phase ${state.phase})`);
+      if (!verifyUnmaskRequest(jobId, request, body.signature, state.advertisements[identity]!.certificatePem))
+        this.refuse(
+          jobId,
+          `${identity}'s confirmation does not verify with its certificate over the request it was shown`,
+          ErrorCode.InvalidArgument,
+        );
+      state.confirmations = { ...state.confirmations, [identity]: body.signature };
+      state.firstAnswerAt ??= new Date().toISOString();
+      await this.save(jobId, state);
+      await this.step(job, state);
+      return this.view(identity, job);
+    });
+  }
+
+  /**
+   * The unmasking request `identity` is shown. Fault injection (tests): `secure.split-view` shows the first survivor
+   * another request (the last survivor moved to the dropped), as a coordinator would that tries to get one owner's
+   * self-mask and mask-key shares from two groups of owners; the consistency round must stop it.
+   */
+  private shown(identity: string, state: SecureState): SecureState['unmask'] {
+    const unmask = state.unmask;
+    if (unmask === undefined || identity !== unmask.survivors[0] || !faultInjected('secure.split-view')) return unmask;
+    const moved = unmask.survivors[unmask.survivors.length - 1]!;
+    return { survivors: unmask.survivors.filter((o) => o !== moved), dropped: [...unmask.dropped, moved] };
+  }
+
   /** Unmasking: a survivor's shares of what the coordinator asked for, exactly that. */
   reveal(identity: string, jobId: string, body: RevealBody): Promise<RoundView> {
     return this.exclusive(jobId, async () => {
@@ -266,7 +307,8 @@ export class SecureRounds {
         await this.save(jobId, state);
       }
       const all = waitingFor.every((o) => answered.includes(o));
-      const enough = state.phase === 'unmasking' ? answered.length >= t : answered.length >= needed;
+      // Confirmations and reveals come from survivors only: t of them suffice (the sum's owners were fixed before).
+      const enough = state.phase === 'unmasking' || state.phase === 'confirming' ? answered.length >= t : answered.length >= needed;
       const first = state.firstAnswerAt === undefined ? undefined : Date.parse(state.firstAnswerAt);
       const due = first === undefined ? Number.POSITIVE_INFINITY : first + job.spec.privacy.roundTimeoutSeconds * 1000;
       const timedOut = Date.now() >= due;
@@ -294,6 +336,8 @@ export class SecureRounds {
         return [state.members ?? [], Object.keys(state.shares).sort()];
       case 'uploading':
         return [state.sharers ?? [], (state.sharers ?? []).filter((o) => job.persisted.completed.includes(o))];
+      case 'confirming':
+        return [state.unmask?.survivors ?? [], Object.keys(state.confirmations ?? {}).sort()];
       case 'unmasking':
         return [state.unmask?.survivors ?? [], Object.keys(state.reveals).sort()];
       case 'summed':
@@ -342,9 +386,12 @@ export class SecureRounds {
         state.unmask = { survivors, dropped };
         // Fault injection (tests): a coordinator that asks for both kinds of share of one owner; every agent must refuse.
         if (faultInjected('secure.ask-both')) state.unmask = { survivors, dropped: [...dropped, survivors[0]!] };
-        state.phase = 'unmasking';
+        state.phase = 'confirming';
         break;
       }
+      case 'confirming':
+        state.phase = 'unmasking';
+        break;
       case 'unmasking':
         await this.sum(job, state, answered);
         state.phase = 'summed';
@@ -358,7 +405,8 @@ export class SecureRounds {
       answered,
       ...(state.phase === 'sharing' ? { members: state.members, scaleOwners: state.scale!.owners, bounds: state.scale!.bounds } : {}),
       ...(state.phase === 'uploading' ? { sharers: state.sharers } : {}),
-      ...(state.phase === 'unmasking' ? { survivors: state.unmask!.survivors, dropped: state.unmask!.dropped } : {}),
+      ...(state.phase === 'confirming' ? { survivors: state.unmask!.survivors, dropped: state.unmask!.dropped } : {}),
+      ...(state.phase === 'unmasking' ? { confirmedBy: Object.keys(state.confirmations ?? {}).sort() } : {}),
       ...(state.phase === 'summed'
         ? { owners: state.summed!.owners, statistics: state.summed!.statistics.map((s) => ({ id: s.id, sha256: s.sha256 })) }
         : {}),
@@ -460,10 +508,14 @@ export class SecureRounds {
               .map(([from, to]) => ({ from, sealed: to[identity]! })),
           }
         : {}),
-      ...(state.unmask === undefined || state.phase === 'summed' ? {} : { unmask: state.unmask }),
+      ...(state.unmask === undefined || state.phase === 'summed' ? {} : { unmask: this.shown(identity, state)! }),
+      ...(state.phase === 'unmasking'
+        ? { confirmations: Object.entries(state.confirmations ?? {}).map(([owner, signature]) => ({ owner, signature })) }
+        : {}),
       done: {
         advertised: state.advertisements[identity] !== undefined,
         shared: state.shares[identity] !== undefined,
+        confirmed: state.confirmations?.[identity] !== undefined,
         revealed: state.reveals[identity] !== undefined,
       },
     };

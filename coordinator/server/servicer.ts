@@ -13,7 +13,7 @@ import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
 import { type AnswerHeader, NatsSolveExecutor } from '../solve/index.js';
-import { AdvertiseBody, parseSecure, RevealBody, type RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
+import { AdvertiseBody, ConfirmBody, parseSecure, RevealBody, type RoundView, ShareBody } from '../../shared/secure-aggregation/index.js';
 import { chunkFromProto, decoded, jobToProto, receiptToProto, toStatus, uploadStateToProto, withCodedDecoding } from './wire.js';
 
 /** TLS material for the server: the federation CA and the coordinator's own certificate. */
@@ -560,6 +560,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       }),
     ),
     share: unary(secureCall((who, jobId, body) => coordinator.secureShare(who, jobId, parseSecure(ShareBody, body, 'Share body')))),
+    confirm: unary(secureCall((who, jobId, body) => coordinator.secureConfirm(who, jobId, parseSecure(ConfirmBody, body, 'Confirm body')))),
     reveal: unary(secureCall((who, jobId, body) => coordinator.secureReveal(who, jobId, parseSecure(RevealBody, body, 'Reveal body')))),
     round: unary(secureCall((who, jobId) => coordinator.secureRound(who, jobId))),
   } satisfies federation.SecureAggregationServer);

@@ -14,7 +14,9 @@ export {
   openShare,
   sealShare,
   signAdvertisement,
+  signUnmaskRequest,
   verifyAdvertisement,
+  verifyUnmaskRequest,
 } from './keys.js';
 export { ringAddInto, ringAddIntoLanes, ringSubInto, ringVector } from './ring.js';
 export { combineShares, type Share, splitSecret } from './shamir.js';
@@ -22,6 +24,8 @@ export { type ShareKind, ShareGuard } from './guard.js';
 export {
   AdvertiseBody,
   checkUnmaskRequest,
+  checkConfirmations,
+  ConfirmBody,
   maskLabel,
   maskSlice,
   MIN_BOUND_LOG2,

@@ -52,7 +52,11 @@ export const RevealBody = z
   .strict();
 export type RevealBody = z.infer<typeof RevealBody>;
 
-export const SecurePhase = z.enum(['advertising', 'sharing', 'uploading', 'unmasking', 'summed']);
+/** The consistency round: the caller's signature over the unmasking request it was shown. */
+export const ConfirmBody = z.object({ signature: Base64(2048) }).strict();
+export type ConfirmBody = z.infer<typeof ConfirmBody>;
+
+export const SecurePhase = z.enum(['advertising', 'sharing', 'uploading', 'confirming', 'unmasking', 'summed']);
 export type SecurePhase = z.infer<typeof SecurePhase>;
 
 /** The round as one owner sees it (the Round RPC's reply). */
@@ -83,13 +87,15 @@ export const RoundView = z
     sharers: z.array(IdentityName).optional(),
     /** The sealed shares addressed to the caller, from each sharer. From phase `uploading` on. */
     inbox: z.array(z.object({ from: IdentityName, sealed: Base64(16_384) }).strict()).optional(),
-    /** Whose self-mask seeds (survivors) and mask keys (dropped) the coordinator asks for. From phase `unmasking` on. */
+    /** Whose self-mask seeds (survivors) and mask keys (dropped) the coordinator asks for. From phase `confirming` on. */
     unmask: z
       .object({ survivors: z.array(IdentityName), dropped: z.array(IdentityName) })
       .strict()
       .optional(),
-    /** Whether the caller has advertised, shared and revealed. */
-    done: z.object({ advertised: z.boolean(), shared: z.boolean(), revealed: z.boolean() }).strict(),
+    /** The survivors' signatures over the unmasking request they were shown (the consistency round). From `unmasking` on. */
+    confirmations: z.array(z.object({ owner: IdentityName, signature: Base64(2048) }).strict()).optional(),
+    /** Whether the caller has advertised, shared, confirmed and revealed. */
+    done: z.object({ advertised: z.boolean(), shared: z.boolean(), confirmed: z.boolean(), revealed: z.boolean() }).strict(),
   })
   .strict();
 export type RoundView = z.infer<typeof RoundView>;
@@ -183,6 +189,33 @@ export function checkUnmaskRequest(
   for (const o of request.dropped) trial.reveal(o, 'mask-key');
   for (const o of request.survivors) guard.reveal(o, 'self-mask');
   for (const o of request.dropped) guard.reveal(o, 'mask-key');
+}
+
+/**
+ * The agent's consistency check before it reveals (SecAgg+): at least `threshold` distinct survivors signed the very
+ * unmasking request this agent was shown, each with the certificate it advertised (checked against the federation CA in
+ * round 0). As t > n/2, a coordinator cannot show two different requests to two groups of owners and get both
+ * answered. SECURE_AGGREGATION otherwise, with nothing revealed.
+ */
+export function checkConfirmations(
+  job: string,
+  request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
+  confirmations: readonly { readonly owner: string; readonly signature: string }[],
+  certificates: ReadonlyMap<string, string>,
+  threshold: number,
+  verify: (signature: string, certificatePem: string) => boolean,
+): void {
+  const valid = new Set(
+    confirmations
+      .filter((c) => request.survivors.includes(c.owner) && certificates.has(c.owner) && verify(c.signature, certificates.get(c.owner)!))
+      .map((c) => c.owner),
+  );
+  if (valid.size < threshold)
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${job}: the unmasking request is refused: only ${valid.size} survivor(s) signed the request this owner was shown, fewer than the threshold ${threshold} (the coordinator may be showing owners different requests); nothing was revealed`,
+      { facts: { job, signed: valid.size, threshold } },
+    );
 }
 
 /**

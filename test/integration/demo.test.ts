@@ -104,6 +104,7 @@ describe('gramfuse demo', () => {
       expect(coordinator.filter((r) => r.kind === 'secure.round').map((r) => r.facts.phase)).toEqual([
         'sharing',
         'uploading',
+        'confirming',
         'unmasking',
         'summed',
       ]);

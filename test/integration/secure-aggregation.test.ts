@@ -411,10 +411,37 @@ describe('secure aggregation against a misbehaving coordinator', () => {
     },
   );
 
+  it(
+    'a coordinator that shows one owner another unmasking request is stopped by the consistency round: that owner reveals nothing',
+    { timeout: 300_000 },
+    async () => {
+      const coordinator = new CoordinatorProcess(await freePort(), join(work, 'state-split'), tlsArgs('coordinator'));
+      await coordinator.start(undefined, [], { GRAMFUSE_FAULT: 'secure.split-view' });
+      try {
+        await createJob(coordinator.address, 'split', three, { threshold: 2, roundTimeoutSeconds: 3 });
+        const results = await Promise.all(three.map((o) => runAgent(o, coordinator.address, 'split')));
+        // owner0 was shown "owner2 dropped" (so it would reveal owner2's mask key while the others reveal its self mask):
+        // only its own signature covers that request, fewer than t = 2.
+        expect(results[0]!.code).not.toBe(0);
+        expect(results[0]!.stderr).toMatch(
+          /SECURE_AGGREGATION: job split: the unmasking request is refused: only 1 survivor\(s\) signed the request this owner was shown, fewer than the threshold 2/,
+        );
+        // The other two saw the same request, signed by both: they reveal, and t = 2 reveals unmask the sum.
+        for (const r of results.slice(1)) expect(r.code, r.stderr).toBe(0);
+        const client = connectFederation({ address: coordinator.address, tls: tls('creator') });
+        const final = await client.watch('split', () => undefined);
+        client.close();
+        expect(final.state, final.failureMessage).toBe('done');
+      } finally {
+        await coordinator.kill();
+      }
+    },
+  );
+
   it('a coordinator killed (SIGKILL) right after the sum is unmasked restarts and finishes the job', { timeout: 300_000 }, async () => {
     const coordinator = new CoordinatorProcess(await freePort(), join(work, 'state-restart'), tlsArgs('coordinator'));
-    // Round closes: sharing, uploading, unmasking, summed — the 4th is the sum on disk before its solve started.
-    await coordinator.start('secure.closed:4');
+    // Round closes: sharing, uploading, confirming, unmasking, summed — the 5th is the sum on disk before its solve started.
+    await coordinator.start('secure.closed:5');
     try {
       await createJob(coordinator.address, 'restart', three, { threshold: 2, roundTimeoutSeconds: 60 });
       const agents = Promise.all(three.map((o) => runAgent(o, coordinator.address, 'restart')));

@@ -261,7 +261,7 @@ export interface SecureRequest {
   jobId: string;
   /**
    * advertise: {maskPublicKey, encryptionPublicKey, signature, bounds: {statistic: log2 bound}}
-   * share: {shares: [{to, sealed}]}; reveal: {shares: [{owner, kind, x, y}]}; round: empty.
+   * share: {shares: [{to, sealed}]}; confirm: {signature}; reveal: {shares: [{owner, kind, x, y}]}; round: empty.
    */
   bodyJson: string;
 }
@@ -2950,6 +2950,19 @@ export const SecureAggregationService = {
     responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
   },
+  /**
+   * Consistency: the caller's signature over the unmasking request it was shown; every owner checks that at least t
+   * survivors signed the same request before it reveals anything.
+   */
+  confirm: {
+    path: "/gramfuse.v1.SecureAggregation/Confirm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SecureRequest): Buffer => Buffer.from(SecureRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SecureRequest => SecureRequest.decode(value),
+    responseSerialize: (value: SecureRoundReply): Buffer => Buffer.from(SecureRoundReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecureRoundReply => SecureRoundReply.decode(value),
+  },
   /** Unmasking: the caller's shares of the survivors' self-mask seeds and of the dropped owners' mask keys. */
   reveal: {
     path: "/gramfuse.v1.SecureAggregation/Reveal" as const,
@@ -2977,6 +2990,11 @@ export interface SecureAggregationServer extends UntypedServiceImplementation {
   advertise: handleUnaryCall<SecureRequest, SecureRoundReply>;
   /** Round 1: the caller's Shamir shares of its mask key and self-mask seed, each sealed for one other owner. */
   share: handleUnaryCall<SecureRequest, SecureRoundReply>;
+  /**
+   * Consistency: the caller's signature over the unmasking request it was shown; every owner checks that at least t
+   * survivors signed the same request before it reveals anything.
+   */
+  confirm: handleUnaryCall<SecureRequest, SecureRoundReply>;
   /** Unmasking: the caller's shares of the survivors' self-mask seeds and of the dropped owners' mask keys. */
   reveal: handleUnaryCall<SecureRequest, SecureRoundReply>;
   /** The round's state as the caller may see it (agents poll it between rounds). */
@@ -3011,6 +3029,25 @@ export interface SecureAggregationClient extends Client {
     callback: (error: ServiceError | null, response: SecureRoundReply) => void,
   ): ClientUnaryCall;
   share(
+    request: SecureRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  /**
+   * Consistency: the caller's signature over the unmasking request it was shown; every owner checks that at least t
+   * survivors signed the same request before it reveals anything.
+   */
+  confirm(
+    request: SecureRequest,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  confirm(
+    request: SecureRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SecureRoundReply) => void,
+  ): ClientUnaryCall;
+  confirm(
     request: SecureRequest,
     metadata: Metadata,
     options: Partial<CallOptions>,
