@@ -245,6 +245,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
           client,
           jobId: options.jobId,
           owner: client.identity,
+          threshold: secureThreshold({ participants: status.participants, privacy }),
           jobDir,
           ledger,
           tls: options.connect.tls,

@@ -64,6 +64,8 @@ export interface SecureSessionOptions {
   readonly owner: string;
   readonly jobDir: string;
   readonly ledger: FileLedger;
+  /** The job's Shamir threshold (from the job spec the owner approved): the round must use exactly it. */
+  readonly threshold: number;
   /** The federation CA (to check the certificates relayed with the other owners' keys) and the owner's certificate key. */
   readonly tls: { readonly caPem: string; readonly keyPem: string } | undefined;
   /** How long to wait for the other owners in each round before giving up. @default 3600 */
@@ -211,7 +213,15 @@ export class SecureSession {
           ErrorCode.SecureAggregation,
           `job ${jobId}: the coordinator relays other keys for ${owner} than it advertised`,
         );
+      // The threshold is the job's (what the owner approved), and a majority of the round: with fewer, a few owners (or
+      // one, at t = 1) could rebuild another's mask key from the shares it sent them.
       const threshold = round.threshold;
+      if (threshold !== this.options.threshold || threshold <= members.length / 2 || threshold > members.length)
+        throw new GramfuseError(
+          ErrorCode.SecureAggregation,
+          `job ${jobId}: the round's threshold ${threshold} is not the job's ${this.options.threshold} or not a majority of its ${members.length} owners; no share was sent`,
+          { facts: { job: jobId, threshold } },
+        );
       // Round 1: t-of-n shares of the mask key and the self-mask seed, each sealed for its recipient.
       if (!round.done.shared) {
         if (round.phase !== 'sharing')
@@ -254,7 +264,6 @@ export class SecureSession {
         );
       await this.saveSecrets();
       // Masking: fixed point with the common scale, the self mask, and the pairwise masks with every other sharer.
-
       const pairSeeds = new Map(
         sharers
           .filter((o) => o !== owner)

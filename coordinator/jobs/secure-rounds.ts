@@ -496,7 +496,8 @@ export class SecureRounds {
     return {
       job: jobId,
       phase: state.phase,
-      threshold: secureThreshold(job.spec),
+      // Fault injection (tests): a coordinator that tells owners t = 1, so one share would give a secret away.
+      threshold: faultInjected('secure.low-threshold') ? 1 : secureThreshold(job.spec),
       minOwners: job.spec.privacy.minOwners,
       advertisements,
       ...(state.scale === undefined ? {} : { scale: state.scale }),

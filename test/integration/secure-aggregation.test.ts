@@ -412,6 +412,20 @@ describe('secure aggregation against a misbehaving coordinator', () => {
   );
 
   it(
+    'a threshold other than the job’s (t = 1: one share would give a secret away) is refused before any share is sent',
+    { timeout: 300_000 },
+    async () => {
+      const results = await misbehaving('secure.low-threshold', 'lowt');
+      for (const r of results) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(
+          /SECURE_AGGREGATION: job lowt: the round's threshold 1 is not the job's 2 or not a majority of its 3 owners; no share was sent/,
+        );
+      }
+    },
+  );
+
+  it(
     'a coordinator that shows one owner another unmasking request is stopped by the consistency round: that owner reveals nothing',
     { timeout: 300_000 },
     async () => {
