@@ -10,7 +10,7 @@
 // as every owner it waits for has answered, or — with at least max(t, minOwners) answers — roundTimeoutSeconds after
 // its first answer; the others count as dropped from then on. The state is one JSON file, written atomically at each
 // change, so a restarted coordinator goes on where it stopped.
-import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 
 import { ErrorCode, failpoint, faultInjected, GramfuseError, toGramfuseError } from '../../shared/index.js';
 import { secureThreshold, statisticFile } from '../../shared/federation/index.js';
@@ -446,10 +446,14 @@ export class SecureRounds {
     }
     const owners = state.scale!.owners;
     const statistics: PlannedStatistic[] = [];
+    const written: string[][] = [];
     for (const planned of planDisclosure(SECURE_SUM_OWNER, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics) {
       const entries = planned.shape.reduce((a, b) => a * b, 1);
       const scale = statisticScale(state.scale!.bounds[planned.id]!, owners);
-      const out = new Float64Array(entries);
+      const file = ['jobs', jobId, 'secure', 'sum', `${statisticFile(planned.id)}.bin`];
+      const hash = createHash('sha256');
+      // A slice at a time: memory holds one slice of the sum, whatever the statistic's size. The files are synced
+      // together below and committed by the state written after them (a stop before that unmasks again, in place).
       for (let start = 0; start < entries; start += SLICE) {
         const length = Math.min(SLICE, entries - start);
         const sum = new BigUint64Array(length);
@@ -462,13 +466,15 @@ export class SecureRounds {
           const aligned = bytes.byteOffset % 8 === 0 ? bytes : new Uint8Array(bytes);
           ringAddInto(sum, new BigUint64Array(aligned.buffer, aligned.byteOffset, length));
         }
-        out.set(unmaskSlice(sum, start, scale, { job: jobId, statistic: planned.id, selfSeeds, droppedPairs }), start);
+        const decoded = unmaskSlice(sum, start, scale, { job: jobId, statistic: planned.id, selfSeeds, droppedPairs });
+        const bytes = new Uint8Array(decoded.buffer, decoded.byteOffset, decoded.byteLength);
+        hash.update(bytes);
+        await this.ctx.store.writeAt(file, start * 8, bytes);
       }
-      const bytes = new Uint8Array(out.buffer);
-      await this.ctx.store.write(['jobs', jobId, 'secure', 'sum', `${statisticFile(planned.id)}.bin`], bytes);
-      const { sha256 } = await this.ctx.store.sha256(['jobs', jobId, 'secure', 'sum', `${statisticFile(planned.id)}.bin`]);
-      statistics.push({ ...planned, dtype: 'float64', bytes: bytes.byteLength, sha256 });
+      written.push(file);
+      statistics.push({ ...planned, dtype: 'float64', bytes: entries * 8, sha256: hash.digest('hex') });
     }
+    await this.ctx.store.sync(written);
     state.summed = { owners: survivors, statistics };
   }
 
