@@ -3,7 +3,6 @@
 // and every agent are separate `gramfuse` processes; the bench reports wall time per phase, bytes on the wire
 // and peak RSS of the coordinator (VmHWM from /proc, read before it stops) and of the largest agent (the OS's
 // maxRSS as the agent reports it). Agents run one after another, so phases do not compete for the 2 cores.
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -12,24 +11,12 @@ import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
 import { loadModel, analyzeModel } from '../shared/onnx/index.js';
 import { type BenchContext, table } from './harness.js';
+import { runGramfuse, startCoordinator } from './processes.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
 import { DECODER_PRESETS, type DecoderPreset, writeSyntheticDecoder } from './synthetic-decoder.js';
 
 const repo = resolve(import.meta.dirname, '..');
-const cli = join(repo, 'dist/cli/main.js');
 const fixtures = resolve(repo, '../shared/fixtures');
-
-function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    child.on('error', reject);
-    child.on('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
-  });
-}
 
 async function rssMb(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
@@ -64,38 +51,19 @@ interface ScaleResult {
 
 async function federatedMerge(dir: string, model: string, agents: number, examples: number): Promise<ScaleResult> {
   const state = join(dir, `state-${agents}`);
-  const coordinator = spawn(
-    process.execPath,
-    [
-      cli,
-      'coordinator',
-      'serve',
-      '--listen',
-      '127.0.0.1:0',
-      '--state',
-      state,
-      '--insecure-loopback',
-      '--creators',
-      'creator',
-      // The template is named by path (the coordinator reads it from disk): its directory must be allowed.
-      '--template-dir',
-      dirname(model),
-      '--json',
-    ],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  let log = '';
-  coordinator.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
-  const port = await new Promise<number>((resolvePromise, reject) => {
-    coordinator.stdout
-      .setEncoding('utf8')
-      .once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
-    coordinator.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
-  });
+  const coordinator = await startCoordinator([
+    '--state',
+    state,
+    '--insecure-loopback',
+    '--creators',
+    'creator',
+    // The template is named by path (the coordinator reads it from disk): its directory must be allowed.
+    '--template-dir',
+    dirname(model),
+  ]);
+  const port = coordinator.port;
   const started = performance.now();
-  const memory = sampler(coordinator.pid!);
+  const memory = sampler(coordinator.process.pid!);
   try {
     memory.phase = 'create job';
     const owners = Array.from({ length: agents }, (_, i) => `org${i}`);
@@ -120,7 +88,7 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
     memory.phase = 'uploads';
     for (const [i, owner] of owners.entries()) {
       if (i === owners.length - 1) memory.phase = 'last upload, solve, write';
-      const result = await run([
+      const result = await runGramfuse([
         'agent',
         'run',
         '--coordinator',
@@ -167,12 +135,12 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
       agentPeak = Math.max(agentPeak, summary.peakRssMb);
     }
     const final = await creator.watch('scale', () => undefined);
-    if (final.state !== 'done') throw new Error(`job scale ${final.state}: ${final.failureMessage}\n${log}`);
+    if (final.state !== 'done') throw new Error(`job scale ${final.state}: ${final.failureMessage}\n${coordinator.log()}`);
     const report = JSON.parse((await creator.download('scale', 'report.json')).toString('utf8')) as {
       seconds: { aggregate?: number; solve: number; write: number };
     };
     creator.close();
-    const coordinatorPeak = await rssMb(coordinator.pid!, 'VmHWM');
+    const coordinatorPeak = await rssMb(coordinator.process.pid!, 'VmHWM');
     return {
       agents,
       seconds: {
@@ -192,8 +160,7 @@ async function federatedMerge(dir: string, model: string, agents: number, exampl
     };
   } finally {
     memory.stop();
-    coordinator.kill('SIGTERM');
-    await new Promise((r) => coordinator.once('exit', r));
+    await coordinator.stop();
     await rm(state, { recursive: true, force: true });
     await rm(join(dir, `agents-${agents}`), { recursive: true, force: true });
   }

@@ -5,8 +5,7 @@
 // statistics, as bench scale). Reported: total time from job creation to done (collection included, the same in
 // both), the agents' join-to-receipts time, masking throughput, the coordinator's unmasking time, bytes on the wire
 // per owner, and the largest relative difference between the two merged models.
-import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
@@ -14,25 +13,13 @@ import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
 import { readLedgerRecords } from '../shared/audit/index.js';
 import { loadModel, maxRelativeParameterDifference } from '../shared/onnx/index.js';
-import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
+import { certsInit, certsIssue, loadTls } from '../cli/index.js';
 import { type BenchContext, table } from './harness.js';
+import { runGramfuse, startCoordinator } from './processes.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
 
 const repo = resolve(import.meta.dirname, '..');
-const cli = join(repo, 'dist/cli/main.js');
 const examples = join(repo, 'examples', 'label-skew-v1');
-
-function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    child.on('error', reject);
-    child.on('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
-  });
-}
 
 interface Owner {
   readonly name: string;
@@ -60,29 +47,21 @@ async function maxRelativeDifference(a: string, b: string): Promise<number> {
 
 export async function benchSecure(context: BenchContext): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'gramfuse-bench-secure-'));
+  // The federation's certificates as `gramfuse certs init` / `certs issue` make them (as the demo does).
   const certs = join(dir, 'certs');
-  await mkdir(certs, { recursive: true });
-  const ca = await createCertificateAuthority('bench secure CA');
-  await writeFile(join(certs, 'ca.pem'), ca.certPem);
-  const tls = (name: string): string[] => [
-    '--tls-ca',
-    join(certs, 'ca.pem'),
-    '--tls-cert',
-    join(certs, `${name}.pem`),
-    '--tls-key',
-    join(certs, `${name}-key.pem`),
-  ];
-  const names = ['creator', 'coordinator', ...Array.from({ length: 5 }, (_, i) => `owner${i}`)];
-  for (const name of names) {
-    const cert = await issueCertificate(ca, name, name === 'coordinator' ? { hosts: ['localhost', '127.0.0.1'] } : {});
-    await writeFile(join(certs, `${name}.pem`), cert.certPem);
-    await writeFile(join(certs, `${name}-key.pem`), cert.keyPem, { mode: 0o600 });
-  }
-  const creatorTls = {
-    caPem: ca.certPem,
-    certPem: await readFile(join(certs, 'creator.pem'), 'utf8'),
-    keyPem: await readFile(join(certs, 'creator-key.pem'), 'utf8'),
+  await certsInit(certs, 'bench secure CA');
+  await certsIssue(certs, 'coordinator', ['localhost', '127.0.0.1']);
+  for (const name of ['creator', ...Array.from({ length: 5 }, (_, i) => `owner${i}`)]) await certsIssue(certs, name, []);
+  const tlsFlags = (name: string) => ({
+    tlsCa: join(certs, 'ca.pem'),
+    tlsCert: join(certs, `${name}.pem`),
+    tlsKey: join(certs, `${name}-key.pem`),
+  });
+  const tls = (name: string): string[] => {
+    const f = tlsFlags(name);
+    return ['--tls-ca', f.tlsCa, '--tls-cert', f.tlsCert, '--tls-key', f.tlsKey];
   };
+  const creatorTls = await loadTls(tlsFlags('creator'));
   const base = join(dir, 'synthetic-bert.onnx');
   const baseOptions = context.quick ? { ...BERT_BASE, layers: 2 } : BERT_BASE;
   await writeSyntheticBert(base, baseOptions);
@@ -127,33 +106,16 @@ export async function benchSecure(context: BenchContext): Promise<void> {
   try {
     for (const m of models.filter((x) => wanted === undefined || x.name === wanted)) {
       const state = join(dir, `state-${m.name}`);
-      const coordinator = spawn(
-        process.execPath,
-        [
-          cli,
-          'coordinator',
-          'serve',
-          '--listen',
-          '127.0.0.1:0',
-          '--state',
-          state,
-          '--creators',
-          'creator',
-          '--template-dir',
-          dirname(m.template),
-          '--json',
-          ...tls('coordinator'),
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let log = '';
-      coordinator.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
-      const port = await new Promise<number>((resolvePromise, reject) => {
-        coordinator.stdout
-          .setEncoding('utf8')
-          .once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
-        coordinator.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
-      });
+      const coordinator = await startCoordinator([
+        '--state',
+        state,
+        '--creators',
+        'creator',
+        '--template-dir',
+        dirname(m.template),
+        ...tls('coordinator'),
+      ]);
+      const port = coordinator.port;
       const address = `localhost:${port}`;
       const client = connectFederation({ address, tls: creatorTls });
       try {
@@ -171,7 +133,7 @@ export async function benchSecure(context: BenchContext): Promise<void> {
           );
           const results = await Promise.all(
             owners.map((o) =>
-              run([
+              runGramfuse([
                 'agent',
                 'run',
                 '--coordinator',
@@ -193,9 +155,9 @@ export async function benchSecure(context: BenchContext): Promise<void> {
               ]),
             ),
           );
-          for (const r of results) if (r.code !== 0) throw new Error(`agent of job ${id} failed:\n${r.stderr}\n${log}`);
+          for (const r of results) if (r.code !== 0) throw new Error(`agent of job ${id} failed:\n${r.stderr}\n${coordinator.log()}`);
           const final = await client.watch(id, () => undefined);
-          if (final.state !== 'done') throw new Error(`job ${id} ${final.state}: ${final.failureMessage}\n${log}`);
+          if (final.state !== 'done') throw new Error(`job ${id} ${final.state}: ${final.failureMessage}\n${coordinator.log()}`);
           const seconds = (performance.now() - started) / 1000;
           const summaries = results.map(
             (r) =>
@@ -255,8 +217,7 @@ export async function benchSecure(context: BenchContext): Promise<void> {
         }
       } finally {
         client.close();
-        coordinator.kill('SIGTERM');
-        await new Promise((r) => coordinator.once('exit', r));
+        await coordinator.stop();
         await rm(state, { recursive: true, force: true });
         await rm(join(dir, 'agents', m.name), { recursive: true, force: true });
       }
