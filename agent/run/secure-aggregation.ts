@@ -86,6 +86,9 @@ export interface MaskedBundle {
 }
 
 export class SecureSession {
+  /** The round's owners' certificates, checked against the federation CA in round 0 (by `prepare`). */
+  private readonly certificates = new Map<string, string>();
+
   private constructor(
     private readonly options: SecureSessionOptions,
     private secrets: SecureSecrets,
@@ -206,6 +209,7 @@ export class SecureSession {
       for (const a of round.advertisements) {
         verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner);
         verifyAdvertisement({ job: jobId, ...a }, a.certificatePem);
+        this.certificates.set(a.owner, a.certificatePem);
       }
       const mine = round.advertisements.find((a) => a.owner === owner)!;
       if (mine.maskPublicKey !== this.secrets.mask.publicKeyPem || mine.encryptionPublicKey !== this.secrets.encryption.publicKeyPem)
@@ -418,13 +422,10 @@ export class SecureSession {
         `job ${jobId}: the coordinator changed the unmasking request after this owner signed it; nothing was revealed`,
       );
     const { survivors, dropped } = round.unmask;
-    // At least t survivors signed this very request, each with a certificate of this federation.
-    const certificates = new Map<string, string>();
-    for (const a of round.advertisements) {
-      verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner);
-      certificates.set(a.owner, a.certificatePem);
-    }
-    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], certificates, round.threshold, (signature, certificatePem) =>
+    // At least t survivors signed this very request, each with the certificate checked in round 0 (prepare).
+    if (this.certificates.size === 0)
+      throw new GramfuseError(ErrorCode.Internal, `job ${jobId}: the unmasking needs the round-0 certificates; prepare() runs first`);
+    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, round.threshold, (signature, certificatePem) =>
       verifyUnmaskRequest(jobId, round.unmask!, signature, certificatePem),
     );
     const guard = new ShareGuard(jobId, this.secrets.guard);

@@ -530,9 +530,6 @@ export class SecureRounds {
 
   /** The round view for the Round RPC (the caller must be a participant: checked by authorize). */
   round(identity: string, jobId: string): RoundView {
-    const job = this.jobOf(jobId);
-    if (!job.spec.privacy.secureAggregation)
-      this.refuse(jobId, 'this job does not use secure aggregation (privacy.secureAggregation is false)', ErrorCode.InvalidArgument);
-    return this.view(identity, job);
+    return this.view(identity, this.secureJob(jobId));
   }
 }
