@@ -13,12 +13,13 @@ import { runAgent as runInProcess } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { startDashboard } from '../../dashboard/index.js';
-import { ErrorCode, type GramfuseError, packageVersion } from '../../shared/index.js';
+import { ErrorCode, type GramfuseError } from '../../shared/index.js';
 import { statisticFile } from '../../shared/federation/index.js';
 import { BUNDLE_TENSORS, readSafetensorsHeader } from '../../shared/merge/index.js';
 import { loadModel, readParameterValues } from '../../shared/onnx/index.js';
 import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { runCli } from '../helpers/cli.js';
+import { exampleAgent } from '../helpers/agent-options.js';
 import { CoordinatorProcess } from '../helpers/coordinator-process.js';
 import { EXAMPLE_DATA, EXAMPLE_HELDOUT, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 import { freePort } from '../helpers/nats-server.js';
@@ -309,27 +310,16 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
     async () => {
       await createJob(address, 'consent', OWNERS, { threshold: 3, minOwners: 4 });
       let asked = '';
-      const refused = await runInProcess({
-        connect: { address, tls: tls('owner0') },
-        jobId: 'consent',
-        workDir: join(work, 'consent'),
-        yes: false,
-        approve: (text) => {
-          asked = text;
-          return Promise.resolve(false);
-        },
-        model: SOURCES.owner0!.model,
-        data: SOURCES.owner0!.data,
-        tokenizer: EXAMPLE_TOKENIZER,
-        dtype: 'float64',
-        maxLength: 128,
-        batchSize: 32,
-        maxExamples: 300,
-        seed: 1,
-        textField: 'text',
-        device: 'cpu',
-        toolVersion: packageVersion(),
-      }).catch((error: unknown) => error as GramfuseError);
+      // owner0's model and data are the example org0's; the owner declines, so nothing is computed or sent.
+      const refused = await runInProcess(
+        exampleAgent('org0', { address, tls: tls('owner0') }, 'consent', join(work, 'consent'), {
+          yes: false,
+          approve: (text) => {
+            asked = text;
+            return Promise.resolve(false);
+          },
+        }),
+      ).catch((error: unknown) => error as GramfuseError);
       expect((refused as GramfuseError).code).toBe(ErrorCode.NotAuthorized);
       expect(asked).toMatch(/, masked \(secure aggregation: the coordinator sees only the sum over at least 4 owners;/);
     },
