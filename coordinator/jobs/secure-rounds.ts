@@ -131,95 +131,113 @@ export class SecureRounds {
       this.refuse(job.spec.id, `the job is ${job.persisted.state}; its secure rounds are over`, ErrorCode.JobClosed);
   }
 
-  /** Round 0: an owner's keys (checked against the certificate it connected with) and its bounds. */
-  advertise(identity: string, jobId: string, body: AdvertiseBody, certificatePem: string | undefined): Promise<RoundView> {
+  /**
+   * One owner's answer in a round, the same way for every round: a repeated answer (a retry whose reply was lost) is
+   * answered from the saved state whatever the job's state; a new one is taken while the job collects, checked and
+   * recorded by `take` (which throws to refuse it), saved (then `taken` runs: announcements of what is durable), and may
+   * close the round.
+   */
+  private answer(
+    identity: string,
+    jobId: string,
+    answered: (state: SecureState) => boolean,
+    take: (job: Job, state: SecureState) => void,
+    taken: () => void = () => undefined,
+  ): Promise<RoundView> {
     return this.exclusive(jobId, async () => {
       const job = this.secureJob(jobId);
       const state = this.state(job);
-      if (certificatePem === undefined)
-        this.refuse(jobId, 'secure aggregation needs mTLS: each owner signs its keys with its certificate (insecure loopback has none)');
-      const before = state.advertisements[identity];
-      if (before !== undefined) {
-        if (before.maskPublicKey !== body.maskPublicKey || before.encryptionPublicKey !== body.encryptionPublicKey)
-          this.refuse(jobId, `${identity} advertised other keys before; an owner's round-0 keys cannot change (its masks depend on them)`);
-        return this.view(identity, job);
-      }
+      if (answered(state)) return this.view(identity, job);
       this.open(job);
-      if (state.phase !== 'advertising')
-        this.refuse(jobId, `round 0 (key advertisement) is closed: ${identity} came too late and is not in this secure sum`);
-      verifyAdvertisement({ job: jobId, owner: identity, ...body }, certificatePem);
-      const expected = planDisclosure(identity, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics.map((s) => s.id);
-      const missing = expected.filter((id) => body.bounds[id] === undefined);
-      const extra = Object.keys(body.bounds).filter((id) => !expected.includes(id));
-      if (missing.length > 0 || extra.length > 0)
-        this.refuse(
-          jobId,
-          `${identity}'s bounds must name every statistic of the template once (${missing.length} missing, e.g. ${missing[0] ?? '-'}; ${extra.length} unknown, e.g. ${extra[0] ?? '-'})`,
-          ErrorCode.InvalidArgument,
-        );
-      state.advertisements[identity] = {
-        maskPublicKey: body.maskPublicKey,
-        encryptionPublicKey: body.encryptionPublicKey,
-        signature: body.signature,
-        certificatePem,
-        bounds: body.bounds,
-      };
-      state.firstAnswerAt ??= new Date().toISOString();
+      take(job, state);
       await this.save(jobId, state);
-      this.ctx.emit(jobId, 'joined', { owner: identity, secure: 'advertised' });
+      taken();
       await this.step(job, state);
       return this.view(identity, job);
     });
+  }
+
+  /** Round 0: an owner's keys (checked against the certificate it connected with) and its bounds. */
+  advertise(identity: string, jobId: string, body: AdvertiseBody, certificatePem: string | undefined): Promise<RoundView> {
+    const answered = (state: SecureState): boolean => {
+      const before = state.advertisements[identity];
+      if (before !== undefined && (before.maskPublicKey !== body.maskPublicKey || before.encryptionPublicKey !== body.encryptionPublicKey))
+        this.refuse(jobId, `${identity} advertised other keys before; an owner's round-0 keys cannot change (its masks depend on them)`);
+      return before !== undefined;
+    };
+    return this.answer(
+      identity,
+      jobId,
+      answered,
+      (job, state) => {
+        if (certificatePem === undefined)
+          this.refuse(jobId, 'secure aggregation needs mTLS: each owner signs its keys with its certificate (insecure loopback has none)');
+        if (state.phase !== 'advertising')
+          this.refuse(jobId, `round 0 (key advertisement) is closed: ${identity} came too late and is not in this secure sum`);
+        verifyAdvertisement({ job: jobId, owner: identity, ...body }, certificatePem);
+        const expected = planDisclosure(identity, job.analysis, job.spec.merge, 'float64', job.spec.policy).statistics.map((s) => s.id);
+        const missing = expected.filter((id) => body.bounds[id] === undefined);
+        const extra = Object.keys(body.bounds).filter((id) => !expected.includes(id));
+        if (missing.length > 0 || extra.length > 0)
+          this.refuse(
+            jobId,
+            `${identity}'s bounds must name every statistic of the template once (${missing.length} missing, e.g. ${missing[0] ?? '-'}; ${extra.length} unknown, e.g. ${extra[0] ?? '-'})`,
+            ErrorCode.InvalidArgument,
+          );
+        state.advertisements[identity] = {
+          maskPublicKey: body.maskPublicKey,
+          encryptionPublicKey: body.encryptionPublicKey,
+          signature: body.signature,
+          certificatePem,
+          bounds: body.bounds,
+        };
+      },
+      () => this.ctx.emit(jobId, 'joined', { owner: identity, secure: 'advertised' }),
+    );
   }
 
   /** Round 1: the owner's sealed shares, one for each member of U₁. */
   share(identity: string, jobId: string, body: ShareBody): Promise<RoundView> {
-    return this.exclusive(jobId, async () => {
-      const job = this.secureJob(jobId);
-      const state = this.state(job);
-      if (state.shares[identity] !== undefined) return this.view(identity, job);
-      this.open(job);
-      if (state.phase !== 'sharing' || !(state.members ?? []).includes(identity))
-        this.refuse(
-          jobId,
-          state.phase === 'advertising'
-            ? 'shares are taken once round 0 has closed; ask Round again'
-            : `${identity} is not sharing in this round (phase ${state.phase})`,
-        );
-      const members = state.members!;
-      const to = body.shares.map((s) => s.to).sort();
-      if (to.length !== members.length || to.some((o, i) => o !== members[i]))
-        this.refuse(jobId, `${identity} must send one sealed share to each of ${members.join(', ')}`, ErrorCode.InvalidArgument);
-      state.shares[identity] = Object.fromEntries(body.shares.map((s) => [s.to, s.sealed]));
-      state.firstAnswerAt ??= new Date().toISOString();
-      await this.save(jobId, state);
-      await this.step(job, state);
-      return this.view(identity, job);
-    });
+    return this.answer(
+      identity,
+      jobId,
+      (state) => state.shares[identity] !== undefined,
+      (_job, state) => {
+        if (state.phase !== 'sharing' || !(state.members ?? []).includes(identity))
+          this.refuse(
+            jobId,
+            state.phase === 'advertising'
+              ? 'shares are taken once round 0 has closed; ask Round again'
+              : `${identity} is not sharing in this round (phase ${state.phase})`,
+          );
+        const members = state.members!;
+        const to = body.shares.map((s) => s.to).sort();
+        if (to.length !== members.length || to.some((o, i) => o !== members[i]))
+          this.refuse(jobId, `${identity} must send one sealed share to each of ${members.join(', ')}`, ErrorCode.InvalidArgument);
+        state.shares[identity] = Object.fromEntries(body.shares.map((s) => [s.to, s.sealed]));
+      },
+    );
   }
 
   /** The consistency round: a survivor's signature over the unmasking request it was shown. */
   confirm(identity: string, jobId: string, body: ConfirmBody): Promise<RoundView> {
-    return this.exclusive(jobId, async () => {
-      const job = this.secureJob(jobId);
-      const state = this.state(job);
-      if (state.confirmations?.[identity] !== undefined) return this.view(identity, job);
-      this.open(job);
-      const request = this.shown(identity, state);
-      if (state.phase !== 'confirming' || request === undefined || !request.survivors.includes(identity))
-        this.refuse(jobId, `no unmasking request is open for ${identity} to confirm (phase ${state.phase})`);
-      if (!verifyUnmaskRequest(jobId, request, body.signature, state.advertisements[identity]!.certificatePem))
-        this.refuse(
-          jobId,
-          `${identity}'s confirmation does not verify with its certificate over the request it was shown`,
-          ErrorCode.InvalidArgument,
-        );
-      state.confirmations = { ...state.confirmations, [identity]: body.signature };
-      state.firstAnswerAt ??= new Date().toISOString();
-      await this.save(jobId, state);
-      await this.step(job, state);
-      return this.view(identity, job);
-    });
+    return this.answer(
+      identity,
+      jobId,
+      (state) => state.confirmations?.[identity] !== undefined,
+      (_job, state) => {
+        const request = this.shown(identity, state);
+        if (state.phase !== 'confirming' || request === undefined || !request.survivors.includes(identity))
+          this.refuse(jobId, `no unmasking request is open for ${identity} to confirm (phase ${state.phase})`);
+        if (!verifyUnmaskRequest(jobId, request, body.signature, state.advertisements[identity]!.certificatePem))
+          this.refuse(
+            jobId,
+            `${identity}'s confirmation does not verify with its certificate over the request it was shown`,
+            ErrorCode.InvalidArgument,
+          );
+        state.confirmations = { ...state.confirmations, [identity]: body.signature };
+      },
+    );
   }
 
   /**
@@ -236,32 +254,29 @@ export class SecureRounds {
 
   /** Unmasking: a survivor's shares of what the coordinator asked for, exactly that. */
   reveal(identity: string, jobId: string, body: RevealBody): Promise<RoundView> {
-    return this.exclusive(jobId, async () => {
-      const job = this.secureJob(jobId);
-      const state = this.state(job);
-      if (state.reveals[identity] !== undefined) return this.view(identity, job);
-      this.open(job);
-      const unmask = state.unmask;
-      if (state.phase !== 'unmasking' || unmask === undefined || !unmask.survivors.includes(identity))
-        this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
-      const asked = new Set([...unmask.survivors.map((o) => `${o}/self-mask`), ...unmask.dropped.map((o) => `${o}/mask-key`)]);
-      const given = body.shares.map((s) => `${s.owner}/${s.kind}`);
-      if (given.length !== asked.size || new Set(given).size !== asked.size || given.some((g) => !asked.has(g)))
-        this.refuse(jobId, `${identity} must reveal exactly the shares asked for (${[...asked].join(', ')})`, ErrorCode.InvalidArgument);
-      // Every share an owner holds has its own Shamir x: its place among the round's members (round 1 dealt them so).
-      const x = (state.members ?? []).indexOf(identity) + 1;
-      if (body.shares.some((s) => s.x !== x))
-        this.refuse(
-          jobId,
-          `${identity}'s shares are dealt at x = ${x}; a share revealed at another x is refused`,
-          ErrorCode.InvalidArgument,
-        );
-      state.reveals[identity] = body.shares;
-      state.firstAnswerAt ??= new Date().toISOString();
-      await this.save(jobId, state);
-      await this.step(job, state);
-      return this.view(identity, job);
-    });
+    return this.answer(
+      identity,
+      jobId,
+      (state) => state.reveals[identity] !== undefined,
+      (_job, state) => {
+        const unmask = state.unmask;
+        if (state.phase !== 'unmasking' || unmask === undefined || !unmask.survivors.includes(identity))
+          this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
+        const asked = new Set([...unmask.survivors.map((o) => `${o}/self-mask`), ...unmask.dropped.map((o) => `${o}/mask-key`)]);
+        const given = body.shares.map((s) => `${s.owner}/${s.kind}`);
+        if (given.length !== asked.size || new Set(given).size !== asked.size || given.some((g) => !asked.has(g)))
+          this.refuse(jobId, `${identity} must reveal exactly the shares asked for (${[...asked].join(', ')})`, ErrorCode.InvalidArgument);
+        // Every share an owner holds has its own Shamir x: its place among the round's members (round 1 dealt them so).
+        const x = (state.members ?? []).indexOf(identity) + 1;
+        if (body.shares.some((s) => s.x !== x))
+          this.refuse(
+            jobId,
+            `${identity}'s shares are dealt at x = ${x}; a share revealed at another x is refused`,
+            ErrorCode.InvalidArgument,
+          );
+        state.reveals[identity] = body.shares;
+      },
+    );
   }
 
   /** An owner completed its upload (commit.ts): the upload round may close. */

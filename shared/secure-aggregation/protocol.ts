@@ -100,7 +100,7 @@ export const RoundView = z
   .strict();
 export type RoundView = z.infer<typeof RoundView>;
 
-/** Parses a body or a round with zod; SECURE_AGGREGATION naming what was wrong. */
+/** Parses a body or a round with zod; INVALID_ARGUMENT naming every field that is wrong (at most 5), by dot path. */
 export function parseSecure<T>(schema: z.ZodType<T>, json: string, what: string): T {
   let value: unknown;
   try {
