@@ -89,8 +89,17 @@ export interface RunAgentResult {
   readonly secureAggregation?: { readonly maxResolution: number; readonly maskedEntries: number; readonly maskSeconds: number };
   /** With `nats`: audit records not yet published when the agent stopped (they stay in the ledger file). */
   readonly auditBacklog?: number;
-  /** Wall time of collection (0 when the bundle was reused) and of join + upload + receipts. */
-  readonly seconds: { readonly collect: number; readonly upload: number };
+  /**
+   * Wall time of collection (0 when the bundle was reused) and of join + upload + receipts; `uploadPhases` splits
+   * the upload: `prepare` (the ledger, the approval record, secure rounds and masking), `join` (the join calls),
+   * `stream` (the upload streams, the coordinator's group commits included), `receipts` (fetched, verified and
+   * recorded); what is left of `upload` is a secure job's unmasking.
+   */
+  readonly seconds: {
+    readonly collect: number;
+    readonly upload: number;
+    readonly uploadPhases: { readonly prepare: number; readonly join: number; readonly stream: number; readonly receipts: number };
+  };
   /** This process's peak resident memory so far (from the OS). */
   readonly peakRssMb: number;
   /**
@@ -265,6 +274,15 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     let chunksSent = 0;
     let chunksSkipped = 0;
     let uploadWindow = 1;
+    const phases = { prepare: (performance.now() - uploadStarted) / 1000, join: 0, stream: 0, receipts: 0 };
+    const timed = async <T>(phase: 'join' | 'stream', work: Promise<T>): Promise<T> => {
+      const begun = performance.now();
+      try {
+        return await work;
+      } finally {
+        phases[phase] += (performance.now() - begun) / 1000;
+      }
+    };
     async function* chunks(
       pending: readonly (typeof uploaded.plan.statistics)[number][],
       held: ReadonlyMap<string, { held: number[] }>,
@@ -307,18 +325,21 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     try {
       await withRetries(
         async () => {
-          const state = await client.join({
-            jobId: options.jobId,
-            fingerprint: status.fingerprint,
-            manifestJson: JSON.stringify(uploaded),
-          });
+          const state = await timed(
+            'join',
+            client.join({
+              jobId: options.jobId,
+              fingerprint: status.fingerprint,
+              manifestJson: JSON.stringify(uploaded),
+            }),
+          );
           const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
           const pending = uploaded.plan.statistics.filter((s) => held.get(s.id)?.committed !== true);
           // A coordinator from before upload windows sends 0: one chunk at a time.
           uploadWindow = Math.max(1, Math.min(state.uploadWindow, options.uploadWindow ?? Number.POSITIVE_INFINITY));
           if (pending.length > 0) {
             const total = pending.reduce((sum, s) => sum + s.bytes, 0);
-            const reply = await client.upload(chunks(pending, held, total, uploadWindow), 600, uploadWindow);
+            const reply = await timed('stream', client.upload(chunks(pending, held, total, uploadWindow), 600, uploadWindow));
             chunksSkipped += reply.chunksSkipped;
           }
         },
@@ -332,6 +353,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       // Solving already: what was committed is what counts.
       if (codedError(error).code !== ErrorCode.JobClosed) throw error;
     }
+    const receiptsBegun = performance.now();
     // Every committed statistic's receipt comes with the coordinator's state, so receipts whose reply was
     // lost (a cut link, a crash of either side) are recovered too; each is verified before it is kept.
     const after = await client.uploadState(options.jobId);
@@ -385,6 +407,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     // Receipts are verified all before any is kept; then recorded (one fsynced ledger write) and copied.
     await ledger.appendAll(records);
     if (lines.length > 0) await appendFile(receiptsPath, lines.join(''));
+    phases.receipts = (performance.now() - receiptsBegun) / 1000;
     // Secure aggregation: the masks come off the sum only with the survivors' shares; this owner reveals its part.
     if (secure !== undefined) {
       failpoint('secure.uploaded'); // fault tests: an owner gone after its upload, before the unmasking
@@ -411,7 +434,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
             },
           }),
       ...(publisher === undefined ? {} : { auditBacklog: await publisher.flush(10_000) }),
-      seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000 },
+      seconds: { collect: collectSeconds, upload: (performance.now() - uploadStarted) / 1000, uploadPhases: phases },
       peakRssMb: process.resourceUsage().maxRSS / 1024,
       ...(memory === undefined ? {} : { memory }),
     };

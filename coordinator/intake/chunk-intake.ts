@@ -1,6 +1,9 @@
-// Chunk intake: a chunk is checked against its owner's manifest (dtype, shape, bounds, digest) before a byte is
-// stored; chunks are written at their offsets and a statistic is taken only when its assembled bytes match the
-// manifest's digest. The group commit (commit-batch.ts) then makes the verified statistics durable together.
+// Chunk intake: a chunk is checked against its owner's manifest (dtype, shape, bounds) before a byte is stored;
+// chunks are written at their offsets and a statistic is taken only when its assembled bytes match the manifest's
+// digest. Each byte is hashed once: a one-chunk statistic's digest is its chunk's; a large statistic's chunks
+// arriving in order feed its running digest (checked when the last one is in), and only a chunk out of that
+// order (a resume, a resend) is hashed on its own against its SHA-256. The group commit (commit-batch.ts) then
+// makes the verified statistics durable together.
 import { createHash, type Hash } from 'node:crypto';
 
 import { ErrorCode, GramfuseError, failpoint } from '../../shared/index.js';
@@ -8,7 +11,10 @@ import { chunkBoundsProblem, sha256Hex as sha256, type StatisticChunk, statistic
 import type { BundleManifest, PlannedStatistic } from '../../shared/merge/index.js';
 import type { StatisticStore } from '../store/index.js';
 
-/** The planned statistic a chunk belongs to, after every check that needs no disk; throws UPLOAD_INVALID naming the problem. */
+/**
+ * The planned statistic a chunk belongs to, after every check that needs neither disk nor hashing (storeChunk
+ * checks the bytes); throws UPLOAD_INVALID naming the problem.
+ */
 export function checkChunk(
   identity: string,
   manifest: BundleManifest | undefined,
@@ -39,6 +45,11 @@ export function checkChunk(
       { facts: { statistic: chunk.statisticId } },
     );
   }
+  return planned;
+}
+
+/** Throws UPLOAD_INVALID when a chunk's bytes do not hash to the SHA-256 it carries. */
+function checkChunkDigest(chunk: StatisticChunk): void {
   if (sha256(chunk.data) !== chunk.sha256) {
     throw new GramfuseError(
       ErrorCode.UploadInvalid,
@@ -46,27 +57,30 @@ export function checkChunk(
       { facts: { statistic: chunk.statisticId, index: chunk.index } },
     );
   }
-  return planned;
 }
 
 /**
- * The statistic's digest so far while its chunks arrive in order from offset 0 (the usual upload), so its bytes
- * are hashed once as they arrive instead of read back and hashed again when the last one is in. Keyed by the
- * statistic's held-indices set: a statistic resumed after a restart, or chunks out of order, have none, and the
- * assembled file is hashed instead.
+ * The statistic's digest so far while its chunks arrive in order from offset 0 (the usual upload): its bytes are
+ * hashed once, as they arrive, instead of each chunk on its own and the whole again when the last one is in.
+ * Keyed by the statistic's held-indices set: a statistic resumed after a restart, or chunks out of order, have
+ * none; their chunks are checked one by one and the assembled file is hashed instead.
  */
 const runningDigests = new WeakMap<Set<number>, { hash: Hash; upTo: number }>();
 
-function followDigest(indices: Set<number>, chunk: StatisticChunk, fresh: boolean): void {
+/** Feeds a chunk that continues its statistic's running digest into it; false when it does not continue it. */
+function followDigest(indices: Set<number>, chunk: StatisticChunk): boolean {
   const running = runningDigests.get(indices);
-  if (fresh && chunk.offset === 0) {
+  if (indices.size === 0 && chunk.offset === 0) {
     runningDigests.set(indices, { hash: createHash('sha256').update(chunk.data), upTo: chunk.data.byteLength });
-  } else if (running !== undefined && running.upTo === chunk.offset) {
+    return true;
+  }
+  if (running !== undefined && running.upTo === chunk.offset && !indices.has(chunk.index)) {
     running.hash.update(chunk.data);
     running.upTo += chunk.data.byteLength;
-  } else {
-    runningDigests.delete(indices);
+    return true;
   }
+  runningDigests.delete(indices);
+  return false;
 }
 
 /**
@@ -90,22 +104,23 @@ export async function storeChunk(
       { facts: { statistic: chunk.statisticId } },
     );
   if (chunk.count === 1) {
-    // A one-chunk statistic is checked in memory (checkChunk hashed it: its digest is the statistic's) and written
-    // once, without fsync: the group commit syncs it.
+    // A one-chunk statistic is checked in memory (its chunk's digest is the statistic's) and written once,
+    // without fsync: the group commit syncs it.
+    checkChunkDigest(chunk);
     if (chunk.data.byteLength !== planned.bytes || chunk.sha256 !== planned.sha256) throw mismatch();
     // In place, not atomically: recovery hashes a committed/ file without a receipt before it commits it.
     await store.writeChecked(committedFile, chunk.data);
     failpoint('chunk.written');
   } else {
     // Chunks go straight to their offsets of one file; `.held` lists the chunks written (no fsync: the
-    // statistic's digest is checked when the last chunk arrives, so a torn chunk is found, not used).
-    await store.writeAt([...owner, 'partial', `${name}.bin`], chunk.offset, chunk.data);
-    await store.appendLines([...owner, 'partial', `${name}.held`], [String(chunk.index)], false);
+    // statistic's digest is checked when the last chunk arrives, so a torn chunk is found, not used). A chunk
+    // that does not continue the running digest is checked on its own first (it then hashes the file at the end).
     let indices = held.get(chunk.statisticId);
     if (indices === undefined) held.set(chunk.statisticId, (indices = new Set()));
-    const fresh = indices.size === 0;
+    if (!followDigest(indices, chunk)) checkChunkDigest(chunk);
+    await store.writeAt([...owner, 'partial', `${name}.bin`], chunk.offset, chunk.data);
+    await store.appendLines([...owner, 'partial', `${name}.held`], [String(chunk.index)], false);
     indices.add(chunk.index);
-    followDigest(indices, chunk, fresh);
     failpoint('chunk.written');
     if (indices.size < chunk.count) return undefined;
     const running = runningDigests.get(indices);
