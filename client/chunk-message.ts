@@ -2,20 +2,11 @@
 // would copy a 4 MiB chunk three times (protobuf's growing writer, its final slice, Buffer.from) into ≈ 24 MiB of
 // new buffers, which on a BERT-base-size bundle cost the agent more CPU (garbage collection above all) than the
 // SHA-256 of the same bytes. grpc-js still frames the message (one copy); nothing else copies it.
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+
 import { federation } from '../proto/index.js';
 
-/** Field 9 (`bytes data`) of gramfuse.v1.Chunk, length-delimited: (9 << 3) | 2. */
-const DATA_TAG = 0x4a;
 const PLACEHOLDER_SHA256 = '0'.repeat(64);
-
-const varintLength = (n: number): number => {
-  let length = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 0x80);
-    length++;
-  }
-  return length;
-};
 
 /** A Chunk message under construction: fill `data`, then `seal` it with the data's SHA-256 and send what it returns. */
 export interface ChunkMessage {
@@ -35,18 +26,11 @@ export function chunkMessage(fields: Omit<federation.Chunk, 'data' | 'sha256'>, 
   const header = (sha256: string): Uint8Array => federation.Chunk.encode({ ...fields, data: new Uint8Array(0), sha256 }).finish();
   const headerLength = header(PLACEHOLDER_SHA256).byteLength;
   // Proto3 writes no empty bytes field: an empty statistic's one chunk is the header alone, as the generated code writes it.
-  const dataStart = dataLength === 0 ? headerLength : headerLength + 1 + varintLength(dataLength);
+  // Otherwise field 9 (`bytes data`) follows: its tag and length, then the bytes.
+  const prefix = dataLength === 0 ? new Uint8Array(0) : new BinaryWriter().tag(9, WireType.LengthDelimited).uint32(dataLength).finish();
+  const dataStart = headerLength + prefix.byteLength;
   const message = pool === undefined ? Buffer.allocUnsafe(dataStart + dataLength) : pool.take(dataStart + dataLength);
-  if (dataLength > 0) {
-    let at = headerLength;
-    message[at++] = DATA_TAG;
-    let n = dataLength;
-    while (n >= 0x80) {
-      message[at++] = (n % 0x80) | 0x80;
-      n = Math.floor(n / 0x80);
-    }
-    message[at] = n;
-  }
+  message.set(prefix, headerLength);
   return {
     data: message.subarray(dataStart),
     seal(sha256: string): Buffer {
