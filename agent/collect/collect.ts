@@ -69,12 +69,14 @@ export async function collectGramStatistics(
   const roles = inputRoles(analysis.inputs);
   const batchSize = options.batchSize ?? 32;
   const accumulators = new Map(selected.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0, n: g.inDim }]));
-  // onnxruntime writes each batch's Grams into these (one float32 n² buffer per group, reused), instead of new
-  // output buffers per batch that the garbage collector frees when it gets to them.
+  // onnxruntime writes each batch's Grams (the row bands of their upper block triangles) into these buffers, reused,
+  // instead of new output buffers per batch that the garbage collector frees when it gets to them.
   const fetches: Record<string, Tensor> = {};
   for (const names of instrumented.outputs) {
-    const n = selected.find((g) => g.id === names.group)!.inDim;
-    fetches[names.gram] = new OrtTensor('float32', new Float32Array(n * n), [n, n]);
+    for (const { output, firstRow, height } of names.blocks) {
+      const width = names.n - firstRow;
+      fetches[output] = new OrtTensor('float32', new Float32Array(height * width), [height, width]);
+    }
     fetches[names.rows] = new OrtTensor('int64', new BigInt64Array(1), []);
   }
   let tokens = 0;
@@ -88,11 +90,18 @@ export async function collectGramStatistics(
       const out = fetches;
       for (const names of instrumented.outputs) {
         const acc = accumulators.get(names.group)!;
-        const gram = out[names.gram]!.data as Float32Array;
         const g = acc.gram;
         const n = acc.n;
-        // The upper triangle only (a Gram is symmetric): half the float64 additions; mirrored once at the end.
-        for (let i = 0; i < n; i++) for (let at = i * n + i, end = (i + 1) * n; at < end; at++) g[at] = g[at]! + gram[at]!;
+        // The upper triangle only (a Gram is symmetric): half the float64 additions; mirrored once at the end. Band
+        // row r holds row firstRow + r of the Gram from column firstRow on.
+        for (const { output, firstRow, height } of names.blocks) {
+          const band = out[output]!.data as Float32Array;
+          const width = n - firstRow;
+          for (let r = 0; r < height; r++) {
+            const shift = (firstRow + r) * n + firstRow - r * width;
+            for (let at = r * width + r, end = (r + 1) * width; at < end; at++) g[at + shift] = g[at + shift]! + band[at]!;
+          }
+        }
         acc.rows += Number((out[names.rows]!.data as BigInt64Array)[0]);
       }
       for (const item of items) tokens += item.ids.length;

@@ -2,7 +2,15 @@
 export { analyzeModel, headParameters, inspectReport, type InspectReport, type ModelAnalysis } from './analyze.js';
 export { formGramGroups, type GramGroup } from './gram-groups.js';
 export { indexGraph, type GraphIndex } from './graph-index.js';
-export { instrumentGrams, type GramOutputs, type InstrumentedModel, type InstrumentOptions } from './instrument.js';
+export {
+  assembleGram,
+  gramBands,
+  instrumentGrams,
+  type GramBlock,
+  type GramOutputs,
+  type InstrumentedModel,
+  type InstrumentOptions,
+} from './instrument.js';
 export { pruneToOutputs } from './prune.js';
 export { type ModelTask, modelTask } from './task.js';
 export { type AnalysisNote, findLinearLayers, type LinearLayer, type LinearUse, type Orientation } from './linear-layers.js';

@@ -4,13 +4,54 @@ import type { OnnxModel } from './model-io.js';
 import type { RowRule } from './probe.js';
 import { pruneToOutputs } from './prune.js';
 
+/**
+ * One output of a Gram's upper block triangle: float32 [height, n − firstRow], rows firstRow … firstRow + height − 1
+ * of the batch's Gram from column firstRow on (the rest of those rows is the mirror of blocks above).
+ */
+export interface GramBlock {
+  readonly output: string;
+  readonly firstRow: number;
+  readonly height: number;
+}
+
 /** Names of the extra outputs the instrumented graph adds for one Gram group. */
 export interface GramOutputs {
   readonly group: string;
-  /** float32 [inDim, inDim]: Σ over masked rows of xxᵀ for this batch. */
-  readonly gram: string;
+  /** The Gram's order (the group's input width). */
+  readonly n: number;
+  /** Σ over masked rows of xxᵀ for this batch, as the row bands of its upper block triangle (one band: the whole Gram). */
+  readonly blocks: readonly GramBlock[];
   /** int64 scalar: rows that entered the Gram in this batch. */
   readonly rows: string;
+}
+
+/**
+ * The row bands a Gram of order n is computed in: one below n = 256 (a smaller product gains nothing), else
+ * ⌊n/128⌋ bands up to 16. Band i multiplies its columns of the masked rows by columns i·b… of the rows, so only the
+ * upper block triangle is computed: (k+1)/2k of the full product's multiply-adds (k = 4: 62 %, 16: 53 %). On these
+ * 2 cores (onnxruntime float32 Gemm, 3072 rows): n = 512 8.9 → 7.4 ms, 1024 38 → 27 ms, 3072 363 → 218 ms.
+ */
+export function gramBands(n: number): { firstRow: number; height: number }[] {
+  const k = n < 256 ? 1 : Math.min(16, Math.floor(n / 128));
+  const height = Math.ceil(n / k);
+  const bands: { firstRow: number; height: number }[] = [];
+  for (let firstRow = 0; firstRow < n; firstRow += height) bands.push({ firstRow, height: Math.min(height, n - firstRow) });
+  return bands;
+}
+
+/** The full symmetric Gram (float64) from one batch's blocks, `read` giving each block output's values. */
+export function assembleGram(outputs: GramOutputs, read: (output: string) => Float32Array): Float64Array {
+  const { n } = outputs;
+  const gram = new Float64Array(n * n);
+  for (const { output, firstRow, height } of outputs.blocks) {
+    const values = read(output);
+    const width = n - firstRow;
+    for (let r = 0; r < height; r++) {
+      const row = firstRow + r;
+      for (let c = r; c < width; c++) gram[row * n + firstRow + c] = gram[(firstRow + c) * n + row] = values[r * width + c]!;
+    }
+  }
+  return gram;
 }
 
 export interface InstrumentOptions {
@@ -82,16 +123,26 @@ export function instrumentGrams(
     }
     return parts;
   };
+  const constants = new Map<number, string>();
+  const constant = (value: number): string => {
+    let name = constants.get(value);
+    if (name === undefined) constants.set(value, (name = int64Constant(`${PREFIX}/index/${value}`, [value], [1])));
+    return name;
+  };
+  /** Columns [from, to) of a [rows, n] tensor. */
+  const columns = (input: string, from: number, to: number, output: string): string =>
+    node('Slice', [input, constant(from), constant(to), constant(1)], output);
   const flatShapes = new Map<number, string>();
   const flatShape = (inDim: number): string => {
     let name = flatShapes.get(inDim);
     if (name === undefined) flatShapes.set(inDim, (name = int64Constant(`${PREFIX}/shape/rows_by_${inDim}`, [-1, inDim], [2])));
     return name;
   };
-  const perTensor = new Map<string, { gram: string; rows: string }>();
+  const perTensor = new Map<string, { bands: string[]; rows: string }>();
 
   for (const group of groups) {
-    const parts: { gram: string; rows: string }[] = [];
+    const bands = gramBands(group.inDim);
+    const parts: { bands: string[]; rows: string }[] = [];
     for (const tensor of group.inputs) {
       let part = perTensor.get(tensor);
       if (part === undefined) {
@@ -100,35 +151,42 @@ export function instrumentGrams(
         const flat = node('Reshape', [asFloat, flatShape(group.inDim)], `${base}/rows`);
         const rule = rules.get(tensor);
         const mask = options.includePadding === true ? null : rule?.rows === 'tokens' ? rule.mask : null;
-        if (mask !== null) {
-          const { column: m, rows } = maskParts(mask);
-          const masked = node('Mul', [flat, m], `${base}/masked`);
-          part = { gram: node('Gemm', [masked, flat], `${base}/gram`, [intAttr('transA', 1)]), rows };
-        } else {
+        const maskColumn = mask === null ? null : maskParts(mask).column;
+        // Band i: (m ⊙ X[:, band])ᵀ X[:, firstRow:]; one band is (m ⊙ X)ᵀ X.
+        const gemms = bands.map(({ firstRow, height }, i) => {
+          const whole = bands.length === 1;
+          const left = whole ? flat : columns(flat, firstRow, firstRow + height, `${base}/band${i}/left`);
+          const masked = maskColumn === null ? left : node('Mul', [left, maskColumn], `${base}/band${i}/masked`);
+          const right = firstRow === 0 ? flat : columns(flat, firstRow, group.inDim, `${base}/band${i}/right`);
+          return node('Gemm', [masked, right], `${base}/band${i}/gram`, [intAttr('transA', 1)]);
+        });
+        if (mask !== null) part = { bands: gemms, rows: maskParts(mask).rows };
+        else {
           const shape = node('Shape', [flat], `${base}/shape`);
-          part = {
-            gram: node('Gemm', [flat, flat], `${base}/gram`, [intAttr('transA', 1)]),
-            rows: node('Gather', [shape, zero], `${base}/count`, [intAttr('axis', 0)]),
-          };
+          part = { bands: gemms, rows: node('Gather', [shape, zero], `${base}/count`, [intAttr('axis', 0)]) };
         }
         perTensor.set(tensor, part);
       }
       parts.push(part);
     }
-    const gramName = `${PREFIX}.gram.${group.id}`;
     const rowsName = `${PREFIX}.rows.${group.id}`;
-    sumInto(
-      parts.map((p) => p.gram),
-      gramName,
-      node,
-    );
+    const blocks = bands.map(({ firstRow, height }, i) => {
+      const output = bands.length === 1 ? `${PREFIX}.gram.${group.id}` : `${PREFIX}.gram.${group.id}.band${i}`;
+      sumInto(
+        parts.map((p) => p.bands[i]!),
+        output,
+        node,
+      );
+      outputs.push(tensorOutput(output, FLOAT, [height, group.inDim - firstRow]));
+      return { output, firstRow, height };
+    });
     sumInto(
       parts.map((p) => p.rows),
       rowsName,
       node,
     );
-    outputs.push(tensorOutput(gramName, FLOAT, [group.inDim, group.inDim]), tensorOutput(rowsName, INT64, []));
-    produced.push({ group: group.id, gram: gramName, rows: rowsName });
+    outputs.push(tensorOutput(rowsName, INT64, []));
+    produced.push({ group: group.id, n: group.inDim, blocks, rows: rowsName });
   }
 
   const extended = {
