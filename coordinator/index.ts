@@ -1,5 +1,5 @@
 /** coordinator/: receives statistics, sums, solves and writes the merged model. Public entry. */
-export { CommitBatch } from './intake/index.js';
+export { CommitBatch, storeChunk } from './intake/index.js';
 export {
   type ChunkIn,
   checkTransition,

@@ -5,8 +5,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { FileStore } from '../../../coordinator/index.js';
-import { storeChunk } from '../../../coordinator/intake/index.js';
+import { FileStore, storeChunk } from '../../../coordinator/index.js';
 import { ErrorCode, GramfuseError } from '../../../shared/index.js';
 import type { StatisticChunk } from '../../../shared/federation/index.js';
 import type { PlannedStatistic } from '../../../shared/merge/index.js';
