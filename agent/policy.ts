@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
+import { ErrorCode, fileError, GramfuseError, schemaProblems } from '../shared/index.js';
 import { DisclosurePolicy } from '../shared/merge/index.js';
 
 /**
@@ -63,8 +63,7 @@ export async function readOwnerPolicyFile(path: string): Promise<OwnerPolicyFile
   }
   const parsed = OwnerPolicyFile.safeParse(value ?? {});
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-    throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: ${problems.join('; ')}`, { facts: { path } });
+    throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: ${schemaProblems(parsed.error.issues)}`, { facts: { path } });
   }
   return parsed.data;
 }

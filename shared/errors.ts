@@ -156,6 +156,18 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
+/**
+ * A schema's problems (zod issues) as one line: `dot.path: message` each, `(root)` for the value itself, at most
+ * `limit` of them and a count of the rest — never a raw zod dump.
+ */
+export function schemaProblems(
+  issues: readonly { readonly path: readonly PropertyKey[]; readonly message: string }[],
+  limit = Infinity,
+): string {
+  const shown = issues.slice(0, limit).map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
+  return `${shown.join('; ')}${issues.length > limit ? `; and ${issues.length - limit} more` : ''}`;
+}
+
 export function fileError(error: unknown, path: string, doing: string): GramfuseError {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOENT') {

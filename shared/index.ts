@@ -26,6 +26,7 @@ export {
   type GramfuseErrorOptions,
   grpcStatusByErrorCode,
   isGramfuseError,
+  schemaProblems,
   toGramfuseError,
 } from './errors.js';
 export { formatBytes, formatTable, parseByteSize } from './text-format.js';

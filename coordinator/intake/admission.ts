@@ -1,7 +1,7 @@
 // Admission: whether an owner's manifest may join a job. A pure check against the job's spec and template
 // analysis (no state, no I/O): the template decides which statistics may exist and with which shapes, so an
 // agent cannot send a tensor the model does not have.
-import { ErrorCode, GramfuseError } from '../../shared/index.js';
+import { ErrorCode, GramfuseError, schemaProblems } from '../../shared/index.js';
 import type { JobSpec } from '../../shared/federation/index.js';
 import { BundleManifest, planDisclosure } from '../../shared/merge/index.js';
 import type { ModelAnalysis } from '../../shared/onnx/index.js';
@@ -25,10 +25,7 @@ export function admitManifest(
   try {
     const parsed = BundleManifest.safeParse(JSON.parse(manifestJson));
     if (!parsed.success) {
-      // Dot paths, as the job spec reports them: never a raw zod dump.
-      const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-      const more = parsed.error.issues.length > 5 ? `; and ${parsed.error.issues.length - 5} more` : '';
-      throw new Error(`${issues.join('; ')}${more}`);
+      throw new Error(schemaProblems(parsed.error.issues, 5));
     }
     manifest = parsed.data;
   } catch (error) {

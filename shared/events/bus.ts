@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-import { ErrorCode, GramfuseError, toGramfuseError } from '../errors.js';
+import { ErrorCode, GramfuseError, schemaProblems, toGramfuseError } from '../errors.js';
 
 /** What a control-plane event reports (DESIGN.md §6). Events carry facts about a job, never tensors. */
 export const JobEventType = z.enum(['state', 'joined', 'upload', 'solve', 'result']);
@@ -53,10 +53,7 @@ export function jobEventSubject(job: string, type: JobEventType): string {
 export function checkEvent(event: unknown): JobEvent {
   const result = JobEvent.safeParse(event);
   if (result.success) return result.data;
-  throw new GramfuseError(
-    ErrorCode.InvalidArgument,
-    `invalid job event: ${result.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
-  );
+  throw new GramfuseError(ErrorCode.InvalidArgument, `invalid job event: ${schemaProblems(result.error.issues)}`);
 }
 
 /**

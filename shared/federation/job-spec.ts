@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-import { ErrorCode, GramfuseError } from '../errors.js';
+import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { DisclosurePolicy, MergeSpec } from '../merge/index.js';
 
 /**
@@ -138,9 +138,8 @@ export type JobSpec = z.infer<typeof JobSpec>;
 export function parseJobSpec(value: unknown, source: string): JobSpec {
   const result = JobSpec.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-  throw new GramfuseError(ErrorCode.InvalidArgument, `${source}: invalid job spec: ${problems.join('; ')}`, {
-    facts: { problems: problems.length },
+  throw new GramfuseError(ErrorCode.InvalidArgument, `${source}: invalid job spec: ${schemaProblems(result.error.issues)}`, {
+    facts: { problems: result.error.issues.length },
   });
 }
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 
 import { z } from 'zod';
 
-import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+import { ErrorCode, fileError, GramfuseError, schemaProblems } from '../errors.js';
 import { DisclosurePlan } from './plan.js';
 import { readSafetensorsHeader } from './safetensors.js';
 
@@ -182,9 +182,7 @@ async function readManifest(dir: string, invalid: (reason: string) => GramfuseEr
   }
   const parsed = BundleManifest.safeParse(json);
   if (!parsed.success) {
-    throw invalid(
-      `manifest.json does not match the bundle schema: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
-    );
+    throw invalid(`manifest.json does not match the bundle schema: ${schemaProblems(parsed.error.issues)}`);
   }
   return parsed.data;
 }

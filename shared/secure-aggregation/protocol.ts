@@ -6,7 +6,7 @@ import { X509Certificate } from 'node:crypto';
 
 import { z } from 'zod';
 
-import { ErrorCode, GramfuseError } from '../errors.js';
+import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { IdentityName } from '../federation/job-spec.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
@@ -109,14 +109,7 @@ export function parseSecure<T>(schema: z.ZodType<T>, json: string, what: string)
     throw new GramfuseError(ErrorCode.InvalidArgument, `${what}: not valid JSON (${(error as Error).message})`);
   }
   const parsed = schema.safeParse(value);
-  if (!parsed.success)
-    throw new GramfuseError(
-      ErrorCode.InvalidArgument,
-      `${what}: ${parsed.error.issues
-        .slice(0, 5)
-        .map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`)
-        .join('; ')}`,
-    );
+  if (!parsed.success) throw new GramfuseError(ErrorCode.InvalidArgument, `${what}: ${schemaProblems(parsed.error.issues, 5)}`);
   return parsed.data;
 }
 
