@@ -135,7 +135,8 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     const collectTimes: number[] = [];
     await plainRun(); // warm-up
     await gramRun();
-    for (let run = 0; run < (context.quick ? 2 : 3); run++) {
+    // Five runs of the fixture models (seconds each, and ±15 % apart between runs on this shared machine), three of the larger model.
+    for (let run = 0; run < (context.quick ? 2 : c.maxExamples === undefined ? 5 : 3); run++) {
       // Interleaved, so load on the machine hits all three alike.
       let t = performance.now();
       await plainRun();
@@ -190,7 +191,7 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     ]);
   }
   context.print(
-    `collect: statistics collection C vs plain inference P and the same Gram products alone G (standalone onnxruntime float32 Gemm graph, one XᵀX per tapped tensor, on the batches' activation shapes), batch ${batchSize}, ${context.threads} threads, length-bucketed batches (medians; P and C include tokenization, each of P, G, C its session's creation)\n` +
+    `collect: statistics collection C vs plain inference P and the same Gram products alone G (standalone onnxruntime float32 Gemm graph, one XᵀX per tapped tensor, on the batches' activation shapes), batch ${batchSize}, ${context.threads} threads, length-bucketed batches (medians of 5 runs, 3 for BERT-base; P and C include tokenization, each of P, G, C its session's creation)\n` +
       table(
         ['model', 'examples', 'tokens', 'Grams', 'P s', 'G s', 'P+G s', 'C s', 'C/(P+G)', 'collect/plain', 'sessions P / G / C s'],
         rows,

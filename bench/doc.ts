@@ -265,10 +265,12 @@ nothing and acknowledging at once, the stream still took ≈ 2× the raw stream'
 chunk, grpc-js frames 65 messages with an acknowledgement each); writing the 65 files adds ≈ 10 ms (up to the
 window at a time) and the owner's last group commit ≈ 35–45 ms: its files fsynced (now several at a time: 38 → 16 ms for
 65 files on this ext4), 65 receipts signed and fsynced, 130 audit records signed and fsynced. On the BERT-base-size
-bundle both cores are busy with hashing (each byte once per side since this change: the coordinator checks a large
-statistic's chunks through its running digest and hashes a chunk on its own only when it arrives out of order),
-garbage collection (grpc-js assembles every 4 MiB message in a fresh buffer) and kernel time (receiving and writing
-1.4 GB); a receiver doing only the writing and fsyncing is already the raw+disk column. Tried without gain earlier:
+bundle both cores were busy in the profiles of 4 December: SHA-256 (the coordinator's main thread ≈ 2.0 s, every byte
+twice; since 7 December once: a large statistic's chunks arriving in order feed its running digest, and a chunk is
+hashed on its own only when it arrives out of order; the runs of 4 and 7 December measured 151 → 154 MB/s plaintext
+and 143 → 163 MB/s mTLS at window 8, within this machine's noise), garbage
+collection (≈ 1.8 s: grpc-js assembles every 4 MiB message in a fresh buffer) and kernel time (≈ 6 s: receiving and
+writing 1.4 GB); a receiver doing only the writing and fsyncing is the raw+disk column. Tried without gain earlier:
 smaller commit groups, fdatasync at write time, a 16 MiB HTTP/2 window on the server (grpc-js does not expose it).
 Left: several small statistics per chunk message (fewer messages and acknowledgements), one signature over a
 commit group's receipts instead of one each (a receipt and ledger format change).
