@@ -23,7 +23,11 @@ describe('collectGramStatistics', () => {
     try {
       for (const example of examples) {
         const encoded = tokenizer.encode(example.text, example.pair);
-        const out = await runSession(session, buildFeeds([encoded], analysis.inputs, inputRoles(analysis.inputs), tokenizer.padId), 'reference');
+        const out = await runSession(
+          session,
+          buildFeeds([encoded], analysis.inputs, inputRoles(analysis.inputs), tokenizer.padId),
+          'reference',
+        );
         for (const group of analysis.gramGroups) {
           const acc = expected.get(group.id)!;
           const n = group.inDim;
