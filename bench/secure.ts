@@ -13,7 +13,7 @@ import { connectFederation } from '../client/index.js';
 import { formatBytes } from '../shared/index.js';
 import { readLedgerRecords } from '../shared/audit/index.js';
 import { loadModel, maxRelativeParameterDifference } from '../shared/onnx/index.js';
-import { certsInit, certsIssue, loadTls } from '../cli/index.js';
+import { certsFlags, certsInit, certsIssue, loadTls } from '../cli/index.js';
 import { type BenchContext, table } from './harness.js';
 import { runGramfuse, startCoordinator } from './processes.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
@@ -57,10 +57,7 @@ export async function benchSecure(context: BenchContext): Promise<void> {
     tlsCert: join(certs, `${name}.pem`),
     tlsKey: join(certs, `${name}-key.pem`),
   });
-  const tls = (name: string): string[] => {
-    const f = tlsFlags(name);
-    return ['--tls-ca', f.tlsCa, '--tls-cert', f.tlsCert, '--tls-key', f.tlsKey];
-  };
+  const tls = (name: string): string[] => certsFlags(certs, name);
   const creatorTls = await loadTls(tlsFlags('creator'));
   const base = join(dir, 'synthetic-bert.onnx');
   const baseOptions = context.quick ? { ...BERT_BASE, layers: 2 } : BERT_BASE;

@@ -11,7 +11,7 @@ import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { type MergeReport, MergeSpec } from '../shared/merge/index.js';
 import { loadModel, maxRelativeParameterDifference } from '../shared/onnx/index.js';
 import { auditReconcile, auditVerify, formatReconciliation } from './audit-commands.js';
-import { certsInit, certsIssue, loadTls } from './federation-commands.js';
+import { certsFlags, certsInit, certsIssue, loadTls } from './federation-commands.js';
 import { exportHfCheckpoint } from './hf-export.js';
 import { runLocalMerge } from './local-merge.js';
 
@@ -189,14 +189,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   await certsInit(certs, 'gramfuse demo CA');
   await certsIssue(certs, 'coordinator', ['localhost', '127.0.0.1']);
   for (const name of ['creator', ...orgs]) await certsIssue(certs, name, []);
-  const tls = (name: string): string[] => [
-    '--tls-ca',
-    join(certs, 'ca.pem'),
-    '--tls-cert',
-    join(certs, `${name}.pem`),
-    '--tls-key',
-    join(certs, `${name}-key.pem`),
-  ];
+  const tls = (name: string): string[] => certsFlags(certs, name);
   const model = (org: string): string => join(DEMO_EXAMPLES, org, 'model.onnx');
   const tokenizer = join(DEMO_EXAMPLES, 'tokenizer.json');
   const labels = join(DEMO_EXAMPLES, 'labels.json');

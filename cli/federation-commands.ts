@@ -69,6 +69,11 @@ export async function certsIssue(dir: string, name: string, hosts: readonly stri
   return [join(dir, `${name}.pem`), join(dir, `${name}-key.pem`)];
 }
 
+/** The `--tls-ca/--tls-cert/--tls-key` flags for `name` in a certificate directory laid out as `gramfuse certs` writes it (ca.pem, NAME.pem, NAME-key.pem). */
+export function certsFlags(dir: string, name: string): string[] {
+  return ['--tls-ca', join(dir, 'ca.pem'), '--tls-cert', join(dir, `${name}.pem`), '--tls-key', join(dir, `${name}-key.pem`)];
+}
+
 /** A job spec file's content: YAML (.yaml/.yml) or JSON; the coordinator validates it with zod. */
 export function parseSpecText(text: string, path: string): unknown {
   const yaml = /\.ya?ml$/i.test(path);

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { certsFlags } from '../../cli/index.js';
 import { connectFederation } from '../../client/index.js';
 import { ErrorCode, type GramfuseError } from '../../shared/index.js';
 import { CLI, REPO, runCli } from '../helpers/cli.js';
@@ -40,14 +41,7 @@ let browser: Browser;
 let page: Page;
 const consoleErrors: string[] = [];
 
-const tls = (name: string): string[] => [
-  '--tls-ca',
-  join(certs, 'ca.pem'),
-  '--tls-cert',
-  join(certs, `${name}.pem`),
-  '--tls-key',
-  join(certs, `${name}-key.pem`),
-];
+const tls = (name: string): string[] => certsFlags(certs, name);
 const clientTls = (name: string) => ({
   caPem: readFileSync(join(certs, 'ca.pem'), 'utf8'),
   certPem: readFileSync(join(certs, `${name}.pem`), 'utf8'),

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/index.js';
+import { certsFlags } from '../../cli/index.js';
 import { connectFederation } from '../../client/index.js';
 import { packageVersion } from '../../shared/index.js';
 import { readHfCheckpoint } from '../../shared/merge/index.js';
@@ -160,7 +161,7 @@ describe.each(['llama', 'qwen2'] as const)('RegMean on a decoder: %s', (arch) =>
         `decoder-${arch}`,
         '--coordinator',
         federation.address,
-        ...['--tls-ca', join(certDir, 'ca.pem'), '--tls-cert', join(certDir, 'creator.pem'), '--tls-key', join(certDir, 'creator-key.pem')],
+        ...certsFlags(certDir, 'creator'),
         '--out',
         join(downloadDir, 'merged.onnx'),
         '--hf-out',

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/index.js';
+import { certsFlags } from '../../cli/index.js';
 import { type ClientTls, connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { federation } from '../../proto/index.js';
@@ -69,12 +70,7 @@ const agentArgs = (org: string, port: number, job: string, workDir: string): str
   '--json',
   '--threads',
   '1',
-  '--tls-ca',
-  join(work, 'ca.pem'),
-  '--tls-cert',
-  join(work, `${org}.pem`),
-  '--tls-key',
-  join(work, `${org}-key.pem`),
+  ...certsFlags(work, org),
 ];
 
 function agentOptions(org: string, port: number, job: string, workDir: string, chunkBytes?: number): Parameters<typeof runAgent>[0] {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent as runInProcess } from '../../agent/index.js';
+import { certsFlags } from '../../cli/index.js';
 import { connectFederation } from '../../client/index.js';
 import { type CoordinatorServer, startCoordinatorServer } from '../../coordinator/index.js';
 import { startDashboard } from '../../dashboard/index.js';
@@ -53,14 +54,7 @@ const tls = (name: string) => ({
   certPem: readFileSync(join(work, `${name}.pem`), 'utf8'),
   keyPem: readFileSync(join(work, `${name}-key.pem`), 'utf8'),
 });
-const tlsArgs = (name: string): string[] => [
-  '--tls-ca',
-  join(work, 'ca.pem'),
-  '--tls-cert',
-  join(work, `${name}.pem`),
-  '--tls-key',
-  join(work, `${name}-key.pem`),
-];
+const tlsArgs = (name: string): string[] => certsFlags(work, name);
 
 async function createJob(address: string, id: string, participants: readonly string[], privacy: Record<string, unknown>): Promise<void> {
   const client = connectFederation({ address, tls: tls('creator') });
