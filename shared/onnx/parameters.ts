@@ -76,7 +76,6 @@ export function readParameterValues(model: OnnxModel, name: string): Float64Arra
   return decodeFloats(bytes, info.dtype);
 }
 
-/** The model with parameter values replaced (cast to each parameter's own dtype); nothing else changes. */
 /**
  * How far model `a`'s parameters are from model `b`'s (same graph): the largest, over `b`'s float parameters, of
  * max |a − b| / max |b| (the absolute difference for an all-zero parameter). 0 when they are equal.
@@ -97,6 +96,7 @@ export function maxRelativeParameterDifference(a: OnnxModel, b: OnnxModel): numb
   return worst;
 }
 
+/** The model with parameter values replaced (cast to each parameter's own dtype); nothing else changes. */
 export function withParameterValues(model: OnnxModel, values: ReadonlyMap<string, Float64Array>): OnnxModel {
   const graph = model.proto.graph!;
   const seen = new Set<string>();
