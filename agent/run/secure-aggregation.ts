@@ -35,7 +35,6 @@ import {
   statisticScale,
   verifyAdvertisement,
   verifyPeerCertificate,
-  verifyUnmaskRequest,
 } from '../../shared/secure-aggregation/index.js';
 import { canonicalJson, readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
 
@@ -425,9 +424,7 @@ export class SecureSession {
     // At least t survivors signed this very request, each with the certificate checked in round 0 (prepare).
     if (this.certificates.size === 0)
       throw new GramfuseError(ErrorCode.Internal, `job ${jobId}: the unmasking needs the round-0 certificates; prepare() runs first`);
-    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, round.threshold, (signature, certificatePem) =>
-      verifyUnmaskRequest(jobId, round.unmask!, signature, certificatePem),
-    );
+    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, round.threshold);
     const guard = new ShareGuard(jobId, this.secrets.guard);
     checkUnmaskRequest(jobId, round.unmask, round.sharers ?? [], round.threshold, guard);
     this.secrets.guard = guard.toJSON();

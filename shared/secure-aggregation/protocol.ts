@@ -10,6 +10,7 @@ import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { IdentityName } from '../federation/job-spec.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
+import { verifyUnmaskRequest } from './keys.js';
 import { applyMask } from './prg.js';
 
 /** A log₂ bound an owner may declare: the smallest below which every fraction bit is still useful (2⁻⁶⁴), and 2¹⁰²³. */
@@ -196,11 +197,15 @@ export function checkConfirmations(
   confirmations: readonly { readonly owner: string; readonly signature: string }[],
   certificates: ReadonlyMap<string, string>,
   threshold: number,
-  verify: (signature: string, certificatePem: string) => boolean,
 ): void {
   const valid = new Set(
     confirmations
-      .filter((c) => request.survivors.includes(c.owner) && certificates.has(c.owner) && verify(c.signature, certificates.get(c.owner)!))
+      .filter(
+        (c) =>
+          request.survivors.includes(c.owner) &&
+          certificates.has(c.owner) &&
+          verifyUnmaskRequest(job, request, c.signature, certificates.get(c.owner)!),
+      )
       .map((c) => c.owner),
   );
   if (valid.size < threshold)
