@@ -2,6 +2,7 @@
 // that is asked for its port and stopped with SIGTERM.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 
 const cli = join(resolve(import.meta.dirname, '..'), 'dist/cli/main.js');
 
@@ -27,26 +28,33 @@ export interface CoordinatorProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `gramfuse coordinator serve --listen 127.0.0.1:0 --json` with `args`, once it has said its port. */
-export async function startCoordinator(args: readonly string[]): Promise<CoordinatorProcess> {
-  const child = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', '127.0.0.1:0', '--json', ...args], {
+/**
+ * The port a child process listens on, from the `{"port": N}` it prints as its first stdout line; rejects with what it
+ * wrote on stderr if it exits first. `log` gives that stderr so far.
+ */
+export async function listeningPort(child: ChildProcess, what: string): Promise<{ port: number; log: () => string }> {
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (c: string) => (log += c));
+  const port = await new Promise<number>((resolvePort, reject) => {
+    createInterface({ input: child.stdout! }).once('line', (line) => resolvePort((JSON.parse(line) as { port: number }).port));
+    child.once('exit', (code) => reject(new Error(`${what} exited (${code}):\n${log}`)));
+  });
+  return { port, log: () => log };
+}
+
+/** SIGTERM, then waits for the process to exit (nothing when it has exited already). */
+export async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+/** Starts `gramfuse coordinator serve --listen <listen> --json` with `args`, once it has said its port. */
+export async function startCoordinator(args: readonly string[], listen = '127.0.0.1:0'): Promise<CoordinatorProcess> {
+  const child = spawn(process.execPath, [cli, 'coordinator', 'serve', '--listen', listen, '--json', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  let log = '';
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (log += c));
-  const port = await new Promise<number>((resolvePromise, reject) => {
-    child.stdout.setEncoding('utf8').once('data', (c: string) => resolvePromise((JSON.parse(c.split('\n')[0]!) as { port: number }).port));
-    child.once('exit', (code) => reject(new Error(`coordinator exited (${code}):\n${log}`)));
-  });
-  return {
-    process: child,
-    port,
-    log: () => log,
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
+  const { port, log } = await listeningPort(child, 'coordinator');
+  return { process: child, port, log, stop: () => stopProcess(child) };
 }

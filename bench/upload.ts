@@ -4,11 +4,10 @@
 // plaintext and mTLS, measured in the same run on loopback. Two sizes: the fixture bundle (many 131 kB to 2.4 MB
 // statistics) and the BERT-base-size bundle (large statistics). A run with the coordinator killed half way
 // counts the chunks the agent sent again.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 
 import * as grpc from '@grpc/grpc-js';
 
@@ -19,11 +18,11 @@ import { chunkCount, DEFAULT_CHUNK_BYTES, DEFAULT_UPLOAD_WINDOW } from '../share
 import { type BundleManifest, DisclosurePolicy, MergeSpec } from '../shared/merge/index.js';
 import { createCertificateAuthority, issueCertificate } from '../shared/security/index.js';
 import { type BenchContext, median, table } from './harness.js';
+import { listeningPort, startCoordinator, stopProcess } from './processes.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
 import { sinkService } from './upload-sink.js';
 
 const repo = resolve(import.meta.dirname, '..');
-const cli = join(repo, 'dist/cli/main.js');
 const fixtures = resolve(repo, '../shared/fixtures');
 const RAW_CHUNK = DEFAULT_CHUNK_BYTES;
 
@@ -34,44 +33,18 @@ interface Tls {
   readonly pems: Map<string, { certPem: string; keyPem: string }>;
 }
 
-/** A child process that prints {"port": N} on its first stdout line. */
-async function started(child: ChildProcess, what: string): Promise<number> {
-  let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (c: string) => (log += c));
-  return new Promise<number>((resolvePort, reject) => {
-    createInterface({ input: child.stdout! }).once('line', (line) => resolvePort((JSON.parse(line) as { port: number }).port));
-    child.once('exit', (code) => reject(new Error(`${what} exited (${code}):\n${log}`)));
-  });
-}
-
-function startCoordinator(state: string, listen: string, templateDir: string, tls: Tls | undefined): ChildProcess {
+/** `coordinator serve` arguments for the bench's job (listen address and --json come from startCoordinator). */
+function coordinatorArgs(state: string, templateDir: string, tls: Tls | undefined): string[] {
   const files = tls?.files('coordinator');
-  return spawn(
-    process.execPath,
-    [
-      cli,
-      'coordinator',
-      'serve',
-      '--listen',
-      listen,
-      '--state',
-      state,
-      '--creators',
-      'creator',
-      '--template-dir',
-      templateDir,
-      '--json',
-      ...(tls === undefined ? ['--insecure-loopback'] : ['--tls-ca', tls.caFile, '--tls-cert', files!.cert, '--tls-key', files!.key]),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await exited;
+  return [
+    '--state',
+    state,
+    '--creators',
+    'creator',
+    '--template-dir',
+    templateDir,
+    ...(tls === undefined ? ['--insecure-loopback'] : ['--tls-ca', tls.caFile, '--tls-cert', files!.cert, '--tls-key', files!.key]),
+  ];
 }
 
 /** Milliseconds to stream `bytes` in RAW_CHUNK messages into the sink process. */
@@ -88,7 +61,7 @@ async function rawStream(bytes: number, tls: Tls | undefined, store?: string): P
     { stdio: ['ignore', 'pipe', 'pipe'], cwd: repo },
   );
   try {
-    const port = await started(sink, 'the raw sink');
+    const { port } = await listeningPort(sink, 'the raw sink');
     const Client = grpc.makeGenericClientConstructor(sinkService, 'Sink');
     const client = new Client(
       `localhost:${port}`,
@@ -117,7 +90,7 @@ async function rawStream(bytes: number, tls: Tls | undefined, store?: string): P
     client.close();
     return ms;
   } finally {
-    await stop(sink);
+    await stopProcess(sink);
   }
 }
 
@@ -145,8 +118,9 @@ async function uploadJob(
   killAt?: number,
 ): Promise<UploadRun> {
   const state = join(dir, 'state');
-  let coordinator = startCoordinator(state, '127.0.0.1:0', dirname(template), tls);
-  const port = await started(coordinator, 'the coordinator');
+  const args = coordinatorArgs(state, dirname(template), tls);
+  let coordinator = await startCoordinator(args);
+  const port = coordinator.port;
   const connect = (who: string): ConnectOptions =>
     tls === undefined
       ? { address: `127.0.0.1:${port}`, insecureIdentity: who }
@@ -196,11 +170,10 @@ async function uploadJob(
         onUpload: async (sent, total) => {
           if (killAt === undefined || killed || i > 0 || sent < total * killAt) return;
           killed = true;
-          const exited = new Promise((r) => coordinator.once('exit', r));
-          coordinator.kill('SIGKILL');
+          const exited = new Promise((r) => coordinator.process.once('exit', r));
+          coordinator.process.kill('SIGKILL');
           await exited;
-          coordinator = startCoordinator(state, `127.0.0.1:${port}`, dirname(template), tls);
-          await started(coordinator, 'the restarted coordinator');
+          coordinator = await startCoordinator(args, `127.0.0.1:${port}`);
         },
       });
       bytes += result.bytesSent;
@@ -210,7 +183,7 @@ async function uploadJob(
     }
     return { bytes, uploadSeconds, phases, chunksResent };
   } finally {
-    await stop(coordinator);
+    await coordinator.stop();
     await rm(state, { recursive: true, force: true });
     await rm(join(dir, 'agents'), { recursive: true, force: true });
   }
