@@ -86,6 +86,10 @@ function followDigest(indices: Set<number>, chunk: StatisticChunk): boolean {
 /**
  * Stores a checked chunk. Returns the committed file of the statistic once it is whole and verified (for the
  * batch to commit), or `undefined` while chunks are missing. `held`: statistic id → chunk indices held.
+ * Calls for chunks of one statistic may overlap (the upload stream writes one chunk while it hashes the next):
+ * the digest is fed before the first await, so calls must begin in the stream's order, and a chunk must not be
+ * stored again while its first copy is being stored; a chunk counts as held once written and listed, and the
+ * call that completes the set checks the whole statistic.
  */
 export async function storeChunk(
   store: StatisticStore,

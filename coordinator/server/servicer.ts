@@ -264,9 +264,11 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       // first chunk names it, the largest allowed before. A client past its window (sending ahead of the acks)
       // is paused, so HTTP/2 flow control holds it back; one whose chunks still pile up past the window and
       // WINDOW_OVERRUN_CHUNKS is cancelled with RESOURCE_EXHAUSTED. Memory held per stream stays bounded
-      // whatever the client does. One-chunk statistics (most of a bundle) are stored concurrently, up to the
-      // window, since each is a file of its own; a chunk of a larger statistic waits for those before it, so a
-      // statistic's chunks are stored in order (its digest follows them) and never beside another of its chunks.
+      // whatever the client does. Chunks are stored concurrently, up to the window: what must follow the
+      // stream's order (the checks, and a large statistic's running digest) runs when a chunk's turn in the
+      // queue comes, before its write is started, so the next chunk is hashed while this one is being written
+      // (a chunk's write and its `.held` line waited for before the next was looked at cost a BERT-base-size
+      // upload ≈ 40 % of its time on this machine). A chunk sent again waits for its first copy to be stored.
       let queue = Promise.resolve();
       let pending = 0;
       let window = MAX_UPLOAD_WINDOW;
@@ -323,9 +325,8 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
             return;
           }
           const key = `${chunk.statisticId}\u0000${chunk.index}`;
-          // A resent chunk waits for its first copy; a chunk of a larger statistic waits for all before it.
-          if (Number(chunk.count) > 1) await settled();
-          else await storing.get(key);
+          await storing.get(key);
+          // stored() checks the chunk and feeds its statistic's digest before its first await: in the queue's order.
           const work = stored(chunk)
             .catch(abort)
             .finally(() => {
@@ -334,7 +335,6 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
               if (pending <= window && call.isPaused()) call.resume();
             });
           storing.set(key, work);
-          if (Number(chunk.count) > 1) await work;
         });
       });
       call.on('end', () => {

@@ -101,6 +101,31 @@ describe('chunk intake', () => {
     expect(new Uint8Array(await readFile(store.path(...file!)))).toEqual(data);
   });
 
+  it('stores the chunks of one statistic concurrently, begun in order: one call completes it, and a bad chunk is still found', async () => {
+    const store = await fresh();
+    const { planned, chunks, data } = statistic(9000, 6);
+    const held = new Map<string, Set<number>>();
+    // As the upload stream calls it: each call begun (its digest fed) before the one before it has written its chunk.
+    const results = await Promise.all(chunks.map((chunk) => storeChunk(store, held, 'org0', chunk, planned)));
+    const files = results.filter((r) => r !== undefined);
+    expect(files).toHaveLength(1);
+    expect(new Uint8Array(await readFile(store.path(...files[0]!)))).toEqual(data);
+    expect(held.has(planned.id)).toBe(false);
+
+    const other = statistic(9000, 7);
+    const bad = { ...other.chunks[4]!, data: Uint8Array.from(other.chunks[4]!.data, (x, i) => (i === 0 ? x ^ 1 : x)) };
+    const settled = await Promise.allSettled(
+      other.chunks.map((chunk, index) => storeChunk(store, held, 'org0', index === 4 ? bad : chunk, other.planned)),
+    );
+    const failed = settled.filter((r) => r.status === 'rejected');
+    expect(failed).toHaveLength(1);
+    expect(((failed[0] as PromiseRejectedResult).reason as Error).message).toMatch(
+      /^statistic gram\/g7 assembled from 9 chunks does not match/,
+    );
+    expect(settled.filter((r) => r.status === 'fulfilled' && r.value !== undefined)).toHaveLength(0);
+    expect(await store.list(['jobs', 'j', 'owners', 'org0', 'partial'])).toEqual([]);
+  });
+
   it('checks a chunk out of order (and a one-chunk statistic) on its own before storing it', async () => {
     const store = await fresh();
     const { planned, chunks } = statistic(4096, 4);
