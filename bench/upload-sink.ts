@@ -1,8 +1,11 @@
 // The raw baseline of bench/upload, in a process of its own as the coordinator is: a grpc-js client-streaming
 // service that counts the bytes it receives and replies with the count (no hashing, no disk). With --store FILE it
 // also writes every message to FILE in order and fsyncs it before replying: the least a receiver that keeps the
-// bytes durably must do (the bench's second baseline). Prints {"port": N} on its first line.
-// Arguments: [--tls CA.pem CERT.pem KEY.pem] [--store FILE].
+// bytes durably must do (the bench's second baseline); with --hash it also feeds every message to one SHA-256,
+// as the coordinator feeds a statistic's running digest (the third, with a client that hashes each message as
+// the agent hashes each chunk). Prints {"port": N} on its first line.
+// Arguments: [--tls CA.pem CERT.pem KEY.pem] [--store FILE] [--hash].
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 
@@ -28,10 +31,12 @@ async function main(): Promise<void> {
     sink: (call: grpc.ServerReadableStream<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
       let received = 0;
       const file = storeAt < 0 ? undefined : open(process.argv[storeAt + 1]!, 'w');
+      const digest = process.argv.includes('--hash') ? createHash('sha256') : undefined;
       let written: Promise<unknown> = Promise.resolve();
       call.on('data', (b: Buffer) => {
         const at = received;
         received += b.byteLength;
+        digest?.update(b);
         if (file !== undefined) written = written.then(async () => (await file).write(b, 0, b.byteLength, at));
       });
       call.on('end', () => {
@@ -43,7 +48,7 @@ async function main(): Promise<void> {
             await handle.close();
           })
           .then(
-            () => callback(null, Buffer.from(String(received))),
+            () => callback(null, Buffer.from(digest === undefined ? String(received) : `${received} ${digest.digest('hex')}`)),
             (error: unknown) => callback({ code: grpc.status.INTERNAL, details: String(error) }),
           );
       });

@@ -1,10 +1,12 @@
 // bench/upload: MB/s of a statistics upload into a coordinator process (chunking, SHA-256 per chunk on each side,
 // the window of chunks in flight, writes, group commits, signed receipts and their verification) against a raw
-// grpc-js client stream of the same bytes into a process of its own (4 MiB messages, no hashing, no disk),
-// plaintext and mTLS, measured in the same run on loopback. Two sizes: the fixture bundle (many 131 kB to 2.4 MB
+// grpc-js client stream of the same bytes into a process of its own (4 MiB messages, no hashing, no disk; then
+// with the sink writing and fsyncing them; then with SHA-256 on both sides too), plaintext and mTLS, measured in
+// the same run on loopback. Two sizes: the fixture bundle (many 131 kB to 2.4 MB
 // statistics) and the BERT-base-size bundle (large statistics). A run with the coordinator killed half way
 // counts the chunks the agent sent again.
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -47,8 +49,12 @@ function coordinatorArgs(state: string, templateDir: string, tls: Tls | undefine
   ];
 }
 
-/** Milliseconds to stream `bytes` in RAW_CHUNK messages into the sink process. */
-async function rawStream(bytes: number, tls: Tls | undefined, store?: string): Promise<number> {
+/**
+ * Milliseconds to stream `bytes` in RAW_CHUNK messages into the sink process; with `store`, the sink writes them to
+ * that file and fsyncs it; with `hash` too, the client hashes each message before sending it and the sink hashes
+ * the stream (SHA-256, each byte once on each side, as the agent and the coordinator do).
+ */
+async function rawStream(bytes: number, tls: Tls | undefined, store?: string, hash = false): Promise<number> {
   const sink = spawn(
     process.execPath,
     [
@@ -57,6 +63,7 @@ async function rawStream(bytes: number, tls: Tls | undefined, store?: string): P
       join(import.meta.dirname, 'upload-sink.ts'),
       ...(tls === undefined ? [] : ['--tls', tls.caFile, tls.files('coordinator').cert, tls.files('coordinator').key]),
       ...(store === undefined ? [] : ['--store', store]),
+      ...(hash ? ['--hash'] : []),
     ],
     { stdio: ['ignore', 'pipe', 'pipe'], cwd: repo },
   );
@@ -81,7 +88,9 @@ async function rawStream(bytes: number, tls: Tls | undefined, store?: string): P
       );
       void (async () => {
         for (let sent = 0; sent < bytes; sent += RAW_CHUNK) {
-          if (!stream.write(payload.subarray(0, Math.min(RAW_CHUNK, bytes - sent)))) await new Promise((r) => stream.once('drain', r));
+          const message = payload.subarray(0, Math.min(RAW_CHUNK, bytes - sent));
+          if (hash) createHash('sha256').update(message).digest('hex');
+          if (!stream.write(message)) await new Promise((r) => stream.once('drain', r));
         }
         stream.end();
       })();
@@ -262,6 +271,7 @@ export async function benchUpload(context: BenchContext): Promise<void> {
         const transport = tls === undefined ? 'plaintext' : 'mTLS';
         const raw: number[] = [];
         const durable: number[] = [];
+        const verified: number[] = [];
         const measured = new Map<number, UploadRun[]>();
         for (let rep = 0; rep < reps; rep++) {
           // Interleaved, so load on the machine hits every configuration alike.
@@ -272,10 +282,13 @@ export async function benchUpload(context: BenchContext): Promise<void> {
           raw.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls));
           durable.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls, join(dir, 'raw.bin')));
           await rm(join(dir, 'raw.bin'), { force: true });
+          verified.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls, join(dir, 'raw.bin'), true));
+          await rm(join(dir, 'raw.bin'), { force: true });
         }
         const bytes = measured.get(size.windows[0]!)![0]!.bytes;
         const baselineMbPerSecond = bytes / 1e6 / (median(raw) / 1000);
         const durableBaselineMbPerSecond = bytes / 1e6 / (median(durable) / 1000);
+        const verifiedBaselineMbPerSecond = bytes / 1e6 / (median(verified) / 1000);
         for (const window of size.windows) {
           // The chunks re-sent after the coordinator is killed half way, at this window (the default window only, on the fixture).
           const resent =
@@ -310,6 +323,8 @@ export async function benchUpload(context: BenchContext): Promise<void> {
             ratio: mbPerSecond / baselineMbPerSecond,
             durableBaselineMbPerSecond,
             durableRatio: mbPerSecond / durableBaselineMbPerSecond,
+            verifiedBaselineMbPerSecond,
+            verifiedRatio: mbPerSecond / verifiedBaselineMbPerSecond,
             maxChunksResent: resent,
             ownerMs,
             rawOwnerMs,
@@ -336,9 +351,11 @@ export async function benchUpload(context: BenchContext): Promise<void> {
             size.owners.length,
             baselineMbPerSecond.toFixed(0),
             durableBaselineMbPerSecond.toFixed(0),
+            verifiedBaselineMbPerSecond.toFixed(0),
             mbPerSecond.toFixed(0),
             (mbPerSecond / baselineMbPerSecond).toFixed(2),
             (mbPerSecond / durableBaselineMbPerSecond).toFixed(2),
+            (mbPerSecond / verifiedBaselineMbPerSecond).toFixed(2),
             resent === null ? '' : resent,
           ]);
         }
@@ -355,14 +372,16 @@ export async function benchUpload(context: BenchContext): Promise<void> {
             'owners',
             'raw MB/s',
             'raw+disk MB/s',
+            'raw+disk+hash MB/s',
             'statistics MB/s',
             'statistics/raw',
             'statistics/raw+disk',
+            'statistics/raw+disk+hash',
             're-sent after a kill',
           ],
           rows,
         ) +
-        "\nstatistics MB/s: bytes over the agents' upload phase (join, chunks read and hashed, the coordinator's SHA-256 (each byte once), writes, group commits with fsync, signed receipts verified and kept in the agent's ledger); raw+disk: the raw stream with the sink writing every message to a file and fsyncing it before its reply (the least a receiver that keeps the bytes must do); re-sent after a kill: chunks the first agent sent twice when the coordinator was SIGKILLed half way through its upload and restarted (at most the window); goal >= 0.85" +
+        "\nstatistics MB/s: bytes over the agents' upload phase (join, chunks read and hashed, the coordinator's SHA-256 (each byte once), writes, group commits with fsync, signed receipts verified and kept in the agent's ledger); raw+disk: the raw stream with the sink writing every message to a file and fsyncing it before its reply (the least a receiver that keeps the bytes must do); raw+disk+hash: that, with the client hashing each message (SHA-256) before it sends it and the sink hashing the stream (the least a sender and receiver that verify every byte must also do); re-sent after a kill: chunks the first agent sent twice when the coordinator was SIGKILLed half way through its upload and restarted (at most the window); goal >= 0.85" +
         `\n\nwhere one owner's upload goes at the default window ${DEFAULT_UPLOAD_WINDOW} (ms per owner, medians of ${reps})\n` +
         table(
           ['bundle', 'transport', 'raw stream', 'upload', 'prepare', 'join', 'stream', 'stream/raw stream', 'receipts', 'ratio bound'],
