@@ -265,20 +265,24 @@ Goal: ≥ 0.85 of raw. ${uploadVerdict}.
 Why it is missed, from this run (the second table: one owner's upload at the default window, from the agent's own
 phase timers): ${uploadReasons}.
 
-What the stream costs beyond the raw one (CPU profiles and timers of both processes on this machine, December 2026):
-on the fixture bundle, 65 statistics of 1 kB to 2.4 MB each go as one message each; with the coordinator storing
-nothing and acknowledging at once, the stream still took ≈ 2× the raw stream's time (the agent reads and hashes each
-chunk, grpc-js frames 65 messages with an acknowledgement each); writing the 65 files adds ≈ 10 ms (up to the
-window at a time) and the owner's last group commit ≈ 35–45 ms: its files fsynced (now several at a time: 38 → 16 ms for
-65 files on this ext4), 65 receipts signed and fsynced, 130 audit records signed and fsynced. On the BERT-base-size
-bundle both cores were busy in the profiles of 4 December: SHA-256 (the coordinator's main thread ≈ 2.0 s, every byte
-twice; since 7 December once: a large statistic's chunks arriving in order feed its running digest, and a chunk is
-hashed on its own only when it arrives out of order; the runs of 4 and 7 December measured 151 → 154 MB/s plaintext
-and 143 → 163 MB/s mTLS at window 8, within this machine's noise), garbage
-collection (≈ 1.8 s: grpc-js assembles every 4 MiB message in a fresh buffer) and kernel time (≈ 6 s: receiving and
-writing 1.4 GB); a receiver doing only the writing and fsyncing is the raw+disk column. Tried without gain earlier:
-smaller commit groups, fdatasync at write time, a 16 MiB HTTP/2 window on the server (grpc-js does not expose it).
-Left: several small statistics per chunk message (fewer messages and acknowledgements), one signature over a
+What the stream costs beyond the raw one (CPU profiles, process CPU times and per-chunk timers of both processes
+on this machine, 4 and 7 December 2026): on the fixture bundle, 65 statistics of 1 kB to 2.4 MB each go as one
+message each; the agent keeps its window full (8 unacknowledged when it asks for the next chunk, most of the time),
+so the coordinator's per-statistic store (a file of its own: open, write, close) and acknowledgement pace it; with
+the coordinator storing nothing and acknowledging at once, the stream still took ≈ 2× the raw stream's time; the
+owner's last group commit adds ≈ 35–45 ms: its files fsynced (several at a time: 38 → 16 ms for 65 files on this
+ext4), 65 receipts signed and fsynced, 130 audit records signed and fsynced. On the BERT-base-size bundle the agent
+and the coordinator together used ≈ 18 s of CPU for 1.4 GB (agent ≈ 6–7 s: reading, SHA-256 ≈ 1 s, grpc-js framing,
+garbage collection; coordinator ≈ 11–12 s, ≈ 5 s of it in the kernel: receiving, writing into the page cache at
+≈ 7 ms per 4 MiB on this VM, fresh 4 MiB buffers) against ≈ 6 s for the raw stream, with both cores ≈ 80 % busy:
+the stream is CPU-bound, and the raw+disk+hash column is what hashing and writing alone leave of raw on two cores (a
+raw client that also reads the bundle file measured 0.82 and 0.96 of it in two runs). Until 7 December the
+coordinator stored a large statistic's chunks one after another, each waited for (27 ms from start to
+acknowledgement per 4 MiB chunk); they are now written concurrently, the next hashed while the last is written
+(interleaved A/B runs: 102–128 against 97–114 MB/s). Since 7 December the coordinator also hashes each byte once (a
+large statistic's chunks arriving in order feed its running digest). Tried without gain: smaller commit groups,
+fdatasync at write time, a 16 MiB HTTP/2 window on the server (grpc-js does not expose it). Left: several small
+statistics per chunk message (fewer messages and acknowledgements on the fixture bundle), one signature over a
 commit group's receipts instead of one each (a receipt and ledger format change).
 
 ## scale — federated merge of a synthetic BERT-base-size model, 3 and 6 agents
