@@ -27,6 +27,12 @@ export interface SolveResult extends SolveDiagnostics {
 export interface SpdSolver {
   readonly name: string;
   solve(a: Float64Array, n: number, r: Float64Array, rhs: number, label: string): Promise<SolveResult>;
+  /**
+   * ‖S·X − R‖_F / ‖R‖_F for S = U + Uᵀ + diag(`diagonal`), U the strict upper triangle of `a` (n×n; its diagonal
+   * and lower triangle are not read), X and R n×rhs: the check `solve` reports as relativeResidual, against the
+   * matrix it solved, on the right-hand sides it picks.
+   */
+  residual(a: Float64Array, n: number, x: Float64Array, r: Float64Array, rhs: number, diagonal: Float64Array): Promise<number>;
   release(): Promise<void>;
 }
 
@@ -52,12 +58,15 @@ export interface OrtSolverOptions {
 /** Gram groups up to this size use the arena-on kernel sessions and the smaller block (see OrtSolverOptions). */
 export const SMALL_SOLVE = 1024;
 
+/** Values of the upper triangle one residual block slices out (8 MiB of float64). */
+const RESIDUAL_SLICE = 2 ** 20;
+
 const DOUBLE = 11;
 const INT64 = 7;
 export const DEFAULT_JITTER_STEPS = [1e-10, 1e-8, 1e-6, 1e-4, 1e-2] as const;
 
 interface KernelNode {
-  readonly op: 'Gemm' | 'MatMul' | 'Slice' | 'Trilu' | 'Add' | 'Sub' | 'Mul';
+  readonly op: 'Gemm' | 'MatMul' | 'Slice' | 'Trilu' | 'Concat';
   readonly inputs: string[];
   readonly output: string;
   readonly ints?: Readonly<Record<string, number>>;
@@ -137,12 +146,12 @@ const kernels = {
     [slice('C2', 'A', 'C2'), { op: 'Gemm', inputs: ['C2', 'Linv'], output: 'L21', ints: { transB: 1 } }],
     'L21',
   ),
-  // Yk = Linv·(Rk − Lrow·Y[0:j0]) (forward substitution, one block row)
+  // Yk = Linv·(Rk − Lrow·Y[0:j0]) (forward substitution, one block row). Y[0:j0] and X[j1:n] below are whole rows,
+  // contiguous: they go in as views, not sliced inside the graph (a fresh copy of up to n×rhs float64 per block).
   forward: kernelModel(
-    ['A', 'Y', 'Rk', 'Linv', ...bounds('L', 'Y')],
+    ['A', 'Yprev', 'Rk', 'Linv', ...bounds('L')],
     [
       slice('Lrow', 'A', 'L'),
-      slice('Yprev', 'Y', 'Y'),
       { op: 'Gemm', inputs: ['Lrow', 'Yprev', 'Rk'], output: 'Z', ...minusProduct },
       { op: 'MatMul', inputs: ['Linv', 'Z'], output: 'Yk' },
     ],
@@ -152,10 +161,9 @@ const kernels = {
   apply: kernelModel(['Linv', 'Rk'], [{ op: 'MatMul', inputs: ['Linv', 'Rk'], output: 'Yk' }], 'Yk'),
   // Xk = Linvᵀ·(Yk − Lcolᵀ·X[j1:n]) (back substitution, one block row)
   backward: kernelModel(
-    ['A', 'X', 'Yk', 'Linv', ...bounds('L', 'X')],
+    ['A', 'Xafter', 'Yk', 'Linv', ...bounds('L')],
     [
       slice('Lcol', 'A', 'L'),
-      slice('Xafter', 'X', 'X'),
       { op: 'Gemm', inputs: ['Lcol', 'Xafter', 'Yk'], output: 'Z', ints: { transA: 1 }, ...minusProduct },
       { op: 'Gemm', inputs: ['Linv', 'Z'], output: 'Xk', ints: { transA: 1 } },
     ],
@@ -163,18 +171,22 @@ const kernels = {
   ),
   // Xk = Linvᵀ·Yk
   applyT: kernelModel(['Linv', 'Yk'], [{ op: 'Gemm', inputs: ['Linv', 'Yk'], output: 'Xk', ints: { transA: 1 } }], 'Xk'),
-  // E = S·X − R where S = U + Uᵀ + diag(d), U the strict upper triangle of A (untouched by the factorization)
-  residual: kernelModel(
-    ['A', 'X', 'R', 'D', 'i_k'],
+  // One block row of S·X, S = U + Uᵀ + diag(d), U the strict upper triangle of A (untouched by the
+  // factorization): with B = A[j0:j1, j0:n] and Ub its part right of the diagonal, [Ub·X[j0:n]; Ubᵀ·X[j0:j1]] —
+  // rows j0:j1 of U·X, then this block row's share of rows j0:n of Uᵀ·X. Never the whole U: a fresh n×n buffer per
+  // solve cost more than the factorization at n = 3072 on a machine whose page faults are slow (bench/solve).
+  residualRows: kernelModel(
+    ['A', 'X', ...bounds('B', 'Xb', 'Xd'), 'i_k'],
     [
-      { op: 'Trilu', inputs: ['A', 'i_k'], output: 'U', ints: { upper: 1 } },
-      { op: 'MatMul', inputs: ['U', 'X'], output: 'UX' },
-      { op: 'Gemm', inputs: ['U', 'X', 'UX'], output: 'SX', ints: { transA: 1 }, floats: { alpha: 1, beta: 1 } },
-      { op: 'Mul', inputs: ['D', 'X'], output: 'DX' },
-      { op: 'Add', inputs: ['SX', 'DX'], output: 'AX' },
-      { op: 'Sub', inputs: ['AX', 'R'], output: 'E' },
+      slice('B', 'A', 'B'),
+      { op: 'Trilu', inputs: ['B', 'i_k'], output: 'Ub', ints: { upper: 1 } },
+      slice('Xb', 'X', 'Xb'),
+      slice('Xd', 'X', 'Xd'),
+      { op: 'MatMul', inputs: ['Ub', 'Xb'], output: 'UX' },
+      { op: 'Gemm', inputs: ['Ub', 'Xd'], output: 'UtX', ints: { transA: 1 } },
+      { op: 'Concat', inputs: ['UX', 'UtX'], output: 'Out', ints: { axis: 0 } },
     ],
-    'E',
+    'Out',
   ),
 } as const;
 
@@ -229,6 +241,46 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
     return set;
   };
   await sessionsFor(false);
+  /** Rows of `a` per residual block: each block's slice of the upper triangle stays under RESIDUAL_SLICE values. */
+  const residualRows = (n: number): number => options.blockSize ?? Math.max(16, Math.floor(RESIDUAL_SLICE / n));
+  const residual = async (
+    { run }: Kernels,
+    a: Float64Array,
+    n: number,
+    x: Float64Array,
+    r: Float64Array,
+    s: number,
+    diagonal: Float64Array,
+  ): Promise<number> => {
+    const sx = new Float64Array(n * s);
+    const rows = residualRows(n);
+    for (let j0 = 0; j0 < n; j0 += rows) {
+      const j1 = Math.min(n, j0 + rows);
+      const out = await run('residualRows', {
+        A: t64(a, n, n),
+        X: t64(x, n, s),
+        ...region('B', j0, j1, j0, n),
+        ...region('Xb', j0, n, 0, s),
+        ...region('Xd', j0, j1, 0, s),
+        i_k: i64(1),
+      });
+      // The first (j1 − j0)·s values are rows j0:j1 of U·X, the rest rows j0:n of this block's Uᵀ·X.
+      const base = j0 * s;
+      for (let i = 0; i < (j1 - j0) * s; i++) sx[base + i] = sx[base + i]! + out[i]!;
+      const shift = (j1 - j0) * s;
+      for (let i = 0; i < (n - j0) * s; i++) sx[base + i] = sx[base + i]! + out[shift + i]!;
+    }
+    let en = 0;
+    let rn = 0;
+    for (let i = 0; i < n; i++) {
+      for (let c = 0; c < s; c++) {
+        const e = sx[i * s + c]! + diagonal[i]! * x[i * s + c]! - r[i * s + c]!;
+        en += e * e;
+        rn += r[i * s + c]! ** 2;
+      }
+    }
+    return rn === 0 ? Math.sqrt(en) : Math.sqrt(en / rn);
+  };
   /** The kernels one solve runs, on its set of sessions, and its block size. */
   interface Kernels {
     readonly nb: number;
@@ -295,15 +347,16 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
           ? await run('apply', { Linv: linv, Rk: rk })
           : await run('forward', {
               A: t64(a, n, n),
-              Y: t64(y, n, rhs),
+              Yprev: t64(y.subarray(0, j0 * rhs), j0, rhs),
               Rk: rk,
               Linv: linv,
               ...region('L', j0, j1, 0, j0),
-              ...region('Y', 0, j0, 0, rhs),
             });
       y.set(yk, j0 * rhs);
     }
-    const x = new Float64Array(n * rhs);
+    // Back substitution in place: block b of the buffer holds Yk until Xk replaces it, and the rows after it already
+    // hold X (one n×rhs buffer fewer: fresh memory costs page faults on every solve).
+    const x = y;
     const blocks = inverses.length;
     for (let b = blocks - 1; b >= 0; b--) {
       const j0 = b * nb;
@@ -316,11 +369,10 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
           ? await run('applyT', { Linv: linv, Yk: yk })
           : await run('backward', {
               A: t64(a, n, n),
-              X: t64(x, n, rhs),
+              Xafter: t64(x.subarray(j1 * rhs), n - j1, rhs),
               Yk: yk,
               Linv: linv,
               ...region('L', j1, n, j0, j1),
-              ...region('X', j1, n, 0, rhs),
             });
       x.set(xk, j0 * rhs);
     }
@@ -387,21 +439,18 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
         }
       }
       const d = Float64Array.from(diag, (v) => v + jitter * mean);
-      const e = await k.run('residual', { A: t64(a, n, n), X: t64(xs, n, s), R: t64(rs, n, s), D: t64(d, n, 1), i_k: i64(1) });
-      let en = 0;
-      let rn = 0;
-      for (let i = 0; i < e.length; i++) {
-        en += e[i]! * e[i]!;
-        rn += rs[i]! * rs[i]!;
-      }
+      const relativeResidual = await residual(k, a, n, xs, rs, s, d);
       return {
         x,
         jitter,
         conditionEstimate: (lmax / lmin) ** 2,
-        relativeResidual: rn === 0 ? Math.sqrt(en) : Math.sqrt(en / rn),
+        relativeResidual,
         residualColumns: s,
         seconds: (performance.now() - started) / 1000,
       };
+    },
+    async residual(a, n, x, r, rhs, diagonal) {
+      return residual(await kernelsFor(n), a, n, x, r, rhs, diagonal);
     },
     async release() {
       for (const set of sets.values()) for (const session of (await set).values()) await session.release();

@@ -92,6 +92,35 @@ describe('onnxruntime blocked Cholesky solve vs the float64 reference (≤ 1e-9 
     expect(result.x.every(Number.isFinite)).toBe(true);
   });
 
+  it.each([
+    [7, 3],
+    [50, 16],
+    [97, 5],
+  ])(
+    'the residual check, n=%i with %i right-hand sides, matches a float64 ‖S·X − R‖/‖R‖ and reads only the strict upper triangle',
+    async (n, rhs) => {
+      // X is no solution, so the residual is of order one and its digits are the product's, not rounding noise.
+      const full = randomSpd(n, n + 5, 20 + n);
+      const x = randn(rng(21 + n), n * rhs);
+      const r = randn(rng(22 + n), n * rhs);
+      const diagonal = Float64Array.from({ length: n }, (_, i) => full[i * n + i]! + 0.5);
+      const s = full.slice();
+      for (let i = 0; i < n; i++) s[i * n + i] = diagonal[i]!;
+      const sx = matmul(s, x, n, n, rhs);
+      let en = 0;
+      let rn = 0;
+      for (let i = 0; i < n * rhs; i++) {
+        en += (sx[i]! - r[i]!) ** 2;
+        rn += r[i]! ** 2;
+      }
+      // What solve leaves in the lower triangle (the factor) and on the diagonal must not be read: NaN there.
+      const a = full.slice();
+      for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) a[i * n + j] = Number.NaN;
+      const got = await solver.residual(a, n, x, r, rhs, diagonal);
+      expect(Math.abs(got - Math.sqrt(en / rn)) / Math.sqrt(en / rn)).toBeLessThan(1e-12);
+    },
+  );
+
   it('non-finite input is a coded error naming the layer', async () => {
     const n = 8;
     const a = randomSpd(n, 20, 10);
