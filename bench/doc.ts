@@ -219,7 +219,16 @@ ${tables('solve')}
 
 Goal: ≤ 2× LAPACK. ${solveVerdict} What is left at small n is per-call overhead (≈ 20 onnxruntime calls) and the
 TypeScript diagonal blocks; onnxruntime's float64 Gemm itself runs at 110 GFLOP/s on these shapes against OpenBLAS's
-120. Next ideas: one fused graph for the whole substitution, and the diagonal blocks' factor in a graph too.
+120 (Intel Xeon), and at 115–140 against numpy's 108–145 on the AMD EPYC machines of 7 December. What costs there
+is fresh memory: a first touch costs ≈ 2.7 ms/MB on those VMs (a 75 MB array: ≈ 210 ms to fill the first time,
+3 ms the second), so every buffer onnxruntime allocates with its arena off is paid in page faults. On 7 December
+that cost showed (n = 3072: 835 ms against LAPACK's 340, 2.45×) and three of them were removed: the residual check
+built the whole strict upper triangle as one n×n tensor per solve (≈ 225–290 ms at n = 3072; now block rows of at
+most 8 MiB, ≈ 20–80 ms), the substitutions sliced the rows of Y and X already solved inside the graph (up to n × 768
+float64 per block; now passed as views, being whole rows), and X had a buffer of its own (now written over Y). What
+remains is mostly the panel update's slice of the factor's rows (up to (n/2)² float64 per block column, fresh each
+call). Next ideas: one fused graph for the whole substitution, the diagonal blocks' factor in a graph too, and the
+factor kept in a layout whose panels are contiguous.
 
 ## collect — statistics collection against the arithmetic it cannot avoid
 
@@ -373,7 +382,8 @@ function spliced(previous: string, fresh: string): string {
       );
     return kept.endsWith('\n\n') || i === freshSections.length - 1 ? kept : `${kept.replace(/\n*$/, '')}\n\n`;
   });
-  const note = `Rerun alone since (\`npm run bench:doc -- <name>\`): ${only.join(', ')} on ${new Date().toISOString().slice(0, 10)} (load ${loads.join(', ')}).`;
+  // The machine is named again: a rerun may be on another kind of machine than the whole run above it.
+  const note = `Rerun alone since (\`npm run bench:doc -- <name>\`): ${only.join(', ')} on ${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model.trim() ?? 'unknown CPU'}) (load ${loads.join(', ')}).`;
   // An earlier "rerun alone" line goes when every section it names is rerun now.
   const superseded = (line: string): boolean => {
     const names = /^Rerun alone since \(.*?\): (.*) on \d{4}-/.exec(line)?.[1]?.split(', ');
