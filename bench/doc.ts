@@ -210,7 +210,8 @@ substitutions are onnxruntime float64 Gemm/MatMul graphs (the matrix goes in zer
 graph); only the nb × nb diagonal blocks are factored and inverted in TypeScript. Measured as the coordinator runs
 it: onnxruntime's memory arena off for groups past n = 1024 (bounded peak memory, bench/scale), on for smaller
 groups (what it keeps is bounded by their size), and onnxruntime's threads told not to spin between calls (spinning
-threads took the cores the TypeScript diagonal-block work needs: 2–3× slower on 2 cores). Baselines: a plain
+threads took the cores the TypeScript diagonal-block work needs: 2–3× slower on 2 cores), each size solved once
+untimed first, as the coordinator's many groups per job find the kernels (since 7 December). Baselines: a plain
 TypeScript float64 Cholesky (the unit tests' reference) and LAPACK (\`dpotrf\`+\`dpotrs\` through scipy, same
 thread count) when python3 has numpy, run with \`OPENBLAS_CORETYPE\` and \`OPENBLAS_L2_SIZE\` unset (they slow a
 current OpenBLAS 2× or more; ../shared/PLATFORM.md); its kernel, as threadpoolctl reports it, is in the table's note.
@@ -222,7 +223,7 @@ TypeScript diagonal blocks; onnxruntime's float64 Gemm itself runs at 110 GFLOP/
 120 (Intel Xeon), and at 115–140 against numpy's 108–145 on the AMD EPYC machines of 7 December. What costs there
 is fresh memory: a first touch costs ≈ 2.7 ms/MB on those VMs (a 75 MB array: ≈ 210 ms to fill the first time,
 3 ms the second), so every buffer onnxruntime allocates with its arena off is paid in page faults. On 7 December
-that cost showed (n = 3072: 835 ms against LAPACK's 340, 2.45×) and three of them were removed: the residual check
+that cost showed (n = 3072: 835 ms against LAPACK's 340, 2.45×, set-up still in the timed runs) and three were removed: the residual check
 built the whole strict upper triangle as one n×n tensor per solve (≈ 225–290 ms at n = 3072; now block rows of at
 most 8 MiB, ≈ 20–80 ms), the substitutions sliced the rows of Y and X already solved inside the graph (up to n × 768
 float64 per block; now passed as views, being whole rows), and X had a buffer of its own (now written over Y). What
