@@ -14,6 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 
 import { collectBundle, ownerPolicy, runAgent } from '../agent/index.js';
+import { certsFlags } from '../cli/index.js';
 import { type ConnectOptions, connectFederation } from '../client/index.js';
 import { packageVersion } from '../shared/index.js';
 import { chunkCount, DEFAULT_CHUNK_BYTES, DEFAULT_UPLOAD_WINDOW } from '../shared/federation/index.js';
@@ -29,6 +30,8 @@ const fixtures = resolve(repo, '../shared/fixtures');
 const RAW_CHUNK = DEFAULT_CHUNK_BYTES;
 
 interface Tls {
+  /** Where ca.pem, NAME.pem and NAME-key.pem lie, as `gramfuse certs` lays them out. */
+  readonly dir: string;
   readonly caFile: string;
   readonly caPem: string;
   readonly files: (name: string) => { cert: string; key: string };
@@ -37,7 +40,6 @@ interface Tls {
 
 /** `coordinator serve` arguments for the bench's job (listen address and --json come from startCoordinator). */
 function coordinatorArgs(state: string, templateDir: string, tls: Tls | undefined): string[] {
-  const files = tls?.files('coordinator');
   return [
     '--state',
     state,
@@ -45,7 +47,7 @@ function coordinatorArgs(state: string, templateDir: string, tls: Tls | undefine
     'creator',
     '--template-dir',
     templateDir,
-    ...(tls === undefined ? ['--insecure-loopback'] : ['--tls-ca', tls.caFile, '--tls-cert', files!.cert, '--tls-key', files!.key]),
+    ...(tls === undefined ? ['--insecure-loopback'] : certsFlags(tls.dir, 'coordinator')),
   ];
 }
 
@@ -247,6 +249,7 @@ export async function benchUpload(context: BenchContext): Promise<void> {
       await writeFile(join(dir, `${name}-key.pem`), pem.keyPem, { mode: 0o600 });
     }
     const tlsMaterial: Tls = {
+      dir,
       caFile: join(dir, 'ca.pem'),
       caPem: ca.certPem,
       files: (name) => ({ cert: join(dir, `${name}.pem`), key: join(dir, `${name}-key.pem`) }),
