@@ -53,7 +53,7 @@ function coordinatorArgs(state: string, templateDir: string, tls: Tls | undefine
 
 /**
  * Milliseconds to stream `bytes` in RAW_CHUNK messages into the sink process; with `store`, the sink writes them to
- * that file and fsyncs it; with `hash` too, the client hashes each message before sending it and the sink hashes
+ * that file and fsyncs it (removed afterwards); with `hash` too, the client hashes each message before sending it and the sink hashes
  * the stream (SHA-256, each byte once on each side, as the agent and the coordinator do).
  */
 async function rawStream(bytes: number, tls: Tls | undefined, store?: string, hash = false): Promise<number> {
@@ -102,6 +102,7 @@ async function rawStream(bytes: number, tls: Tls | undefined, store?: string, ha
     return ms;
   } finally {
     await stopProcess(sink);
+    if (store !== undefined) await rm(store, { force: true });
   }
 }
 
@@ -297,11 +298,10 @@ export async function benchUpload(context: BenchContext): Promise<void> {
             const run = await uploadJob(join(dir, 'job'), size.source, size.template, size.owners, window, tls);
             measured.set(window, [...(measured.get(window) ?? []), run]);
           }
-          raw.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls));
-          durable.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls, join(dir, 'raw.bin')));
-          await rm(join(dir, 'raw.bin'), { force: true });
-          verified.push(await rawStream(measured.get(size.windows[0]!)![0]!.bytes, tls, join(dir, 'raw.bin'), true));
-          await rm(join(dir, 'raw.bin'), { force: true });
+          const sent = measured.get(size.windows[0]!)![0]!.bytes;
+          raw.push(await rawStream(sent, tls));
+          durable.push(await rawStream(sent, tls, join(dir, 'raw.bin')));
+          verified.push(await rawStream(sent, tls, join(dir, 'raw.bin'), true));
         }
         const bytes = measured.get(size.windows[0]!)![0]!.bytes;
         const baselineMbPerSecond = bytes / 1e6 / (median(raw) / 1000);
