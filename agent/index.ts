@@ -11,6 +11,7 @@ export {
   type CollectionResult,
   collectInWorker,
   type CollectOptions,
+  type CollectTimings,
   defaultMemoryBudget,
   formatPasses,
   memoryTarget,

@@ -6,9 +6,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { buildFeeds, collectExamples, collectGramStatistics, inputRoles, lengthBatches, loadTokenizer } from '../agent/index.js';
+import {
+  buildFeeds,
+  collectExamples,
+  collectGramStatistics,
+  type CollectTimings,
+  inputRoles,
+  lengthBatches,
+  loadTokenizer,
+} from '../agent/index.js';
 import { GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../proto/index.js';
-import { analyzeModel, createSession, instrumentGrams, loadModel, OrtTensor, runSession, type Tensor } from '../shared/onnx/index.js';
+import { analyzeModel, createSession, loadModel, OrtTensor, runSession, type Tensor } from '../shared/onnx/index.js';
 import { type BenchContext, median, table } from './harness.js';
 import { BERT_BASE, writeSyntheticBert } from './synthetic-bert.js';
 
@@ -71,6 +79,7 @@ export async function benchCollect(context: BenchContext): Promise<void> {
   const tokenizer = await loadTokenizer(`${fixtures}/tokenizer/tokenizer.json`, { maxLength: 128 });
   const batchSize = 32;
   const rows: (string | number)[][] = [];
+  const breakdown: string[][] = [];
   for (const c of cases) {
     const model = await loadModel(c.model);
     const analysis = await analyzeModel(model);
@@ -83,28 +92,38 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
     const tokens = encoded.reduce((s, e) => s + e.ids.length, 0);
     const roles = inputRoles(analysis.inputs);
-    // Each of P, G and C creates its onnxruntime session inside its timing (C builds its instrumented graph and
-    // session in collectGramStatistics), so the three do alike; `setups` keeps the sessions' share of each.
-    const setups = { plain: [] as number[], grams: [] as number[], collect: [] as number[] };
+    // Each of P, G and C creates (and releases) its onnxruntime session inside its timing (C builds its instrumented
+    // graph and session in collectGramStatistics), so the three do alike. Each run's phases are kept too, so that what
+    // C adds over P + G can be broken down: sessions, inputs (tokenizing, batching, input tensors), onnxruntime's runs,
+    // and C's float64 accumulation and final mirror.
+    type Phases = Record<string, number>;
+    const phases = { plain: [] as Phases[], grams: [] as Phases[], collect: [] as Phases[] };
     const plainRun = async (): Promise<void> => {
-      const begun = performance.now();
+      const times: Phases = { session: 0, inputs: 0, run: 0 };
+      let clock = performance.now();
+      const lap = (phase: string): void => {
+        const now = performance.now();
+        times[phase]! += now - clock;
+        clock = now;
+      };
       const plain = await createSession(model, { intraOpThreads: context.threads });
-      setups.plain.push(performance.now() - begun);
+      lap('session');
       // Tokenized here too, so both sides do the same work apart from the statistics.
       const fresh = examples.map((e) => tokenizer.encode(e.text, e.pair));
       for (const batch of lengthBatches(fresh, batchSize)) {
-        await runSession(
-          plain,
-          buildFeeds(
-            batch.map((i) => fresh[i]!),
-            analysis.inputs,
-            roles,
-            tokenizer.padId,
-          ),
-          c.name,
+        const feeds = buildFeeds(
+          batch.map((i) => fresh[i]!),
+          analysis.inputs,
+          roles,
+          tokenizer.padId,
         );
+        lap('inputs');
+        await runSession(plain, feeds, c.name);
+        lap('run');
       }
       await plain.release();
+      lap('session');
+      phases.plain.push(times);
     };
     // The Gram products alone: every distinct tapped tensor once (as the instrumented graph computes it), on
     // activations of the batch's shape ([batch × padded length, d]: padding rows too, an upper bound on what
@@ -120,21 +139,33 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     const gramFetches: Record<string, Tensor> = {};
     dims.forEach((d, k) => (gramFetches[`g${k}`] = new OrtTensor('float32', new Float32Array(d * d), [d, d])));
     const gramRun = async (): Promise<void> => {
-      const begun = performance.now();
+      let begun = performance.now();
       const grams = await createSession(gramOnlyModel(dims), { intraOpThreads: context.threads });
-      setups.grams.push(performance.now() - begun);
+      let session = performance.now() - begun;
+      begun = performance.now();
       for (const rowsInBatch of batchRows) {
         const feeds: Record<string, Tensor> = {};
         dims.forEach((d, k) => (feeds[`x${k}`] = new OrtTensor('float32', activations[k]!.subarray(0, rowsInBatch * d), [rowsInBatch, d])));
         await runSession(grams, feeds, 'grams alone', gramFetches);
       }
+      const run = performance.now() - begun;
+      begun = performance.now();
       await grams.release();
+      session += performance.now() - begun;
+      phases.grams.push({ session, run });
+    };
+    const collectRun = async (): Promise<void> => {
+      const timings: CollectTimings = { session: 0, inputs: 0, run: 0, accumulate: 0, mirror: 0 };
+      await collectGramStatistics(model, analysis, tokenizer, examples, { batchSize, intraOpThreads: context.threads, timings });
+      phases.collect.push({ ...timings });
     };
     const plainTimes: number[] = [];
     const gramTimes: number[] = [];
     const collectTimes: number[] = [];
     await plainRun(); // warm-up
     await gramRun();
+    phases.plain.length = 0;
+    phases.grams.length = 0;
     // Five runs of the fixture models (seconds each, and ±15 % apart between runs on this shared machine), three of the larger model.
     for (let run = 0; run < (context.quick ? 2 : c.maxExamples === undefined ? 5 : 3); run++) {
       // Interleaved, so load on the machine hits all three alike.
@@ -145,14 +176,13 @@ export async function benchCollect(context: BenchContext): Promise<void> {
       await gramRun();
       gramTimes.push(performance.now() - t);
       t = performance.now();
-      await collectGramStatistics(model, analysis, tokenizer, examples, { batchSize, intraOpThreads: context.threads });
+      await collectRun();
       collectTimes.push(performance.now() - t);
-      // C's share of setup, measured apart (the same instrumentation and session collectGramStatistics makes).
-      t = performance.now();
-      const instrumented = instrumentGrams(model, analysis.gramGroups, analysis.rowRules, { includePadding: false, gramOutputsOnly: true });
-      await (await createSession(instrumented.model, { intraOpThreads: context.threads })).release();
-      setups.collect.push(performance.now() - t);
     }
+    // Each phase's median over the runs, in seconds.
+    const medianPhases = (runs: Phases[]): Phases =>
+      Object.fromEntries(Object.keys(runs[0]!).map((phase) => [phase, median(runs.map((r) => r[phase]!)) / 1000]));
+    const phaseSeconds = { plain: medianPhases(phases.plain), grams: medianPhases(phases.grams), collect: medianPhases(phases.collect) };
     const plainSeconds = median(plainTimes) / 1000;
     const gramSeconds = median(gramTimes) / 1000;
     const collectSeconds = median(collectTimes) / 1000;
@@ -171,7 +201,8 @@ export async function benchCollect(context: BenchContext): Promise<void> {
       gramSeconds,
       collectSeconds,
       overhead,
-      setupSeconds: { plain: median(setups.plain) / 1000, grams: median(setups.grams) / 1000, collect: median(setups.collect) / 1000 },
+      setupSeconds: { plain: phaseSeconds.plain.session, grams: phaseSeconds.grams.session, collect: phaseSeconds.collect.session },
+      phaseSeconds,
       tokensPerSecond,
       baselineTokensPerSecond,
       ratio: tokensPerSecond / baselineTokensPerSecond,
@@ -187,7 +218,19 @@ export async function benchCollect(context: BenchContext): Promise<void> {
       collectSeconds.toFixed(2),
       overhead.toFixed(2),
       (tokensPerSecond / baselineTokensPerSecond).toFixed(2),
-      [setups.plain, setups.grams, setups.collect].map((x) => (median(x) / 1000).toFixed(2)).join(' / '),
+      [phaseSeconds.plain, phaseSeconds.grams, phaseSeconds.collect].map((x) => x.session!.toFixed(2)).join(' / '),
+    ]);
+    const p = phaseSeconds.plain;
+    const g = phaseSeconds.grams;
+    const k = phaseSeconds.collect;
+    breakdown.push([
+      c.name,
+      (collectSeconds - plainSeconds - gramSeconds).toFixed(2),
+      (k.session! - p.session! - g.session!).toFixed(2),
+      (k.inputs! - p.inputs!).toFixed(2),
+      `${k.run!.toFixed(2)} − ${p.run!.toFixed(2)} − ${g.run!.toFixed(2)} = ${(k.run! - p.run! - g.run!).toFixed(2)}`,
+      k.accumulate!.toFixed(2),
+      k.mirror!.toFixed(2),
     ]);
   }
   context.print(
@@ -196,7 +239,10 @@ export async function benchCollect(context: BenchContext): Promise<void> {
         ['model', 'examples', 'tokens', 'Grams', 'P s', 'G s', 'P+G s', 'C s', 'C/(P+G)', 'collect/plain', 'sessions P / G / C s'],
         rows,
       ) +
-      '\ngoal: C/(P+G) <= 1.1 (collect/plain >= 0.8 cannot be met on CPU: the Grams cost as much arithmetic as the model); G is the full XᵀX product, C computes a Gram of order ≥ 256 as its upper block triangle (shared/onnx gramBands)',
+      '\ngoal: C/(P+G) <= 1.1 (collect/plain >= 0.8 cannot be met on CPU: the Grams cost as much arithmetic as the model); G is the full XᵀX product, C computes a Gram of order ≥ 256 as its upper block triangle (shared/onnx gramBands)' +
+      '\n\nwhere C − (P + G) goes (seconds, each phase the median of its runs, so the columns need not add up exactly)\n' +
+      table(['model', 'C − (P+G)', 'sessions C − P − G', 'inputs C − P', 'onnxruntime runs C − P − G', 'accumulate', 'mirror'], breakdown) +
+      "\nsessions: creating (C: instrumenting the graph too) and releasing each onnxruntime session; inputs: tokenizing, length-bucketing, input tensors; onnxruntime runs: P the model, G the Gram Gemms alone, C the instrumented graph (the model up to its last Gram input, the masks, casts and the Grams as upper-triangle bands); accumulate: adding each batch's float32 bands into the float64 accumulators (first touching them included); mirror: the upper triangles copied into the lower ones at the end",
   );
   await rm(scratch, { recursive: true, force: true });
 }

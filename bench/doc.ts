@@ -101,6 +101,26 @@ const collectMarginal = ((): string => {
   const ratio = delta('collectSeconds') / (delta('plainSeconds') + delta('gramSeconds'));
   return `; synthetic BERT-base per token (the ×${fmt(num(small.examples), 0)} run subtracted from the ×${fmt(num(large.examples), 0)} one, so what is paid once cancels): C/(P+G) = ${fmt(ratio)} (${ratio <= 1.1 ? 'met' : 'missed'})`;
 })();
+// Why a missed row misses, from the run's phase timers: what C adds over P + G, each part as a share of P + G.
+const collectReasons = collect
+  .filter((r) => num(r.overhead) > 1.1 && r.phaseSeconds !== undefined)
+  .map((r) => {
+    const { plain: p, grams: g, collect: k } = r.phaseSeconds as Record<'plain' | 'grams' | 'collect', Record<string, number>>;
+    const base = num(r.plainSeconds) + num(r.gramSeconds);
+    const parts = [
+      { what: "C's instrumented graph over P's and G's onnxruntime runs together", seconds: k.run! - p.run! - g.run! },
+      { what: 'float64 accumulation', seconds: k.accumulate! },
+      { what: 'the final mirror', seconds: k.mirror! },
+      { what: "sessions (C's instrumenting and larger session)", seconds: k.session! - p.session! - g.session! },
+      { what: 'inputs (the same tokenizing and batching P does)', seconds: k.inputs! - p.inputs! },
+    ]
+      .filter((part) => part.seconds / base >= 0.01)
+      .sort((a, b) => b.seconds - a.seconds);
+    return `${String(r.model)}: C − (P + G) = ${fmt(num(r.collectSeconds) - base)} s, of it ${parts
+      .map((part) => `${part.what} ${fmt(part.seconds)} s (${fmt((100 * part.seconds) / base, 0)} % of P + G)`)
+      .join(', ')}`;
+  })
+  .join('. ');
 const upload = of('upload');
 const uploadDefault = upload.filter((r) => r.window === 8);
 const uploadVerdict = uploadDefault
@@ -237,7 +257,7 @@ Same model, data, batches, threads. P: plain inference; G: the same Gram product
 onnxruntime graph (one float32 XᵀX Gemm per tapped tensor, on activations of the shapes collection sees,
 written into reused buffers as collection's are); C: collection (instrumented graph, masks, float64 accumulation).
 P and C include tokenization; each of P, G and C includes creating its onnxruntime session (C: instrumenting the
-graph too; the last column gives those shares). Two fixture models (Grams of order 128 and 512) on their whole
+graph too; the last column gives those shares, and a second table breaks C − (P + G) down by phase). Two fixture models (Grams of order 128 and 512) on their whole
 scenario files, and the synthetic BERT-base of bench scale (orders 768 and 3072) on 48 and on 144 examples: at that
 size collection pays ≈ 2–4 s once (its larger session, first touching 1.6 GB of float64 accumulators — page faults
 cost ≈ 0.65 ms per MB on this VM —, mirroring the Grams at the end), which a few examples do not amortize; the
@@ -245,18 +265,26 @@ difference between the two runs is the per-token cost.
 
 ${tables('collect')}
 
-Goal: C/(P+G) ≤ 1.1. ${collectVerdict}${collectMarginal}. "≥ 0.8 of plain inference" cannot be met on CPU for these shapes: a Gram
+Goal: C/(P+G) ≤ 1.1. ${collectVerdict}${collectMarginal}.${collectReasons === '' ? '' : ` Where the missed ones lose it (the second table): ${collectReasons}.`} "≥ 0.8 of plain inference" cannot be met on CPU for these shapes: a Gram
 costs rows·in² per group, as much arithmetic as the model's own linear layers (BERT-base: the FFN-output Gram is
 3072² per token ≈ 9.4 M multiply-adds vs ≈ 7.1 M for a whole layer). Since December 2026 collection computes a Gram
 of order n ≥ 256 as the row bands of its upper block triangle (⌊n/128⌋ bands, at most 16; band i multiplies its
 columns of the masked rows by the rows' columns from its first on): (k+1)/2k of the full product's multiply-adds,
 measured standalone on these cores at 3072 rows as n = 512 8.9 → 7.4 ms, n = 1024 38 → 27 ms, n = 3072 363 →
 218 ms (onnxruntime has no symmetric rank-k kernel; the bands are plain Gemms). G stays the full product, so C can
-do less Gram arithmetic than G. What C adds over that: the mask multiply, casts and column slices in the graph, and
-adding each batch's float32 bands into the float64 accumulators in JS (the upper triangle only, mirrored once at
-the end: ≈ 80 ms of ≈ 2.8 s on label-skew/org0, timed inside collection). Tried without gain: a second set of
-output buffers so that adding one batch overlapped computing the next (onnxruntime's two threads already fill the
-two cores: 2.75–2.95 s either way).
+do less Gram arithmetic than G. What C adds over that (the second table, from timers inside collection since
+7 December): in the graph, the mask multiply and the bands' column slices — onnxruntime's Gemm cannot read a
+column block of a tensor in place, so each band's operands are copied; onnxruntime's own profiler on
+label-skew/org0 (7 December, Intel Xeon, whole scenario file): Slice 158 ms and Mul 70 ms of C's 2.25 s of kernel
+time, the band Gemms 747 ms against 961 ms for the same Grams unbanded, so at order 512 the copies cost about
+what the bands save; the model's own kernels 1.25 s inside the instrumented graph against 1.18 s in P's — and, in
+JS, adding each batch's float32 bands into the float64 accumulators (the upper triangle only, mirrored once at the
+end; 2.2 ns per addition measured alone, 2–4× that between onnxruntime's runs). On the fixture models (hidden
+size 128) those memory-bound steps are a larger share of the work than on a model of the size users fuse; their
+run-to-run spread on this shared machine is ±20 % (tokenizing the same file alone: 0.44–0.79 s). Tried without
+gain: a second set of output buffers so that adding one batch overlapped computing the next (onnxruntime's two
+threads already fill the two cores: 2.75–2.95 s either way); no bands at order 512 (the Gemms' extra 214 ms
+against the slices' 158 ms).
 
 ## upload — statistics upload vs a raw grpc-js byte stream
 

@@ -31,6 +31,22 @@ export interface CollectOptions extends BatchOptions, SessionOptions {
   /** The Gram groups to collect (one pass of a budgeted collection). @default every group of the analysis */
   readonly groups?: readonly GramGroup[];
   readonly onProgress?: (progress: Progress) => void;
+  /** Filled in with where collection's time went (bench/collect reads it to break its overhead down). */
+  readonly timings?: CollectTimings;
+}
+
+/** Milliseconds per phase of one collection, added to as it goes. */
+export interface CollectTimings {
+  /** Instrumenting the graph and creating its session (released at the end: counted here too). */
+  session: number;
+  /** Tokenizing, length-bucketing and building each batch's input tensors. */
+  inputs: number;
+  /** onnxruntime running the instrumented graph (the model up to its last Gram input, masks, Gram bands). */
+  run: number;
+  /** Adding each batch's float32 bands into the float64 accumulators. */
+  accumulate: number;
+  /** Mirroring each accumulated upper triangle into the lower one. */
+  mirror: number;
 }
 
 /**
@@ -60,12 +76,22 @@ export async function collectGramStatistics(
   options: CollectOptions & { readonly total?: number } = {},
 ): Promise<GramStatistics> {
   const selected = options.groups ?? analysis.gramGroups;
+  const timings = options.timings;
+  let clock = performance.now();
+  /** Adds the time since the last call to `phase` (when timings are asked for). */
+  const lap = (phase: keyof CollectTimings): void => {
+    if (timings === undefined) return;
+    const now = performance.now();
+    timings[phase] += now - clock;
+    clock = now;
+  };
   // Only the Gram outputs are computed: nothing after the last Gram input (a causal LM's logits) runs.
   const instrumented = instrumentGrams(model, selected, analysis.rowRules, {
     includePadding: options.includePadding ?? false,
     gramOutputsOnly: true,
   });
   const session = await createSession(instrumented.model, options);
+  lap('session');
   const roles = inputRoles(analysis.inputs);
   const batchSize = options.batchSize ?? 32;
   const accumulators = new Map(selected.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0, n: g.inDim }]));
@@ -79,14 +105,18 @@ export async function collectGramStatistics(
     }
     fetches[names.rows] = new OrtTensor('int64', new BigInt64Array(1), []);
   }
+  lap('accumulate');
   let tokens = 0;
   let done = 0;
   const runChunk = async (chunk: Example[]): Promise<void> => {
+    lap('inputs');
     const encoded = chunk.map((e) => tokenizer.encode(e.text, e.pair));
     for (const batch of lengthBatches(encoded, batchSize)) {
       const items = batch.map((i) => encoded[i]!);
       const feeds = buildFeeds(items, analysis.inputs, roles, tokenizer.padId);
+      lap('inputs');
       await runSession(session, feeds, `${model.source} (statistics)`, fetches);
+      lap('run');
       const out = fetches;
       for (const names of instrumented.outputs) {
         const acc = accumulators.get(names.group)!;
@@ -106,7 +136,9 @@ export async function collectGramStatistics(
       }
       for (const item of items) tokens += item.ids.length;
       done += items.length;
+      lap('accumulate');
       options.onProgress?.({ examples: done, total: options.total ?? done, tokens });
+      lap('inputs');
     }
   };
   try {
@@ -120,13 +152,16 @@ export async function collectGramStatistics(
     }
     if (chunk.length > 0) await runChunk(chunk);
   } finally {
+    lap('inputs');
     await session.release();
+    lap('session');
   }
   const groups = new Map<string, { gram: Float64Array; rows: number }>();
   for (const [id, { gram, rows, n }] of accumulators) {
     for (let i = 1; i < n; i++) for (let j = 0; j < i; j++) gram[i * n + j] = gram[j * n + i]!;
     groups.set(id, { gram, rows });
   }
+  lap('mirror');
   return { fingerprint: analysis.fingerprint, groups, examples: done, tokens };
 }
 

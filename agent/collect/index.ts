@@ -6,6 +6,7 @@ export {
   classificationMetrics,
   collectGramStatistics,
   type CollectOptions,
+  type CollectTimings,
   lengthBatches,
   predictLogits,
   type Progress,

@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 
-import { buildFeeds, collectExamples, collectGramStatistics, inputRoles, loadTokenizer } from '../../../agent/index.js';
+import {
+  buildFeeds,
+  collectExamples,
+  collectGramStatistics,
+  type CollectTimings,
+  inputRoles,
+  loadTokenizer,
+} from '../../../agent/index.js';
 import { analyzeModel, createSession, gramBands, loadModel, runSession, withExtraOutputs } from '../../../shared/onnx/index.js';
 import { EXAMPLE_DATA, EXAMPLE_TOKENIZER, exampleModel } from '../../helpers/examples.js';
 import { relativeFrobenius } from '../../helpers/fixtures.js';
@@ -52,5 +59,23 @@ describe('collectGramStatistics', () => {
       const n = group.inDim;
       for (let p = 0; p < n; p += 17) for (let q = p + 1; q < n; q += 13) expect(got.gram[q * n + p]).toBe(got.gram[p * n + q]);
     }
+  });
+
+  it('accounts all of its time to its phases when asked (bench/collect breaks its overhead down with them)', async () => {
+    const model = await loadModel(exampleModel('org0'));
+    const analysis = await analyzeModel(model);
+    const tokenizer = await loadTokenizer(EXAMPLE_TOKENIZER, { maxLength: 64 });
+    const examples = await collectExamples(EXAMPLE_DATA('org0'), { maxExamples: 24 });
+    const timings: CollectTimings = { session: 0, inputs: 0, run: 0, accumulate: 0, mirror: 0 };
+    const begun = performance.now();
+    await collectGramStatistics(model, analysis, tokenizer, examples, { batchSize: 5, timings });
+    const wall = performance.now() - begun;
+    for (const phase of ['session', 'inputs', 'run', 'accumulate'] as const) expect(timings[phase]).toBeGreaterThan(0);
+    expect(timings.mirror).toBeGreaterThanOrEqual(0);
+    // The phases are consecutive laps of one clock from the call's start: together they are its whole time, less
+    // the few statements before the clock starts and after the last lap.
+    const sum = timings.session + timings.inputs + timings.run + timings.accumulate + timings.mirror;
+    expect(sum).toBeLessThanOrEqual(wall);
+    expect(sum).toBeGreaterThanOrEqual(0.95 * wall - 5);
   });
 });
