@@ -123,20 +123,33 @@ export function instrumentGrams(
     }
     return parts;
   };
-  const constants = new Map<number, string>();
-  const constant = (value: number): string => {
-    let name = constants.get(value);
-    if (name === undefined) constants.set(value, (name = int64Constant(`${PREFIX}/index/${value}`, [value], [1])));
-    return name;
-  };
-  /** Columns [from, to) of a [rows, n] tensor. */
-  const columns = (input: string, from: number, to: number, output: string): string =>
-    node('Slice', [input, constant(from), constant(to), constant(1)], output);
   const flatShapes = new Map<number, string>();
   const flatShape = (inDim: number): string => {
     let name = flatShapes.get(inDim);
     if (name === undefined) flatShapes.set(inDim, (name = int64Constant(`${PREFIX}/shape/rows_by_${inDim}`, [-1, inDim], [2])));
     return name;
+  };
+  // Split takes its sizes as an input from opset 13 on, as an attribute before.
+  const opset = Number(model.proto.opsetImport.find((o) => o.domain === '' || o.domain === 'ai.onnx')?.version ?? 13n);
+  const splitSizes = new Map<number, string>();
+  /** The column blocks of a [rows, n] tensor, one output each (one copy of the tensor in all). */
+  const splitColumns = (input: string, n: number, bands: readonly { height: number }[], base: string): string[] => {
+    const heights = bands.map((b) => b.height);
+    const outputs = bands.map((_, i) => `${base}/block${i}`);
+    const axis = intAttr('axis', 1);
+    if (opset >= 13) {
+      let sizes = splitSizes.get(n);
+      if (sizes === undefined) splitSizes.set(n, (sizes = int64Constant(`${PREFIX}/split/${n}`, heights, [heights.length])));
+      nodes.push(
+        NodeProto.fromPartial({ opType: 'Split', input: [input, sizes], output: outputs, name: `${base}/split`, attribute: [axis] }),
+      );
+    } else {
+      const split = AttributeProto.fromPartial({ name: 'split', type: 7, ints: heights.map(BigInt) });
+      nodes.push(
+        NodeProto.fromPartial({ opType: 'Split', input: [input], output: outputs, name: `${base}/split`, attribute: [axis, split] }),
+      );
+    }
+    return outputs;
   };
   const perTensor = new Map<string, { bands: string[]; rows: string }>();
 
@@ -152,14 +165,26 @@ export function instrumentGrams(
         const rule = rules.get(tensor);
         const mask = options.includePadding === true ? null : rule?.rows === 'tokens' ? rule.mask : null;
         const maskColumn = mask === null ? null : maskParts(mask).column;
-        // Band i: (m ⊙ X[:, band])ᵀ X[:, firstRow:]; one band is (m ⊙ X)ᵀ X.
-        const gemms = bands.map(({ firstRow, height }, i) => {
-          const whole = bands.length === 1;
-          const left = whole ? flat : columns(flat, firstRow, firstRow + height, `${base}/band${i}/left`);
-          const masked = maskColumn === null ? left : node('Mul', [left, maskColumn], `${base}/band${i}/masked`);
-          const right = firstRow === 0 ? flat : columns(flat, firstRow, group.inDim, `${base}/band${i}/right`);
-          return node('Gemm', [masked, right], `${base}/band${i}/gram`, [intAttr('transA', 1)]);
-        });
+        // One band: (m ⊙ X)ᵀ X. Several: X split once into its column blocks X₀ … X_{k−1} (onnxruntime's Gemm cannot
+        // read a column block in place, and one Split copies X once, where a Slice per band operand copied it
+        // (k + 1)/2 times); band i is [(m ⊙ Xᵢ)ᵀ Xᵢ, (m ⊙ Xᵢ)ᵀ Xᵢ₊₁, …] side by side.
+        const gemms =
+          bands.length === 1
+            ? [
+                node('Gemm', [maskColumn === null ? flat : node('Mul', [flat, maskColumn], `${base}/masked`), flat], `${base}/band0/gram`, [
+                  intAttr('transA', 1),
+                ]),
+              ]
+            : (() => {
+                const blocks = splitColumns(flat, group.inDim, bands, base);
+                return bands.map((_, i) => {
+                  const left = maskColumn === null ? blocks[i]! : node('Mul', [blocks[i]!, maskColumn], `${base}/block${i}/masked`);
+                  const products = blocks
+                    .slice(i)
+                    .map((right, j) => node('Gemm', [left, right], `${base}/band${i}/block${i + j}`, [intAttr('transA', 1)]));
+                  return products.length === 1 ? products[0]! : node('Concat', products, `${base}/band${i}/gram`, [intAttr('axis', 1)]);
+                });
+              })();
         if (mask !== null) part = { bands: gemms, rows: maskParts(mask).rows };
         else {
           const shape = node('Shape', [flat], `${base}/shape`);
