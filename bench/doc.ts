@@ -273,18 +273,21 @@ columns of the masked rows by the rows' columns from its first on): (k+1)/2k of 
 measured standalone on these cores at 3072 rows as n = 512 8.9 → 7.4 ms, n = 1024 38 → 27 ms, n = 3072 363 →
 218 ms (onnxruntime has no symmetric rank-k kernel; the bands are plain Gemms). G stays the full product, so C can
 do less Gram arithmetic than G. What C adds over that (the second table, from timers inside collection since
-7 December): in the graph, the mask multiply and the bands' column slices — onnxruntime's Gemm cannot read a
-column block of a tensor in place, so each band's operands are copied; onnxruntime's own profiler on
-label-skew/org0 (7 December, Intel Xeon, whole scenario file): Slice 158 ms and Mul 70 ms of C's 2.25 s of kernel
-time, the band Gemms 747 ms against 961 ms for the same Grams unbanded, so at order 512 the copies cost about
-what the bands save; the model's own kernels 1.25 s inside the instrumented graph against 1.18 s in P's — and, in
-JS, adding each batch's float32 bands into the float64 accumulators (the upper triangle only, mirrored once at the
-end; 2.2 ns per addition measured alone, 2–4× that between onnxruntime's runs). On the fixture models (hidden
-size 128) those memory-bound steps are a larger share of the work than on a model of the size users fuse; their
-run-to-run spread on this shared machine is ±20 % (tokenizing the same file alone: 0.44–0.79 s). Tried without
-gain: a second set of output buffers so that adding one batch overlapped computing the next (onnxruntime's two
-threads already fill the two cores: 2.75–2.95 s either way); no bands at order 512 (the Gemms' extra 214 ms
-against the slices' 158 ms).
+7 December): in the graph, the mask multiply and copies of the bands' column blocks (onnxruntime's Gemm cannot read
+a column block of a tensor in place) — since 7 December one Split per tapped tensor copies it once into its column
+blocks, and band i is its blocks' products side by side (Concat), where a Slice per band operand copied the tensor
+(k + 1)/2 times: onnxruntime's profiler on label-skew/org0 (Intel Xeon, whole scenario file) measured Slice 158 ms
+of 2.25 s of C's kernels before, Split 33 ms and Concat 10 ms of 1.95 s after (mask Mul 57–70 ms, band Gemms
+710–747 ms against 961 ms for the same Grams unbanded; ≈ 3 % less collection time on the fixtures, 5 % on
+BERT-base ×96) — and, in JS, adding each batch's float32 bands into the float64 accumulators (the upper triangle
+only: 1.2 ns per addition measured alone since the row loop became a function of its own, 1.8 before) and
+mirroring the triangles at the end (in 64 × 64 tiles since 7 December: BERT-base's 0.8 s → 0.3 s). On the fixture
+models (hidden size 128) those memory-bound steps are a larger share of the work than on a model of the size users
+fuse; their run-to-run spread on this shared machine is ±20 % (tokenizing the same file alone: 0.44–0.79 s). Tried
+without gain: a second set of output buffers so that adding one batch overlapped computing the next
+(onnxruntime's two threads already fill the two cores: 2.75–2.95 s either way); no bands at order 512 (label-skew
+4 % faster, languages/de 4 % slower, interleaved runs); dropping padding rows (Compress) instead of masking them:
+padding is 1.5–2.3 % of the rows of length-bucketed batches.
 
 ## upload — statistics upload vs a raw grpc-js byte stream
 
