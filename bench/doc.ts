@@ -231,8 +231,9 @@ substitutions are onnxruntime float64 Gemm/MatMul graphs (the matrix goes in zer
 graph); only the nb × nb diagonal blocks are factored and inverted in TypeScript. Measured as the coordinator runs
 it: onnxruntime's memory arena off for groups past n = 1024 (bounded peak memory, bench/scale), on for smaller
 groups (what it keeps is bounded by their size), and onnxruntime's threads told not to spin between calls (spinning
-threads took the cores the TypeScript diagonal-block work needs: 2–3× slower on 2 cores), each size solved once
-untimed first, as the coordinator's many groups per job find the kernels (since 7 December), and medians of nine
+threads took the cores the TypeScript diagonal-block work needs: 2–3× slower on 2 cores), each size solved untimed
+first (three times at n = 768, once above), as the coordinator's many groups per job find the kernels (since 7
+December), and medians of nine
 runs at n = 768, three at the larger sizes (a solve of tens of milliseconds moves ±20 % between runs on this shared
 machine; LAPACK is run as many times). Baselines: a plain
 TypeScript float64 Cholesky (the unit tests' reference) and LAPACK (\`dpotrf\`+\`dpotrs\` through scipy, same

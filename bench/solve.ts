@@ -65,7 +65,9 @@ export async function benchSolve(context: BenchContext): Promise<void> {
       // One solve untimed first, as the coordinator's many groups per job find it: groups with n ≤ 1024 have kernel
       // sessions of their own, created by the first such solve, whose arena grows over its first calls (they made
       // the first two of three timed runs at n = 768 2–4× the third on 7 December, and so the median).
-      await solver.solve(a.slice(), n, r, rhs, `bench n=${n} (warm-up)`);
+      // At n ≤ 1024 three: the first solves after the first one still ran 1.5× the later ones on 7 December (82, 69, 72
+      // then 43–50 ms at n = 768, in one probe).
+      for (let warm = 0; warm < (n <= 1024 ? 3 : 1); warm++) await solver.solve(a.slice(), n, r, rhs, `bench n=${n} (warm-up)`);
       // A solve at n ≤ 1024 takes tens of milliseconds, where this shared machine's spread between runs is ±20 %: nine
       // runs there (on both sides), three of the larger sizes.
       const runs = context.quick ? 2 : n <= 1024 ? 9 : 3;
