@@ -266,9 +266,10 @@ written into reused buffers as collection's are); C: collection (instrumented gr
 P and C include tokenization; each of P, G and C includes creating its onnxruntime session (C: instrumenting the
 graph too; the last column gives those shares, and a second table breaks C − (P + G) down by phase). Two fixture models (Grams of order 128 and 512) on their whole
 scenario files, and the synthetic BERT-base of bench scale (orders 768 and 3072) on 48 and on 144 examples: at that
-size collection pays ≈ 2–4 s once (its larger session, first touching 1.6 GB of float64 accumulators — page faults
-cost ≈ 0.65 ms per MB on this VM —, mirroring the Grams at the end), which a few examples do not amortize; the
-difference between the two runs is the per-token cost.
+size collection pays several seconds once (its larger session, first touching 1.6 GB of float64 accumulators —
+page faults, ≈ 0.65 ms per MB on the Intel VM of 4 December, 3–5 s for the whole in the runs of 7 December —,
+mirroring the Grams at the end), which a few examples do not amortize; the difference between the two runs is the
+per-token cost.
 
 ${tables('collect')}
 
