@@ -1,3 +1,4 @@
+import { mirrorUpper } from '../../shared/linalg/index.js';
 import { type GramStatistics } from '../../shared/merge/index.js';
 import {
   createSession,
@@ -169,16 +170,6 @@ export async function collectGramStatistics(
  */
 function addInto(to: Float64Array, at: number, from: Float32Array, begin: number, end: number): void {
   for (; begin < end; begin++, at++) to[at] = to[at]! + from[begin]!;
-}
-
-/** Copies the upper triangle of a row-major n×n matrix into its lower one, in tiles (a column walk of an order-3072
- * matrix strides 24 KiB per element: 0.8 s for BERT-base's Grams read column by column). */
-function mirrorUpper(gram: Float64Array, n: number): void {
-  const tile = 64;
-  for (let ib = 0; ib < n; ib += tile)
-    for (let jb = 0; jb <= ib; jb += tile)
-      for (let i = ib, iEnd = Math.min(ib + tile, n); i < iEnd; i++)
-        for (let j = jb, jEnd = Math.min(jb + tile, i); j < jEnd; j++) gram[i * n + j] = gram[j * n + i]!;
 }
 
 /** Logits of the model for every example, in input order ([examples × classes]). */

@@ -1,5 +1,15 @@
 /** shared/linalg/: the SPD solver contract (SpdSolver) and its onnxruntime float64 kernels; dense float64 references. */
-export { choleskyInPlace, frobenius, invertLower, matmul, packedLength, packUpper, referenceSolve, unpackSymmetric } from './dense.js';
+export {
+  choleskyInPlace,
+  frobenius,
+  invertLower,
+  matmul,
+  mirrorUpper,
+  packedLength,
+  packUpper,
+  referenceSolve,
+  unpackSymmetric,
+} from './dense.js';
 export {
   createOrtSolver,
   DEFAULT_JITTER_STEPS,

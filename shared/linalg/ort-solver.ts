@@ -1,6 +1,7 @@
 import { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from '../../proto/index.js';
 import { ErrorCode, GramfuseError } from '../errors.js';
 import { createSession, type InferenceSession, OrtTensor, type SessionOptions, type Tensor } from '../onnx/runtime.js';
+import { mirrorUpper } from './dense.js';
 
 /** Diagnostics of one SPD solve (DESIGN.md §3: every layer gets them). */
 export interface SolveDiagnostics {
@@ -457,7 +458,7 @@ export async function createOrtSolver(options: OrtSolverOptions = {}): Promise<S
       for (const step of steps) {
         if ('inverses' in result) break;
         // Restore the lower triangle from the untouched upper one, then add jitter to the diagonal.
-        for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) a[i * n + j] = a[j * n + i]!;
+        mirrorUpper(a, n);
         jitter = step;
         for (let i = 0; i < n; i++) a[i * n + i] = diag[i]! + step * mean;
         result = await factor(k, a, n);

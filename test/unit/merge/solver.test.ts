@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ErrorCode, GramfuseError } from '../../../shared/index.js';
-import { createOrtSolver, matmul, referenceSolve, type SpdSolver } from '../../../shared/linalg/index.js';
+import { createOrtSolver, matmul, mirrorUpper, referenceSolve, type SpdSolver } from '../../../shared/linalg/index.js';
 import { relativeFrobenius } from '../../helpers/fixtures.js';
 import { gramOf, randn, rng } from '../../helpers/random.js';
 
@@ -138,5 +138,15 @@ describe('onnxruntime blocked Cholesky solve vs the float64 reference (≤ 1e-9 
     const error = await solver.solve(a, n, new Float64Array(n), 1, 'g7').catch((e: unknown) => e);
     expect((error as GramfuseError).code).toBe(ErrorCode.SolveFailed);
     expect((error as GramfuseError).message).toMatch(/layer g7: the Gram is not positive definite even with diagonal jitter/);
+  });
+});
+
+describe('mirrorUpper', () => {
+  it.each([1, 63, 64, 65, 200])('order %i: the lower triangle becomes the upper one, which stays as it was', (n) => {
+    const random = rng(n);
+    const a = Float64Array.from({ length: n * n }, () => random());
+    const upper = a.slice();
+    mirrorUpper(a, n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) expect(a[i * n + j]).toBe(j >= i ? upper[i * n + j] : upper[j * n + i]);
   });
 });
