@@ -165,26 +165,17 @@ export function instrumentGrams(
         const rule = rules.get(tensor);
         const mask = options.includePadding === true ? null : rule?.rows === 'tokens' ? rule.mask : null;
         const maskColumn = mask === null ? null : maskParts(mask).column;
-        // One band: (m ⊙ X)ᵀ X. Several: X split once into its column blocks X₀ … X_{k−1} (onnxruntime's Gemm cannot
-        // read a column block in place, and one Split copies X once, where a Slice per band operand copied it
-        // (k + 1)/2 times); band i is [(m ⊙ Xᵢ)ᵀ Xᵢ, (m ⊙ Xᵢ)ᵀ Xᵢ₊₁, …] side by side.
-        const gemms =
-          bands.length === 1
-            ? [
-                node('Gemm', [maskColumn === null ? flat : node('Mul', [flat, maskColumn], `${base}/masked`), flat], `${base}/band0/gram`, [
-                  intAttr('transA', 1),
-                ]),
-              ]
-            : (() => {
-                const blocks = splitColumns(flat, group.inDim, bands, base);
-                return bands.map((_, i) => {
-                  const left = maskColumn === null ? blocks[i]! : node('Mul', [blocks[i]!, maskColumn], `${base}/block${i}/masked`);
-                  const products = blocks
-                    .slice(i)
-                    .map((right, j) => node('Gemm', [left, right], `${base}/band${i}/block${i + j}`, [intAttr('transA', 1)]));
-                  return products.length === 1 ? products[0]! : node('Concat', products, `${base}/band${i}/gram`, [intAttr('axis', 1)]);
-                });
-              })();
+        // X's column blocks X₀ … X_{k−1} (one band: X itself; several: one Split copies X once — onnxruntime's Gemm
+        // cannot read a column block in place, and a Slice per band operand copied it (k + 1)/2 times); band i is
+        // [(m ⊙ Xᵢ)ᵀ Xᵢ, (m ⊙ Xᵢ)ᵀ Xᵢ₊₁, …] side by side, so one band is (m ⊙ X)ᵀ X.
+        const blocks = bands.length === 1 ? [flat] : splitColumns(flat, group.inDim, bands, base);
+        const gemms = bands.map((_, i) => {
+          const left = maskColumn === null ? blocks[i]! : node('Mul', [blocks[i]!, maskColumn], `${base}/block${i}/masked`);
+          const products = blocks
+            .slice(i)
+            .map((right, j) => node('Gemm', [left, right], `${base}/band${i}/block${i + j}`, [intAttr('transA', 1)]));
+          return products.length === 1 ? products[0]! : node('Concat', products, `${base}/band${i}/gram`, [intAttr('axis', 1)]);
+        });
         if (mask !== null) part = { bands: gemms, rows: maskParts(mask).rows };
         else {
           const shape = node('Shape', [flat], `${base}/shape`);
