@@ -98,14 +98,18 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     // and C's float64 accumulation and final mirror.
     type Phases = Record<string, number>;
     const phases = { plain: [] as Phases[], grams: [] as Phases[], collect: [] as Phases[] };
-    const plainRun = async (): Promise<void> => {
-      const times: Phases = { session: 0, inputs: 0, run: 0 };
+    /** A stopwatch over `times`: each call adds the time since the last one to that phase. */
+    const laps = (times: Phases): ((phase: string) => void) => {
       let clock = performance.now();
-      const lap = (phase: string): void => {
+      return (phase) => {
         const now = performance.now();
         times[phase]! += now - clock;
         clock = now;
       };
+    };
+    const plainRun = async (): Promise<void> => {
+      const times: Phases = { session: 0, inputs: 0, run: 0 };
+      const lap = laps(times);
       const plain = await createSession(model, { intraOpThreads: context.threads });
       lap('session');
       // Tokenized here too, so both sides do the same work apart from the statistics.
@@ -139,20 +143,19 @@ export async function benchCollect(context: BenchContext): Promise<void> {
     const gramFetches: Record<string, Tensor> = {};
     dims.forEach((d, k) => (gramFetches[`g${k}`] = new OrtTensor('float32', new Float32Array(d * d), [d, d])));
     const gramRun = async (): Promise<void> => {
-      let begun = performance.now();
+      const times: Phases = { session: 0, run: 0 };
+      const lap = laps(times);
       const grams = await createSession(gramOnlyModel(dims), { intraOpThreads: context.threads });
-      let session = performance.now() - begun;
-      begun = performance.now();
+      lap('session');
       for (const rowsInBatch of batchRows) {
         const feeds: Record<string, Tensor> = {};
         dims.forEach((d, k) => (feeds[`x${k}`] = new OrtTensor('float32', activations[k]!.subarray(0, rowsInBatch * d), [rowsInBatch, d])));
         await runSession(grams, feeds, 'grams alone', gramFetches);
       }
-      const run = performance.now() - begun;
-      begun = performance.now();
+      lap('run');
       await grams.release();
-      session += performance.now() - begun;
-      phases.grams.push({ session, run });
+      lap('session');
+      phases.grams.push(times);
     };
     const collectRun = async (): Promise<void> => {
       const timings: CollectTimings = { session: 0, inputs: 0, run: 0, accumulate: 0, mirror: 0 };

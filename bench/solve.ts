@@ -62,11 +62,10 @@ export async function benchSolve(context: BenchContext): Promise<void> {
       const ours: number[] = [];
       let x: Float64Array = new Float64Array(0);
       let residual = 0;
-      // One solve untimed first, as the coordinator's many groups per job find it: groups with n ≤ 1024 have kernel
-      // sessions of their own, created by the first such solve, whose arena grows over its first calls (they made
-      // the first two of three timed runs at n = 768 2–4× the third on 7 December, and so the median).
-      // At n ≤ 1024 three: the first solves after the first one still ran 1.5× the later ones on 7 December (82, 69, 72
-      // then 43–50 ms at n = 768, in one probe).
+      // Untimed solves first, as the coordinator's many groups per job find the kernels warm: once above n = 1024, three
+      // at or below, where groups have kernel sessions of their own, created by the first such solve, whose arena grows
+      // over its first calls (on 7 December the three solves after the first still took 82, 69 and 72 ms at n = 768,
+      // then 43–50).
       for (let warm = 0; warm < (n <= 1024 ? 3 : 1); warm++) await solver.solve(a.slice(), n, r, rhs, `bench n=${n} (warm-up)`);
       // A solve at n ≤ 1024 takes tens of milliseconds, where this shared machine's spread between runs is ±20 %: nine
       // runs there (on both sides), three of the larger sizes.
