@@ -61,9 +61,14 @@ export async function planForOwner(
       { facts: { model: options.model, found: analysis.fingerprint, expected: options.expectFingerprint } },
     );
   }
-  await loadTokenizer(options.tokenizer, { maxLength: options.maxLength }); // fail early on a bad tokenizer
+  const tokenizer = await loadTokenizer(options.tokenizer, { maxLength: options.maxLength }); // fail early on a bad tokenizer
   let examples = 0;
-  const fields = { textField: options.textField, ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }) };
+  // Chat rows are rendered here too, so a conversation the template refuses fails before anything is computed.
+  const fields = {
+    textField: options.textField,
+    chatTemplate: tokenizer.chatTemplate,
+    ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }),
+  };
   for await (const _ of readExamples(options.data, fields)) examples++;
   if (examples === 0)
     throw new GramfuseError(ErrorCode.InvalidData, `${options.data}: no usable examples`, { facts: { path: options.data } });

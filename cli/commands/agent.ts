@@ -18,7 +18,7 @@ export function registerAgentCommands(program: Command): void {
         : mergeSpecOptions(command.option('--owner <name>', 'owner name recorded in the plan (default: from the model path)'))
       )
         .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
-        .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
+        .requiredOption('--data <path>', "the owner's private data (.jsonl, .csv or .parquet; text, chat or prompt/completion rows)")
         .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
         .option(
           '--dtype <t>',
@@ -207,7 +207,7 @@ export function registerAgentCommands(program: Command): void {
         .description(
           "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
         ),
-      "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine",
+      "the owner's held-out labelled data (.jsonl, .csv or .parquet); it never leaves this machine",
     )
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--job <id>', 'job id')

@@ -22,7 +22,11 @@ export function registerLocalCommands(program: Command): void {
         .command('merge')
         .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
         .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
-        .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+        .option(
+          '--data <path>',
+          "that owner's data (.jsonl, .csv or .parquet; text, chat or prompt/completion rows); one after each --model",
+          collect,
+        )
         .option(
           '--bundle <dir>',
           'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
@@ -143,7 +147,7 @@ export function registerLocalCommands(program: Command): void {
         'Accuracy and macro-F1 of a classifier (or, with --ensemble, the logit average of several) on labelled data; perplexity and next-token accuracy of a causal LM on held-out text',
       )
       .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect),
-    'labelled data (.jsonl or .csv)',
+    'labelled data (.jsonl, .csv or .parquet)',
   )
     .option('--ensemble', 'average the logits of all --model')
     .option('--batch-size <n>', 'examples per batch', '64')
