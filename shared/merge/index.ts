@@ -49,6 +49,7 @@ export {
   contributionTensors,
   DisclosurePlan,
   DisclosurePolicy,
+  GramTokens,
   PlannedStatistic,
   planDisclosure,
   statisticsDtype,
