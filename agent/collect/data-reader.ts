@@ -238,8 +238,8 @@ async function* csvRows(path: string): AsyncGenerator<{ record: Record<string, u
 
 /**
  * Parquet rows, one row group at a time and only the columns an example needs, so memory holds one row group of
- * those columns (its writer chose the size: Hugging Face datasets writes 100 to 1 000 rows per group). The columns
- * are checked against the schema before any row is read.
+ * those columns (the writer chose its size; Parquet cannot be decoded in smaller pieces without a page index). The
+ * columns are checked against the schema before any row is read.
  */
 async function* parquetRows(path: string, fields: Fields): AsyncGenerator<{ record: Record<string, unknown>; line: number }> {
   const invalid = (message: string, cause?: unknown): GramfuseError =>

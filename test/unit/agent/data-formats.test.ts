@@ -95,6 +95,26 @@ describe('Parquet data', () => {
     expect(batches).toEqual(feeds(fromJsonl));
   });
 
+  it('rows stream a row group at a time: a damaged third group fails only after the first two were yielded', async () => {
+    const path = parquet('damaged.parquet', [{ name: 'text', data: rows.map((r) => r.text), type: 'STRING' }], { rowGroupSize: 16 });
+    const { asyncBufferFromFile, parquetMetadataAsync } = await import('hyparquet');
+    const chunk = (await parquetMetadataAsync(await asyncBufferFromFile(path))).row_groups[2]!.columns[0]!.meta_data!;
+    const bytes = readFileSync(path);
+    const start = Number(chunk.dictionary_page_offset ?? chunk.data_page_offset);
+    bytes.fill(0xff, start, start + Number(chunk.total_compressed_size));
+    writeFileSync(path, bytes);
+    const seen: number[] = [];
+    const error = await failure(
+      (async () => {
+        for await (const e of readExamples(path)) seen.push(e.line);
+      })(),
+    );
+    // A reader that decoded the whole file first would have yielded nothing.
+    expect(seen).toEqual(Array.from({ length: 32 }, (_, i) => i + 1));
+    expect(error.code).toBe(ErrorCode.InvalidData);
+    expect(error.message).toMatch(/damaged\.parquet: rows 33–48 cannot be read/);
+  });
+
   it('integer labels, a pair column, nulls and the seeded subset work as in JSONL', async () => {
     const path = parquet('pairs.parquet', [
       { name: 'premise', data: ['A cat sits', 'Dogs bark', 'Birds sing'], type: 'STRING' },
