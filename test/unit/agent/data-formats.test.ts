@@ -231,6 +231,15 @@ describe('chat data', () => {
     expect(rendered).toBe('<s><user>What is libfoo-dev?</s><assistant>Development files for libfoo.</s>');
     const named = await loadTokenizer(checkpoint('named', { ...config, chat_template: [{ name: 'default', template }] }));
     expect(named.chatTemplate.render(conversation.slice(1, 2), 'here')).toBe('<s><user>What is libfoo-dev?</s>');
+    // transformers compiles templates with trim_blocks and lstrip_blocks: the newline after a block tag and the
+    // indentation before one vanish, those around {{ … }} stay. Real templates (Llama 3's, Qwen's) rely on it. The
+    // expected string is Python Jinja2 3.1's for Environment(trim_blocks=True, lstrip_blocks=True), checked once by hand.
+    const multiline = await loadTokenizer(
+      checkpoint('multiline', {
+        chat_template: '{% for m in messages %}\n  {{ m.role }}\n  {% if m.role == "user" %}\n?{% endif %}\n{% endfor %}',
+      }),
+    );
+    expect(multiline.chatTemplate.render(conversation.slice(1), 'here')).toBe('  user\n?  assistant\n');
     const jinja = await loadTokenizer(checkpoint('jinja', config, '{% for m in messages %}[{{ m.content }}]{% endfor %}'));
     expect(jinja.chatTemplate.source).toMatch(/chat_template\.jinja$/);
     expect(jinja.chatTemplate.render(conversation.slice(1), 'here')).toBe('[What is libfoo-dev?][Development files for libfoo.]');
