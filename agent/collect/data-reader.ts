@@ -283,6 +283,7 @@ async function* parquetRows(path: string, fields: Fields): AsyncGenerator<{ reco
   }
   if (columns.has(fields.label)) wanted.push(check(fields.label, 'use --label-field to name the right one', ['string', 'integer']));
   else if (fields.requireLabel) throw invalid(`no column "${fields.label}" (columns: ${names}); use --label-field to name the right one`);
+  const labelNames = classLabelNames(metadata, fields.label);
   let start = 0;
   for (const group of metadata.row_groups) {
     const end = start + Number(group.num_rows);
@@ -299,8 +300,31 @@ async function* parquetRows(path: string, fields: Fields): AsyncGenerator<{ reco
       }
       throw invalid(`rows ${start + 1}–${end} cannot be read (${(error as Error).message})`, error);
     }
-    for (const [i, record] of rows.entries()) yield { record, line: start + i + 1 };
+    for (const [i, record] of rows.entries()) {
+      const label = record[fields.label];
+      if (labelNames !== undefined && (typeof label === 'bigint' || typeof label === 'number')) {
+        record[fields.label] = labelNames[Number(label)] ?? label;
+      }
+      yield { record, line: start + i + 1 };
+    }
     start = end;
+  }
+}
+
+/**
+ * The names of a 🤗 datasets ClassLabel column (the file's `huggingface` metadata: `{"info": {"features": {label:
+ * {"_type": "ClassLabel", "names": [...]}}}}`), so its integer labels read as the names label lists hold.
+ */
+function classLabelNames(metadata: FileMetaData, column: string): readonly string[] | undefined {
+  const value = metadata.key_value_metadata?.find((kv) => kv.key === 'huggingface')?.value;
+  if (value === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(value) as { info?: { features?: Record<string, { _type?: unknown; names?: unknown }> } };
+    const feature = parsed.info?.features?.[column];
+    const names = feature?._type === 'ClassLabel' ? feature.names : undefined;
+    return Array.isArray(names) && names.every((n) => typeof n === 'string') ? (names as string[]) : undefined;
+  } catch {
+    return undefined; // metadata another tool wrote: the integer labels stay as they are
   }
 }
 

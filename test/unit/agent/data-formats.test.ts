@@ -131,6 +131,20 @@ describe('Parquet data', () => {
     expect(missing.message).toMatch(/pairs\.parquet:3: field "label" is missing/);
   });
 
+  it("a 🤗 datasets ClassLabel column's integers read as its names (the file's huggingface metadata)", async () => {
+    const features = { text: { dtype: 'string', _type: 'Value' }, label: { names: ['libs', 'devel', 'python'], _type: 'ClassLabel' } };
+    const path = join(work, 'classlabel.parquet');
+    parquetWriteFile({
+      filename: path,
+      kvMetadata: [{ key: 'huggingface', value: JSON.stringify({ info: { features } }) }],
+      columnData: [
+        { name: 'text', data: ['a', 'b', 'c'], type: 'STRING' },
+        { name: 'label', data: [2n, 0n, 7n], type: 'INT64' },
+      ],
+    });
+    expect((await all(path)).map((e) => e.label)).toEqual(['python', 'libs', '7']);
+  });
+
   it('a missing text column names the columns there are and the flag; a wrong type names both types', async () => {
     const path = parquet('columns.parquet', [
       { name: 'sentence', data: ['one', 'two'], type: 'STRING' },
