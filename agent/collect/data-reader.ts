@@ -322,7 +322,7 @@ function classLabelNames(metadata: FileMetaData, column: string): readonly strin
     const parsed = JSON.parse(value) as { info?: { features?: Record<string, { _type?: unknown; names?: unknown }> } };
     const feature = parsed.info?.features?.[column];
     const names = feature?._type === 'ClassLabel' ? feature.names : undefined;
-    return Array.isArray(names) && names.every((n) => typeof n === 'string') ? (names as string[]) : undefined;
+    return Array.isArray(names) && names.every((n) => typeof n === 'string') ? names : undefined;
   } catch {
     return undefined; // metadata another tool wrote: the integer labels stay as they are
   }
