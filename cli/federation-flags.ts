@@ -33,6 +33,7 @@ export const CertsIssueFlags = z.object({
   dir: path,
   name: z.string().min(1, 'name the identity'),
   host: z.array(z.string().min(1)).default([]),
+  role: z.enum(['owner', 'server', 'creator', 'solver', 'observer']).optional(),
 });
 
 export const CoordinatorServeFlags = z

@@ -1,6 +1,7 @@
 // The federation gRPC client (DESIGN.md §7): connect over mTLS (or insecure loopback), typed calls with
 // deadlines, the one retry policy of retry.ts, streamed downloads verified against the coordinator's digest.
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
+import { checkServerIdentity } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
 
@@ -28,6 +29,11 @@ export interface ConnectOptions {
 
 export interface FederationClient {
   readonly identity: string;
+  /**
+   * The certificate (PEM) the coordinator presented in the TLS handshake, once a call has connected; undefined in
+   * insecure loopback mode. Secure aggregation refuses it as a peer (the coordinator cannot pose as an owner).
+   */
+  serverCertificate(): string | undefined;
   getJob(jobId: string): Promise<federation.JobStatus>;
   /** Every job the coordinator lets this identity see. */
   listJobs(): Promise<federation.JobStatus[]>;
@@ -92,10 +98,18 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     );
   }
   const retry = <T>(call: () => Promise<T>): Promise<T> => withRetries(call, { address: options.address });
+  let serverCertificate: string | undefined;
   const credentials =
     options.tls === undefined
       ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem));
+      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem), {
+          // The usual host name check, and the certificate kept (what it is matters to secure aggregation).
+          checkServerIdentity: (host, cert) => {
+            const error = checkServerIdentity(host, cert);
+            if (error === undefined) serverCertificate = new X509Certificate(cert.raw).toString();
+            return error;
+          },
+        });
   const identity = options.tls === undefined ? (options.insecureIdentity ?? '') : certificateName(options.tls.certPem);
   const channelOptions = { 'grpc.max_receive_message_length': 5 * 1024 * 1024 };
   const jobs = new federation.JobsClient(options.address, credentials, channelOptions);
@@ -118,6 +132,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     });
   return {
     identity,
+    serverCertificate: () => serverCertificate,
     getJob: (jobId) => retry(() => unary(jobs.get.bind(jobs), { jobId })),
     listJobs: async () => (await retry(() => unary(jobs.list.bind(jobs), {}))).jobs,
     createJob: (specJson, template) =>

@@ -35,10 +35,14 @@ export function registerFederationCommands(program: Command): void {
     )
     .requiredOption('--dir <dir>', 'the CA directory (from certs init)')
     .requiredOption('--name <cn>', 'identity: the certificate subject common name')
-    .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
+    .option('--host <name>', 'a server certificate for this host name or IP (repeatable)', collect)
+    .option(
+      '--role <role>',
+      'what the certificate is for: owner, server, creator, solver or observer (default: server with --host, owner without); secure aggregation accepts only owner certificates as peers',
+    )
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
-      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host)).join('\n')}\n`);
+      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
     });
 
   tlsOptions(
