@@ -252,7 +252,13 @@ export function registerFederationCommands(program: Command): void {
         const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
-          stdout(`${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified)\n`);
+          stdout(
+            `${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified${
+              dataFile.renamedFrom === undefined
+                ? ''
+                : `; the model named it ${JSON.stringify(dataFile.renamedFrom)}, its tensors now point here, so the model file's own SHA-256 differs from the one above`
+            })\n`,
+          );
         if (hf !== undefined) {
           const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
           const exported = await h().exportHfCheckpoint({
