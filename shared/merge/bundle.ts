@@ -23,6 +23,19 @@ export const BundleManifest = z
   .strict();
 export type BundleManifest = z.infer<typeof BundleManifest>;
 
+/**
+ * What an owner sends at join, and all the coordinator keeps of it (`owners/<id>/manifest.json`): exactly the approved
+ * disclosure plan. A bundle's `settings` (model, data and tokenizer paths, memory, timings), its tool version and its
+ * creation time stay with the owner: only what the plan lists leaves (DESIGN §8).
+ */
+export const JoinManifest = z.object({ plan: DisclosurePlan }).strict();
+export type JoinManifest = z.infer<typeof JoinManifest>;
+
+/** The join message of a bundle: its plan, and nothing else of it. */
+export function joinManifest(manifest: BundleManifest): JoinManifest {
+  return { plan: manifest.plan };
+}
+
 export const BUNDLE_TENSORS = 'statistics.safetensors';
 export const BUNDLE_MANIFEST = 'manifest.json';
 
