@@ -15,6 +15,7 @@ import {
   JobWatchFlags,
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
 import { collect, h, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
@@ -38,6 +39,7 @@ export function registerFederationCommands(program: Command): void {
     .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
+      await checkInputFiles([{ flag: '--dir', path: flags.dir, kind: 'directory' }]);
       stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host)).join('\n')}\n`);
     });
 
@@ -81,6 +83,7 @@ export function registerFederationCommands(program: Command): void {
     'server',
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(CoordinatorServeFlags, raw);
+    await checkInputFiles([...tlsInputs(flags), { flag: '--template-dir', path: flags.templateDir, kind: 'directory' }]);
     const insecure = flags.insecureLoopback === true;
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
@@ -131,6 +134,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(JobCreateFlags, raw);
+    await checkInputFiles([
+      { flag: '--spec', path: flags.spec, empty: EMPTY.config },
+      // On the coordinator, --template names a file there: nothing to check here.
+      ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, empty: EMPTY.model }]),
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       let specText: string;
@@ -235,6 +244,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--tokenizer <path>', 'tokenizer.json to copy into --hf-out'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobDownloadFlags, raw);
+    await checkInputFiles([
+      { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+      { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+      { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
