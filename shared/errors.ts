@@ -8,6 +8,8 @@
 export const ErrorCode = {
   /** A file or directory the user named does not exist. */
   FileNotFound: 'FILE_NOT_FOUND',
+  /** A file that would be written exists already, and gramfuse never replaces it there (a download's side file). */
+  FileExists: 'FILE_EXISTS',
   /** A path cannot be read or written (permissions, missing parent directory, disk full). */
   FileAccess: 'FILE_ACCESS',
   /** Bytes that should be an ONNX model do not decode as one. */
@@ -128,6 +130,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   INVALID_DATA: 5,
   FILE_NOT_FOUND: 3,
   FILE_ACCESS: 4,
+  FILE_EXISTS: 24,
   ONNX_MALFORMED: 10,
   ONNX_EXTERNAL_DATA: 11,
   ONNX_UNSUPPORTED_GRAPH: 12,
@@ -207,6 +210,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   INVALID_DATA: 3,
   FILE_NOT_FOUND: 5,
   FILE_ACCESS: 13,
+  FILE_EXISTS: 6,
   ONNX_MALFORMED: 3,
   ONNX_EXTERNAL_DATA: 3,
   ONNX_UNSUPPORTED_GRAPH: 3,

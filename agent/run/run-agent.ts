@@ -19,6 +19,7 @@ import {
   BUNDLE_TENSORS,
   type BundleManifest,
   DisclosurePolicy,
+  joinManifest,
   MergeSpec,
   readSafetensorsHeader,
   type VerifiedBundle,
@@ -346,7 +347,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
             client.join({
               jobId: options.jobId,
               fingerprint: status.fingerprint,
-              manifestJson: JSON.stringify(uploaded),
+              // The approved plan and nothing else: the bundle's settings (local paths, memory, timings) stay here.
+              manifestJson: JSON.stringify(joinManifest(uploaded)),
             }),
           );
           const held = new Map(state.statistics.map((s) => [s.statisticId, s]));

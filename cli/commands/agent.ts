@@ -5,8 +5,18 @@ import type { Command } from 'commander';
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
 import { packageVersion } from '../../shared/version.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY, type InputFile, tlsInputs } from '../input-files.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
-import { collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout, tlsOptions } from './common.js';
+import {
+  collectionOptions,
+  h,
+  labelledData,
+  labelledDataInputs,
+  labelledDataOptions,
+  mergeSpecOptions,
+  stdout,
+  tlsOptions,
+} from './common.js';
 
 export function registerAgentCommands(program: Command): void {
   const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
@@ -36,6 +46,13 @@ export function registerAgentCommands(program: Command): void {
         .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
         .option('--json', 'print one JSON object'),
     );
+  /** The owner's files, checked before anything is loaded or any coordinator is called. */
+  const ownerInputs = (flags: ReturnType<typeof AgentFlags.parse>): InputFile[] => [
+    { flag: '--model', path: flags.model, empty: EMPTY.model },
+    { flag: '--data', path: flags.data, empty: EMPTY.data },
+    { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+    { flag: '--policy', path: flags.policy, empty: EMPTY.config },
+  ];
   /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
   const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
     h().ownerPolicy(
@@ -84,6 +101,7 @@ export function registerAgentCommands(program: Command): void {
     agent.command('plan').description('Print every statistic that would leave this machine, before anything is computed'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentFlags, raw);
+    await checkInputFiles(ownerInputs(flags));
     const owner = await ownerPolicyOf(flags);
     const { plan, examples } = await h().planForOwner(toAgentOptions(flags, owner));
     stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${h().formatPlan(plan, examples)}\n`);
@@ -97,6 +115,7 @@ export function registerAgentCommands(program: Command): void {
     .requiredOption('--out <dir>', 'the bundle directory to create (never overwritten)')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AgentFlags, raw);
+      await checkInputFiles(ownerInputs(flags));
       const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
       let deviceReason = '';
       const { manifest, result } = await h().collectBundle({
@@ -146,6 +165,7 @@ export function registerAgentCommands(program: Command): void {
       .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentRunFlags, raw);
+    await checkInputFiles([...ownerInputs(flags), ...tlsInputs(flags)]);
     const owner = await ownerPolicyOf(flags);
     const base = toAgentOptions(flags, owner);
     const show = progressEnabled(flags.json);
@@ -216,6 +236,7 @@ export function registerAgentCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentEvaluateFlags, raw);
+    await checkInputFiles([...labelledDataInputs(flags), ...tlsInputs(flags)]);
     const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
     const result = await h().evaluateForJob({
       connect: await h().connectOptions(flags.coordinator, flags),

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { ErrorCode, GramfuseError } from '../../shared/errors.js';
 import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY } from '../input-files.js';
 import { collect, h, stdout } from './common.js';
 
 export function registerAuditCommands(program: Command): void {
@@ -17,6 +18,10 @@ export function registerAuditCommands(program: Command): void {
     .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditVerifyFlags, raw);
+      await checkInputFiles([
+        { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
+        { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+      ]);
       stdout(
         `${flags.ledger !== undefined ? await h().auditVerify(flags.ledger, flags.keys) : await h().auditVerifyStream(flags.nats!, flags.keys)}\n`,
       );
@@ -29,6 +34,7 @@ export function registerAuditCommands(program: Command): void {
     .option('--timeout <seconds>', 'give up after this long', '60')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditPublishFlags, raw);
+      await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }]);
       stdout(`${await h().auditPublish(flags.ledger, flags.nats, flags.timeout)}\n`);
     });
   audit
@@ -40,6 +46,11 @@ export function registerAuditCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditReconcileFlags, raw);
+      await checkInputFiles([
+        { flag: '--agent-ledger', path: flags.agentLedger, empty: EMPTY.ledger },
+        { flag: '--coordinator-ledger', path: flags.coordinatorLedger, empty: EMPTY.ledger },
+        { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+      ]);
       const result = await h().auditReconcile(flags.agentLedger, flags.coordinatorLedger, flags.keys);
       stdout(flags.json ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
       if (!result.agree)
@@ -57,6 +68,10 @@ export function registerAuditCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditReportFlags, raw);
+      await checkInputFiles([
+        { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
+        { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+      ]);
       const report = await h().auditReport(flags.ledger, flags.owner, flags.keys);
       stdout(flags.json ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, flags.ledger)}\n`);
     });

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import type { z } from 'zod';
 
 import type { LabelledDataFlags } from '../flags.js';
+import { EMPTY, type InputFile } from '../input-files.js';
 
 /**
  * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
@@ -58,6 +59,12 @@ export const labelledDataOptions = (command: Command, data: string): Command =>
     .option('--text-field <name>', 'field holding the text', 'text')
     .option('--label-field <name>', 'field holding the label', 'label')
     .option('--threads <n>', 'onnxruntime threads');
+/** Those flags' files, for checkInputFiles. */
+export const labelledDataInputs = (flags: z.infer<typeof LabelledDataFlags>): InputFile[] => [
+  { flag: '--data', path: flags.data, empty: EMPTY.data },
+  { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+  { flag: '--labels', path: flags.labels, empty: EMPTY.labels },
+];
 /** Those flags, parsed, as evaluation options. */
 export const labelledData = (flags: z.infer<typeof LabelledDataFlags>) => ({
   data: flags.data,

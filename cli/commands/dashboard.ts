@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 
 import { DashboardFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
 import { collect, h, stdout, tlsOptions } from './common.js';
 
 export function registerDashboardCommand(program: Command): void {
@@ -21,6 +22,7 @@ export function registerDashboardCommand(program: Command): void {
       .option('--json', 'print the page address as one JSON line on stdout'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(DashboardFlags, raw);
+    await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }, ...tlsInputs(flags)]);
     const log = (line: string): void => {
       process.stderr.write(`${line}\n`);
     };

@@ -15,6 +15,7 @@ import {
   JobWatchFlags,
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
 import { collect, h, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
@@ -42,6 +43,7 @@ export function registerFederationCommands(program: Command): void {
     )
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
+      await checkInputFiles([{ flag: '--dir', path: flags.dir, kind: 'directory' }]);
       stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
     });
 
@@ -85,6 +87,7 @@ export function registerFederationCommands(program: Command): void {
     'server',
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(CoordinatorServeFlags, raw);
+    await checkInputFiles([...tlsInputs(flags), { flag: '--template-dir', path: flags.templateDir, kind: 'directory' }]);
     const insecure = flags.insecureLoopback === true;
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
@@ -135,6 +138,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(JobCreateFlags, raw);
+    await checkInputFiles([
+      { flag: '--spec', path: flags.spec, empty: EMPTY.config },
+      // On the coordinator, --template names a file there: nothing to check here.
+      ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, empty: EMPTY.model }]),
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       let specText: string;
@@ -239,6 +248,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--tokenizer <path>', 'tokenizer.json to copy into --hf-out'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobDownloadFlags, raw);
+    await checkInputFiles([
+      { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+      { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+      { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
@@ -256,7 +271,13 @@ export function registerFederationCommands(program: Command): void {
         const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
-          stdout(`${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified)\n`);
+          stdout(
+            `${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified${
+              dataFile.renamedFrom === undefined
+                ? ''
+                : `; the model named it ${JSON.stringify(dataFile.renamedFrom)}, its tensors now point here, so the model file's own SHA-256 differs from the one above`
+            })\n`,
+          );
         if (hf !== undefined) {
           const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
           const exported = await h().exportHfCheckpoint({

@@ -2,8 +2,18 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 
 import { EvalFlags, ExportFlags, MergeFlags, parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY } from '../input-files.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
-import { collect, collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
+import {
+  collect,
+  collectionOptions,
+  h,
+  labelledData,
+  labelledDataInputs,
+  labelledDataOptions,
+  mergeSpecOptions,
+  stdout,
+} from './common.js';
 
 export function registerLocalCommands(program: Command): void {
   program
@@ -13,6 +23,10 @@ export function registerLocalCommands(program: Command): void {
     .addOption(new Option('--json', 'print one JSON object'))
     .option('--hf-checkpoint <dir>', "name the parameters by this checkpoint's tensors (matched by value), not by the export's structure")
     .action(async (model: string, options: { json?: boolean; hfCheckpoint?: string }) => {
+      await checkInputFiles([
+        { flag: '<model>', path: model, empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: options.hfCheckpoint, kind: 'directory' },
+      ]);
       await h().inspectCommand(model, options, stdout);
     });
 
@@ -54,6 +68,16 @@ export function registerLocalCommands(program: Command): void {
     .option('--json', 'print one JSON summary object and nothing else on stdout')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(MergeFlags, raw);
+      await checkInputFiles([
+        { flag: '--model', path: flags.model, empty: EMPTY.model },
+        { flag: '--data', path: flags.data, empty: EMPTY.data },
+        { flag: '--bundle', path: flags.bundle, kind: 'directory' },
+        { flag: '--template', path: flags.template, empty: EMPTY.model },
+        { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+        { flag: '--base', path: flags.base, empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+        { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+      ]);
       const template = flags.template ?? flags.model[0];
       // Checked before the merge runs: a directory that is not empty, or names that do not map, fail now.
       const hf =
@@ -127,6 +151,11 @@ export function registerLocalCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (model: string, raw: Record<string, unknown>) => {
       const flags = parseFlags(ExportFlags, raw);
+      await checkInputFiles([
+        { flag: '<model>', path: model, empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+        { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+      ]);
       const r = await h().exportHfCheckpoint({
         model,
         out: flags.hfOut,
@@ -154,6 +183,7 @@ export function registerLocalCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);
+      await checkInputFiles([{ flag: '--model', path: flags.model, empty: EMPTY.model }, ...labelledDataInputs(flags)]);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
       const result = await h().runEvaluation({
         ...labelledData(flags),

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 
 import { SolverServeFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
+import { checkInputFiles, tlsInputs } from '../input-files.js';
 import { h, stdout, tlsOptions } from './common.js';
 
 export function registerSolverCommands(program: Command): void {
@@ -20,6 +21,7 @@ export function registerSolverCommands(program: Command): void {
       .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(SolverServeFlags, raw);
+    await checkInputFiles(tlsInputs(flags));
     const log = (line: string): void => {
       process.stderr.write(`${flags.insecureLoopback === true ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };

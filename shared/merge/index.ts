@@ -39,6 +39,8 @@ export {
   type BundleInProgress,
   BundleManifest,
   finishBundle,
+  JoinManifest,
+  joinManifest,
   startBundle,
   type VerifiedBundle,
   verifyBundle,
