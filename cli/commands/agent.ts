@@ -4,9 +4,19 @@ import type { Command } from 'commander';
 
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
 import { packageVersion } from '../../shared/version.js';
+import { natsTarget } from '../federation-flags.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
-import { collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout, tlsOptions } from './common.js';
+import {
+  collectionOptions,
+  h,
+  labelledData,
+  labelledDataOptions,
+  mergeSpecOptions,
+  natsSecurityOptions,
+  stdout,
+  tlsOptions,
+} from './common.js';
 
 export function registerAgentCommands(program: Command): void {
   const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
@@ -119,31 +129,33 @@ export function registerAgentCommands(program: Command): void {
       }
     });
 
-  tlsOptions(
-    agentOptions(
-      agent
-        .command('run')
-        .description(
-          'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
-        ),
-      true,
-    )
-      .requiredOption('--coordinator <host:port>', 'coordinator address')
-      .requiredOption('--job <id>', 'job id')
-      .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
-      .option('--yes', 'approve the disclosure plan without asking (automation)')
-      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
-      .option(
-        '--upload-window <n>',
-        "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+  natsSecurityOptions(
+    tlsOptions(
+      agentOptions(
+        agent
+          .command('run')
+          .description(
+            'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
+          ),
+        true,
       )
-      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
-      .option(
-        '--upload-attempts <n>',
-        'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
-        '5',
-      )
-      .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+        .requiredOption('--coordinator <host:port>', 'coordinator address')
+        .requiredOption('--job <id>', 'job id')
+        .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
+        .option('--yes', 'approve the disclosure plan without asking (automation)')
+        .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+        .option(
+          '--upload-window <n>',
+          "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+        )
+        .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
+        .option(
+          '--upload-attempts <n>',
+          'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
+          '5',
+        )
+        .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentRunFlags, raw);
     const owner = await ownerPolicyOf(flags);
@@ -160,7 +172,7 @@ export function registerAgentCommands(program: Command): void {
       yes: flags.yes,
       chunkBytes: flags.chunkBytes,
       ...(flags.uploadWindow === undefined ? {} : { uploadWindow: flags.uploadWindow }),
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...(flags.nats === undefined ? {} : { nats: natsTarget(flags)! }),
       uploadAttempts: flags.uploadAttempts,
       onRetry: (attempt, error) => {
         if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
