@@ -116,8 +116,13 @@ async function security(target: NatsTarget): Promise<{ tls?: TlsOptions; authent
   return { ...(tls === undefined ? {} : { tls }), ...(authenticator === undefined ? {} : { authenticator }) };
 }
 
-/** A NATS refusal as a coded error naming the server and the fix. */
-export function natsError(target: NatsTarget, error: unknown): GramfuseError {
+/**
+ * A NATS failure as a coded error naming the server and the fix: NOT_AUTHORIZED for refused credentials or a subject
+ * this user's role may not use, UNAVAILABLE otherwise. `doing` (what failed, once connected) replaces "cannot be
+ * reached". A GramfuseError passes through unchanged.
+ */
+export function natsError(target: NatsTarget, error: unknown, doing?: string): GramfuseError {
+  if (error instanceof GramfuseError) return error;
   const url = natsUrl(target);
   const message = (error as Error | undefined)?.message ?? String(error);
   const cause = (error as Error | undefined)?.cause;
@@ -133,6 +138,11 @@ export function natsError(target: NatsTarget, error: unknown): GramfuseError {
       `NATS at ${url} does not permit this (${message}); this NATS user's role may not do it (docs/SECURITY.md lists each role's subjects)`,
       { facts: { url }, cause: error },
     );
+  if (doing !== undefined)
+    return new GramfuseError(ErrorCode.Unavailable, `NATS at ${url}: ${doing} failed (${message}); retry when NATS is healthy`, {
+      facts: { url },
+      cause: error,
+    });
   return new GramfuseError(
     ErrorCode.Unavailable,
     `NATS at ${url} cannot be reached (${message}); start nats-server with -js there (with TLS: pass the CA that signed its certificate as --nats-tls-ca), or leave out --nats to use the embedded default`,
@@ -165,6 +175,14 @@ export async function connectNats(target: NatsTarget, options: NatsOptions): Pro
 
 /** Creates the two gramfuse streams when they do not exist yet (file storage; the audit stream keeps everything). */
 export async function ensureStreams(nc: NatsConnection): Promise<JetStreamManager> {
+  try {
+    return await ensureStreamsOnce(nc);
+  } catch (error) {
+    throw natsError(nc.getServer(), error, 'looking up the gramfuse streams');
+  }
+}
+
+async function ensureStreamsOnce(nc: NatsConnection): Promise<JetStreamManager> {
   let jsm: JetStreamManager;
   try {
     jsm = await jetstreamManager(nc, { timeout: 5000 });

@@ -13,7 +13,7 @@ import {
   type Unsubscribe,
 } from '../events/index.js';
 import { ErrorCode, GramfuseError, schemaProblems, toGramfuseError } from '../errors.js';
-import { connectNats, ensureStreams, JOBS_STREAM, type NatsTarget } from './connection.js';
+import { connectNats, ensureStreams, JOBS_STREAM, natsError, type NatsTarget } from './connection.js';
 
 /**
  * Control-plane events on NATS: published to JetStream (stream GRAMFUSE_JOBS, subjects
@@ -87,6 +87,18 @@ export class NatsEventBus implements EventBus {
   }
 
   async subscribe(job: string | undefined, handler: (event: JobEvent) => void, options: SubscribeOptions = {}): Promise<Unsubscribe> {
+    try {
+      return await this.subscribeOnce(job, handler, options);
+    } catch (error) {
+      throw natsError(this.nc.getServer(), error, `following ${job === undefined ? 'every job' : `job ${job}`}'s events`);
+    }
+  }
+
+  private async subscribeOnce(
+    job: string | undefined,
+    handler: (event: JobEvent) => void,
+    options: SubscribeOptions,
+  ): Promise<Unsubscribe> {
     const filter = `gramfuse.jobs.${job === undefined ? '*' : subjectToken(job)}.>`;
     const deliver = (subject: string, data: Uint8Array, seq?: number): void => {
       const event = eventOf(subject, data, seq);
