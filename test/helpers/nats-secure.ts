@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { nkeys } from '@nats-io/transport-node';
 
 import type { NatsEndpoint } from '../../shared/nats/index.js';
-import { createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
+import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { NatsServer } from './nats-server.js';
 
 /** The production configuration the tests run: the very file operators deploy. */
@@ -33,6 +33,8 @@ export class SecureNats {
     readonly server: NatsServer,
     readonly dir: string,
     readonly caFile: string,
+    /** The federation CA (key included): tests issue client certificates with it. */
+    readonly ca: CertificateBundle,
     readonly roles: Readonly<Record<NatsRole, NatsRoleAccess>>,
   ) {}
 
@@ -40,7 +42,11 @@ export class SecureNats {
     return this.server.url;
   }
 
-  static async start(): Promise<SecureNats> {
+  /**
+   * `variant`: run a changed copy of the production file instead (e.g. `verify: true`, an extra user); the default is
+   * the file itself, unchanged.
+   */
+  static async start(variant?: (conf: string) => string): Promise<SecureNats> {
     const dir = await mkdtemp(join(tmpdir(), 'gramfuse-nats-secure-'));
     const ca = await createCertificateAuthority('gramfuse test federation CA');
     const cert = await issueCertificate(ca, 'nats', { hosts: ['127.0.0.1', 'localhost'] });
@@ -62,7 +68,12 @@ export class SecureNats {
       users[role] = { seedFile, publicKey: user.getPublicKey() };
       env[`GRAMFUSE_NATS_${role.toUpperCase().replaceAll('-', '_')}_NKEY`] = user.getPublicKey();
     }
-    const server = await NatsServer.start({ file: DEPLOY_NATS_CONF, env });
+    let file = DEPLOY_NATS_CONF;
+    if (variant !== undefined) {
+      file = join(dir, 'nats-server.conf');
+      await writeFile(file, variant(await readFile(DEPLOY_NATS_CONF, 'utf8')));
+    }
+    const server = await NatsServer.start({ file, env });
     const roles = Object.fromEntries(
       NATS_ROLES.map((role) => {
         const { seedFile, publicKey } = users[role]!;
@@ -75,7 +86,7 @@ export class SecureNats {
         return [role, access];
       }),
     ) as Record<NatsRole, NatsRoleAccess>;
-    return new SecureNats(server, dir, caFile, roles);
+    return new SecureNats(server, dir, caFile, ca, roles);
   }
 
   async stop(): Promise<void> {

@@ -20,6 +20,8 @@ import {
   SOLVE_STREAM,
   solveSubject,
 } from '../../../shared/nats/index.js';
+import { issueCertificate } from '../../../shared/security/index.js';
+import { runCli } from '../../helpers/cli.js';
 import { SecureNats } from '../../helpers/nats-secure.js';
 
 let nats: SecureNats;
@@ -182,5 +184,76 @@ describe('NATS with deploy/nats-server.conf (TLS + a user per role)', () => {
     } finally {
       await Promise.all([solver.drain(), coordinator.drain(), mirror.drain()]);
     }
+  });
+});
+
+describe('the other ways in: a client certificate (verify: true) and user/password', () => {
+  let strict: SecureNats;
+  beforeAll(async () => {
+    strict = await SecureNats.start((conf) => {
+      const changed = conf
+        .replace('verify: false', 'verify: true')
+        .replace(
+          '{ nkey: $GRAMFUSE_NATS_OBSERVER_NKEY, permissions: $OBSERVER }',
+          '{ nkey: $GRAMFUSE_NATS_OBSERVER_NKEY, permissions: $OBSERVER }\n      { user: auditor, password: "s3cret-auditor", permissions: $OBSERVER }',
+        );
+      expect(changed).toContain('verify: true');
+      expect(changed).toContain('user: auditor');
+      return changed;
+    });
+  });
+  afterAll(async () => {
+    await strict?.stop();
+  });
+
+  it('a server that verifies clients admits one with a federation certificate and refuses one without; the key must be 0600', async () => {
+    const observer = strict.roles.observer;
+    const without = await refusal(connectNats(observer.endpoint, { name: 'no client certificate' }));
+    expect([ErrorCode.Unavailable, ErrorCode.NotAuthorized]).toContain(without.code);
+    const client = await issueCertificate(strict.ca, 'auditor');
+    const certFile = join(strict.dir, 'auditor.pem');
+    const keyFile = join(strict.dir, 'auditor-key.pem');
+    await writeFile(certFile, client.certPem);
+    await writeFile(keyFile, client.keyPem, { mode: 0o600 });
+    const nc = await connectNats({ ...observer.endpoint, tlsCert: certFile, tlsKey: keyFile }, { name: 'with client certificate' });
+    expect(nc.info?.tls_required).toBe(true); // connected, over TLS, with the client certificate
+    await nc.drain();
+    await chmod(keyFile, 0o640);
+    const exposed = await refusal(connectNats({ ...observer.endpoint, tlsCert: certFile, tlsKey: keyFile }, { name: 'exposed key' }));
+    expect(exposed.code).toBe(ErrorCode.KeyFileExposed);
+    const half = await refusal(connectNats({ ...observer.endpoint, tlsCert: certFile }, { name: 'cert without key' }));
+    expect(half.code).toBe(ErrorCode.InvalidArgument);
+  });
+
+  it('`--nats-user` takes its password from GRAMFUSE_NATS_PASSWORD; a wrong one is NOT_AUTHORIZED', { timeout: 60_000 }, async () => {
+    await chmod(join(strict.dir, 'auditor-key.pem'), 0o600);
+    const coordinator = await connectNats(
+      { ...strict.roles.coordinator.endpoint, tlsCert: join(strict.dir, 'auditor.pem'), tlsKey: join(strict.dir, 'auditor-key.pem') },
+      { name: 'coordinator' },
+    );
+    await ensureStreams(coordinator);
+    await coordinator.drain();
+    const flags = [
+      '--nats',
+      strict.url,
+      '--nats-tls-ca',
+      strict.caFile,
+      '--nats-tls-cert',
+      join(strict.dir, 'auditor.pem'),
+      '--nats-tls-key',
+      join(strict.dir, 'auditor-key.pem'),
+      '--nats-user',
+      'auditor',
+    ];
+    // Connected and following: the watch ends only at its --timeout (DEADLINE_EXCEEDED), not at the login.
+    const right = await runCli(['job', 'watch', 'nothing', ...flags, '--timeout', '2'], {
+      env: { GRAMFUSE_NATS_PASSWORD: 's3cret-auditor' },
+    });
+    expect(right.stderr).toMatch(/DEADLINE_EXCEEDED: job nothing: not finished after 2 s/);
+    const wrong = await runCli(['job', 'watch', 'nothing', ...flags, '--timeout', '2'], { env: { GRAMFUSE_NATS_PASSWORD: 'guess' } });
+    expect(wrong.code).toBe(41);
+    expect(wrong.stderr).toMatch(/NOT_AUTHORIZED: NATS at \S+ refused this client's credentials/);
+    const none = await runCli(['job', 'watch', 'nothing', ...flags, '--timeout', '2'], { env: { GRAMFUSE_NATS_PASSWORD: '' } });
+    expect(none.stderr).toMatch(/INVALID_ARGUMENT: NATS user auditor has no password: set GRAMFUSE_NATS_PASSWORD/);
   });
 });
