@@ -2,6 +2,7 @@
 // local merge's and the agent's.
 import { z } from 'zod';
 
+import { ErrorCode, GramfuseError } from '../shared/errors.js';
 import type { NatsEndpoint } from '../shared/nats/index.js';
 
 const int = (min: number) => z.coerce.number().int('must be a whole number').min(min, `must be at least ${min}`);
@@ -50,7 +51,15 @@ type NatsFlags = { readonly nats?: string | undefined } & { readonly [K in keyof
  * GRAMFUSE_NATS_PASSWORD: a flag would show it to every user of `ps`.
  */
 export function natsTarget(flags: NatsFlags, env: NodeJS.ProcessEnv = process.env): NatsEndpoint | undefined {
-  if (flags.nats === undefined) return undefined;
+  if (flags.nats === undefined) {
+    const stray = Object.keys(natsSecurity).filter((key) => flags[key as keyof typeof natsSecurity] !== undefined);
+    if (stray.length > 0)
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        `${stray.map((key) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} without --nats: name the NATS server (--nats URL) or leave them out`,
+      );
+    return undefined;
+  }
   const password = env.GRAMFUSE_NATS_PASSWORD;
   return {
     url: flags.nats,
@@ -60,6 +69,12 @@ export function natsTarget(flags: NatsFlags, env: NodeJS.ProcessEnv = process.en
     ...(flags.natsTlsCert === undefined ? {} : { tlsCert: flags.natsTlsCert }),
     ...(flags.natsTlsKey === undefined ? {} : { tlsKey: flags.natsTlsKey }),
   };
+}
+
+/** `{ nats }` for a command's options when --nats was given, `{}` otherwise (stray --nats-* flags are refused). */
+export function natsOption(flags: NatsFlags): { nats?: NatsEndpoint } {
+  const nats = natsTarget(flags);
+  return nats === undefined ? {} : { nats };
 }
 
 export const CertsInitFlags = z.object({ dir: path, name: z.string().min(1) });

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
 import { packageVersion } from '../../shared/version.js';
-import { natsTarget } from '../federation-flags.js';
+import { natsOption } from '../federation-flags.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
 import {
@@ -172,7 +172,7 @@ export function registerAgentCommands(program: Command): void {
       yes: flags.yes,
       chunkBytes: flags.chunkBytes,
       ...(flags.uploadWindow === undefined ? {} : { uploadWindow: flags.uploadWindow }),
-      ...(flags.nats === undefined ? {} : { nats: natsTarget(flags)! }),
+      ...natsOption(flags),
       uploadAttempts: flags.uploadAttempts,
       onRetry: (attempt, error) => {
         if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);

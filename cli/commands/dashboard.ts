@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 
-import { DashboardFlags, natsTarget } from '../federation-flags.js';
+import { DashboardFlags, natsOption } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
@@ -29,7 +29,7 @@ export function registerDashboardCommand(program: Command): void {
     const dashboard = await h().startDashboard({
       coordinator: await h().connectOptions(flags.coordinator, flags),
       ledgers: flags.ledger,
-      ...(flags.nats === undefined ? {} : { nats: natsTarget(flags)! }),
+      ...natsOption(flags),
       listen: flags.listen,
       log,
     });

@@ -13,7 +13,7 @@ import {
   JobDownloadFlags,
   JobStatusFlags,
   JobWatchFlags,
-  natsTarget,
+  natsOption,
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
@@ -97,7 +97,7 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
       maxConcurrentSolves: flags.maxConcurrentSolves,
-      ...(flags.nats === undefined ? {} : { nats: natsTarget(flags)! }),
+      ...natsOption(flags),
       solvers: flags.solvers,
       ...(flags.solverIdentities === undefined ? {} : { solverIdentities: flags.solverIdentities }),
       ...(flags.observers === undefined ? {} : { observers: flags.observers }),
@@ -216,7 +216,7 @@ export function registerFederationCommands(program: Command): void {
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobWatchFlags, raw);
     const final = await h().watchJob(id, {
-      ...(flags.nats === undefined ? {} : { nats: natsTarget(flags)! }),
+      ...natsOption(flags),
       onSkipped: (problem) => process.stderr.write(`skipped a record: ${problem.toLine()}\n`),
       ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
       timeoutSeconds: flags.timeout,

@@ -255,5 +255,22 @@ describe('the other ways in: a client certificate (verify: true) and user/passwo
     expect(wrong.stderr).toMatch(/NOT_AUTHORIZED: NATS at \S+ refused this client's credentials/);
     const none = await runCli(['job', 'watch', 'nothing', ...flags, '--timeout', '2'], { env: { GRAMFUSE_NATS_PASSWORD: '' } });
     expect(none.stderr).toMatch(/INVALID_ARGUMENT: NATS user auditor has no password: set GRAMFUSE_NATS_PASSWORD/);
+    // Credentials without a server are a mistake, not something to ignore.
+    const stray = await runCli([
+      'job',
+      'watch',
+      'nothing',
+      '--coordinator',
+      '127.0.0.1:1',
+      '--insecure-loopback',
+      '--identity',
+      'x',
+      '--nats-creds',
+      strict.roles.observer.seedFile,
+      '--timeout',
+      '2',
+    ]);
+    expect(stray.code).toBe(2);
+    expect(stray.stderr).toMatch(/INVALID_ARGUMENT: --nats-creds without --nats/);
   });
 });
