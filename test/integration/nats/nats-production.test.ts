@@ -98,7 +98,9 @@ describe('a job through the production NATS configuration', () => {
       // An agent's mirror credentials do not make it an observer, nor a coordinator: no events, no tasks.
       const mirrorWatch = await runCli(['job', 'watch', JOB, ...nats.roles['agent-mirror'].args, '--timeout', '5']);
       expect(mirrorWatch.code).toBe(41); // NOT_AUTHORIZED's exit code
-      expect(mirrorWatch.stderr).toMatch(/NOT_AUTHORIZED: NATS at \S+ does not permit this \(Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.GRAMFUSE_JOBS"\)/);
+      expect(mirrorWatch.stderr).toMatch(
+        /NOT_AUTHORIZED: NATS at \S+ does not permit this \(Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.GRAMFUSE_JOBS"\)/,
+      );
       // No NATS client ever connected without credentials.
       expect(nats.server.output).not.toMatch(/authentication error/);
     },
