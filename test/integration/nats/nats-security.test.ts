@@ -187,6 +187,46 @@ describe('NATS with deploy/nats-server.conf (TLS + a user per role)', () => {
   });
 });
 
+describe('an observer that sees a solver’s delivery cannot terminate, nak or ack it', () => {
+  it('the ack subject snooped from _INBOX.> is refused: the task stays with the solvers', async () => {
+    const coordinator = await connectNats(nats.roles.coordinator.endpoint, { name: 'test coordinator' });
+    const solver = await connectNats(nats.roles.solver.endpoint, { name: 'test solver' });
+    const observer = await connectNats(nats.roles.observer.endpoint, { name: 'test snooper' });
+    try {
+      // Empty the queue of the earlier tests' tasks.
+      const consumer = await jetstream(solver).consumers.get(SOLVE_STREAM, SOLVE_CONSUMER);
+      for (let m = await consumer.next({ expires: 1000 }); m !== null; m = await consumer.next({ expires: 1000 })) await m.ackAck();
+      // The observer may subscribe to every reply inbox: it sees the delivery and its ack subject…
+      const snooped: string[] = [];
+      const sub = observer.subscribe('_INBOX.>', {
+        callback: (error, msg) => {
+          if (error === null && msg.reply?.startsWith(`$JS.ACK.${SOLVE_STREAM}.`)) snooped.push(msg.reply);
+        },
+      });
+      await observer.flush();
+      await jetstream(coordinator).publish(solveSubject('snooped'), '{"task":"the victim group"}');
+      const first = await consumer.next({ expires: 3000 });
+      expect(first?.subject).toBe(solveSubject('snooped'));
+      const deadline = Date.now() + 3000;
+      while (snooped.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(snooped).toHaveLength(1);
+      // …and tries to end it for everyone (+TERM), to ack it (drop the group) and to nak it: every publish is refused.
+      for (const verb of ['+TERM', '+ACK', '-NAK']) observer.publish(snooped[0]!, verb);
+      await observer.flush();
+      expect(nats.server.output).toContain(`Subject "${snooped[0]!}"`);
+      // The solver naks it as a worker may; it comes back (a term or an ack would have removed it).
+      first!.nak();
+      const again = await consumer.next({ expires: 5000 });
+      expect(again?.subject).toBe(solveSubject('snooped'));
+      expect(again?.info.deliveryCount).toBe(2);
+      await again!.ackAck();
+      sub.unsubscribe();
+    } finally {
+      await Promise.all([coordinator.drain(), solver.drain(), observer.drain()]);
+    }
+  });
+});
+
 describe('the other ways in: a client certificate (verify: true) and user/password', () => {
   let strict: SecureNats;
   beforeAll(async () => {
