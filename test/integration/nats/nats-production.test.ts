@@ -94,6 +94,10 @@ describe('a job through the production NATS configuration', () => {
         );
       }
       expect(verify.stdout).not.toMatch(/skipped/);
+      // An owner confirms its ledger against the stream with its mirror user (`audit publish` reads the stream back).
+      const confirm = await runCli(['audit', 'publish', '--ledger', results[0]!.ledger, ...nats.roles['agent-mirror'].args]);
+      expect(confirm.code, confirm.stderr).toBe(0);
+      expect(confirm.stdout).toMatch(/all \d+ records are in stream GRAMFUSE_AUDIT/);
 
       // An agent's mirror credentials do not make it an observer, nor a coordinator: no events, no tasks.
       const mirrorWatch = await runCli(['job', 'watch', JOB, ...nats.roles['agent-mirror'].args, '--timeout', '5']);
