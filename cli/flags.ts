@@ -2,7 +2,7 @@ import { z } from 'zod';
 
 import { ErrorCode, GramfuseError } from '../shared/errors.js';
 import { parseByteSize } from '../shared/index.js';
-import { address, tls } from './federation-flags.js';
+import { address, natsSecurity, tls } from './federation-flags.js';
 
 /** Validates commander's options with zod and reports every problem at once, each with its flag. */
 export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
@@ -133,6 +133,7 @@ export const AgentRunFlags = AgentFlags.extend({
   yes: z.boolean().default(false),
   chunkBytes: int(1).max(4 * 1024 * 1024, 'must be at most 4194304 (4 MiB, what the coordinator accepts)'),
   nats: z.string().min(1).optional(),
+  ...natsSecurity,
   uploadAttempts: int(1),
   uploadWindow: int(1).optional(),
   progressJson: z.boolean().default(false),

@@ -12,13 +12,14 @@ import { type ConnectOptions, connectFederation, type FederationClient } from '.
 import { ErrorCode, failpoint, faultInjected, startWorker, toGramfuseError } from '../shared/index.js';
 import { solverProbeModel } from '../shared/linalg/index.js';
 import { connectNats, parseSolveTask, SOLVE_CONSUMER, SOLVE_STREAM, type SolveTask, solveTaskId } from '../shared/nats/index.js';
+import type { NatsTarget } from '../shared/nats/index.js';
 import { resolveDevice } from '../shared/onnx/index.js';
 import type { ThreadAnswer, ThreadSetup, ThreadTask } from './solve-thread.js';
 
 export interface SolverOptions {
   /** The coordinator (mTLS like an agent; the certificate's name must be one of its --solver-identities). */
   readonly coordinator: ConnectOptions;
-  readonly nats: string;
+  readonly nats: NatsTarget;
   /** @default auto: CUDA when its provider loads, else CPU */
   readonly device?: 'auto' | 'cpu' | 'cuda';
   /** onnxruntime intra-op threads of the solve. @default onnxruntime's choice (all cores) */

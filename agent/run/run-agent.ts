@@ -25,7 +25,7 @@ import {
   type VerifiedBundle,
   verifyBundle,
 } from '../../shared/merge/index.js';
-import { AuditPublisher } from '../../shared/nats/index.js';
+import { AuditPublisher, type NatsTarget } from '../../shared/nats/index.js';
 import { verifyFields } from '../../shared/security/index.js';
 import { memoryTarget, type Progress } from '../collect/index.js';
 import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
@@ -61,7 +61,7 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
   readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
   /** NATS with JetStream: the agent's audit records are also published there (what is not, is published next run). */
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   /** Upload attempts on UNAVAILABLE / DEADLINE_EXCEEDED (a dropped link, a restarting coordinator). Default 5. */
   readonly uploadAttempts?: number;
   readonly onRetry?: (attempt: number, error: GramfuseError) => void;

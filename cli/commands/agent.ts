@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
 import { packageVersion } from '../../shared/version.js';
+import { natsOption } from '../federation-flags.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, type InputFile, tlsInputs } from '../input-files.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
@@ -14,6 +15,7 @@ import {
   labelledDataInputs,
   labelledDataOptions,
   mergeSpecOptions,
+  natsSecurityOptions,
   stdout,
   tlsOptions,
 } from './common.js';
@@ -138,31 +140,33 @@ export function registerAgentCommands(program: Command): void {
       }
     });
 
-  tlsOptions(
-    agentOptions(
-      agent
-        .command('run')
-        .description(
-          'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
-        ),
-      true,
-    )
-      .requiredOption('--coordinator <host:port>', 'coordinator address')
-      .requiredOption('--job <id>', 'job id')
-      .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
-      .option('--yes', 'approve the disclosure plan without asking (automation)')
-      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
-      .option(
-        '--upload-window <n>',
-        "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+  natsSecurityOptions(
+    tlsOptions(
+      agentOptions(
+        agent
+          .command('run')
+          .description(
+            'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
+          ),
+        true,
       )
-      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
-      .option(
-        '--upload-attempts <n>',
-        'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
-        '5',
-      )
-      .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+        .requiredOption('--coordinator <host:port>', 'coordinator address')
+        .requiredOption('--job <id>', 'job id')
+        .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
+        .option('--yes', 'approve the disclosure plan without asking (automation)')
+        .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+        .option(
+          '--upload-window <n>',
+          "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+        )
+        .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
+        .option(
+          '--upload-attempts <n>',
+          'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
+          '5',
+        )
+        .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentRunFlags, raw);
     await checkInputFiles([...ownerInputs(flags), ...tlsInputs(flags)]);
@@ -180,7 +184,7 @@ export function registerAgentCommands(program: Command): void {
       yes: flags.yes,
       chunkBytes: flags.chunkBytes,
       ...(flags.uploadWindow === undefined ? {} : { uploadWindow: flags.uploadWindow }),
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
       uploadAttempts: flags.uploadAttempts,
       onRetry: (attempt, error) => {
         if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);

@@ -100,6 +100,19 @@ export const collectionOptions = (command: Command): Command =>
       "memory for one collection pass's Gram accumulators (e.g. 8GB); groups that do not fit together take more passes over the data (default: half of the free memory)",
     );
 
+/**
+ * How a command that connects to NATS proves the server and itself (docs/SECURITY.md, "NATS"): TLS with the
+ * federation CA and the credentials of its role. Without them a NATS connection is plaintext and anonymous, fit only
+ * for a local nats-server on loopback.
+ */
+export const natsSecurityOptions = (command: Command): Command =>
+  command
+    .option('--nats-tls-ca <path>', "NATS over TLS: the CA certificate (PEM) the server's certificate chains to (the federation CA)")
+    .option('--nats-tls-cert <path>', 'a client certificate (PEM) for a NATS server that verifies clients')
+    .option('--nats-tls-key <path>', "that certificate's private key (PEM, mode 0600)")
+    .option('--nats-creds <path>', "this role's NATS credentials: a .creds file or an NKEY user seed file (mode 0600)")
+    .option('--nats-user <name>', 'or a NATS user name; its password is read from GRAMFUSE_NATS_PASSWORD');
+
 /** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
 export const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {
   command

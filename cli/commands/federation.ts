@@ -13,10 +13,11 @@ import {
   JobDownloadFlags,
   JobStatusFlags,
   JobWatchFlags,
+  natsOption,
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, h, stdout, tlsOptions } from './common.js';
+import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
@@ -48,42 +49,44 @@ export function registerFederationCommands(program: Command): void {
     });
 
   tlsOptions(
-    program
-      .command('coordinator')
-      .description("The party that sums the owners' statistics and solves: gramfuse coordinator serve")
-      .command('serve')
-      .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
-      .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
-      .requiredOption('--state <dir>', 'durable state directory')
-      .option(
-        '--creators <names>',
-        'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
-      )
-      .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
-      .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
-      .option(
-        '--template-dir <dir>',
-        'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
-        collect,
-      )
-      .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
-      .option(
-        '--solvers <where>',
-        'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
-        'in-process',
-      )
-      .option(
-        '--solver-identities <names>',
-        'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
-      )
-      .option(
-        '--observers <names>',
-        "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
-      )
-      .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
-      .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
-      .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
-      .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
+    natsSecurityOptions(
+      program
+        .command('coordinator')
+        .description("The party that sums the owners' statistics and solves: gramfuse coordinator serve")
+        .command('serve')
+        .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
+        .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
+        .requiredOption('--state <dir>', 'durable state directory')
+        .option(
+          '--creators <names>',
+          'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
+        )
+        .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
+        .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
+        .option(
+          '--template-dir <dir>',
+          'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
+          collect,
+        )
+        .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
+        .option(
+          '--solvers <where>',
+          'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
+          'in-process',
+        )
+        .option(
+          '--solver-identities <names>',
+          'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
+        )
+        .option(
+          '--observers <names>',
+          "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
+        )
+        .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
+        .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
+        .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
+        .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
+    ),
     'server',
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(CoordinatorServeFlags, raw);
@@ -101,7 +104,7 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
       maxConcurrentSolves: flags.maxConcurrentSolves,
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
       solvers: flags.solvers,
       ...(flags.solverIdentities === undefined ? {} : { solverIdentities: flags.solverIdentities }),
       ...(flags.observers === undefined ? {} : { observers: flags.observers }),
@@ -213,18 +216,21 @@ export function registerFederationCommands(program: Command): void {
     }
   });
   tlsOptions(
-    job
-      .command('watch')
-      .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
-      .argument('<id>', 'job id')
-      .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
-      .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
-      .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
-      .option('--json', 'one JSON object per event'),
+    natsSecurityOptions(
+      job
+        .command('watch')
+        .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
+        .argument('<id>', 'job id')
+        .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
+        .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
+        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
+        .option('--json', 'one JSON object per event'),
+    ),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobWatchFlags, raw);
     const final = await h().watchJob(id, {
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
+      onSkipped: (problem) => process.stderr.write(`skipped a record: ${problem.toLine()}\n`),
       ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
       timeoutSeconds: flags.timeout,
       onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),

@@ -1,24 +1,26 @@
 import type { Command } from 'commander';
 
-import { SolverServeFlags } from '../federation-flags.js';
+import { natsTarget, SolverServeFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, tlsInputs } from '../input-files.js';
-import { h, stdout, tlsOptions } from './common.js';
+import { h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerSolverCommands(program: Command): void {
   tlsOptions(
-    program
-      .command('solver')
-      .description('A solver worker for a coordinator started with --solvers nats: gramfuse solver serve')
-      .command('serve')
-      .description(
-        "Pull solve tasks (one per Gram group) from NATS JetStream, fetch the group's sums from the coordinator over gRPC, solve, submit X",
-      )
-      .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
-      .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
-      .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
-      .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
-      .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
+    natsSecurityOptions(
+      program
+        .command('solver')
+        .description('A solver worker for a coordinator started with --solvers nats: gramfuse solver serve')
+        .command('serve')
+        .description(
+          "Pull solve tasks (one per Gram group) from NATS JetStream, fetch the group's sums from the coordinator over gRPC, solve, submit X",
+        )
+        .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
+        .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
+        .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
+        .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
+        .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(SolverServeFlags, raw);
     await checkInputFiles(tlsInputs(flags));
@@ -27,7 +29,7 @@ export function registerSolverCommands(program: Command): void {
     };
     const solver = await h().startSolver({
       coordinator: await h().connectOptions(flags.coordinator, flags),
-      nats: flags.nats,
+      nats: natsTarget(flags)!,
       device: flags.device,
       ...(flags.threads === undefined ? {} : { threads: flags.threads }),
       log,

@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { federation } from '../../proto/index.js';
 import { ErrorCode, GramfuseError, writeAll } from '../../shared/index.js';
 import { isValidIdentity, MAX_UPLOAD_WINDOW } from '../../shared/federation/index.js';
-import { AuditPublisher, DEFAULT_SOLVE_QUEUE, NatsEventBus, type SolveQueueSettings } from '../../shared/nats/index.js';
+import { AuditPublisher, DEFAULT_SOLVE_QUEUE, NatsEventBus, type NatsTarget, type SolveQueueSettings } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
@@ -34,8 +34,9 @@ export interface CoordinatorServerOptions extends CoordinatorOptions {
   /**
    * A NATS server with JetStream: control-plane events go to `gramfuse.jobs.<job>.*` and every audit record
    * is also published to GRAMFUSE_AUDIT (the file ledger stays the source; an outage only delays publishing).
+   * In production an endpoint with TLS and the coordinator role's credentials (docs/SECURITY.md).
    */
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   /**
    * Where Gram groups are solved: in a worker thread of this process (the default), or by solver workers pulling
    * tasks from the JetStream work queue GRAMFUSE_SOLVE on `nats` (`gramfuse solver serve`).

@@ -22,6 +22,7 @@ import {
   type SolveTask,
   solveTaskId,
 } from '../../shared/nats/index.js';
+import type { NatsTarget } from '../../shared/nats/index.js';
 import { workerThreadExecutor, type SolveExecutor } from './executor.js';
 import { Slots } from './slots.js';
 import type { SolveOutcome, SolveProgress, SolveRequest } from './solve-job.js';
@@ -87,7 +88,7 @@ interface JobSolve {
 }
 
 export interface NatsExecutorOptions {
-  readonly url: string;
+  readonly url: NatsTarget;
   readonly queue: SolveQueueSettings;
   /** @default DEFAULT_RESIDUAL_TOLERANCE */
   readonly residualTolerance?: number;

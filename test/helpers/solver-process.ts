@@ -16,7 +16,8 @@ export class SolverProcess {
   constructor(
     readonly identity: string,
     coordinator: string,
-    nats: string,
+    /** A bare NATS URL, or the whole `--nats URL --nats-tls-ca … --nats-creds …` flags. */
+    nats: string | readonly string[],
     env: Record<string, string> = {},
   ) {
     this.child = spawn(
@@ -27,8 +28,7 @@ export class SolverProcess {
         'serve',
         '--coordinator',
         coordinator,
-        '--nats',
-        nats,
+        ...(typeof nats === 'string' ? ['--nats', nats] : nats),
         '--insecure-loopback',
         '--identity',
         identity,
