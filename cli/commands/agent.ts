@@ -17,9 +17,9 @@ export function registerAgentCommands(program: Command): void {
         ? command
         : mergeSpecOptions(command.option('--owner <name>', 'owner name recorded in the plan (default: from the model path)'))
       )
-        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
+        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx, or a Hugging Face checkpoint directory)")
         .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
-        .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+        .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: the model directory's)")
         .option(
           '--dtype <t>',
           'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',

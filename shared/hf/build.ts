@@ -85,7 +85,13 @@ export async function buildHfModel(directory: string): Promise<BuiltHfModel> {
     producerName: 'gramfuse shared/hf',
     opsetImport: [{ domain: '', version: 17n }],
     graph,
-    metadataProps: [{ key: HF_ARCHITECTURE_KEY, value: config.architecture }],
+    metadataProps: [
+      { key: HF_ARCHITECTURE_KEY, value: config.architecture },
+      // What `eval` reads label names from (agent/evaluate.ts), as a JSON list in logit order.
+      ...(config.head === 'sequence-classification' && config.labelNames !== undefined
+        ? [{ key: 'labels', value: JSON.stringify(config.labelNames) }]
+        : []),
+    ],
   });
   const storedDtypes = new Map(b.initializer.map((t) => [t.name ?? '', tensors.get(t.name ?? '')?.dtype ?? 'F32']));
   return { model: { proto, baseDir: dir, source: directory }, config, convertedBytes: b.convertedBytes(), storedDtypes };

@@ -56,6 +56,8 @@ export interface DecoderConfig {
   readonly padTokenId: number | undefined;
   /** Sequence classification: logits per example. */
   readonly labels: number;
+  /** Sequence classification: label names in logit order (config.json's id2label), when it names every one. */
+  readonly labelNames: readonly string[] | undefined;
   /** The dtype the checkpoint says it was saved in (`torch_dtype` / `dtype`), for messages and the way back out. */
   readonly torchDtype: string | undefined;
 }
@@ -194,6 +196,7 @@ export function parseHfConfig(text: string, path: string): HfModelConfig {
   } else throw unsupported(path, 'rope_scaling type', ropeType, 'gramfuse builds rotary embeddings of type default and llama3');
   const head = architecture.endsWith('ForCausalLM') ? 'causal-lm' : 'sequence-classification';
   const labels = c.num_labels ?? (c.id2label === undefined ? 2 : Object.keys(c.id2label).length);
+  const labelNames = Array.from({ length: labels }, (_, i) => c.id2label?.[String(i)]);
   const pad = Array.isArray(c.pad_token_id) ? c.pad_token_id[0] : c.pad_token_id;
   const slidingWindow =
     modelType === 'mistral'
@@ -224,6 +227,7 @@ export function parseHfConfig(text: string, path: string): HfModelConfig {
     slidingWindow,
     padTokenId: pad ?? undefined,
     labels,
+    labelNames: labelNames.every((n) => n !== undefined) ? labelNames : undefined,
     torchDtype: c.torch_dtype ?? c.dtype ?? undefined,
   };
 }

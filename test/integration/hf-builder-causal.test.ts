@@ -170,7 +170,6 @@ function referenceLogits(c: Case, weights: ReadonlyMap<string, Float64Array>, id
   const W = (name: string): Float64Array => weights.get(name)!;
   const hd = c.headDim ?? HIDDEN / HEADS;
   const group = HEADS / KV_HEADS;
-  const seq = ids.length;
   // y = x Wᵀ (+ b) with W [out, in]
   const linear = (x: Float64Array, name: string, out: number, bias?: string): Float64Array => {
     const w = W(name);

@@ -3,11 +3,16 @@
 // model.safetensors give the logits of the transformers-made ONNX exports of the same weights, on real tokenized text
 // in padded batches; the built graph keeps its float32 weights in the safetensors file (no copy) and the analysis
 // finds the same linear layers and Gram groups as in the export.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import { loadTokenizer } from '../../agent/index.js';
 import { buildHfModel } from '../../shared/hf/index.js';
 import { analyzeModel, createSession, isExternal, loadModel, type OnnxModel, OrtTensor, runSession } from '../../shared/onnx/index.js';
+import { runCli } from '../helpers/cli.js';
 import { fixture, jsonlRows } from '../helpers/fixtures.js';
 
 const TOKENIZER = fixture('hf', 'tiny', 'llama-a', 'tokenizer.json');
@@ -87,6 +92,24 @@ describe('HF directory → ONNX (decoder sequence classifiers)', () => {
       expectClose(await logitsOf(built.model, feeds), await logitsOf(export_, feeds));
     });
   }
+
+  it("`gramfuse export DIR --onnx-out` writes that model: its logits equal the export's too", async () => {
+    const work = mkdtempSync(join(tmpdir(), 'gramfuse-hf-export-'));
+    try {
+      const out = join(work, 'llama-b.onnx');
+      const r = await runCli(['export', fixture('hf', 'tiny', 'llama-b'), '--onnx-out', out]);
+      expect(r.code, r.stderr).toBe(0);
+      const written = await loadModel(out);
+      expect(written.proto.graph!.initializer.some(isExternal)).toBe(false); // one self-contained file
+      const feeds = await batches(64, 4);
+      expectClose(
+        await logitsOf(written, feeds),
+        await logitsOf(await loadModel(fixture('models', 'tiny', 'llama-b', 'model.onnx')), feeds),
+      );
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
 
   it("the analysis finds the export's linear layers and Gram groups in the built graph (7 layers and 4 groups per block + the head)", async () => {
     const built = await analyzeModel((await buildHfModel(fixture('hf', 'tiny', 'qwen2-a'))).model);
