@@ -13,6 +13,7 @@ import type { OnnxModel } from '../onnx/model-io.js';
 import { type CheckpointTensorLocation, locateCheckpointTensors } from './checkpoint-files.js';
 import { type HfModelConfig, parseHfConfig } from './config.js';
 import { buildDecoder } from './decoder.js';
+import { buildEncoder, encoderInputs } from './encoder.js';
 import { createGraphBuilder } from './graph-builder.js';
 
 /** Metadata key naming the architecture a built model came from (`config.json`'s `architectures[0]`). */
@@ -62,7 +63,7 @@ export async function buildHfModel(directory: string): Promise<BuiltHfModel> {
   const config = parseHfConfig(text, configPath);
   const tensors = await locateCheckpointTensors(dir);
   const b = createGraphBuilder(dir, tensors, (t) => readStored(dir, t));
-  const logits = buildDecoder(config, b);
+  const logits = config.family === 'decoder' ? buildDecoder(config, b) : buildEncoder(config, b);
   b.node.push(NodeProto.fromPartial({ opType: 'Identity', name: 'logits', input: [logits], output: ['logits'] }));
   const input = (name: string): ValueInfoProto =>
     ValueInfoProto.fromPartial({
@@ -70,14 +71,14 @@ export async function buildHfModel(directory: string): Promise<BuiltHfModel> {
       type: { tensorType: { elemType: 7, shape: { dim: [{ dimParam: 'batch' }, { dimParam: 'sequence' }] } } },
     });
   const outputDims =
-    config.head === 'causal-lm'
+    config.family === 'decoder' && config.head === 'causal-lm'
       ? [{ dimParam: 'batch' }, { dimParam: 'sequence' }, { dimValue: BigInt(config.vocab) }]
       : [{ dimParam: 'batch' }, { dimValue: BigInt(config.labels) }];
   const graph = GraphProto.fromPartial({
     name: config.architecture,
     node: b.node,
     initializer: b.initializer,
-    input: [input('input_ids'), input('attention_mask')],
+    input: ['input_ids', 'attention_mask', ...(config.family === 'encoder' ? encoderInputs(config) : [])].map(input),
     output: [ValueInfoProto.fromPartial({ name: 'logits', type: { tensorType: { elemType: 1, shape: { dim: outputDims } } } })],
   });
   const proto = ModelProto.fromPartial({
@@ -88,7 +89,7 @@ export async function buildHfModel(directory: string): Promise<BuiltHfModel> {
     metadataProps: [
       { key: HF_ARCHITECTURE_KEY, value: config.architecture },
       // What `eval` reads label names from (agent/evaluate.ts), as a JSON list in logit order.
-      ...(config.head === 'sequence-classification' && config.labelNames !== undefined
+      ...((config.family === 'encoder' || config.head === 'sequence-classification') && config.labelNames !== undefined
         ? [{ key: 'labels', value: JSON.stringify(config.labelNames) }]
         : []),
     ],

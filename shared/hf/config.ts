@@ -4,6 +4,9 @@ import { z } from 'zod';
 
 import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 
+const positive = z.number().int().positive();
+const tokenId = z.union([z.number().int(), z.array(z.number().int()), z.null()]).optional();
+
 /** The `architectures[0]` values the builder turns into a graph, each equal to transformers' forward. */
 export const SUPPORTED_ARCHITECTURES = [
   'LlamaForCausalLM',
@@ -12,6 +15,8 @@ export const SUPPORTED_ARCHITECTURES = [
   'MistralForSequenceClassification',
   'Qwen2ForCausalLM',
   'Qwen2ForSequenceClassification',
+  'BertForSequenceClassification',
+  'RobertaForSequenceClassification',
 ] as const;
 export type SupportedArchitecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
@@ -62,10 +67,86 @@ export interface DecoderConfig {
   readonly torchDtype: string | undefined;
 }
 
-export type HfModelConfig = DecoderConfig;
+/** A BERT or RoBERTa sequence classifier's configuration (post-LayerNorm encoder, absolute positions). */
+export interface EncoderConfig {
+  readonly family: 'encoder';
+  readonly architecture: SupportedArchitecture;
+  /** `bert`: positions 0..seq−1, a pooler (dense + tanh on the first token) then the classifier; `roberta`: positions
+   * from the padding index (cumsum of non-pad tokens + pad id), the classifier head dense → tanh → out_proj. */
+  readonly modelType: 'bert' | 'roberta';
+  readonly vocab: number;
+  readonly hidden: number;
+  readonly intermediate: number;
+  readonly layers: number;
+  readonly heads: number;
+  readonly layerNormEps: number;
+  readonly maxPositions: number;
+  readonly typeVocab: number;
+  readonly padTokenId: number;
+  readonly labels: number;
+  readonly labelNames: readonly string[] | undefined;
+  readonly torchDtype: string | undefined;
+}
 
-const positive = z.number().int().positive();
-const tokenId = z.union([z.number().int(), z.array(z.number().int()), z.null()]).optional();
+export type HfModelConfig = DecoderConfig | EncoderConfig;
+
+const encoderSchema = z
+  .object({
+    vocab_size: positive,
+    hidden_size: positive,
+    intermediate_size: positive,
+    num_hidden_layers: positive,
+    num_attention_heads: positive,
+    hidden_act: z.string().default('gelu'),
+    layer_norm_eps: z.number().positive().default(1e-12),
+    max_position_embeddings: positive.default(512),
+    type_vocab_size: positive.default(2),
+    position_embedding_type: z.string().default('absolute'),
+    pad_token_id: z.number().int().nullable().optional(),
+    num_labels: positive.optional(),
+    id2label: z.record(z.string(), z.string()).optional(),
+    torch_dtype: z.string().nullable().optional(),
+    dtype: z.string().nullable().optional(),
+  })
+  .loose();
+
+function parseEncoder(raw: unknown, path: string, architecture: SupportedArchitecture): EncoderConfig {
+  const parsed = encoderSchema.safeParse(raw);
+  if (!parsed.success)
+    throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: ${schemaProblems(parsed.error.issues, 8)}`, { facts: { path } });
+  const c = parsed.data;
+  if (c.hidden_act !== 'gelu')
+    throw unsupported(path, 'hidden_act', c.hidden_act, `the ${architecture} builder computes transformers' exact (erf) gelu`);
+  if (c.position_embedding_type !== 'absolute')
+    throw unsupported(path, 'position_embedding_type', c.position_embedding_type, 'gramfuse builds absolute position embeddings');
+  if (c.hidden_size % c.num_attention_heads !== 0)
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `${path}: hidden_size ${c.hidden_size} is not a multiple of num_attention_heads ${c.num_attention_heads}; the config is inconsistent`,
+      { facts: { path } },
+    );
+  const labels = c.num_labels ?? (c.id2label === undefined ? 2 : Object.keys(c.id2label).length);
+  const labelNames = Array.from({ length: labels }, (_, i) => c.id2label?.[String(i)]);
+  const modelType = architecture.startsWith('Roberta') ? 'roberta' : 'bert';
+  return {
+    family: 'encoder',
+    architecture,
+    modelType,
+    vocab: c.vocab_size,
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    layerNormEps: c.layer_norm_eps,
+    maxPositions: c.max_position_embeddings,
+    typeVocab: c.type_vocab_size,
+    // RoBERTa's positions count from its padding index (transformers: pad_token_id, 1 unless configured).
+    padTokenId: c.pad_token_id ?? (modelType === 'roberta' ? 1 : 0),
+    labels,
+    labelNames: labelNames.every((n) => n !== undefined) ? labelNames : undefined,
+    torchDtype: c.torch_dtype ?? c.dtype ?? undefined,
+  };
+}
 
 const ropeObject = z
   .object({
@@ -147,6 +228,8 @@ export function parseHfConfig(text: string, path: string): HfModelConfig {
     );
   }
   const architecture = configArchitecture(raw, path);
+  if (architecture === 'BertForSequenceClassification' || architecture === 'RobertaForSequenceClassification')
+    return parseEncoder(raw, path, architecture);
   const parsed = decoderSchema.safeParse(raw);
   if (!parsed.success)
     throw new GramfuseError(ErrorCode.InvalidArgument, `${path}: ${schemaProblems(parsed.error.issues, 8)}`, { facts: { path } });

@@ -10,6 +10,7 @@ export { type CheckpointTensorLocation, isHfDirectory, locateCheckpointTensors }
 export {
   configArchitecture,
   type DecoderConfig,
+  type EncoderConfig,
   type HfModelConfig,
   parseHfConfig,
   type RopeScaling,

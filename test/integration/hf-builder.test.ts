@@ -22,8 +22,9 @@ const TEXTS = jsonlRows(fixture('scenarios', 'label-skew', 'org0.jsonl'), 12).ma
 async function batches(
   maxLength: number,
   size: number,
+  tokenizerPath = TOKENIZER,
 ): Promise<{ ids: BigInt64Array; mask: BigInt64Array; batch: number; seq: number }[]> {
-  const tokenizer = await loadTokenizer(TOKENIZER, { maxLength });
+  const tokenizer = await loadTokenizer(tokenizerPath, { maxLength });
   const encoded = TEXTS.map((t, i) => tokenizer.encode(t.slice(0, 40 + 37 * i)).ids);
   const out = [];
   for (let start = 0; start < encoded.length; start += size) {
@@ -52,6 +53,10 @@ async function logitsOf(model: OnnxModel, feeds: Awaited<ReturnType<typeof batch
         {
           input_ids: new OrtTensor('int64', f.ids, [f.batch, f.seq]),
           attention_mask: new OrtTensor('int64', f.mask, [f.batch, f.seq]),
+          // BERT's segment ids: all zero for single texts (what the agent feeds too).
+          ...(model.proto.graph!.input.some((i) => i.name === 'token_type_ids')
+            ? { token_type_ids: new OrtTensor('int64', new BigInt64Array(f.ids.length), [f.batch, f.seq]) }
+            : {}),
         },
         model.source,
       );
@@ -90,6 +95,32 @@ describe('HF directory → ONNX (decoder sequence classifiers)', () => {
       const feeds = await batches(48, 5);
       expect(feeds.some((f) => f.batch > 1 && f.mask.some((m) => m === 0n))).toBe(true);
       expectClose(await logitsOf(built.model, feeds), await logitsOf(export_, feeds));
+    });
+  }
+
+  const encoders = [
+    { name: 'roberta-a', dir: fixture('hf', 'tiny', 'roberta-a'), onnx: fixture('models', 'tiny', 'roberta-a', 'model.onnx') },
+    {
+      name: 'label-skew-v1/org0 (BERT)',
+      dir: fixture('models', 'label-skew-v1', 'org0'),
+      onnx: fixture('models', 'label-skew-v1', 'org0', 'model.onnx'),
+      tokenizer: fixture('tokenizer', 'tokenizer.json'),
+    },
+  ];
+  for (const e of encoders) {
+    it(`${e.name}: the encoder built from config.json + model.safetensors gives the export's logits`, async () => {
+      const built = await buildHfModel(e.dir);
+      expect(built.model.proto.graph!.initializer.every(isExternal)).toBe(true);
+      const exported = await loadModel(e.onnx);
+      expect(built.model.proto.graph!.input.map((i) => i.name)).toEqual(exported.proto.graph!.input.map((i) => i.name));
+      const feeds = await batches(64, 5, e.tokenizer ?? join(e.dir, 'tokenizer.json'));
+      expectClose(await logitsOf(built.model, feeds), await logitsOf(exported, feeds));
+      const [a, x] = [await analyzeModel(built.model), await analyzeModel(exported)];
+      expect(a.linearLayers.length).toBe(x.linearLayers.length);
+      expect(a.gramGroups.length).toBe(x.gramGroups.length);
+      // The head reads the first token only: its Gram rows are kept whole, as in the export.
+      const rules = (m: typeof a) => m.gramGroups.map((g) => g.inputs.map((i) => m.rowRules.get(i)?.rows ?? 'none').join());
+      expect(rules(a)).toEqual(rules(x));
     });
   }
 

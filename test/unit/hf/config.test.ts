@@ -1,7 +1,7 @@
 // config.json → the builder's configuration: transformers' defaults, the supported list, rotary scaling.
 import { describe, expect, it } from 'vitest';
 
-import { parseHfConfig, rotaryInverseFrequencies, SUPPORTED_ARCHITECTURES } from '../../../shared/hf/index.js';
+import { type DecoderConfig, parseHfConfig, rotaryInverseFrequencies, SUPPORTED_ARCHITECTURES } from '../../../shared/hf/index.js';
 
 const llama = {
   architectures: ['LlamaForSequenceClassification'],
@@ -17,7 +17,7 @@ const llama = {
   pad_token_id: 0,
   id2label: { 0: 'a', 1: 'b', 2: 'c' },
 };
-const parse = (config: object) => parseHfConfig(JSON.stringify(config), 'dir/config.json');
+const parse = (config: object) => parseHfConfig(JSON.stringify(config), 'dir/config.json') as DecoderConfig;
 
 describe('parseHfConfig', () => {
   it('reads sizes and resolves defaults as transformers does', () => {
@@ -57,6 +57,29 @@ describe('parseHfConfig', () => {
     expect(() => parse({ ...llama, num_key_value_heads: 3 })).toThrow(/not a multiple/);
     expect(() => parse({ ...llama, hidden_size: -1 })).toThrow(/hidden_size/);
     expect(() => parseHfConfig('{', 'x/config.json')).toThrow(/not JSON/);
+  });
+
+  it('encoders: BERT and RoBERTa classifiers, with their position rules and defaults', () => {
+    const bert = {
+      architectures: ['BertForSequenceClassification'],
+      vocab_size: 100,
+      hidden_size: 32,
+      intermediate_size: 64,
+      num_hidden_layers: 1,
+      num_attention_heads: 4,
+      num_labels: 3,
+    };
+    expect(parseHfConfig(JSON.stringify(bert), 'c')).toMatchObject({
+      family: 'encoder',
+      modelType: 'bert',
+      typeVocab: 2,
+      padTokenId: 0,
+      labels: 3,
+    });
+    const roberta = parseHfConfig(JSON.stringify({ ...bert, architectures: ['RobertaForSequenceClassification'] }), 'c');
+    expect(roberta).toMatchObject({ modelType: 'roberta', padTokenId: 1, layerNormEps: 1e-12 });
+    expect(() => parseHfConfig(JSON.stringify({ ...bert, hidden_act: 'gelu_new' }), 'c')).toThrow(/hidden_act gelu_new/);
+    expect(() => parseHfConfig(JSON.stringify({ ...bert, position_embedding_type: 'relative_key' }), 'c')).toThrow(/relative_key/);
   });
 
   it('llama3 rotary scaling: high frequencies kept, low ones divided by the factor, the band between interpolated', () => {
