@@ -4,7 +4,7 @@
 // a causal (and sliding-window) and a padding mask, scaled by 1/√head_dim → o_proj → residual; RMSNorm → SwiGLU
 // (down(silu(gate(x)) · up(x))) → residual; final RMSNorm; the head: lm_head (tied to the embedding or not) over every
 // position, or the score over every position read at the last token that is not the pad token (transformers' rule:
-// the rightmost non-pad position; position 0 when every token is pad).
+// the rightmost non-pad position; position 0 when every token is pad; without a pad_token_id, the last attended one).
 // Every weight is used as MatMul(x, Transpose(W)) on the checkpoint's own [out, in] tensor, which is what
 // shared/onnx's linear-layer analysis recognizes (orientation out_in); rotary tables and masks are computed in the
 // graph from the sequence length, so no table grows with max_position_embeddings.
@@ -99,9 +99,10 @@ export function buildDecoder(c: DecoderConfig, b: GraphBuilder): string {
   }
   // Sequence classification: score every position, keep the last non-pad one's (argmax of position × non-pad).
   const scored = linear(final, 'score', c.hidden, c.labels, false);
+  // Without a pad_token_id (transformers then refuses batches), the attention mask says which tokens are real.
   const nonPad =
     c.padTokenId === undefined
-      ? op('Cast', [op('Equal', ['input_ids', 'input_ids'])], [int('to', 6)])
+      ? op('Cast', ['attention_mask'], [int('to', 6)])
       : op('Cast', [op('Not', [op('Equal', ['input_ids', i64(c.padTokenId)])])], [int('to', 6)]);
   const last = op('ArgMax', [op('Mul', [op('Cast', [positions], [int('to', 6)]), nonPad])], [int('axis', -1), int('keepdims', 0)]);
   const batch = op('Gather', [shape, i64(0)], [int('axis', 0)]);

@@ -3,7 +3,7 @@
 // model.safetensors give the logits of the transformers-made ONNX exports of the same weights, on real tokenized text
 // in padded batches; the built graph keeps its float32 weights in the safetensors file (no copy) and the analysis
 // finds the same linear layers and Gram groups as in the export.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -97,6 +97,21 @@ describe('HF directory → ONNX (decoder sequence classifiers)', () => {
       expectClose(await logitsOf(built.model, feeds), await logitsOf(export_, feeds));
     });
   }
+
+  it('without a pad_token_id the classifier reads the last attended token: same logits on right-padded batches', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'gramfuse-hf-nopad-'));
+    try {
+      const source = fixture('hf', 'tiny', 'qwen2-b');
+      const config = JSON.parse(readFileSync(join(source, 'config.json'), 'utf8')) as Record<string, unknown>;
+      writeFileSync(join(work, 'config.json'), JSON.stringify({ ...config, pad_token_id: null }));
+      copyFileSync(join(source, 'model.safetensors'), join(work, 'model.safetensors'));
+      const feeds = await batches(48, 6);
+      const exported = await loadModel(fixture('models', 'tiny', 'qwen2-b', 'model.onnx'));
+      expectClose(await logitsOf((await buildHfModel(work)).model, feeds), await logitsOf(exported, feeds));
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
 
   const encoders = [
     { name: 'roberta-a', dir: fixture('hf', 'tiny', 'roberta-a'), onnx: fixture('models', 'tiny', 'roberta-a', 'model.onnx') },
