@@ -181,5 +181,19 @@ describe('HF directories through the CLI', () => {
     ]);
     expect(collect.code, collect.stderr).toBe(0);
     expect(existsSync(join(out, 'manifest.json'))).toBe(true);
+    // No directory to take a tokenizer from: a coded error naming the flag; a directory without config.json is named.
+    const noTokenizer = await runCli([
+      'agent',
+      'plan',
+      '--model',
+      fixture('models', 'tiny', 'qwen2-b', 'model.onnx'),
+      '--data',
+      data('org1'),
+    ]);
+    expect(noTokenizer.code).toBe(2);
+    expect(noTokenizer.stderr).toMatch(/INVALID_ARGUMENT: --tokenizer: name a tokenizer\.json/);
+    const notHf = await runCli(['inspect', work]);
+    expect(notHf.code).toBe(3);
+    expect(notHf.stderr).toMatch(/FILE_NOT_FOUND: .*config\.json: no such file/);
   });
 });
