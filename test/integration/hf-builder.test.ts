@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { loadTokenizer } from '../../agent/index.js';
+import { loadTokenizer, predictLogits } from '../../agent/index.js';
 import { buildHfModel } from '../../shared/hf/index.js';
 import { analyzeModel, createSession, isExternal, loadModel, type OnnxModel, OrtTensor, runSession } from '../../shared/onnx/index.js';
 import { runCli } from '../helpers/cli.js';
@@ -138,6 +138,31 @@ describe('HF directory → ONNX (decoder sequence classifiers)', () => {
       expect(rules(a)).toEqual(rules(x));
     });
   }
+
+  it("through the agent's own inference path (predictLogits: its batching, padding and session), every fixture directory gives its export's logits", async () => {
+    const cases = [
+      ...['llama-a', 'llama-b', 'qwen2-a', 'qwen2-b', 'roberta-a'].map((n) => ({
+        dir: fixture('hf', 'tiny', n),
+        onnx: fixture('models', 'tiny', n, 'model.onnx'),
+        tokenizer: join(fixture('hf', 'tiny', n), 'tokenizer.json'),
+      })),
+      {
+        dir: fixture('models', 'label-skew-v1', 'org1'),
+        onnx: fixture('models', 'label-skew-v1', 'org1', 'model.onnx'),
+        tokenizer: fixture('tokenizer', 'tokenizer.json'),
+      },
+    ];
+    const examples = TEXTS.map((text, line) => ({ text, line }));
+    for (const c of cases) {
+      const tokenizer = await loadTokenizer(c.tokenizer, { maxLength: 64 });
+      const run = async (model: OnnxModel) =>
+        (await predictLogits([{ model, analysis: await analyzeModel(model, { probe: false }) }], tokenizer, examples, { batchSize: 5 }))
+          .logits;
+      const built = await run(await loadModel(c.dir)); // loadModel: the one place a path (or directory) is opened
+      const reference = await run(await loadModel(c.onnx));
+      expectClose([Float32Array.from(built)], [Float32Array.from(reference)]);
+    }
+  });
 
   it("`gramfuse export DIR --onnx-out` writes that model: its logits equal the export's too", async () => {
     const work = mkdtempSync(join(tmpdir(), 'gramfuse-hf-export-'));
