@@ -3,6 +3,7 @@
 // each get their own coded error naming the flag and the path — never INTERNAL from deep inside a reader.
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 
 import { type ErrorCode as Code, ErrorCode, GramfuseError } from '../shared/errors.js';
 
@@ -12,8 +13,8 @@ export interface InputFile {
   readonly flag: string;
   /** The path (or the paths of a repeatable flag); absent: not given, nothing to check. */
   readonly path: string | readonly string[] | undefined;
-  /** @default 'file' */
-  readonly kind?: 'file' | 'directory';
+  /** `model`: a file (.onnx) or a Hugging Face checkpoint directory (one with config.json). @default 'file' */
+  readonly kind?: 'file' | 'directory' | 'model';
   /**
    * What an empty file is: its code and the next step (a model: ONNX_MALFORMED; a ledger: AUDIT_INVALID). Absent: an
    * empty file is left to the reader.
@@ -24,7 +25,7 @@ export interface InputFile {
 /** An empty-file rule for the common kinds of input. */
 export const EMPTY = {
   model: { code: ErrorCode.OnnxMalformed, fix: 'not an ONNX model; export the model again or check the path' },
-  data: { code: ErrorCode.InvalidData, fix: 'no examples to read; give a .jsonl or .csv file with rows' },
+  data: { code: ErrorCode.InvalidData, fix: 'no examples to read; give a .jsonl, .csv or .parquet file with rows' },
   tokenizer: { code: ErrorCode.InvalidData, fix: 'pass a HuggingFace tokenizer.json' },
   labels: { code: ErrorCode.InvalidData, fix: 'write the labels as a JSON list in logit order' },
   ledger: { code: ErrorCode.AuditInvalid, fix: 'a ledger starts with its ledger.opened record; give the audit.jsonl its writer keeps' },
@@ -42,7 +43,7 @@ export async function checkInputFiles(inputs: readonly InputFile[]): Promise<voi
 }
 
 async function checkInputFile(input: InputFile, path: string): Promise<void> {
-  const kind = input.kind ?? 'file';
+  const asked = input.kind ?? 'file';
   const problem = (code: Code, text: string): GramfuseError =>
     new GramfuseError(code, `${input.flag} ${path}: ${text}`, { facts: { flag: input.flag, path } });
   const info = await stat(path).catch((error: unknown) => {
@@ -51,6 +52,7 @@ async function checkInputFile(input: InputFile, path: string): Promise<void> {
     if (errno === 'EACCES') throw problem(ErrorCode.FileAccess, 'cannot be reached (permission denied on a directory above it)');
     throw problem(ErrorCode.FileAccess, `cannot be read (${(error as Error).message})`);
   });
+  const kind = asked === 'model' ? (info.isDirectory() ? 'directory' : 'file') : asked;
   if (kind === 'file' && info.isDirectory()) throw problem(ErrorCode.FileAccess, 'is a directory; give the file itself');
   if (kind === 'directory' && !info.isDirectory()) throw problem(ErrorCode.FileAccess, 'is not a directory; give the directory');
   await access(path, kind === 'directory' ? constants.R_OK | constants.X_OK : constants.R_OK).catch(() => {
@@ -59,6 +61,15 @@ async function checkInputFile(input: InputFile, path: string): Promise<void> {
       `cannot be read by this user (permission denied, mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); make it readable (chmod u+r) or run as its owner`,
     );
   });
+  if (asked === 'model' && kind === 'directory') {
+    const config = join(path, 'config.json');
+    if ((await stat(config).catch(() => undefined))?.isFile() !== true)
+      throw new GramfuseError(
+        ErrorCode.FileNotFound,
+        `${input.flag} ${config}: no such file; a model is an .onnx file or a Hugging Face checkpoint directory with config.json`,
+        { facts: { flag: input.flag, path: config } },
+      );
+  }
   if (kind === 'file' && info.isFile() && info.size === 0 && input.empty !== undefined)
     throw problem(input.empty.code, `the file is empty; ${input.empty.fix}`);
 }

@@ -67,6 +67,8 @@ export const ErrorCode = {
    * two parameters claim, a checkpoint that is not this model's): nothing is written.
    */
   CheckpointMismatch: 'CHECKPOINT_MISMATCH',
+  /** A Hugging Face directory's `config.json` names an architecture (or a setting of one) the builder does not build. */
+  HfUnsupported: 'HF_UNSUPPORTED',
   /**
    * Secure aggregation: a value past the power-of-two bound its owner declared for the fixed-point encoding (the sum
    * could overflow Z/2⁶⁴), or a request for both kinds of secret share of one owner: refused at the owner.
@@ -155,6 +157,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 23,
+  HF_UNSUPPORTED: 24,
   SECURE_AGGREGATION: 32,
 };
 
@@ -235,6 +238,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 9,
+  HF_UNSUPPORTED: 3,
   SECURE_AGGREGATION: 9,
 };
 

@@ -29,9 +29,9 @@ export function registerAgentCommands(program: Command): void {
         ? command
         : mergeSpecOptions(command.option('--owner <name>', 'owner name recorded in the plan (default: from the model path)'))
       )
-        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
+        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx, or a Hugging Face checkpoint directory)")
         .requiredOption('--data <path>', "the owner's private data (.jsonl, .csv or .parquet; text, chat or prompt/completion rows)")
-        .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+        .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: the model directory's)")
         .option(
           '--dtype <t>',
           'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',
@@ -50,7 +50,7 @@ export function registerAgentCommands(program: Command): void {
     );
   /** The owner's files, checked before anything is loaded or any coordinator is called. */
   const ownerInputs = (flags: ReturnType<typeof AgentFlags.parse>): InputFile[] => [
-    { flag: '--model', path: flags.model, empty: EMPTY.model },
+    { flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model },
     { flag: '--data', path: flags.data, empty: EMPTY.data },
     { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
     { flag: '--policy', path: flags.policy, empty: EMPTY.config },

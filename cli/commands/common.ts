@@ -18,6 +18,7 @@ const loadCommandModules = async () => ({
   ...(await import('../../dashboard/index.js')),
   ...(await import('../../shared/index.js')),
   ...(await import('../../shared/merge/index.js')),
+  ...(await import('../../shared/hf/index.js')),
   ...(await import('../../solver/index.js')),
   ...(await import('../audit-commands.js')),
   ...(await import('../demo.js')),
@@ -51,7 +52,7 @@ export const collect = (value: string, previous: string[] = []): string[] => [..
 export const labelledDataOptions = (command: Command, data: string): Command =>
   command
     .requiredOption('--data <path>', data)
-    .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+    .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: a Hugging Face --model directory's)")
     .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
     .option('--max-examples <n>', 'evaluate a seeded random subset')
     .option('--seed <n>', 'seed of that subset', '1')

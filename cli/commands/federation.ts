@@ -133,7 +133,10 @@ export function registerFederationCommands(program: Command): void {
       .description('Create a job from a spec file (YAML or JSON) and a template model')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--spec <path>', 'job spec (YAML or JSON): id, participants, quorum, merge, policy, limits')
-      .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
+      .requiredOption(
+        '--template <path>',
+        'the template model (.onnx, or a Hugging Face checkpoint directory: built and sent inline) the merged model takes its graph from',
+      )
       .option(
         '--template-on-coordinator',
         "--template names a file inside one of the coordinator's --template-dir directories (large models)",
@@ -144,7 +147,7 @@ export function registerFederationCommands(program: Command): void {
     await checkInputFiles([
       { flag: '--spec', path: flags.spec, empty: EMPTY.config },
       // On the coordinator, --template names a file there: nothing to check here.
-      ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, empty: EMPTY.model }]),
+      ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, kind: 'model' as const, empty: EMPTY.model }]),
       ...tlsInputs(flags),
     ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
@@ -155,7 +158,7 @@ export function registerFederationCommands(program: Command): void {
       } catch (error) {
         throw fileError(error, flags.spec, 'reading the job spec');
       }
-      const template = flags.templateOnCoordinator ? { path: flags.template } : await readFile(flags.template);
+      const template = flags.templateOnCoordinator ? { path: flags.template } : await h().templateBytes(flags.template);
       const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, flags.spec)), template);
       stdout(
         flags.json

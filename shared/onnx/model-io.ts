@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 
@@ -8,6 +8,7 @@ import { GraphProto, ModelProto, TensorProto } from '../../proto/index.js';
 import { dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
 import { ensureDirectoryFor, writeAll, writeFileAtomic } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+import { buildHfModel } from '../hf/index.js';
 
 /** An ONNX model in memory, with where its external data lives. */
 export interface OnnxModel {
@@ -36,8 +37,14 @@ export const MAX_TENSOR_READ_BYTES = 2 ** 31 - 1;
 /** The slice `tensorByteSlices` reads at a time by default. */
 export const TENSOR_SLICE_BYTES = 64 * 2 ** 20;
 
-/** Loads an ONNX model from a path or from bytes. External tensor data stays on disk until read. */
+/**
+ * Loads an ONNX model from a path or from bytes, or builds one from a Hugging Face checkpoint directory (config.json +
+ * safetensors). External tensor data stays on disk until read.
+ */
 export async function loadModel(source: string | Uint8Array, options: LoadModelOptions = {}): Promise<OnnxModel> {
+  // A Hugging Face checkpoint directory is built into the same kind of graph (shared/hf); nothing after this knows.
+  if (typeof source === 'string' && (await stat(source).catch(() => undefined))?.isDirectory() === true)
+    return (await buildHfModel(source)).model;
   let bytes: Uint8Array;
   let label: string;
   let baseDir = options.baseDir;
