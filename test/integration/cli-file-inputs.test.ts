@@ -367,8 +367,28 @@ function make(input: Input, condition: Condition): { path: string; out: string }
   return { path, out };
 }
 
+/**
+ * Inputs that take a model: a directory there is a Hugging Face checkpoint directory, so one without config.json is
+ * FILE_NOT_FOUND naming <dir>/config.json rather than the wrong kind of input.
+ */
+const MODEL_INPUTS = new Set([
+  'inspect <model>',
+  'export <model>',
+  'merge --model',
+  'merge --template',
+  'merge --base',
+  'eval --model',
+  'agent plan --model',
+  'agent run --model',
+  'job create --template',
+]);
+
 const expected = (input: Input, condition: Condition): Code =>
-  condition === 'missing' ? 'FILE_NOT_FOUND' : condition === 'empty' ? input.empty : 'FILE_ACCESS';
+  condition === 'missing' || (condition === 'wrong kind' && MODEL_INPUTS.has(input.name))
+    ? 'FILE_NOT_FOUND'
+    : condition === 'empty'
+      ? input.empty
+      : 'FILE_ACCESS';
 
 describe('every file input of every command: a coded error naming it, never INTERNAL', () => {
   for (const input of inputs)
