@@ -332,6 +332,7 @@ export class NatsSolveExecutor implements SolveExecutor {
    * fails with `code`, `why` in its message.
    */
   private reissue(job: JobSolve, group: string, state: GroupState & { task: SolveTask }, code: ErrorCode, why: string): void {
+    if (job.settled) return;
     const jobId = job.request.jobId;
     const limit = this.options.queue.maxDeliver;
     if (state.reissued >= limit) {

@@ -2,7 +2,7 @@
 // the JetStream work queue of a real nats-server; real `gramfuse solver serve` processes pull them, fetch the sums
 // over gRPC, solve and submit. The merged model must be byte-identical to the in-process solve's, through a worker
 // killed mid-solve, a worker that answers wrongly, and a coordinator killed while tasks are in flight.
-import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -648,9 +648,36 @@ describe('a hostile solver worker or NATS client (issue 37): the job still merge
       );
       const attacker = await anonymousTaskTaker(nats);
       const msg = await attacker.take();
-      const group = parseSolveTask(msg.data).group;
+      const task = parseSolveTask(msg.data);
+      const group = task.group;
       const holding = setInterval(() => msg.working(), 500);
       try {
+        // Meanwhile a listed solver identity that holds no delivery floods Submit with answers for that group: each is
+        // told `stale` from its header, and not a byte of them is stored or checked.
+        const rogue = connectFederation({ address: coordinator.address, insecureIdentity: 'solver-c', deadlineSeconds: 10 });
+        const x = new Uint8Array(task.n * task.rhs * 8);
+        const header = {
+          jobId: JOB,
+          group,
+          gramSha256: task.gram.sha256,
+          n: task.n,
+          rhs: task.rhs,
+          jitter: 0,
+          conditionEstimate: 1,
+          seconds: 1,
+          sha256: createHash('sha256').update(x).digest('hex'),
+          device: 'cpu',
+          errorCode: '',
+          errorMessage: '',
+          delivery: 1,
+          lastDelivery: true,
+        };
+        const replies = await Promise.all(
+          Array.from({ length: 20 }, (_, i) => rogue.submitSolution({ ...header, lease: i.toString(16).padStart(32, '0') }, x)),
+        );
+        rogue.close();
+        for (const reply of replies) expect(reply.outcome).toBe('stale');
+        expect(readdirSync(join(work, 'anonymous-hold', 'state', 'jobs', JOB, 'solve')).includes('answers')).toBe(false);
         const worker = new SolverProcess('solver-a', coordinator.address, nats.url);
         running.push(worker);
         const { sha256 } = await result(coordinator, 120_000);
