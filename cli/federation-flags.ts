@@ -102,6 +102,7 @@ export const CoordinatorServeFlags = z
     solveAckWait: z.coerce.number().positive('must be a positive number of seconds').default(60),
     solveMaxDeliver: int(1).default(5),
     residualTolerance: z.coerce.number().positive('must be a positive number').max(1, 'must be at most 1').default(1e-6),
+    solveDeadline: z.coerce.number().positive('must be a positive number of seconds').default(3600),
     json,
   })
   .refine(
@@ -116,6 +117,7 @@ export const SolverServeFlags = z.object({
   ...natsSecurity,
   device: z.enum(['auto', 'cpu', 'cuda'], { message: 'must be auto, cpu or cuda' }).default('auto'),
   threads: int(1).optional(),
+  solveTimeout: z.coerce.number().positive('must be a positive number of seconds').default(3000),
   json,
 });
 

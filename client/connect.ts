@@ -60,6 +60,8 @@ export interface FederationClient {
   /**
    * A solver worker's fetch of one part of a group's task (Σ G̃ packed, or R), its size and SHA-256 checked against
    * the task's (UPLOAD_INVALID otherwise). `undefined` when the coordinator says the group is committed already.
+   * The gram part names the task message held (its JetStream stream sequence and delivery count) and comes with the
+   * delivery's lease nonce, which the answer must carry.
    */
   fetchSolveInput(request: {
     jobId: string;
@@ -67,7 +69,9 @@ export interface FederationClient {
     part: 'gram' | 'rhs';
     sha256: string;
     bytes: number;
-  }): Promise<Uint8Array | undefined>;
+    streamSequence?: number;
+    delivery?: number;
+  }): Promise<{ data: Uint8Array; lease: string } | undefined>;
   /** A solver worker's answer: the header, then `x` (n × rhs float64) in 4 MiB slices; or an error report without x. */
   submitSolution(header: federation.SolutionHeader, x?: Uint8Array): Promise<federation.SolutionReply>;
   /**
@@ -282,8 +286,17 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         const hash = createHash('sha256');
         let received = 0;
         let committed = false;
+        let lease = '';
         const stream = solves.fetchInput(
-          { jobId: request.jobId, group: request.group, part: request.part, sha256: request.sha256, offset: 0n },
+          {
+            jobId: request.jobId,
+            group: request.group,
+            part: request.part,
+            sha256: request.sha256,
+            offset: 0n,
+            streamSequence: BigInt(request.streamSequence ?? 0),
+            delivery: request.delivery ?? 0,
+          },
           metadata(),
           { deadline: deadline(3600) },
         );
@@ -292,6 +305,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             committed = true;
             continue;
           }
+          if (chunk.lease !== '') lease = chunk.lease;
           if (BigInt(received) !== chunk.offset || received + chunk.data.byteLength > request.bytes)
             throw new GramfuseError(
               ErrorCode.UploadInvalid,
@@ -309,7 +323,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             `group ${request.group}'s ${request.part} of job ${request.jobId}: received ${received} bytes with SHA-256 ${digest.slice(0, 16)}…, the task says ${request.bytes} bytes with ${request.sha256.slice(0, 16)}…`,
             { facts: { job: request.jobId, group: request.group, part: request.part } },
           );
-        return out;
+        return { data: out, lease };
       }),
     submitSolution: (header, x) =>
       new Promise((resolve, reject) => {

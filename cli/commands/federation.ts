@@ -84,7 +84,16 @@ export function registerFederationCommands(program: Command): void {
         )
         .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
         .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
-        .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
+        .option(
+          '--residual-tolerance <r>',
+          "the most a worker's relative residual ‖G̃X − R‖/‖R‖ (and its difference from the coordinator's own solve) may be; below it, 64·n·ε·κ̂ at the group's condition",
+          '1e-6',
+        )
+        .option(
+          '--solve-deadline <seconds>',
+          'per Gram group: a delivery not answered this long after its worker fetched the sums is published again (at most --solve-max-deliver times, then DEADLINE_EXCEEDED)',
+          '3600',
+        )
         .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
     ),
     'server',
@@ -110,6 +119,7 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.observers === undefined ? {} : { observers: flags.observers }),
       solveQueue: { ackWaitMs: flags.solveAckWait * 1000, maxDeliver: flags.solveMaxDeliver },
       residualTolerance: flags.residualTolerance,
+      solveDeadlineMs: flags.solveDeadline * 1000,
     });
     const host = flags.listen.slice(0, flags.listen.lastIndexOf(':'));
     stdout(

@@ -19,6 +19,11 @@ export function registerSolverCommands(program: Command): void {
         .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
         .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
         .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
+        .option(
+          '--solve-timeout <seconds>',
+          'watchdog: a solve that has not answered this long is reported failed and its task released',
+          '3000',
+        )
         .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
     ),
   ).action(async (raw: Record<string, unknown>) => {
@@ -32,6 +37,7 @@ export function registerSolverCommands(program: Command): void {
       nats: natsTarget(flags)!,
       device: flags.device,
       ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+      solveTimeoutMs: flags.solveTimeout * 1000,
       log,
       ...(flags.json ? { onTask: (record) => stdout(`${JSON.stringify(record)}\n`) } : {}),
     });

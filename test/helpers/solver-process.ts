@@ -19,6 +19,8 @@ export class SolverProcess {
     /** A bare NATS URL, or the whole `--nats URL --nats-tls-ca … --nats-creds …` flags. */
     nats: string | readonly string[],
     env: Record<string, string> = {},
+    /** More flags of `solver serve` (e.g. --solve-timeout). */
+    args: string[] = [],
   ) {
     this.child = spawn(
       process.execPath,
@@ -36,6 +38,7 @@ export class SolverProcess {
         'cpu',
         '--threads',
         '1',
+        ...args,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );
