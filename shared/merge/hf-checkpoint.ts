@@ -90,8 +90,8 @@ export async function readHfCheckpoint(dir: string): Promise<HfCheckpoint> {
   return { dir, tensors, config };
 }
 
-/** What a checkpoint tensor's or a parameter's values are hashed a slice at a time in (a 7B model's embeddings pass 2 GiB). */
-const HASH_SLICE_BYTES = 64 * 2 ** 20;
+/** The slice a tensor too large to hold (a 7B model's fp32 embeddings pass 2 GiB) is hashed or written in. */
+const SLICE_BYTES = 64 * 2 ** 20;
 
 /** `digest` of a checkpoint tensor, read from its file a slice at a time: memory holds one slice, whatever its size. */
 async function checkpointTensorDigest(tensor: CheckpointTensor): Promise<string> {
@@ -100,7 +100,7 @@ async function checkpointTensorDigest(tensor: CheckpointTensor): Promise<string>
     throw fileError(error, tensor.file, 'reading the checkpoint');
   });
   try {
-    const slice = new Uint8Array(Math.max(1, Math.min(HASH_SLICE_BYTES, tensor.end - tensor.begin)));
+    const slice = new Uint8Array(Math.max(1, Math.min(SLICE_BYTES, tensor.end - tensor.begin)));
     for (let at = tensor.begin; at < tensor.end;) {
       const { bytesRead } = await handle.read(slice, 0, Math.min(slice.byteLength, tensor.end - at), at);
       if (bytesRead === 0) throw invalidCheckpoint(tensor.file)(`tensor ${tensor.name} is cut short`);
@@ -144,7 +144,7 @@ const digest = (dtype: string, shape: readonly number[], bytes: Uint8Array): str
 function parameterDigestInSlices(model: OnnxModel, parameter: Parameter, dtype: string): string {
   const tensor = model.proto.graph!.initializer.find((t) => t.name === parameter.name)!;
   const hash = createHash('sha256').update(`${dtype}[${parameter.shape.join(',')}]`);
-  for (const slice of tensorByteSlices(model, tensor, HASH_SLICE_BYTES)) hash.update(slice);
+  for (const slice of tensorByteSlices(model, tensor, SLICE_BYTES)) hash.update(slice);
   return hash.digest('hex');
 }
 
@@ -300,10 +300,14 @@ export async function writeHfCheckpoint(
   });
   try {
     const initializers = new Map(model.proto.graph!.initializer.map((t) => [t.name ?? '', t]));
-    const bytesOf = (e: CheckpointEntry): Promise<Uint8Array> => {
+    const bytesOf = (e: CheckpointEntry): Promise<Uint8Array | Iterable<Uint8Array>> => {
       const tensor = initializers.get(e.parameter)!;
       const own = floatDtypeOf(tensor.dataType ?? 0, e.parameter);
       const target = floatDtypeOf(dtypeInfo(e.dtype).onnx, e.name);
+      // Past what one read holds (a 7B model's fp32 embeddings), a tensor kept as it is stored goes out a slice at a
+      // time; one that needs a transpose or another dtype must be whole, and tensorBytes refuses it with a coded error.
+      if (own === target && !e.transpose && tensorBytesOf(tensor, own) > MAX_TENSOR_READ_BYTES)
+        return Promise.resolve(tensorByteSlices(model, tensor, SLICE_BYTES));
       const stored = tensorBytes(model, tensor);
       const bytes = own === target ? stored : encodeFloats(decodeFloats(stored, own), target);
       return Promise.resolve(
@@ -378,6 +382,10 @@ export async function writeHfCheckpoint(
     throw error;
   }
 }
+
+/** Bytes of a tensor of `dtype` by its dims. */
+const tensorBytesOf = (tensor: { readonly dims: readonly (bigint | number)[] }, dtype: FloatDtype): number =>
+  tensor.dims.reduce<number>((n, d) => n * Number(d), 1) * floatWidth(dtype);
 
 /** A float element type's dtype; anything else is UNSUPPORTED_DTYPE naming the tensor. */
 function floatDtypeOf(onnx: number, name: string): FloatDtype {

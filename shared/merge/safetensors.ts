@@ -27,7 +27,8 @@ export interface SafetensorsSource {
   readonly dtype: SafetensorsDtype;
   readonly shape: readonly number[];
   readonly bytes: number;
-  readonly read: () => Promise<Uint8Array>;
+  /** The tensor's bytes, whole; or, for one too large to hold at once, its bytes in slices (in order). */
+  readonly read: () => Promise<Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>>;
 }
 
 /**
@@ -75,9 +76,13 @@ export async function writeSafetensorsFrom(
     yield headerBytes;
     for (const entry of entries) {
       const bytes = await entry.read();
-      if (bytes.byteLength !== entry.bytes)
-        throw new GramfuseError(ErrorCode.Internal, `safetensors ${entry.name}: ${bytes.byteLength} bytes, the header says ${entry.bytes}`);
-      yield bytes;
+      let written = 0;
+      for await (const slice of bytes instanceof Uint8Array ? [bytes] : bytes) {
+        written += slice.byteLength;
+        yield slice;
+      }
+      if (written !== entry.bytes)
+        throw new GramfuseError(ErrorCode.Internal, `safetensors ${entry.name}: ${written} bytes, the header says ${entry.bytes}`);
     }
   }
   await writeFileAtomic(path, parts(), 'writing the safetensors file');

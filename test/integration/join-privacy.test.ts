@@ -2,8 +2,10 @@
 // loopback, two agents running the whole flow) with every local path made distinctive: the model, data and tokenizer
 // copied under owner-private directories, and each agent's work dir. After the job, no byte of the coordinator's
 // whole state directory (manifests, statistics, ledger, report, merged model) holds any of those paths, and what it
-// kept of each owner's join is exactly the plan.
+// kept of each owner's join is exactly the plan. The same job once more over plaintext loopback through a recording
+// proxy: no byte the agents sent holds a local path either (the coordinator cannot have dropped what was never sent).
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -11,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/index.js';
 import { connectFederation } from '../../client/index.js';
+import { startCoordinatorServer } from '../../coordinator/index.js';
 import { exampleAgent } from '../helpers/agent-options.js';
 import { EXAMPLE_DATA, exampleModel, EXAMPLE_TOKENIZER } from '../helpers/examples.js';
 import { type MtlsCoordinator, startMtlsCoordinator } from '../helpers/mtls-coordinator.js';
@@ -21,8 +24,8 @@ const state = join(work, 'coordinator-state');
 let federation: MtlsCoordinator;
 
 /** Each owner's files under a directory only that owner has: the strings that must never reach the coordinator. */
-const local = (org: string) => {
-  const dir = join(work, `private-${org}-c0ffee`);
+const local = (org: string, run = 'a') => {
+  const dir = join(work, `private-${org}-c0ffee-${run}`);
   return {
     dir,
     model: join(dir, `secret-model-${org}.onnx`),
@@ -32,14 +35,33 @@ const local = (org: string) => {
   };
 };
 
+/** Every path an owner used, and the distinctive part of each (a path could be sent relative, or as a file name). */
+const needlesOf = (run: string): string[] =>
+  orgs.flatMap((org) => {
+    const l = local(org, run);
+    return [
+      l.dir,
+      l.model,
+      l.data,
+      l.tokenizer,
+      l.workDir,
+      `private-${org}-c0ffee-${run}`,
+      `secret-model-${org}`,
+      `secret-data-${org}`,
+      `secret-tokenizer-${org}`,
+      `secret-work-${org}`,
+    ];
+  });
+
 beforeAll(async () => {
-  for (const org of orgs) {
-    const l = local(org);
-    mkdirSync(l.dir);
-    copyFileSync(exampleModel(org), l.model);
-    copyFileSync(EXAMPLE_DATA(org), l.data);
-    copyFileSync(EXAMPLE_TOKENIZER, l.tokenizer);
-  }
+  for (const run of ['a', 'b'])
+    for (const org of orgs) {
+      const l = local(org, run);
+      mkdirSync(l.dir);
+      copyFileSync(exampleModel(org), l.model);
+      copyFileSync(EXAMPLE_DATA(org), l.data);
+      copyFileSync(EXAMPLE_TOKENIZER, l.tokenizer);
+    }
   federation = await startMtlsCoordinator('join privacy CA', orgs, { stateDir: state, templateDirs: [work] });
 }, 60_000);
 afterAll(async () => {
@@ -109,5 +131,56 @@ describe('what leaves an owner at join', () => {
       expect(Object.keys(manifest)).toEqual(['plan']);
       expect((manifest.plan as { owner: string }).owner).toBe(org);
     }
+  });
+  it('no byte the agents send holds a local path (plaintext loopback, recorded)', { timeout: 300_000 }, async () => {
+    await using server = await startCoordinatorServer({
+      stateDir: join(work, 'plain-state'),
+      listen: '127.0.0.1:0',
+      insecureLoopback: true,
+      creators: ['creator'],
+      templateDirs: [work],
+    });
+    // A proxy that keeps everything the clients send.
+    const sent: Buffer[] = [];
+    const proxy = createServer((client) => {
+      const upstream = createConnection({ host: '127.0.0.1', port: server.port });
+      client.on('data', (chunk: Buffer) => sent.push(Buffer.from(chunk)));
+      client.pipe(upstream).on('error', () => undefined);
+      upstream.pipe(client).on('error', () => undefined);
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+    });
+    const port = await new Promise<number>((resolve) =>
+      proxy.listen(0, '127.0.0.1', () => resolve((proxy.address() as { port: number }).port)),
+    );
+    try {
+      const address = `127.0.0.1:${port}`;
+      const creator = connectFederation({ address, insecureIdentity: 'creator' });
+      await creator.createJob(
+        JSON.stringify({ id: 'plain', participants: orgs, policy: { minRowsPerGroup: 16 } }),
+        readFileSync(exampleModel('org0')),
+      );
+      await Promise.all(
+        orgs.map((org) => {
+          const l = local(org, 'b');
+          return runAgent(
+            exampleAgent(org, { address, insecureIdentity: org }, 'plain', l.workDir, {
+              model: l.model,
+              data: l.data,
+              tokenizer: l.tokenizer,
+            }),
+          );
+        }),
+      );
+      const final = await creator.watch('plain', () => undefined);
+      creator.close();
+      expect(final.state, final.failureMessage).toBe('done');
+    } finally {
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    }
+    const wire = Buffer.concat(sent).toString('latin1');
+    expect(wire.length).toBeGreaterThan(1_000_000); // the statistics went through it
+    expect(wire).toContain('gram_times_weight/'); // and the plan, readable: a path would be too
+    expect(needlesOf('b').filter((needle) => wire.includes(needle))).toEqual([]);
   });
 });
