@@ -157,7 +157,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 23,
-  HF_UNSUPPORTED: 24,
+  HF_UNSUPPORTED: 25,
   SECURE_AGGREGATION: 32,
 };
 
