@@ -51,7 +51,8 @@ export {
   writeSafetensors,
   writeSafetensorsFrom,
 } from './safetensors.js';
-export { formatMergeReport, type MergeReport } from './report.js';
+export { type AlphaCandidate, type AlphaSelection, formatMergeReport, type MergeReport } from './report.js';
+export { statisticsAtAlpha } from './alpha.js';
 export {
   abandonBundle,
   BUNDLE_MANIFEST,
