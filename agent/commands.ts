@@ -6,6 +6,7 @@ import {
   checkPolicyBeforeCollection,
   type DisclosurePlan,
   type DisclosurePolicy,
+  type GramTokens,
   type MergeSpec,
   planDisclosure,
   statisticsDtype,
@@ -61,9 +62,14 @@ export async function planForOwner(
       { facts: { model: options.model, found: analysis.fingerprint, expected: options.expectFingerprint } },
     );
   }
-  await loadTokenizer(options.tokenizer, { maxLength: options.maxLength }); // fail early on a bad tokenizer
+  const tokenizer = await loadTokenizer(options.tokenizer, { maxLength: options.maxLength }); // fail early on a bad tokenizer
   let examples = 0;
-  const fields = { textField: options.textField, ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }) };
+  // Chat rows are rendered here too, so a conversation the template refuses fails before anything is computed.
+  const fields = {
+    textField: options.textField,
+    chatTemplate: tokenizer.chatTemplate,
+    ...(options.textPairField === undefined ? {} : { textPairField: options.textPairField }),
+  };
   for await (const _ of readExamples(options.data, fields)) examples++;
   if (examples === 0)
     throw new GramfuseError(ErrorCode.InvalidData, `${options.data}: no usable examples`, { facts: { path: options.data } });
@@ -145,6 +151,15 @@ export async function collectBundle(
   }
 }
 
+/** Which tokens enter the Grams, for the printed plan. */
+function gramTokensLine(tokens: GramTokens): string {
+  const which =
+    tokens === 'all'
+      ? 'every position of every example, padding included (--include-padding)'
+      : 'every token of every example except padding';
+  return `tokens in the Grams: ${which}; a chat example counts whole (every role's turns, the template's markers and special tokens)`;
+}
+
 /** The plan as a person reads it: one row per statistic, then totals and the policy. */
 export function formatPlan(plan: DisclosurePlan, examples?: number): string {
   const counts = new Map<string, number>();
@@ -166,6 +181,7 @@ export function formatPlan(plan: DisclosurePlan, examples?: number): string {
     '',
     `totals: ${plan.totals.statistics} statistics (${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}), ${formatBytes(plan.totals.bytes)}`,
     `policy: at least ${plan.policy.minRowsPerGroup} rows per Gram (checked after collection); layers allowed: ${plan.policy.allowedLayers === undefined ? 'all' : plan.policy.allowedLayers.join(', ')}`,
+    ...(plan.gramTokens === undefined ? [] : [gramTokensLine(plan.gramTokens)]),
     'No raw text, token ids, activations or labels leave: only the sums above.',
   ].join('\n');
 }

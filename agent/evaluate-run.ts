@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { ErrorCode, GramfuseError } from '../shared/index.js';
@@ -54,6 +54,8 @@ export async function evaluateForJob(options: EvaluateForJobOptions): Promise<Ev
     const jobDir = join(options.workDir, options.jobId);
     await mkdir(jobDir, { recursive: true });
     const model = join(jobDir, 'merged.onnx');
+    // A download never replaces a side file; this one is the agent's own, from an earlier evaluation of this job.
+    await rm(`${model}.data`, { force: true });
     const { sha256 } = await downloadMergedModel(client, options.jobId, model, status.resultSha256);
     const [metrics] = await evaluateEach([model], {
       data: options.data,

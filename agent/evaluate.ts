@@ -5,7 +5,7 @@ import { loadModel, modelInputs, indexGraph, modelTask, type OnnxModel } from '.
 import { classificationMetrics, predictLogits, type Progress } from './collect/index.js';
 import { type LanguageModelMetrics, languageModelMetrics } from './collect/index.js';
 import { collectExamples, type Example } from './collect/index.js';
-import { loadTokenizer } from './collect/index.js';
+import { type ChatTemplate, loadTokenizer } from './collect/index.js';
 
 export interface EvaluateOptions {
   /** One model, or several for `ensemble` (their logits are averaged). */
@@ -86,9 +86,14 @@ function checkLabelCount(labels: readonly string[], classes: number, source: str
 }
 
 /** Labelled examples of a data file, with each label's index in the label list. */
-async function labelledExamples(options: EvaluateOptions, labels: readonly string[]): Promise<{ examples: Example[]; truth: number[] }> {
+async function labelledExamples(
+  options: EvaluateOptions,
+  labels: readonly string[],
+  chatTemplate: ChatTemplate,
+): Promise<{ examples: Example[]; truth: number[] }> {
   const examples = await collectExamples(options.data, {
     requireLabel: true,
+    chatTemplate,
     ...(options.textField === undefined ? {} : { textField: options.textField }),
     ...(options.labelField === undefined ? {} : { labelField: options.labelField }),
     ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
@@ -143,6 +148,7 @@ export async function runEvaluation(options: EvaluateOptions): Promise<Evaluatio
     const tokenizer = await loadTokenizer(options.tokenizer, options.maxLength === undefined ? {} : { maxLength: options.maxLength });
     const examples = await collectExamples(options.data, {
       requireLabel: false,
+      chatTemplate: tokenizer.chatTemplate,
       ...(options.textField === undefined ? {} : { textField: options.textField }),
       ...(options.maxExamples === undefined ? {} : { maxExamples: options.maxExamples }),
       seed: options.seed ?? 1,
@@ -187,7 +193,7 @@ export async function evaluateEach(
     if (declared !== undefined) checkLabelCount(labels, declared, model.source);
   }
   const tokenizer = await loadTokenizer(options.tokenizer, options.maxLength === undefined ? {} : { maxLength: options.maxLength });
-  const { examples, truth } = await labelledExamples({ ...options, models: paths }, labels);
+  const { examples, truth } = await labelledExamples({ ...options, models: paths }, labels, tokenizer.chatTemplate);
   const results: EvaluateEachResult[] = [];
   const ensembleOf = new Set(options.ensembleOf ?? []);
   let sum: Float64Array | undefined;

@@ -20,6 +20,22 @@ export const OwnerPolicyFile = z
       .regex(/^sha256:[0-9a-f]{64}$/, 'must look like sha256:<64 hex digits>')
       .optional()
       .describe('compute only for a job whose template has this fingerprint'),
+    securePeers: z
+      .record(
+        z.string().min(1),
+        z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must look like sha256:<64 hex digits> (a certificate or public-key fingerprint)'),
+      )
+      .optional()
+      .describe(
+        'secure aggregation: pin peers, owner → sha256 fingerprint of its certificate or public key; a pinned peer presented with another certificate is refused. Against a coordinator that also holds the CA key, only pinned peers protect the owner',
+      ),
+    minFractionBits: z
+      .number()
+      .int()
+      .min(0)
+      .max(62)
+      .optional()
+      .describe('secure aggregation: refuse a round whose common scale leaves any statistic fewer fraction bits (default 20)'),
   })
   .strict();
 export type OwnerPolicyFile = z.infer<typeof OwnerPolicyFile>;
@@ -32,6 +48,10 @@ export interface OwnerPolicy {
   readonly minRowsPerGroup: number;
   readonly allowedLayers?: readonly string[];
   readonly expectFingerprint?: string;
+  /** Secure aggregation: pinned peers (owner → sha256 fingerprint of its certificate or public key). */
+  readonly securePeers?: Readonly<Record<string, string>>;
+  /** Secure aggregation: the fewest fraction bits a statistic may keep. @default 20 */
+  readonly minFractionBits?: number;
   /** Where each rule came from (a flag, the file, or the default). */
   readonly origin: { readonly minRowsPerGroup: string; readonly allowedLayers?: string; readonly expectFingerprint?: string };
 }
@@ -89,6 +109,8 @@ export function ownerPolicy(
     minRowsPerGroup: Math.max(flags.minRowsPerGroup, f?.minRowsPerGroup ?? 0),
     ...(allowedLayers === undefined ? {} : { allowedLayers }),
     ...(expectFingerprint === undefined ? {} : { expectFingerprint }),
+    ...(f?.securePeers === undefined ? {} : { securePeers: f.securePeers }),
+    ...(f?.minFractionBits === undefined ? {} : { minFractionBits: f.minFractionBits }),
     origin: {
       minRowsPerGroup: minRowsFromFile ? fromFile : flags.minRowsGiven ? '--min-rows' : 'default',
       ...(allowedLayers === undefined

@@ -10,7 +10,7 @@ import {
   verifyLedger,
   verifyLedgerText,
 } from '../shared/audit/index.js';
-import { AuditPublisher, readAuditStream } from '../shared/nats/index.js';
+import { AuditPublisher, type NatsTarget, natsUrl, readAuditStream } from '../shared/nats/index.js';
 
 async function trustedKeys(paths: readonly string[] | undefined): Promise<string[] | undefined> {
   if (paths === undefined || paths.length === 0) return undefined;
@@ -37,9 +37,11 @@ export async function auditVerify(ledger: string, keys?: readonly string[]): Pro
 }
 
 /** `gramfuse audit verify --nats URL`: every writer's records in GRAMFUSE_AUDIT, checked exactly as a file is. */
-export async function auditVerifyStream(url: string, keys?: readonly string[]): Promise<string> {
-  const ledgers = await readAuditStream(url);
-  if (ledgers.length === 0) return `${url} GRAMFUSE_AUDIT: no records`;
+export async function auditVerifyStream(target: NatsTarget, keys?: readonly string[]): Promise<string> {
+  const url = natsUrl(target);
+  const skipped: string[] = [];
+  const ledgers = await readAuditStream(target, undefined, (problem) => skipped.push(`skipped: ${problem.toLine()}`));
+  if (ledgers.length === 0) return [`${url} GRAMFUSE_AUDIT: no records`, ...skipped].join('\n');
   const trusted = await trustedKeys(keys);
   const lines: string[] = [];
   for (const ledger of ledgers) {
@@ -49,19 +51,21 @@ export async function auditVerifyStream(url: string, keys?: readonly string[]): 
       `${url} GRAMFUSE_AUDIT writer ${ledger.writer} (${actors}): ${records.length} records, jobs ${ledger.jobs.join(', ') || '-'}; chain and signatures verify`,
     );
   }
-  return lines.join('\n');
+  return [...lines, ...skipped].join('\n');
 }
 
 /** `gramfuse audit publish`: the ledger's backlog to GRAMFUSE_AUDIT; nothing already there is sent twice. */
-export async function auditPublish(ledger: string, url: string, timeoutSeconds: number): Promise<string> {
+export async function auditPublish(ledger: string, target: NatsTarget, timeoutSeconds: number): Promise<string> {
+  const url = natsUrl(target);
   const { records } = await verifyLedger(ledger); // publish only what verifies
-  const publisher = await AuditPublisher.start({ path: ledger }, url, 'gramfuse audit publish');
+  let why = '';
+  const publisher = await AuditPublisher.start({ path: ledger }, target, 'gramfuse audit publish', (line) => (why = line));
   try {
     const left = await publisher.flush(timeoutSeconds * 1000);
     if (left > 0)
       throw new GramfuseError(
         ErrorCode.Unavailable,
-        `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s; run again later`,
+        `${ledger}: ${left} record(s) could not be published to ${url} in ${timeoutSeconds} s${why === '' ? '' : ` (${why})`}; run again later`,
       );
   } finally {
     await publisher.close();
@@ -69,7 +73,7 @@ export async function auditPublish(ledger: string, url: string, timeoutSeconds: 
   // The local progress marker is not proof: ask the stream which of this ledger's records it holds.
   let onStream: Awaited<ReturnType<typeof readAuditStream>>;
   try {
-    onStream = await readAuditStream(url);
+    onStream = await readAuditStream(target);
   } catch (error) {
     throw new GramfuseError(
       ErrorCode.Unavailable,

@@ -188,7 +188,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   options.log(`demo directory ${dir}: making a federation CA and certificates (coordinator, creator, ${orgs.join(', ')})`);
   await certsInit(certs, 'gramfuse demo CA');
   await certsIssue(certs, 'coordinator', ['localhost', '127.0.0.1']);
-  for (const name of ['creator', ...orgs]) await certsIssue(certs, name, []);
+  await certsIssue(certs, 'creator', [], 'creator');
+  for (const name of orgs) await certsIssue(certs, name, [], 'owner');
   const tls = (name: string): string[] => certsFlags(certs, name);
   const model = (org: string): string => join(DEMO_EXAMPLES, org, 'model.onnx');
   const tokenizer = join(DEMO_EXAMPLES, 'tokenizer.json');

@@ -6,7 +6,13 @@ import { parse as parseYaml } from 'yaml';
 import { type ClientTls, type ConnectOptions } from '../client/index.js';
 import { type ServerTls } from '../coordinator/index.js';
 import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
-import { createCertificateAuthority, issueCertificate, readPrivateFile, writePrivateFile } from '../shared/security/index.js';
+import {
+  type CertificateRole,
+  createCertificateAuthority,
+  issueCertificate,
+  readPrivateFile,
+  writePrivateFile,
+} from '../shared/security/index.js';
 
 /** TLS flags shared by every command that talks to or serves the federation. */
 export interface TlsFlags {
@@ -57,13 +63,16 @@ export async function certsInit(dir: string, name: string): Promise<string[]> {
   return [join(dir, 'ca.pem'), join(dir, 'ca-key.pem')];
 }
 
-/** `gramfuse certs issue`: a participant (or, with hosts, the coordinator's server) certificate. */
-export async function certsIssue(dir: string, name: string, hosts: readonly string[]): Promise<string[]> {
+/**
+ * `gramfuse certs issue`: a certificate with its role (default: `server` with hosts, `owner` without). Secure
+ * aggregation accepts only owner certificates as peers, so issue creators, solvers and observers with their role.
+ */
+export async function certsIssue(dir: string, name: string, hosts: readonly string[], role?: CertificateRole): Promise<string[]> {
   const ca = {
     certPem: await readPem(join(dir, 'ca.pem'), 'CA certificate'),
     keyPem: await readPrivateFile(join(dir, 'ca-key.pem'), 'CA key'),
   };
-  const cert = await issueCertificate(ca, name, { hosts });
+  const cert = await issueCertificate(ca, name, { hosts, ...(role === undefined ? {} : { role }) });
   await writeFile(join(dir, `${name}.pem`), cert.certPem);
   await writePrivateFile(join(dir, `${name}-key.pem`), cert.keyPem);
   return [join(dir, `${name}.pem`), join(dir, `${name}-key.pem`)];

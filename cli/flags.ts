@@ -1,11 +1,32 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError } from '../shared/errors.js';
 import { parseByteSize } from '../shared/index.js';
-import { address, tls } from './federation-flags.js';
+import { address, natsSecurity, tls } from './federation-flags.js';
 
-/** Validates commander's options with zod and reports every problem at once, each with its flag. */
+/**
+ * A Hugging Face directory's own tokenizer: `DIR/tokenizer.json` when `model` (a --model value, or the first of
+ * several) is a directory holding one.
+ */
+export function tokenizerBeside(model: unknown): string | undefined {
+  const first: unknown = Array.isArray(model) ? (model as unknown[])[0] : model;
+  if (typeof first !== 'string') return undefined;
+  const path = join(first, 'tokenizer.json');
+  return statSync(first, { throwIfNoEntry: false })?.isDirectory() === true && existsSync(path) ? path : undefined;
+}
+
+/**
+ * Validates commander's options with zod and reports every problem at once, each with its flag. A command with both
+ * --model and --tokenizer gets the model directory's tokenizer.json when --tokenizer is not given.
+ */
 export function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
+  if (raw.tokenizer === undefined && raw.model !== undefined) {
+    const beside = tokenizerBeside(raw.model);
+    if (beside !== undefined) raw = { ...raw, tokenizer: beside };
+  }
   const result = schema.safeParse(raw);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
@@ -22,7 +43,7 @@ const int = (min: number) => z.coerce.number().int(`must be a whole number`).min
 const fraction = z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1');
 
 export const commonDataFlags = {
-  tokenizer: z.string().min(1),
+  tokenizer: z.string({ message: 'name a tokenizer.json (a Hugging Face directory given as --model supplies its own)' }).min(1),
   maxExamples: int(1).optional(),
   seed: int(0).default(1),
   batchSize: int(1).default(32),
@@ -55,12 +76,15 @@ export const hfFlags = {
   hfModel: z.string().min(1).optional(),
 };
 
-export const ExportFlags = z.object({
-  hfOut: z.string().min(1, 'name the checkpoint directory to write'),
-  hfCheckpoint: z.string().min(1).optional(),
-  tokenizer: z.string().min(1).optional(),
-  json: z.boolean().default(false),
-});
+export const ExportFlags = z
+  .object({
+    hfOut: z.string().min(1, 'name the checkpoint directory to write').optional(),
+    onnxOut: z.string().min(1, 'name the .onnx file to write').optional(),
+    hfCheckpoint: z.string().min(1).optional(),
+    tokenizer: z.string().min(1).optional(),
+    json: z.boolean().default(false),
+  })
+  .refine((f) => f.hfOut !== undefined || f.onnxOut !== undefined, { message: 'give --hf-out DIR or --onnx-out FILE (or both)' });
 
 /** `merge --alpha`: a number in [0, 1], or `auto` (α chosen after the statistics on validation data). */
 const alphaOrAuto = z
@@ -126,7 +150,7 @@ export const EvalFlags = z.object({
 
 export const AgentFlags = z.object({
   ...commonDataFlags,
-  model: z.string().min(1, "name the owner's model (.onnx)"),
+  model: z.string().min(1, "name the owner's model (.onnx or a Hugging Face directory)"),
   data: z.string().min(1, "name the owner's data file"),
   owner: z.string().min(1).optional(),
   ...mergeSpecFlags,
@@ -169,6 +193,7 @@ export const AgentRunFlags = AgentFlags.extend({
   yes: z.boolean().default(false),
   chunkBytes: int(1).max(4 * 1024 * 1024, 'must be at most 4194304 (4 MiB, what the coordinator accepts)'),
   nats: z.string().min(1).optional(),
+  ...natsSecurity,
   uploadAttempts: int(1),
   uploadWindow: int(1).optional(),
   progressJson: z.boolean().default(false),

@@ -3,9 +3,10 @@
 // the export's structure; the values from the model being exported.
 import { dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 
-import { ErrorCode, GramfuseError } from '../shared/errors.js';
+import { ErrorCode, fileError, GramfuseError } from '../shared/errors.js';
+import { isHfDirectory } from '../shared/hf/index.js';
 import {
   alignWithCheckpoint,
   type HfCheckpoint,
@@ -17,10 +18,15 @@ import {
 import {
   analyzeModel,
   type CheckpointMapping,
+  isExternal,
   loadModel,
   type ModelAnalysis,
   type OnnxModel,
+  saveModel,
+  serializeModel,
   structuralCheckpointNames,
+  tensorBytes,
+  tensorWithBytes,
 } from '../shared/onnx/index.js';
 
 export interface HfExportOptions {
@@ -86,12 +92,24 @@ export interface PreparedHfExport {
  * Checks an export before a long merge runs: the output directory is new or empty, the names map completely.
  * `template` is a model of the same structure as the one that will be exported.
  */
-export async function prepareHfExport(options: Omit<HfExportOptions, 'model'> & { readonly template: string }): Promise<PreparedHfExport> {
+export async function prepareHfExport(
+  options: Omit<HfExportOptions, 'model'> & {
+    readonly template: string;
+    /** Refuse without a checkpoint (a merge: a directory without config.json is not loadable by transformers). */
+    readonly requireCheckpoint?: boolean;
+  },
+): Promise<PreparedHfExport> {
   const existing = await readdir(options.out).catch(() => []);
   if (existing.length > 0)
     throw new GramfuseError(ErrorCode.InvalidArgument, `--hf-out ${options.out}: the directory is not empty; name a new directory`, {
       facts: { path: options.out },
     });
+  if (options.requireCheckpoint === true && options.checkpoint === undefined)
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `--hf-out ${options.out}: the models are ONNX files, so there is no config.json (nor names and dtypes) to write a checkpoint transformers loads; pass --hf-checkpoint DIR (the Hugging Face checkpoint an owner's model was exported from), or give the owners' Hugging Face directories as --model`,
+      { facts: { path: options.out, flag: 'hf-checkpoint' } },
+    );
   const hf = options.checkpoint === undefined ? undefined : await readHfCheckpoint(options.checkpoint);
   return { mapping: await namesFromPaths(options.template, hf, options.namesFrom ?? options.template), config: hf?.config };
 }
@@ -107,6 +125,9 @@ export async function exportHfCheckpoint(options: HfExportOptions, prepared?: Pr
       if (existsSync(beside)) copy.push(beside);
     }
   }
+  // The checkpoint's generation settings travel with its config (a merged causal LM generates as its owners' did).
+  const generation = options.checkpoint === undefined ? undefined : join(options.checkpoint, 'generation_config.json');
+  if (generation !== undefined && existsSync(generation)) copy.push(generation);
   const written = await writeHfCheckpoint(options.out, model, mapping, {
     ...(config === undefined ? {} : { config }),
     copy,
@@ -162,4 +183,47 @@ function modelCard(options: HfExportOptions, mapping: CheckpointMapping, hasConf
     '',
   );
   return lines.join('\n');
+}
+
+/**
+ * What `merge --hf-out` writes from, by the template's kind: a Hugging Face directory is its own checkpoint (names,
+ * layouts, dtypes, config.json, tokenizer files: the merged directory has the input's shape); an ONNX template needs
+ * --hf-checkpoint, refused before merging when absent.
+ */
+export async function mergeHfOutput(
+  template: string,
+  flags: { readonly hfOut: string; readonly hfCheckpoint?: string; readonly hfModel?: string; readonly tokenizer?: string },
+): Promise<{ readonly options: Omit<HfExportOptions, 'model'>; readonly prepared: PreparedHfExport }> {
+  const hfTemplate = await isHfDirectory(template);
+  const checkpoint = flags.hfCheckpoint ?? (hfTemplate ? template : undefined);
+  const tokenizer =
+    flags.tokenizer ?? (hfTemplate && existsSync(join(template, 'tokenizer.json')) ? join(template, 'tokenizer.json') : undefined);
+  const options = {
+    out: flags.hfOut,
+    ...(checkpoint === undefined ? {} : { checkpoint, namesFrom: flags.hfModel ?? template }),
+    ...(tokenizer === undefined ? {} : { tokenizer }),
+  };
+  return { options, prepared: await prepareHfExport({ ...options, template, requireCheckpoint: true }) };
+}
+
+/** `export --onnx-out`: a model (an HF directory built, or an .onnx) written as one ONNX file (a side file past 2 GB). */
+export async function exportOnnx(model: string, out: string): Promise<{ readonly out: string; readonly initializers: number }> {
+  const loaded = await loadModel(model);
+  await saveModel(loaded, out);
+  return { out, initializers: loaded.proto.graph!.initializer.length };
+}
+
+/**
+ * A job template's bytes for `job create --template`: an .onnx file as it is, a Hugging Face directory built with
+ * its weights inline (a template too large for one message goes by path: --template-on-coordinator).
+ */
+export async function templateBytes(path: string): Promise<Uint8Array> {
+  if (!(await isHfDirectory(path)))
+    return readFile(path).catch((error: unknown) => {
+      throw fileError(error, path, 'reading the template');
+    });
+  const model = await loadModel(path);
+  const graph = model.proto.graph!;
+  const initializer = graph.initializer.map((t) => (isExternal(t) ? tensorWithBytes(t, tensorBytes(model, t)) : t));
+  return serializeModel({ ...model, proto: { ...model.proto, graph: { ...graph, initializer } } });
 }

@@ -1,13 +1,15 @@
 import { type ConnectOptions, connectFederation } from '../client/index.js';
 import { ErrorCode, GramfuseError } from '../shared/index.js';
 import { type JobEvent } from '../shared/events/index.js';
-import { NatsEventBus } from '../shared/nats/index.js';
+import { NatsEventBus, type NatsTarget } from '../shared/nats/index.js';
 
 export interface WatchOptions {
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   readonly connect?: ConnectOptions;
   readonly timeoutSeconds: number;
   readonly onEvent: (event: JobEvent) => void;
+  /** A record on the events subjects that is not a job event: skipped (the watch goes on) and reported here. */
+  readonly onSkipped?: (problem: GramfuseError) => void;
 }
 
 /** One line per event, for a person. */
@@ -52,7 +54,7 @@ export async function watchJob(id: string, options: WatchOptions): Promise<'done
             options.onEvent(event);
             if (event.type === 'state' && (event.data.state === 'done' || event.data.state === 'failed')) finish(event.data.state);
           },
-          { history: true },
+          { history: true, ...(options.onSkipped === undefined ? {} : { onSkipped: options.onSkipped }) },
         );
         try {
           return await Promise.race([finished, timeout]);

@@ -1,6 +1,7 @@
 // The federation gRPC client (DESIGN.md §7): connect over mTLS (or insecure loopback), typed calls with
 // deadlines, the one retry policy of retry.ts, streamed downloads verified against the coordinator's digest.
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
+import { checkServerIdentity } from 'node:tls';
 
 import * as grpc from '@grpc/grpc-js';
 
@@ -28,6 +29,11 @@ export interface ConnectOptions {
 
 export interface FederationClient {
   readonly identity: string;
+  /**
+   * The certificate (PEM) the coordinator presented in the TLS handshake, once a call has connected; undefined in
+   * insecure loopback mode. Secure aggregation refuses it as a peer (the coordinator cannot pose as an owner).
+   */
+  serverCertificate(): string | undefined;
   getJob(jobId: string): Promise<federation.JobStatus>;
   /** Every job the coordinator lets this identity see. */
   listJobs(): Promise<federation.JobStatus[]>;
@@ -54,6 +60,8 @@ export interface FederationClient {
   /**
    * A solver worker's fetch of one part of a group's task (Σ G̃ packed, or R), its size and SHA-256 checked against
    * the task's (UPLOAD_INVALID otherwise). `undefined` when the coordinator says the group is committed already.
+   * The gram part names the task message held (its JetStream stream sequence and delivery count) and comes with the
+   * delivery's lease nonce, which the answer must carry.
    */
   fetchSolveInput(request: {
     jobId: string;
@@ -61,7 +69,9 @@ export interface FederationClient {
     part: 'gram' | 'rhs';
     sha256: string;
     bytes: number;
-  }): Promise<Uint8Array | undefined>;
+    streamSequence?: number;
+    delivery?: number;
+  }): Promise<{ data: Uint8Array; lease: string } | undefined>;
   /** A solver worker's answer: the header, then `x` (n × rhs float64) in 4 MiB slices; or an error report without x. */
   submitSolution(header: federation.SolutionHeader, x?: Uint8Array): Promise<federation.SolutionReply>;
   /**
@@ -92,10 +102,18 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     );
   }
   const retry = <T>(call: () => Promise<T>): Promise<T> => withRetries(call, { address: options.address });
+  let serverCertificate: string | undefined;
   const credentials =
     options.tls === undefined
       ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem));
+      : grpc.credentials.createSsl(Buffer.from(options.tls.caPem), Buffer.from(options.tls.keyPem), Buffer.from(options.tls.certPem), {
+          // The usual host name check, and the certificate kept (what it is matters to secure aggregation).
+          checkServerIdentity: (host, cert) => {
+            const error = checkServerIdentity(host, cert);
+            if (error === undefined) serverCertificate = new X509Certificate(cert.raw).toString();
+            return error;
+          },
+        });
   const identity = options.tls === undefined ? (options.insecureIdentity ?? '') : certificateName(options.tls.certPem);
   const channelOptions = { 'grpc.max_receive_message_length': 5 * 1024 * 1024 };
   const jobs = new federation.JobsClient(options.address, credentials, channelOptions);
@@ -118,6 +136,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
     });
   return {
     identity,
+    serverCertificate: () => serverCertificate,
     getJob: (jobId) => retry(() => unary(jobs.get.bind(jobs), { jobId })),
     listJobs: async () => (await retry(() => unary(jobs.list.bind(jobs), {}))).jobs,
     createJob: (specJson, template) =>
@@ -267,8 +286,17 @@ export function connectFederation(options: ConnectOptions): FederationClient {
         const hash = createHash('sha256');
         let received = 0;
         let committed = false;
+        let lease = '';
         const stream = solves.fetchInput(
-          { jobId: request.jobId, group: request.group, part: request.part, sha256: request.sha256, offset: 0n },
+          {
+            jobId: request.jobId,
+            group: request.group,
+            part: request.part,
+            sha256: request.sha256,
+            offset: 0n,
+            streamSequence: BigInt(request.streamSequence ?? 0),
+            delivery: request.delivery ?? 0,
+          },
           metadata(),
           { deadline: deadline(3600) },
         );
@@ -277,6 +305,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             committed = true;
             continue;
           }
+          if (chunk.lease !== '') lease = chunk.lease;
           if (BigInt(received) !== chunk.offset || received + chunk.data.byteLength > request.bytes)
             throw new GramfuseError(
               ErrorCode.UploadInvalid,
@@ -294,7 +323,7 @@ export function connectFederation(options: ConnectOptions): FederationClient {
             `group ${request.group}'s ${request.part} of job ${request.jobId}: received ${received} bytes with SHA-256 ${digest.slice(0, 16)}…, the task says ${request.bytes} bytes with ${request.sha256.slice(0, 16)}…`,
             { facts: { job: request.jobId, group: request.group, part: request.part } },
           );
-        return out;
+        return { data: out, lease };
       }),
     submitSolution: (header, x) =>
       new Promise((resolve, reject) => {

@@ -22,5 +22,13 @@ export {
   type ServerTls,
   startCoordinatorServer,
 } from './server/index.js';
-export { DEFAULT_RESIDUAL_TOLERANCE, projectedResidual, type SolveExecutor, workerThreadExecutor } from './solve/index.js';
+export {
+  CHECK_PROJECTIONS,
+  checkTolerance,
+  DEFAULT_RESIDUAL_TOLERANCE,
+  readFloat64File,
+  type SolveExecutor,
+  verifySolution,
+  workerThreadExecutor,
+} from './solve/index.js';
 export { FileStore, type StatisticStore } from './store/index.js';

@@ -4,8 +4,8 @@
 import { readFile } from 'node:fs/promises';
 
 import { type AuditRecord, verifyLedgerText } from '../shared/audit/index.js';
-import { toGramfuseError } from '../shared/index.js';
-import { readAuditStream } from '../shared/nats/index.js';
+import { type GramfuseError, toGramfuseError } from '../shared/index.js';
+import { type NatsTarget, readAuditStream } from '../shared/nats/index.js';
 
 export interface LedgerView {
   /** The file's path, or `GRAMFUSE_AUDIT writer <key id>`. */
@@ -89,11 +89,15 @@ export interface LedgerSet {
   readonly natsError?: string;
 }
 
-export async function readLedgers(files: readonly string[], nats: string | undefined): Promise<LedgerSet> {
+export async function readLedgers(
+  files: readonly string[],
+  nats: NatsTarget | undefined,
+  onSkipped?: (problem: GramfuseError) => void,
+): Promise<LedgerSet> {
   const ledgers = await Promise.all(files.map(readLedgerFile));
   if (nats === undefined) return { ledgers };
   try {
-    const stream = await readAuditStream(nats);
+    const stream = await readAuditStream(nats, undefined, onSkipped);
     return { ledgers: [...ledgers, ...stream.map((s) => view(`GRAMFUSE_AUDIT writer ${s.writer}`, 'nats', s.text))] };
   } catch (error) {
     return { ledgers, natsError: toGramfuseError(error).message };

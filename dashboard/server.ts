@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { type ConnectOptions, connectFederation } from '../client/index.js';
 import type { federation } from '../proto/index.js';
 import { ErrorCode, GramfuseError, toGramfuseError } from '../shared/index.js';
-import { NatsEventBus } from '../shared/nats/index.js';
+import { NatsEventBus, type NatsTarget } from '../shared/nats/index.js';
 import { APP_JS, STYLE_CSS } from './assets.js';
 import type { Html } from './html.js';
 import { readLedgers } from './ledgers.js';
@@ -19,7 +19,7 @@ export interface DashboardOptions {
   /** Audit ledgers (audit.jsonl) the auditor holds: read and verified on every view. */
   readonly ledgers?: readonly string[];
   /** NATS: live updates from the events bus, and the GRAMFUSE_AUDIT mirror on the audit page. */
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   /** host:port to listen on. @default 127.0.0.1:8080 */
   readonly listen?: string;
   /** Without NATS, how often the coordinator's job list is polled while a page is open. @default 2000 */
@@ -70,7 +70,14 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     const message = `event: job\ndata: ${JSON.stringify({ job, type })}\n\n`;
     for (const c of clients) c.write(message);
   };
-  const unsubscribe = bus === undefined ? undefined : await bus.subscribe(undefined, (e) => broadcast(e.job, e.type));
+  // A record on the bus that is not a job event is skipped, and said: in the log and to the open pages (`skipped`).
+  const skipped = (problem: GramfuseError): void => {
+    log(`skipped a record: ${problem.toLine()}`);
+    const message = `event: skipped\ndata: ${JSON.stringify({ code: problem.code, message: problem.message })}\n\n`;
+    for (const c of clients) c.write(message);
+  };
+  const unsubscribe =
+    bus === undefined ? undefined : await bus.subscribe(undefined, (e) => broadcast(e.job, e.type), { onSkipped: skipped });
   // Without the bus: the job list, polled while someone looks, and each change announced as an event would be.
   const seen = new Map<string, string>();
   let primed = false;
@@ -177,7 +184,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       }
     }
     if (path === '/audit') {
-      const [set, jobs] = await Promise.all([readLedgers(ledgers, options.nats), client.listJobs().catch(() => [])]);
+      const [set, jobs] = await Promise.all([readLedgers(ledgers, options.nats, skipped), client.listJobs().catch(() => [])]);
       return page(res, 200, 'Audit', 'audit', auditPage(set, jobs));
     }
     const match = /^\/jobs\/([^/]+)$/.exec(path);
@@ -190,7 +197,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       }
       try {
         const status = await client.getJob(id);
-        const [{ report, note }, set] = await Promise.all([jobReport(status), readLedgers(ledgers, options.nats)]);
+        const [{ report, note }, set] = await Promise.all([jobReport(status), readLedgers(ledgers, options.nats, skipped)]);
         return page(res, 200, `Job ${id}`, 'job', jobPage(status, report, note, set), id);
       } catch (error) {
         return failed(res, error, 'job');

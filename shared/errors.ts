@@ -8,6 +8,8 @@
 export const ErrorCode = {
   /** A file or directory the user named does not exist. */
   FileNotFound: 'FILE_NOT_FOUND',
+  /** A file that would be written exists already, and gramfuse never replaces it there (a download's side file). */
+  FileExists: 'FILE_EXISTS',
   /** A path cannot be read or written (permissions, missing parent directory, disk full). */
   FileAccess: 'FILE_ACCESS',
   /** Bytes that should be an ONNX model do not decode as one. */
@@ -65,6 +67,8 @@ export const ErrorCode = {
    * two parameters claim, a checkpoint that is not this model's): nothing is written.
    */
   CheckpointMismatch: 'CHECKPOINT_MISMATCH',
+  /** A Hugging Face directory's `config.json` names an architecture (or a setting of one) the builder does not build. */
+  HfUnsupported: 'HF_UNSUPPORTED',
   /**
    * Secure aggregation: a value past the power-of-two bound its owner declared for the fixed-point encoding (the sum
    * could overflow Z/2⁶⁴), or a request for both kinds of secret share of one owner: refused at the owner.
@@ -128,6 +132,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   INVALID_DATA: 5,
   FILE_NOT_FOUND: 3,
   FILE_ACCESS: 4,
+  FILE_EXISTS: 24,
   ONNX_MALFORMED: 10,
   ONNX_EXTERNAL_DATA: 11,
   ONNX_UNSUPPORTED_GRAPH: 12,
@@ -152,6 +157,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 23,
+  HF_UNSUPPORTED: 24,
   SECURE_AGGREGATION: 32,
 };
 
@@ -207,6 +213,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   INVALID_DATA: 3,
   FILE_NOT_FOUND: 5,
   FILE_ACCESS: 13,
+  FILE_EXISTS: 6,
   ONNX_MALFORMED: 3,
   ONNX_EXTERNAL_DATA: 3,
   ONNX_UNSUPPORTED_GRAPH: 3,
@@ -231,6 +238,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   RESOURCE_EXHAUSTED: 8,
   STATE_CORRUPT: 9,
   CHECKPOINT_MISMATCH: 9,
+  HF_UNSUPPORTED: 3,
   SECURE_AGGREGATION: 9,
 };
 

@@ -23,6 +23,13 @@ export interface ThreadTask {
   readonly label: string;
   /** Fault injection (GRAMFUSE_FAULT=solver.thread-dies): the thread exits on receiving the task, before solving. */
   readonly die?: boolean;
+  /** Fault injection (GRAMFUSE_FAULT=solver.thread-hangs): the thread never answers, as a kernel that does not return. */
+  readonly hang?: boolean;
+  /**
+   * Fault injection (GRAMFUSE_FAULT=solver.over-jitter): the worker chooses its own system, Σ G̃ + this × mean
+   * diagonal, solves it exactly and says so; the coordinator must refuse a jitter it would not have used.
+   */
+  readonly overJitter?: number;
 }
 
 export interface ThreadAnswer {
@@ -57,14 +64,24 @@ port.on('message', (message: { setup: ThreadSetup } | { task: ThreadTask } | { r
       });
       return;
     }
+    // The worker's watchdog must notice a thread that never answers.
+    if (message.task.hang === true) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
     const { id, n, rhs, packed, r, label } = message.task;
     try {
       if (solver === undefined) throw new Error('the solve thread was not set up');
-      const result = await (await solver).solve(unpackSymmetric(packed, n), n, r, rhs, label);
+      const a = unpackSymmetric(packed, n);
+      const overJitter = message.task.overJitter ?? 0;
+      if (overJitter > 0) {
+        let mean = 0;
+        for (let i = 0; i < n; i++) mean += a[i * n + i]! / n;
+        for (let i = 0; i < n; i++) a[i * n + i] = a[i * n + i]! + overJitter * mean;
+      }
+      const result = await (await solver).solve(a, n, r, rhs, label);
       const x = result.x;
       // Fault injection (tests): a wrong answer, which the coordinator's residual check must refuse.
       if (faultInjected('solver.wrong-solution')) for (let i = 0; i < x.length; i++) x[i] = x[i]! * 1.01 + 1e-3;
-      const answer: ThreadAnswer = { id, x, jitter: result.jitter, conditionEstimate: result.conditionEstimate, seconds: result.seconds };
+      const jitter = overJitter > 0 && result.jitter === 0 ? overJitter : result.jitter;
+      const answer: ThreadAnswer = { id, x, jitter, conditionEstimate: result.conditionEstimate, seconds: result.seconds };
       port.postMessage(answer, [x.buffer as ArrayBuffer]);
     } catch (error) {
       const coded = toGramfuseError(error);

@@ -13,7 +13,7 @@ import {
 } from '../../shared/onnx/index.js';
 import { buildFeeds, inputRoles } from './batches.js';
 import type { Example } from './data-reader.js';
-import type { TextTokenizer, TokenizedExample } from './tokenizer.js';
+import { encodeExample, type TextTokenizer, type TokenizedExample } from './tokenizer.js';
 
 export interface BatchOptions {
   /** Examples per batch. Default 32. */
@@ -111,7 +111,7 @@ export async function collectGramStatistics(
   let done = 0;
   const runChunk = async (chunk: Example[]): Promise<void> => {
     lap('inputs');
-    const encoded = chunk.map((e) => tokenizer.encode(e.text, e.pair));
+    const encoded = chunk.map((e) => encodeExample(tokenizer, e));
     for (const batch of lengthBatches(encoded, batchSize)) {
       const items = batch.map((i) => encoded[i]!);
       const feeds = buildFeeds(items, analysis.inputs, roles, tokenizer.padId);
@@ -180,7 +180,7 @@ export async function predictLogits(
   options: BatchOptions & SessionOptions & { readonly onProgress?: (progress: Progress) => void } = {},
 ): Promise<{ logits: Float64Array; classes: number }> {
   // Several models: the ensemble's logit average.
-  const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
+  const encoded = examples.map((e) => encodeExample(tokenizer, e));
   const batches = lengthBatches(encoded, options.batchSize ?? 64);
   let logits: Float64Array | undefined;
   let classes = 0;

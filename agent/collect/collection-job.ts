@@ -117,7 +117,11 @@ async function collect(
     ? await resolveDevice(request.device, () => serializeModel(model))
     : { device: 'cpu' as const, reason: 'no inference: the method needs no statistics of the data' };
   const tokenizer = regmean ? await loadTokenizer(request.tokenizerPath, { maxLength: request.maxLength }) : undefined;
-  const fields = { textField: request.textField, ...(request.textPairField === undefined ? {} : { textPairField: request.textPairField }) };
+  const fields = {
+    textField: request.textField,
+    ...(request.textPairField === undefined ? {} : { textPairField: request.textPairField }),
+    ...(tokenizer === undefined ? {} : { chatTemplate: tokenizer.chatTemplate }),
+  };
   // A subset needs the whole file seen once (reservoir) and is kept for every pass; otherwise each pass streams it.
   const subset =
     regmean && request.maxExamples !== undefined

@@ -12,7 +12,8 @@ export {
   type Progress,
 } from './collect.js';
 export { collectExamples, type DataReaderOptions, type Example, readExamples, seededRandom } from './data-reader.js';
-export { loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
+export { encodeExample, loadTokenizer, type TextTokenizer, type TextTokenizerOptions, type TokenizedExample } from './tokenizer.js';
+export { type ChatMessage, type ChatTemplate, loadChatTemplate } from './chat-template.js';
 export { type CollectionRequest, type CollectionResult, runCollectionJob } from './collection-job.js';
 export { analyzeInWorker, collectInWorker } from './worker-client.js';
 export { type CollectionPass, defaultMemoryBudget, formatPasses, memoryTarget, passBytes, planPasses } from './passes.js';

@@ -3,7 +3,7 @@ import { createSession, type ModelAnalysis, type OnnxModel, runSession, type Ses
 import { buildFeeds, inputRoles } from './batches.js';
 import { type BatchOptions, lengthBatches, type Progress } from './collect.js';
 import type { Example } from './data-reader.js';
-import type { TextTokenizer } from './tokenizer.js';
+import { encodeExample, type TextTokenizer } from './tokenizer.js';
 
 /** How well a causal LM predicts held-out text, token by token. */
 export interface LanguageModelMetrics {
@@ -40,7 +40,7 @@ export async function languageModelMetrics(
   const maskName = [...roles].find(([, role]) => role === 'mask')?.[0];
   if (idsName === undefined)
     throw new GramfuseError(ErrorCode.OnnxUnsupportedGraph, `${model.source}: a causal LM needs an input_ids input to score`);
-  const encoded = examples.map((e) => tokenizer.encode(e.text, e.pair));
+  const encoded = examples.map((e) => encodeExample(tokenizer, e));
   const session = await createSession(model, options);
   let nll = 0;
   let tokens = 0;

@@ -19,17 +19,19 @@ import {
   BUNDLE_TENSORS,
   type BundleManifest,
   DisclosurePolicy,
+  joinManifest,
   MergeSpec,
   readSafetensorsHeader,
   type VerifiedBundle,
   verifyBundle,
 } from '../../shared/merge/index.js';
-import { AuditPublisher } from '../../shared/nats/index.js';
+import { AuditPublisher, type NatsTarget } from '../../shared/nats/index.js';
 import { verifyFields } from '../../shared/security/index.js';
 import { memoryTarget, type Progress } from '../collect/index.js';
 import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
 import { openAgentLedger } from './ledger.js';
+import { type ApprovedTerms, survivorsNeeded } from '../../shared/secure-aggregation/index.js';
 import { type SecureProgress, SecureSession } from './secure-aggregation.js';
 
 export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
@@ -59,7 +61,7 @@ export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 
   /** Called before each chunk is sent; a returned promise is awaited (tests use it to cut the link). */
   readonly onUpload?: (sentBytes: number, totalBytes: number) => void | Promise<void>;
   /** NATS with JetStream: the agent's audit records are also published there (what is not, is published next run). */
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   /** Upload attempts on UNAVAILABLE / DEADLINE_EXCEEDED (a dropped link, a restarting coordinator). Default 5. */
   readonly uploadAttempts?: number;
   readonly onRetry?: (attempt: number, error: GramfuseError) => void;
@@ -130,9 +132,19 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     const jobPolicy = DisclosurePolicy.parse(JSON.parse(status.policyJson));
     // Secure aggregation changes what leaves (masked vectors, not the statistics): the owner is told before approving.
     const privacy = PrivacySpec.parse(JSON.parse(status.privacyJson === '' ? '{}' : status.privacyJson));
-    const securely = privacy.secureAggregation
-      ? `, masked (secure aggregation: the coordinator sees only the sum over at least ${Math.max(privacy.minOwners, secureThreshold({ participants: status.participants, privacy }))} owners; each statistic's power-of-two bound is the one figure of this owner's it learns)`
-      : '';
+    // What the owner approves of a secure job: the threshold, the fewest owners and the participants by name. Persisted
+    // with its secrets (secure-aggregation.ts); every later check uses these, never a later reply of the coordinator.
+    const secureTerms: ApprovedTerms | undefined = privacy.secureAggregation
+      ? {
+          threshold: secureThreshold({ participants: status.participants, privacy }),
+          minOwners: privacy.minOwners,
+          participants: [...status.participants].sort(),
+        }
+      : undefined;
+    const securely =
+      secureTerms === undefined
+        ? ''
+        : `, masked (secure aggregation: the coordinator sees only the sum over at least ${survivorsNeeded(secureTerms)} owners; each statistic's power-of-two bound is the one figure of this owner's it learns; the keys are shared only with ${secureTerms.participants.join(', ')}, threshold ${secureTerms.threshold}, which withstands ${Math.max(0, 2 * secureTerms.threshold - secureTerms.participants.length - 1)} owner(s) colluding with the coordinator)`;
     // The owner's word is final: the job's policy can only tighten the owner's.
     const effective = combinePolicies(
       options.ownerPolicy ?? ownerPolicy({ minRowsPerGroup: DisclosurePolicy.parse({}).minRowsPerGroup, minRowsGiven: false }),
@@ -226,6 +238,7 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
         fingerprint: manifest.plan.fingerprint,
         spec: manifest.plan.spec,
         policy: manifest.plan.policy,
+        ...(secureTerms === undefined ? {} : { secureAggregation: secureTerms }),
         totals: manifest.plan.totals,
         statistics: manifest.plan.statistics.map((s) => ({
           id: s.id,
@@ -249,19 +262,23 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
             )
           ).entries;
     // Secure aggregation: the two key rounds, then the bundle masked in Z/2⁶⁴ is what goes up (secure-aggregation.ts).
-    const secure = privacy.secureAggregation
-      ? await SecureSession.open({
-          client,
-          jobId: options.jobId,
-          owner: client.identity,
-          threshold: secureThreshold({ participants: status.participants, privacy }),
-          jobDir,
-          ledger,
-          tls: options.connect.tls,
-          ...(options.secureWaitSeconds === undefined ? {} : { waitSeconds: options.secureWaitSeconds }),
-          ...(options.onSecure === undefined ? {} : { onProgress: options.onSecure }),
-        })
-      : undefined;
+    const secure =
+      secureTerms !== undefined
+        ? await SecureSession.open({
+            client,
+            jobId: options.jobId,
+            owner: client.identity,
+            approved: secureTerms,
+            jobState: status.state,
+            ...(options.ownerPolicy?.securePeers === undefined ? {} : { pins: options.ownerPolicy.securePeers }),
+            ...(options.ownerPolicy?.minFractionBits === undefined ? {} : { minFractionBits: options.ownerPolicy.minFractionBits }),
+            jobDir,
+            ledger,
+            tls: options.connect.tls,
+            ...(options.secureWaitSeconds === undefined ? {} : { waitSeconds: options.secureWaitSeconds }),
+            ...(options.onSecure === undefined ? {} : { onProgress: options.onSecure }),
+          })
+        : undefined;
     const upload = secure === undefined ? undefined : await secure.prepare(manifest, bundlePath, bundleRanges);
     const uploaded = upload?.manifest ?? manifest;
     const statisticsPath = upload?.statisticsPath ?? bundlePath;
@@ -330,7 +347,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
             client.join({
               jobId: options.jobId,
               fingerprint: status.fingerprint,
-              manifestJson: JSON.stringify(uploaded),
+              // The approved plan and nothing else: the bundle's settings (local paths, memory, timings) stay here.
+              manifestJson: JSON.stringify(joinManifest(uploaded)),
             }),
           );
           const held = new Map(state.statistics.map((s) => [s.statisticId, s]));
@@ -412,6 +430,8 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     if (secure !== undefined) {
       failpoint('secure.uploaded'); // fault tests: an owner gone after its upload, before the unmasking
       await secure.reveal();
+      // Once the sum is unmasked (or the job over) the keys, seed and received shares are deleted.
+      await secure.settle();
     }
     return {
       owner: client.identity,

@@ -1,10 +1,16 @@
-// The agent's half of secure aggregation (issue #18, DESIGN §8): round 0 (two X25519 key pairs, signed with the
-// owner's certificate key, and a power-of-two bound per statistic), round 1 (Shamir shares of its mask key and its
-// self-mask seed, sealed end to end for each other owner), masking its bundle into fixed point in Z/2⁶⁴, and the
-// unmasking, where it reveals only what SecAgg+ allows (never both kinds of share of one owner).
+// The agent's half of secure aggregation (issue #18, DESIGN §8): round 0 (two X25519 key pairs and a commitment to
+// the self-mask seed, signed with the owner's certificate key, and a power-of-two bound per statistic), round 1 (Shamir
+// shares of its mask key and its self-mask seed, sealed end to end for each other owner), masking its bundle into fixed
+// point in Z/2⁶⁴, and the unmasking, where it reveals only what SecAgg+ allows.
 //
-// Its secrets stay in <work dir>/<job>/secure.json (0600): a restarted agent keeps its keys (its masks depend on them)
-// and keeps refusing what it refused before.
+// The coordinator is not trusted after the owner approved (issue #37): the threshold, the fewest owners and the
+// participants are the ones approved, persisted here and used by every check; round members must be approved
+// participants with owner certificates (never the coordinator's own), optionally pinned; the agent signs one unmasking
+// request per job, and once the job is over its private keys, seed and received shares are deleted.
+//
+// Its state is <work dir>/<job>/secure/<coordinator>.json (0600), keyed by the coordinator's certificate: a restarted
+// agent keeps its keys (its masks depend on them) and keeps refusing what it refused before; the masked bundle lies in
+// masked-<key set>/, so a re-created job never reuses it.
 import { createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,13 +18,15 @@ import { join } from 'node:path';
 import { z } from 'zod';
 
 import type { FederationClient } from '../../client/index.js';
-import { ErrorCode, failpoint, fileError, GramfuseError } from '../../shared/index.js';
+import { ErrorCode, failpoint, faultInjected, fileError, GramfuseError } from '../../shared/index.js';
 import type { FileLedger } from '../../shared/audit/index.js';
 import { BundleManifest } from '../../shared/merge/index.js';
 import {
   agreedSecret,
+  ApprovedTerms,
   boundLog2Of,
   checkConfirmations,
+  checkRoundScale,
   checkUnmaskRequest,
   type FixedPointScale,
   generateAgreementKeys,
@@ -27,33 +35,55 @@ import {
   parseSecure,
   type RoundView,
   sealShare,
+  seedCommitment,
   ShareGuard,
   SharePayload,
   signAdvertisement,
   signUnmaskRequest,
   splitSecret,
-  statisticScale,
+  survivorsNeeded,
   verifyAdvertisement,
   verifyPeerCertificate,
 } from '../../shared/secure-aggregation/index.js';
-import { canonicalJson, readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
+import { canonicalJson, certificateFingerprints, readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
 
 const SLICE = 1 << 20;
 
-/** <job dir>/secure.json: the owner's secrets for this job. */
-const SecureSecrets = z
+const KeyPair = z.object({ publicKeyPem: z.string(), privateKeyPem: z.string() }).strict();
+const Request = z.object({ survivors: z.array(z.string()), dropped: z.array(z.string()) }).strict();
+
+/** <job dir>/secure/<coordinator>.json: the owner's terms, secrets and commitments for this job at this coordinator. */
+const SecureState = z
   .object({
-    mask: z.object({ publicKeyPem: z.string(), privateKeyPem: z.string() }).strict(),
-    encryption: z.object({ publicKeyPem: z.string(), privateKeyPem: z.string() }).strict(),
-    selfSeed: z.string(),
+    /** sha256 fingerprint of the coordinator's TLS certificate this state belongs to. */
+    coordinator: z.string(),
+    /** What the owner approved: every check uses these, never a later reply. */
+    approved: ApprovedTerms,
+    /** The private keys and the self-mask seed: deleted when the job ends (`erased`). */
+    secrets: z.object({ mask: KeyPair, encryption: KeyPair, selfSeed: z.string() }).strict().optional(),
+    /** What this owner advertised (public: kept for audit after the secrets go). */
+    advertisement: z.object({ maskPublicKey: z.string(), encryptionPublicKey: z.string(), selfSeedCommitment: z.string() }).strict(),
+    advertised: z.boolean(),
+    /** This owner's declared bounds (what the round's scale must cover). */
+    bounds: z.record(z.string(), z.number()).optional(),
+    /** SHA-256 of the round's key set (members, their keys and certificates), once seen: it may never change. */
+    keySet: z.string().optional(),
+    /** The sharers (U₂) this owner masked with: every unmasking request must name exactly them. */
+    sharers: z.array(z.string()).optional(),
     guard: z.record(z.string(), z.enum(['self-mask', 'mask-key'])),
     received: z.record(z.string(), SharePayload),
+    /** Sharers whose sealed share to this owner did not open, and why (dropped from what it can reveal). */
+    unopened: z.record(z.string(), z.string()),
+    /** The one unmasking request this owner signed for this job. */
+    signed: Request.optional(),
+    /** When the secrets were deleted (the job ended). */
+    erased: z.string().optional(),
   })
   .strict();
-type SecureSecrets = z.infer<typeof SecureSecrets>;
+type SecureState = z.infer<typeof SecureState>;
 
 export interface SecureProgress {
-  readonly phase: RoundView['phase'] | 'masking' | 'revealed';
+  readonly phase: RoundView['phase'] | 'masking' | 'revealed' | 'erased';
   readonly message: string;
 }
 
@@ -63,8 +93,17 @@ export interface SecureSessionOptions {
   readonly owner: string;
   readonly jobDir: string;
   readonly ledger: FileLedger;
-  /** The job's Shamir threshold (from the job spec the owner approved): the round must use exactly it. */
-  readonly threshold: number;
+  /**
+   * The job's terms as the owner approved them (threshold, minOwners, participants). Persisted on first use: a later run
+   * whose job reports other terms is refused, and every check of the rounds uses these.
+   */
+  readonly approved: ApprovedTerms;
+  /** The job's state when this run began: a done or failed job's secrets are deleted at open. */
+  readonly jobState?: string;
+  /** The owner's pins (policy securePeers): owner → sha256:<certificate or public-key fingerprint>. */
+  readonly pins?: Readonly<Record<string, string>>;
+  /** The fewest fraction bits any statistic may keep (policy minFractionBits). @default 20 */
+  readonly minFractionBits?: number;
   /** The federation CA (to check the certificates relayed with the other owners' keys) and the owner's certificate key. */
   readonly tls: { readonly caPem: string; readonly keyPem: string } | undefined;
   /** How long to wait for the other owners in each round before giving up. @default 3600 */
@@ -72,6 +111,9 @@ export interface SecureSessionOptions {
   readonly pollMs?: number;
   readonly onProgress?: (progress: SecureProgress) => void;
 }
+
+/** The fraction bits a statistic must keep unless the owner's policy says otherwise. */
+export const DEFAULT_MIN_FRACTION_BITS = 20;
 
 /** A masked bundle, uploaded as any bundle is: its manifest (ring64 statistics, masked digests) and where each lies. */
 export interface MaskedBundle {
@@ -84,51 +126,111 @@ export interface MaskedBundle {
   readonly masking: { readonly entries: number; readonly seconds: number };
 }
 
+const sameTerms = (a: ApprovedTerms, b: ApprovedTerms): boolean =>
+  a.threshold === b.threshold &&
+  a.minOwners === b.minOwners &&
+  [...a.participants].sort().join('\n') === [...b.participants].sort().join('\n');
+
+const requestKey = (r: { readonly survivors: readonly string[]; readonly dropped: readonly string[] }): string =>
+  canonicalJson({ survivors: [...r.survivors].sort(), dropped: [...r.dropped].sort() });
+
+function freshSecrets(job: string, owner: string): Pick<SecureState, 'secrets' | 'advertisement'> {
+  const mask = generateAgreementKeys();
+  const encryption = generateAgreementKeys();
+  const seed = randomBytes(32);
+  return {
+    secrets: { mask, encryption, selfSeed: seed.toString('base64') },
+    advertisement: {
+      maskPublicKey: mask.publicKeyPem,
+      encryptionPublicKey: encryption.publicKeyPem,
+      selfSeedCommitment: seedCommitment(job, owner, seed),
+    },
+  };
+}
+
 export class SecureSession {
-  /** The round's owners' certificates, checked against the federation CA in round 0 (by `prepare`). */
+  /** The round's owners' certificates, checked in round 0 (by `prepare`). */
   private readonly certificates = new Map<string, string>();
 
   private constructor(
     private readonly options: SecureSessionOptions,
-    private secrets: SecureSecrets,
+    private state: SecureState,
     private readonly path: string,
   ) {}
 
-  /** Opens (or makes, 0600) the owner's secrets for this job. SECURE_AGGREGATION without mTLS. */
+  /**
+   * Opens (or makes, 0600) the owner's state for this job at this coordinator. SECURE_AGGREGATION without mTLS, or when
+   * the job now reports other terms than the owner approved.
+   */
   static async open(options: SecureSessionOptions): Promise<SecureSession> {
+    const { jobId, owner, client } = options;
     if (options.tls === undefined)
       throw new GramfuseError(
         ErrorCode.SecureAggregation,
-        `job ${options.jobId} uses secure aggregation, which needs mTLS (--tls-ca, --tls-cert, --tls-key): the owner's keys are signed with its certificate`,
+        `job ${jobId} uses secure aggregation, which needs mTLS (--tls-ca, --tls-cert, --tls-key): the owner's keys are signed with its certificate`,
       );
-    const path = join(options.jobDir, 'secure.json');
-    let secrets: SecureSecrets;
+    const server = client.serverCertificate();
+    if (server === undefined)
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: the coordinator's TLS certificate is unknown; no secure round was started`,
+      );
+    const coordinator = certificateFingerprints(server).certificate;
+    const dir = join(options.jobDir, 'secure');
+    const path = join(dir, `${createHash('sha256').update(coordinator).digest('hex').slice(0, 16)}.json`);
     const exists = await stat(path).then(
       () => true,
       () => false,
     );
+    let state: SecureState;
     if (exists) {
-      secrets = parseSecure(SecureSecrets, await readPrivateFile(path, 'secure aggregation secrets'), path);
+      state = parseSecure(SecureState, await readPrivateFile(path, 'secure aggregation state'), path);
+      if (!sameTerms(state.approved, options.approved))
+        throw new GramfuseError(
+          ErrorCode.SecureAggregation,
+          `job ${jobId}: the coordinator now reports other secure-aggregation terms (threshold ${options.approved.threshold}, minOwners ${options.approved.minOwners}, participants ${options.approved.participants.join(', ')}) than this owner approved (threshold ${state.approved.threshold}, minOwners ${state.approved.minOwners}, participants ${state.approved.participants.join(', ')}); nothing was sent`,
+          { facts: { job: jobId } },
+        );
     } else {
-      secrets = {
-        mask: generateAgreementKeys(),
-        encryption: generateAgreementKeys(),
-        selfSeed: randomBytes(32).toString('base64'),
+      state = {
+        coordinator,
+        approved: options.approved,
+        ...freshSecrets(jobId, owner),
+        advertised: false,
         guard: {},
         received: {},
+        unopened: {},
       };
-      await mkdir(options.jobDir, { recursive: true });
-      await writePrivateFile(path, JSON.stringify(secrets), 'writing the secure aggregation secrets');
+      await mkdir(dir, { recursive: true });
+      await writePrivateFile(path, JSON.stringify(state), 'writing the secure aggregation state');
     }
-    return new SecureSession(options, secrets, path);
+    const session = new SecureSession(options, state, path);
+    if (options.jobState === 'done' || options.jobState === 'failed') await session.erase(options.jobState);
+    return session;
   }
 
-  private async saveSecrets(): Promise<void> {
-    await writePrivateFile(this.path, JSON.stringify(this.secrets), 'writing the secure aggregation secrets');
+  private async save(): Promise<void> {
+    await writePrivateFile(this.path, JSON.stringify(this.state), 'writing the secure aggregation state');
   }
 
   private say(phase: SecureProgress['phase'], message: string): void {
     this.options.onProgress?.({ phase, message });
+  }
+
+  private refuse(message: string, facts: Record<string, string | number> = {}): never {
+    const { jobId } = this.options;
+    throw new GramfuseError(ErrorCode.SecureAggregation, `job ${jobId}: ${message}`, { facts: { job: jobId, ...facts } });
+  }
+
+  /** The secrets, or JOB_CLOSED when they were deleted (the job ended). */
+  private secrets(): NonNullable<SecureState['secrets']> {
+    if (this.state.secrets === undefined)
+      throw new GramfuseError(
+        ErrorCode.JobClosed,
+        `job ${this.options.jobId}: this owner's secure-aggregation secrets were deleted when the job ended (${this.state.erased ?? 'ledger secure.erased'}); it takes part in no more rounds`,
+        { facts: { job: this.options.jobId } },
+      );
+    return this.state.secrets;
   }
 
   /** Polls the round until `ready` holds (the other owners answer at their own pace). */
@@ -140,12 +242,14 @@ export class SecureSession {
       const round = await client.secure('round', jobId);
       if (ready(round)) return round;
       const status = await client.getJob(jobId);
-      if (status.state === 'failed' || status.state === 'done')
+      if (status.state === 'failed' || status.state === 'done') {
+        await this.erase(status.state);
         throw new GramfuseError(
           status.state === 'failed' ? ErrorCode.JobClosed : ErrorCode.SecureAggregation,
           `job ${jobId} is ${status.state} while this owner waited for ${what}${status.failureCode === '' ? '' : ` (${status.failureCode}: ${status.failureMessage})`}`,
           { facts: { job: jobId } },
         );
+      }
       if (Date.now() > deadline)
         throw new GramfuseError(
           ErrorCode.DeadlineExceeded,
@@ -161,8 +265,10 @@ export class SecureSession {
   }
 
   /**
-   * Rounds 0 and 1, then masking: returns the masked bundle to upload. A value past its declared bound (it cannot be,
-   * unless the bundle changed) is SECURE_AGGREGATION with nothing written or sent.
+   * Rounds 0 and 1, then masking: returns the masked bundle to upload. Every member of the round is checked (an
+   * approved participant, an owner certificate of the federation CA that is not the coordinator's, pinned where the
+   * owner pinned it), the threshold and the fewest owners are the approved ones, the scales keep the owner's fraction
+   * bits; otherwise SECURE_AGGREGATION with nothing sent.
    */
   async prepare(
     manifest: BundleManifest,
@@ -171,28 +277,37 @@ export class SecureSession {
   ): Promise<MaskedBundle> {
     const { client, jobId, owner } = this.options;
     const tls = this.options.tls!;
+    const terms = this.state.approved;
     const bundle = await open(statisticsPath, 'r').catch((error: unknown) => {
       throw fileError(error, statisticsPath, 'reading the statistics bundle');
     });
     try {
-      // Round 0: keys and bounds (only the power of two of each statistic's largest |value| leaves here).
+      // Round 0: keys, the seed's commitment and bounds (only the power of two of each statistic's largest |value|).
       let round = await client.secure('round', jobId);
       if (!round.done.advertised) {
+        if (this.state.advertised) {
+          // The coordinator has no advertisement of this owner although it made one: the job was re-created (or the
+          // coordinator lies). Keys that masked an upload are never used again; keys that did not are replaced.
+          if (this.state.sharers !== undefined)
+            this.refuse(
+              `the coordinator has no keys of ${owner}, though this owner masked and uploaded under keys it advertised for this job before (re-created job?); keys and masks are never reused: create the job under a new id`,
+            );
+          this.state = { ...this.state, ...freshSecrets(jobId, owner), advertised: false, received: {}, unopened: {} };
+          delete this.state.keySet;
+          await this.save();
+        }
         if (round.phase !== 'advertising')
-          throw new GramfuseError(
-            ErrorCode.SecureAggregation,
-            `job ${jobId}: its key round closed before ${owner} advertised (phase ${round.phase}); this owner is not in the secure sum`,
-            { facts: { job: jobId } },
-          );
+          this.refuse(`its key round closed before ${owner} advertised (phase ${round.phase}); this owner is not in the secure sum`);
         const bounds: Record<string, number> = {};
         for (const s of manifest.plan.statistics) bounds[s.id] = await this.bound(bundle, s, ranges);
-        const ad = signAdvertisement(
-          { job: jobId, owner, maskPublicKey: this.secrets.mask.publicKeyPem, encryptionPublicKey: this.secrets.encryption.publicKeyPem },
-          tls.keyPem,
-        );
+        const ad = signAdvertisement({ job: jobId, owner, ...this.state.advertisement }, tls.keyPem);
+        this.state.bounds = bounds;
+        this.state.advertised = true;
+        await this.save();
         round = await client.secure('advertise', jobId, {
           maskPublicKey: ad.maskPublicKey,
           encryptionPublicKey: ad.encryptionPublicKey,
+          selfSeedCommitment: ad.selfSeedCommitment,
           signature: ad.signature,
           bounds,
         });
@@ -200,46 +315,82 @@ export class SecureSession {
       }
       round = await this.until('the other owners’ keys', (r) => r.phase !== 'advertising');
       const members = round.advertisements.map((a) => a.owner);
-      if (!members.includes(owner))
-        throw new GramfuseError(ErrorCode.SecureAggregation, `job ${jobId}: ${owner} is not among the owners of the key round`, {
-          facts: { job: jobId },
-        });
-      // Every relayed key is checked: the certificate against the federation CA, the signature against the certificate.
+      if (!members.includes(owner)) this.refuse(`${owner} is not among the owners of the key round`);
+      // Every relayed key is checked: the certificate (the CA, the owner role, an approved participant, not the
+      // coordinator's, the pin), then the signature over the keys and the seed commitment.
+      const rules = { participants: terms.participants, serverCertificatePem: client.serverCertificate(), pins: this.options.pins ?? {} };
       for (const a of round.advertisements) {
-        verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner);
+        verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner, rules);
         verifyAdvertisement({ job: jobId, ...a }, a.certificatePem);
         this.certificates.set(a.owner, a.certificatePem);
       }
       const mine = round.advertisements.find((a) => a.owner === owner)!;
-      if (mine.maskPublicKey !== this.secrets.mask.publicKeyPem || mine.encryptionPublicKey !== this.secrets.encryption.publicKeyPem)
-        throw new GramfuseError(
-          ErrorCode.SecureAggregation,
-          `job ${jobId}: the coordinator relays other keys for ${owner} than it advertised`,
+      const own = this.state.advertisement;
+      if (
+        mine.maskPublicKey !== own.maskPublicKey ||
+        mine.encryptionPublicKey !== own.encryptionPublicKey ||
+        mine.selfSeedCommitment !== own.selfSeedCommitment
+      )
+        this.refuse(`the coordinator relays other keys for ${owner} than it advertised`);
+      const keySet = createHash('sha256')
+        .update(
+          canonicalJson(
+            round.advertisements
+              .map((a) => ({
+                owner: a.owner,
+                mask: a.maskPublicKey,
+                encryption: a.encryptionPublicKey,
+                seed: a.selfSeedCommitment,
+                cert: certificateFingerprints(a.certificatePem).certificate,
+              }))
+              .sort((x, y) => (x.owner < y.owner ? -1 : 1)),
+          ),
+        )
+        .digest('hex');
+      if (this.state.keySet !== undefined && this.state.keySet !== keySet)
+        this.refuse(`the coordinator presents another key set for this job than the one this owner shared with; nothing more is sent`);
+      // The threshold is the one the owner approved, a majority of the round, and the round has at least the owners the
+      // sum needs: with fewer, a few owners (or one, at t = 1) could rebuild another's mask key from the shares it sent.
+      const threshold = terms.threshold;
+      if (
+        round.threshold !== threshold ||
+        threshold <= members.length / 2 ||
+        threshold > members.length ||
+        members.length < survivorsNeeded(terms)
+      )
+        this.refuse(
+          `the round's threshold ${round.threshold} is not the job's ${threshold} or not a majority of its ${members.length} owners (at least ${survivorsNeeded(terms)} needed); no share was sent`,
+          { threshold: round.threshold },
         );
-      // The threshold is the job's (what the owner approved), and a majority of the round: with fewer, a few owners (or
-      // one, at t = 1) could rebuild another's mask key from the shares it sent them.
-      const threshold = round.threshold;
-      if (threshold !== this.options.threshold || threshold <= members.length / 2 || threshold > members.length)
-        throw new GramfuseError(
-          ErrorCode.SecureAggregation,
-          `job ${jobId}: the round's threshold ${threshold} is not the job's ${this.options.threshold} or not a majority of its ${members.length} owners; no share was sent`,
-          { facts: { job: jobId, threshold } },
-        );
+      // The scales: |U₁| as relayed, this owner's bounds covered, and enough fraction bits left for every statistic.
+      const scales = checkRoundScale(
+        jobId,
+        round.scale,
+        members.length,
+        this.state.bounds ?? {},
+        this.options.minFractionBits ?? DEFAULT_MIN_FRACTION_BITS,
+      );
+      if (this.state.keySet === undefined) {
+        this.state.keySet = keySet;
+        await this.save();
+      }
       // Round 1: t-of-n shares of the mask key and the self-mask seed, each sealed for its recipient.
       if (!round.done.shared) {
-        if (round.phase !== 'sharing')
-          throw new GramfuseError(
-            ErrorCode.SecureAggregation,
-            `job ${jobId}: the share round closed before ${owner} shared; it is not in the secure sum`,
-          );
-        const keyShares = splitSecret(Buffer.from(this.secrets.mask.privateKeyPem, 'utf8'), members.length, threshold);
-        const seedShares = splitSecret(Buffer.from(this.secrets.selfSeed, 'base64'), members.length, threshold);
+        if (round.phase !== 'sharing') this.refuse(`the share round closed before ${owner} shared; it is not in the secure sum`);
+        const secrets = this.secrets();
+        const keyShares = splitSecret(Buffer.from(secrets.mask.privateKeyPem, 'utf8'), members.length, threshold);
+        const seedShares = splitSecret(Buffer.from(secrets.selfSeed, 'base64'), members.length, threshold);
         const shares = round.advertisements.map((a, i) => {
-          const secret = agreedSecret(this.secrets.encryption.privateKeyPem, a.encryptionPublicKey, jobId, 'share-encryption');
+          const secret = agreedSecret(secrets.encryption.privateKeyPem, a.encryptionPublicKey, jobId, 'share-encryption');
+          const seedShare = Buffer.from(seedShares[i]!.y);
+          // Fault injection (tests): a malicious owner deals a wrong seed share to the first other owner; the commitment
+          // and the cross-check must keep it out of the sum.
+          if (a.owner !== owner && a.owner === members.find((m) => m !== owner) && faultInjected('secure.poison-seed-share'))
+            for (let b = 0; b < seedShare.byteLength; b++) seedShare[b] = seedShare[b]! ^ 0x5a;
           const payload: SharePayload = {
             x: keyShares[i]!.x,
             maskKey: Buffer.from(keyShares[i]!.y).toString('base64'),
-            selfSeed: Buffer.from(seedShares[i]!.y).toString('base64'),
+            selfSeed: seedShare.toString('base64'),
           };
           const sealed = sealShare(secret, Buffer.from(JSON.stringify(payload)), shareAad(jobId, owner, a.owner));
           return { to: a.owner, sealed: Buffer.from(sealed).toString('base64') };
@@ -250,37 +401,62 @@ export class SecureSession {
       failpoint('secure.shared'); // fault tests: an owner gone after key setup, before its upload
       round = await this.until('the other owners’ shares', (r) => r.phase !== 'advertising' && r.phase !== 'sharing');
       const sharers = round.sharers ?? [];
-      if (!sharers.includes(owner))
-        throw new GramfuseError(ErrorCode.SecureAggregation, `job ${jobId}: ${owner} is not among the owners whose shares went out`);
-      const ads = new Map(round.advertisements.map((a) => [a.owner, a]));
-      for (const { from, sealed } of round.inbox ?? []) {
-        if (!sharers.includes(from) || this.secrets.received[from] !== undefined) continue;
-        const secret = agreedSecret(this.secrets.encryption.privateKeyPem, ads.get(from)!.encryptionPublicKey, jobId, 'share-encryption');
-        const opened = openShare(secret, Buffer.from(sealed, 'base64'), shareAad(jobId, from, owner));
-        this.secrets.received[from] = parseSecure(SharePayload, Buffer.from(opened).toString('utf8'), `the share from ${from}`);
-      }
-      const missing = sharers.filter((o) => this.secrets.received[o] === undefined);
-      if (missing.length > 0)
-        throw new GramfuseError(
-          ErrorCode.SecureAggregation,
-          `job ${jobId}: no share arrived from ${missing.join(', ')}, though they are in the round`,
+      if (!sharers.includes(owner)) this.refuse(`${owner} is not among the owners whose shares went out`);
+      const outside = sharers.filter((o) => !members.includes(o));
+      if (outside.length > 0) this.refuse(`${outside.join(', ')} shared but did not advertise keys in this round`);
+      if (sharers.length < survivorsNeeded(terms))
+        this.refuse(
+          `only ${sharers.length} owners shared, fewer than the ${survivorsNeeded(terms)} the owner approved; nothing was masked`,
         );
-      await this.saveSecrets();
+      if (
+        this.state.sharers !== undefined &&
+        requestKey({ survivors: this.state.sharers, dropped: [] }) !== requestKey({ survivors: sharers, dropped: [] })
+      )
+        this.refuse(
+          `the coordinator now names other sharers (${sharers.join(', ')}) than the ones this owner masked with (${this.state.sharers.join(', ')})`,
+        );
+      const ads = new Map(round.advertisements.map((a) => [a.owner, a]));
+      const myX = members.indexOf(owner) + 1;
+      for (const { from, sealed } of round.inbox ?? []) {
+        if (!sharers.includes(from) || this.state.received[from] !== undefined || this.state.unopened[from] !== undefined) continue;
+        // A share that does not open or is not for this owner's x drops that sharer's share here (its secrets can still be
+        // rebuilt from the others'), not the round.
+        try {
+          const secret = agreedSecret(
+            this.secrets().encryption.privateKeyPem,
+            ads.get(from)!.encryptionPublicKey,
+            jobId,
+            'share-encryption',
+          );
+          const opened = openShare(secret, Buffer.from(sealed, 'base64'), shareAad(jobId, from, owner));
+          const payload = parseSecure(SharePayload, Buffer.from(opened).toString('utf8'), `the share from ${from}`);
+          if (payload.x !== myX)
+            throw new GramfuseError(ErrorCode.SecureAggregation, `it is dealt at x = ${payload.x}, not this owner's ${myX}`);
+          this.state.received[from] = payload;
+        } catch (error) {
+          if ((error as GramfuseError).code === ErrorCode.JobClosed) throw error;
+          this.state.unopened[from] = (error as Error).message;
+          this.say('uploading', `the share from ${from} is dropped: ${(error as Error).message}`);
+        }
+      }
+      const missing = sharers.filter((o) => this.state.received[o] === undefined && this.state.unopened[o] === undefined);
+      if (missing.length > 0) this.refuse(`no share arrived from ${missing.join(', ')}, though they are in the round`);
+      this.state.sharers = [...sharers].sort();
+      await this.save();
       // Masking: fixed point with the common scale, the self mask, and the pairwise masks with every other sharer.
+      const secrets = this.secrets();
       const pairSeeds = new Map(
         sharers
           .filter((o) => o !== owner)
-          .map((o) => [o, agreedSecret(this.secrets.mask.privateKeyPem, ads.get(o)!.maskPublicKey, jobId, 'mask')] as const),
+          .map((o) => [o, agreedSecret(secrets.mask.privateKeyPem, ads.get(o)!.maskPublicKey, jobId, 'mask')] as const),
       );
-      const scales = new Map<string, FixedPointScale>();
-      for (const s of manifest.plan.statistics) scales.set(s.id, statisticScale(round.scale!.bounds[s.id]!, round.scale!.owners));
       const coarsest = [...scales.entries()].reduce((a, b) => (b[1].resolution > a[1].resolution ? b : a));
       this.say(
         'masking',
         `masking ${manifest.plan.statistics.length} statistics for ${sharers.length} owners in fixed point (coarsest: ${coarsest[0]}, ±2^${coarsest[1].boundLog2} with ${coarsest[1].fractionBits} fraction bits, resolution ${coarsest[1].resolution.toExponential(1)} per entry of the sum)`,
       );
       const maskStarted = performance.now();
-      const masked = await this.mask(bundle, manifest, ranges, scales, pairSeeds);
+      const masked = await this.mask(bundle, manifest, ranges, scales, pairSeeds, keySet);
       const masking = {
         entries: masked.reused ? 0 : masked.manifest.plan.totals.bytes / 8,
         seconds: masked.reused ? 0 : (performance.now() - maskStarted) / 1000,
@@ -289,6 +465,8 @@ export class SecureSession {
         scaleOwners: round.scale!.owners,
         sharers,
         threshold,
+        keySet,
+        ...(Object.keys(this.state.unopened).length === 0 ? {} : { unopenedSharesFrom: Object.keys(this.state.unopened).sort() }),
         statistics: masked.manifest.plan.statistics.map((s) => {
           const scale = scales.get(s.id)!;
           return {
@@ -327,9 +505,11 @@ export class SecureSession {
     ranges: ReadonlyMap<string, { begin: number; end: number }>,
     scales: ReadonlyMap<string, FixedPointScale>,
     pairSeeds: ReadonlyMap<string, Uint8Array>,
+    keySet: string,
   ): Promise<Omit<MaskedBundle, 'scales' | 'masking'> & { reused: boolean }> {
     const { jobId, owner } = this.options;
-    const dir = join(this.options.jobDir, 'masked');
+    // One folder per key set: a bundle masked for another round (a re-created job) is never taken for this one's.
+    const dir = join(this.options.jobDir, `masked-${keySet.slice(0, 16)}`);
     const statisticsPath = join(dir, 'statistics.bin');
     const manifestPath = join(dir, 'manifest.json');
     // Masks are deterministic (keys, seeds, scales), so a masked bundle written before a restart is the same one.
@@ -350,7 +530,7 @@ export class SecureSession {
     await mkdir(dir, { recursive: true });
     const tmp = `${statisticsPath}.tmp-${process.pid}`;
     const out = await open(tmp, 'w', 0o600);
-    const selfSeed = new Uint8Array(Buffer.from(this.secrets.selfSeed, 'base64'));
+    const selfSeed = new Uint8Array(Buffer.from(this.secrets().selfSeed, 'base64'));
     const statistics: BundleManifest['plan']['statistics'] = [];
     try {
       let at = 0;
@@ -391,58 +571,145 @@ export class SecureSession {
   }
 
   /**
-   * Unmasking: waits for the coordinator's request, checks it (disjoint survivors and dropped owners, at least t
-   * survivors, never both kinds of share of one owner — recorded before anything is sent), then reveals exactly it.
-   * Returns false when the sum needed nothing more from this owner (summed already, or revealed before).
+   * Unmasking: waits for the coordinator's request, checks it against what this owner knows itself (the approved t and
+   * fewest owners, the sharers it masked with, that it survived, never both kinds of share of one owner) and signs it —
+   * one request per job, recorded before the signature leaves. Before revealing, at least t survivors (approved t) must
+   * have signed that very request. Returns false when the sum needed nothing more from this owner.
    */
   async reveal(): Promise<boolean> {
-    const { client, jobId } = this.options;
+    const { client, jobId, owner } = this.options;
     const tls = this.options.tls!;
+    const terms = this.state.approved;
+    const sharers = this.state.sharers;
+    if (sharers === undefined || this.certificates.size === 0)
+      throw new GramfuseError(
+        ErrorCode.Internal,
+        `job ${jobId}: the unmasking needs the masked round's sharers and certificates; prepare() runs first`,
+      );
+    const check = (round: RoundView, request: { survivors: string[]; dropped: string[] }, guard: ShareGuard): void => {
+      checkUnmaskRequest(jobId, request, { sharers, self: owner, terms }, guard);
+      if (round.threshold !== terms.threshold)
+        this.refuse(
+          `the unmasking request is refused: the round now says threshold ${round.threshold}, but this owner approved ${terms.threshold}; nothing was revealed`,
+          { threshold: round.threshold },
+        );
+      if (this.state.signed !== undefined && requestKey(this.state.signed) !== requestKey(request))
+        this.refuse(
+          `the unmasking request is refused: this owner already signed another one for this job (survivors ${this.state.signed.survivors.join(', ')}; dropped ${this.state.signed.dropped.join(', ') || 'none'}) and signs one per job; nothing was revealed`,
+        );
+    };
     let round = await this.until(
       'the unmasking request',
       (r) => r.phase === 'confirming' || r.phase === 'unmasking' || r.phase === 'summed',
     );
     if (round.phase === 'summed' || round.done.revealed || round.unmask === undefined) return false;
-    // The consistency round: this owner signs the request it was shown (after checking it, recording nothing yet).
+    // The consistency round: this owner signs the request it was shown (after checking it, recording only the signature).
     if (round.phase === 'confirming' && !round.done.confirmed) {
-      checkUnmaskRequest(jobId, round.unmask, round.sharers ?? [], round.threshold, new ShareGuard(jobId, this.secrets.guard));
+      check(round, round.unmask, new ShareGuard(jobId, this.state.guard));
+      if (this.state.signed === undefined) {
+        this.state.signed = { survivors: [...round.unmask.survivors].sort(), dropped: [...round.unmask.dropped].sort() };
+        await this.save();
+      }
       await client.secure('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
+      failpoint('secure.confirmed'); // fault tests: an owner gone right after it signed the unmasking request
       this.say(
         'confirming',
         `signed the unmasking request (${round.unmask.survivors.length} survivors, ${round.unmask.dropped.length} dropped)`,
       );
     }
-    const shown = round.unmask;
     round = await this.until('the other survivors’ confirmations', (r) => r.phase === 'unmasking' || r.phase === 'summed');
     if (round.phase === 'summed' || round.done.revealed || round.unmask === undefined) return false;
-    if (canonicalJson(round.unmask) !== canonicalJson(shown))
-      throw new GramfuseError(
-        ErrorCode.SecureAggregation,
-        `job ${jobId}: the coordinator changed the unmasking request after this owner signed it; nothing was revealed`,
-      );
+    if (this.state.signed === undefined || requestKey(round.unmask) !== requestKey(this.state.signed))
+      this.refuse('the coordinator changed the unmasking request after this owner signed it (or never let it sign); nothing was revealed');
     const { survivors, dropped } = round.unmask;
-    // At least t survivors signed this very request, each with the certificate checked in round 0 (prepare).
-    if (this.certificates.size === 0)
-      throw new GramfuseError(ErrorCode.Internal, `job ${jobId}: the unmasking needs the round-0 certificates; prepare() runs first`);
-    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, round.threshold);
-    const guard = new ShareGuard(jobId, this.secrets.guard);
-    checkUnmaskRequest(jobId, round.unmask, round.sharers ?? [], round.threshold, guard);
-    this.secrets.guard = guard.toJSON();
-    await this.saveSecrets();
-    const share = (owner: string, kind: 'self-mask' | 'mask-key') => {
-      const held = this.secrets.received[owner];
-      if (held === undefined)
-        throw new GramfuseError(ErrorCode.SecureAggregation, `job ${jobId}: this owner holds no share of ${owner}; nothing was revealed`);
-      return { owner, kind, x: held.x, y: kind === 'self-mask' ? held.selfSeed : held.maskKey };
-    };
-    await client.secure('reveal', jobId, {
-      shares: [...survivors.map((o) => share(o, 'self-mask')), ...dropped.map((o) => share(o, 'mask-key'))],
+    // At least t (approved) survivors signed this very request, each with the certificate checked in round 0 (prepare).
+    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, terms.threshold);
+    const guard = new ShareGuard(jobId, this.state.guard);
+    check(round, round.unmask, guard);
+    this.state.guard = guard.toJSON();
+    await this.save();
+    const asked = [...survivors.map((o) => [o, 'self-mask'] as const), ...dropped.map((o) => [o, 'mask-key'] as const)];
+    const unopened = asked.filter(([o]) => this.state.received[o] === undefined).map(([o]) => o);
+    const missing = unopened.filter((o) => this.state.unopened[o] === undefined);
+    if (missing.length > 0) this.refuse(`this owner holds no share of ${missing.join(', ')}; nothing was revealed`);
+    const shares = asked
+      .filter(([o]) => this.state.received[o] !== undefined)
+      .map(([o, kind]) => {
+        const held = this.state.received[o]!;
+        return { owner: o, kind, x: held.x, y: kind === 'self-mask' ? held.selfSeed : held.maskKey };
+      });
+    await client.secure('reveal', jobId, { shares, ...(unopened.length === 0 ? {} : { unopened }) });
+    await this.options.ledger.append('secure.revealed', jobId, {
+      selfMaskSharesOf: survivors,
+      maskKeySharesOf: dropped,
+      ...(unopened.length === 0 ? {} : { heldNoShareOf: unopened }),
     });
-    await this.options.ledger.append('secure.revealed', jobId, { selfMaskSharesOf: survivors, maskKeySharesOf: dropped });
     this.say(
       'revealed',
       `revealed self-mask shares of ${survivors.length} survivors and mask-key shares of ${dropped.length} dropped owners`,
     );
+    return true;
+  }
+
+  /**
+   * Waits until the sum is unmasked or the job ended, then deletes this owner's secrets for the job (erase). Best
+   * effort: the owner's part is done, so an unreachable coordinator (retried for at most `seconds`) leaves the secrets
+   * to the next run, which deletes them once it sees the job over. Returns whether they were deleted.
+   */
+  async settle(seconds = Math.min(this.options.waitSeconds ?? 3600, 600)): Promise<boolean> {
+    const { client, jobId } = this.options;
+    const deadline = Date.now() + seconds * 1000;
+    for (;;) {
+      try {
+        const status = await client.getJob(jobId);
+        if (status.state === 'done' || status.state === 'failed') return await this.erase(status.state);
+        const round = await client.secure('round', jobId);
+        if (round.phase === 'summed') return await this.erase('summed');
+      } catch (error) {
+        const code = (error as GramfuseError).code;
+        if (code !== ErrorCode.Unavailable && code !== ErrorCode.DeadlineExceeded) throw error;
+      }
+      if (Date.now() > deadline) {
+        this.say('erased', `the job has not ended within ${seconds} s: this owner's secrets stay until a later run sees it end`);
+        return false;
+      }
+      await new Promise((resolve) => setTimeout(resolve, this.options.pollMs ?? 200));
+    }
+  }
+
+  /**
+   * Deletes what only an ongoing job needs — the private keys, the self-mask seed, the shares received from the other
+   * owners and the masked bundle — keeping what audit needs (the approved terms, the public keys and commitment, the key
+   * set, the sharers, the signed request, what was revealed), and records it in the ledger (secure.erased).
+   */
+  async erase(reason: string): Promise<boolean> {
+    if (this.state.secrets === undefined && Object.keys(this.state.received).length === 0) return false;
+    const received = Object.keys(this.state.received).sort();
+    const maskedDir = this.state.keySet === undefined ? undefined : join(this.options.jobDir, `masked-${this.state.keySet.slice(0, 16)}`);
+    delete this.state.secrets;
+    this.state.received = {};
+    this.state.erased = `${new Date().toISOString()} (${reason})`;
+    await this.save();
+    if (maskedDir !== undefined) await rm(maskedDir, { recursive: true, force: true });
+    await this.options.ledger.append('secure.erased', this.options.jobId, {
+      reason,
+      deleted: [
+        'mask private key',
+        'share-encryption private key',
+        'self-mask seed',
+        ...(maskedDir === undefined ? [] : ['masked bundle']),
+      ],
+      receivedSharesOf: received,
+      kept: [
+        'approved terms',
+        'advertised public keys and seed commitment',
+        'key set digest',
+        'sharers',
+        'signed unmasking request',
+        'revealed share kinds',
+      ],
+    });
+    this.say('erased', `deleted this owner's private keys, self-mask seed and ${received.length} received shares (${reason})`);
     return true;
   }
 }

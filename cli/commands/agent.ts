@@ -4,9 +4,21 @@ import type { Command } from 'commander';
 
 import type { OwnerPolicy, AgentOptions } from '../../agent/index.js';
 import { packageVersion } from '../../shared/version.js';
+import { natsOption } from '../federation-flags.js';
 import { AgentEvaluateFlags, AgentFlags, AgentRunFlags, parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY, type InputFile, tlsInputs } from '../input-files.js';
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
-import { collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout, tlsOptions } from './common.js';
+import {
+  collectionOptions,
+  h,
+  labelledData,
+  labelledDataInputs,
+  labelledDataOptions,
+  mergeSpecOptions,
+  natsSecurityOptions,
+  stdout,
+  tlsOptions,
+} from './common.js';
 
 export function registerAgentCommands(program: Command): void {
   const agent = program.command('agent').description('What a data owner runs: show what would leave, compute it, hand it over');
@@ -17,9 +29,9 @@ export function registerAgentCommands(program: Command): void {
         ? command
         : mergeSpecOptions(command.option('--owner <name>', 'owner name recorded in the plan (default: from the model path)'))
       )
-        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx)")
-        .requiredOption('--data <path>', "the owner's private data (.jsonl or .csv)")
-        .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+        .requiredOption('--model <path>', "the owner's fine-tuned model (.onnx, or a Hugging Face checkpoint directory)")
+        .requiredOption('--data <path>', "the owner's private data (.jsonl, .csv or .parquet; text, chat or prompt/completion rows)")
+        .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: the model directory's)")
         .option(
           '--dtype <t>',
           'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',
@@ -36,6 +48,13 @@ export function registerAgentCommands(program: Command): void {
         .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
         .option('--json', 'print one JSON object'),
     );
+  /** The owner's files, checked before anything is loaded or any coordinator is called. */
+  const ownerInputs = (flags: ReturnType<typeof AgentFlags.parse>): InputFile[] => [
+    { flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model },
+    { flag: '--data', path: flags.data, empty: EMPTY.data },
+    { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+    { flag: '--policy', path: flags.policy, empty: EMPTY.config },
+  ];
   /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
   const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
     h().ownerPolicy(
@@ -84,6 +103,7 @@ export function registerAgentCommands(program: Command): void {
     agent.command('plan').description('Print every statistic that would leave this machine, before anything is computed'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentFlags, raw);
+    await checkInputFiles(ownerInputs(flags));
     const owner = await ownerPolicyOf(flags);
     const { plan, examples } = await h().planForOwner(toAgentOptions(flags, owner));
     stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${h().formatPlan(plan, examples)}\n`);
@@ -97,6 +117,7 @@ export function registerAgentCommands(program: Command): void {
     .requiredOption('--out <dir>', 'the bundle directory to create (never overwritten)')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AgentFlags, raw);
+      await checkInputFiles(ownerInputs(flags));
       const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
       let deviceReason = '';
       const { manifest, result } = await h().collectBundle({
@@ -119,33 +140,36 @@ export function registerAgentCommands(program: Command): void {
       }
     });
 
-  tlsOptions(
-    agentOptions(
-      agent
-        .command('run')
-        .description(
-          'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
-        ),
-      true,
-    )
-      .requiredOption('--coordinator <host:port>', 'coordinator address')
-      .requiredOption('--job <id>', 'job id')
-      .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
-      .option('--yes', 'approve the disclosure plan without asking (automation)')
-      .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
-      .option(
-        '--upload-window <n>',
-        "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+  natsSecurityOptions(
+    tlsOptions(
+      agentOptions(
+        agent
+          .command('run')
+          .description(
+            'Join a job: plan → approval (unless --yes) → collect → upload only what the coordinator lacks → verified receipts saved locally',
+          ),
+        true,
       )
-      .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
-      .option(
-        '--upload-attempts <n>',
-        'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
-        '5',
-      )
-      .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+        .requiredOption('--coordinator <host:port>', 'coordinator address')
+        .requiredOption('--job <id>', 'job id')
+        .option('--work-dir <dir>', 'where this agent keeps its bundle and receipts per job (reused when resuming)', 'gramfuse-agent')
+        .option('--yes', 'approve the disclosure plan without asking (automation)')
+        .option('--chunk-bytes <n>', 'upload chunk size', String(4 * 1024 * 1024))
+        .option(
+          '--upload-window <n>',
+          "chunks in flight unacknowledged (an interruption re-sends at most this many); default and most: the job's limits.uploadWindow",
+        )
+        .option('--nats <url>', "also publish this agent's audit records to JetStream (GRAMFUSE_AUDIT)")
+        .option(
+          '--upload-attempts <n>',
+          'tries for an upload whose link drops or whose coordinator is unavailable (backoff with jitter)',
+          '5',
+        )
+        .option('--progress-json', 'write progress as JSON lines on stderr ({"phase","done","total"}), for a program driving the agent'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentRunFlags, raw);
+    await checkInputFiles([...ownerInputs(flags), ...tlsInputs(flags)]);
     const owner = await ownerPolicyOf(flags);
     const base = toAgentOptions(flags, owner);
     const show = progressEnabled(flags.json);
@@ -160,7 +184,7 @@ export function registerAgentCommands(program: Command): void {
       yes: flags.yes,
       chunkBytes: flags.chunkBytes,
       ...(flags.uploadWindow === undefined ? {} : { uploadWindow: flags.uploadWindow }),
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
       uploadAttempts: flags.uploadAttempts,
       onRetry: (attempt, error) => {
         if (!flags.json) process.stderr.write(`upload attempt ${attempt} failed (${error.toLine()}); retrying\n`);
@@ -207,7 +231,7 @@ export function registerAgentCommands(program: Command): void {
         .description(
           "Federated evaluation: download the job's merged model (SHA-256 verified), evaluate it on this owner's held-out data, report only the metrics (signed into both ledgers)",
         ),
-      "the owner's held-out labelled data (.jsonl or .csv); it never leaves this machine",
+      "the owner's held-out labelled data (.jsonl, .csv or .parquet); it never leaves this machine",
     )
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--job <id>', 'job id')
@@ -216,6 +240,7 @@ export function registerAgentCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AgentEvaluateFlags, raw);
+    await checkInputFiles([...labelledDataInputs(flags), ...tlsInputs(flags)]);
     const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
     const result = await h().evaluateForJob({
       connect: await h().connectOptions(flags.coordinator, flags),

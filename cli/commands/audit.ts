@@ -1,36 +1,44 @@
 import type { Command } from 'commander';
 
 import { ErrorCode, GramfuseError } from '../../shared/errors.js';
-import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags } from '../federation-flags.js';
+import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags, natsTarget } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
-import { collect, h, stdout } from './common.js';
+import { checkInputFiles, EMPTY } from '../input-files.js';
+import { collect, h, natsSecurityOptions, stdout } from './common.js';
 
 export function registerAuditCommands(program: Command): void {
   const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
-  audit
-    .command('verify')
-    .description(
-      "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
-    )
-    .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
-    .option('--nats <url>', "instead: every writer's records in the GRAMFUSE_AUDIT JetStream stream")
-    .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect)
-    .action(async (raw: Record<string, unknown>) => {
-      const flags = parseFlags(AuditVerifyFlags, raw);
-      stdout(
-        `${flags.ledger !== undefined ? await h().auditVerify(flags.ledger, flags.keys) : await h().auditVerifyStream(flags.nats!, flags.keys)}\n`,
-      );
-    });
-  audit
-    .command('publish')
-    .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
-    .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
-    .requiredOption('--nats <url>', 'NATS with JetStream')
-    .option('--timeout <seconds>', 'give up after this long', '60')
-    .action(async (raw: Record<string, unknown>) => {
-      const flags = parseFlags(AuditPublishFlags, raw);
-      stdout(`${await h().auditPublish(flags.ledger, flags.nats, flags.timeout)}\n`);
-    });
+  natsSecurityOptions(
+    audit
+      .command('verify')
+      .description(
+        "Check a ledger's hash chain and every signature; fails naming the first changed, missing, reordered, inserted or partial record",
+      )
+      .option('--ledger <path>', 'an audit ledger (audit.jsonl)')
+      .option('--nats <url>', "instead: every writer's records in the GRAMFUSE_AUDIT JetStream stream")
+      .option('--keys <pem>', 'trust only these public keys (repeatable); default: the keys the ledger declares', collect),
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(AuditVerifyFlags, raw);
+    await checkInputFiles([
+      { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
+      { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+    ]);
+    stdout(
+      `${flags.ledger !== undefined ? await h().auditVerify(flags.ledger, flags.keys) : await h().auditVerifyStream(natsTarget(flags)!, flags.keys)}\n`,
+    );
+  });
+  natsSecurityOptions(
+    audit
+      .command('publish')
+      .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
+      .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
+      .requiredOption('--nats <url>', 'NATS with JetStream')
+      .option('--timeout <seconds>', 'give up after this long', '60'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const flags = parseFlags(AuditPublishFlags, raw);
+    await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }]);
+    stdout(`${await h().auditPublish(flags.ledger, natsTarget(flags)!, flags.timeout)}\n`);
+  });
   audit
     .command('reconcile')
     .description("Show that an agent's and the coordinator's ledgers agree: every receipt matches a committed statistic, byte for byte")
@@ -40,6 +48,11 @@ export function registerAuditCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditReconcileFlags, raw);
+      await checkInputFiles([
+        { flag: '--agent-ledger', path: flags.agentLedger, empty: EMPTY.ledger },
+        { flag: '--coordinator-ledger', path: flags.coordinatorLedger, empty: EMPTY.ledger },
+        { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+      ]);
       const result = await h().auditReconcile(flags.agentLedger, flags.coordinatorLedger, flags.keys);
       stdout(flags.json ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
       if (!result.agree)
@@ -57,6 +70,10 @@ export function registerAuditCommands(program: Command): void {
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(AuditReportFlags, raw);
+      await checkInputFiles([
+        { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
+        { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
+      ]);
       const report = await h().auditReport(flags.ledger, flags.owner, flags.keys);
       stdout(flags.json ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, flags.ledger)}\n`);
     });

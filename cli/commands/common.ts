@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import type { z } from 'zod';
 
 import type { LabelledDataFlags } from '../flags.js';
+import { EMPTY, type InputFile } from '../input-files.js';
 
 /**
  * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
@@ -17,6 +18,7 @@ const loadCommandModules = async () => ({
   ...(await import('../../dashboard/index.js')),
   ...(await import('../../shared/index.js')),
   ...(await import('../../shared/merge/index.js')),
+  ...(await import('../../shared/hf/index.js')),
   ...(await import('../../solver/index.js')),
   ...(await import('../audit-commands.js')),
   ...(await import('../demo.js')),
@@ -50,7 +52,7 @@ export const collect = (value: string, previous: string[] = []): string[] => [..
 export const labelledDataOptions = (command: Command, data: string): Command =>
   command
     .requiredOption('--data <path>', data)
-    .requiredOption('--tokenizer <path>', 'HuggingFace tokenizer.json')
+    .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: a Hugging Face --model directory's)")
     .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
     .option('--max-examples <n>', 'evaluate a seeded random subset')
     .option('--seed <n>', 'seed of that subset', '1')
@@ -58,6 +60,12 @@ export const labelledDataOptions = (command: Command, data: string): Command =>
     .option('--text-field <name>', 'field holding the text', 'text')
     .option('--label-field <name>', 'field holding the label', 'label')
     .option('--threads <n>', 'onnxruntime threads');
+/** Those flags' files, for checkInputFiles. */
+export const labelledDataInputs = (flags: z.infer<typeof LabelledDataFlags>): InputFile[] => [
+  { flag: '--data', path: flags.data, empty: EMPTY.data },
+  { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+  { flag: '--labels', path: flags.labels, empty: EMPTY.labels },
+];
 /** Those flags, parsed, as evaluation options. */
 export const labelledData = (flags: z.infer<typeof LabelledDataFlags>) => ({
   data: flags.data,
@@ -96,6 +104,19 @@ export const collectionOptions = (command: Command): Command =>
       '--memory-budget <size>',
       "memory for one collection pass's Gram accumulators (e.g. 8GB); groups that do not fit together take more passes over the data (default: half of the free memory)",
     );
+
+/**
+ * How a command that connects to NATS proves the server and itself (docs/SECURITY.md, "NATS"): TLS with the
+ * federation CA and the credentials of its role. Without them a NATS connection is plaintext and anonymous, fit only
+ * for a local nats-server on loopback.
+ */
+export const natsSecurityOptions = (command: Command): Command =>
+  command
+    .option('--nats-tls-ca <path>', "NATS over TLS: the CA certificate (PEM) the server's certificate chains to (the federation CA)")
+    .option('--nats-tls-cert <path>', 'a client certificate (PEM) for a NATS server that verifies clients')
+    .option('--nats-tls-key <path>', "that certificate's private key (PEM, mode 0600)")
+    .option('--nats-creds <path>', "this role's NATS credentials: a .creds file or an NKEY user seed file (mode 0600)")
+    .option('--nats-user <name>', 'or a NATS user name; its password is read from GRAMFUSE_NATS_PASSWORD');
 
 /** mTLS flags; a client also takes --identity (what it claims in insecure loopback mode), a server does not. */
 export const tlsOptions = (command: Command, role: 'client' | 'server' = 'client'): Command => {

@@ -1,33 +1,37 @@
 import type { Command } from 'commander';
 
-import { DashboardFlags } from '../federation-flags.js';
+import { DashboardFlags, natsOption } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
-import { collect, h, stdout, tlsOptions } from './common.js';
+import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
+import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerDashboardCommand(program: Command): void {
   tlsOptions(
-    program
-      .command('dashboard')
-      .description(
-        'A read-only web view for operators and auditors: jobs (live), what every owner shared, solve progress and diagnostics, and whether the ledgers verify',
-      )
-      .requiredOption(
-        '--coordinator <host:port>',
-        "coordinator address (mTLS; the page shows what this certificate's identity may see: list it in the coordinator's --observers to see every job)",
-      )
-      .option('--ledger <path>', 'an audit ledger the auditor holds (audit.jsonl of the coordinator or of an agent); repeatable', collect)
-      .option('--nats <url>', "NATS: live updates from the coordinator's events, and the GRAMFUSE_AUDIT mirror checked against the files")
-      .option('--listen <host:port>', 'where the page is served (loopback by default: it has no login)', '127.0.0.1:8080')
-      .option('--json', 'print the page address as one JSON line on stdout'),
+    natsSecurityOptions(
+      program
+        .command('dashboard')
+        .description(
+          'A read-only web view for operators and auditors: jobs (live), what every owner shared, solve progress and diagnostics, and whether the ledgers verify',
+        )
+        .requiredOption(
+          '--coordinator <host:port>',
+          "coordinator address (mTLS; the page shows what this certificate's identity may see: list it in the coordinator's --observers to see every job)",
+        )
+        .option('--ledger <path>', 'an audit ledger the auditor holds (audit.jsonl of the coordinator or of an agent); repeatable', collect)
+        .option('--nats <url>', "NATS: live updates from the coordinator's events, and the GRAMFUSE_AUDIT mirror checked against the files")
+        .option('--listen <host:port>', 'where the page is served (loopback by default: it has no login)', '127.0.0.1:8080')
+        .option('--json', 'print the page address as one JSON line on stdout'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(DashboardFlags, raw);
+    await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }, ...tlsInputs(flags)]);
     const log = (line: string): void => {
       process.stderr.write(`${line}\n`);
     };
     const dashboard = await h().startDashboard({
       coordinator: await h().connectOptions(flags.coordinator, flags),
       ledgers: flags.ledger,
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
       listen: flags.listen,
       log,
     });

@@ -13,9 +13,11 @@ import {
   JobDownloadFlags,
   JobStatusFlags,
   JobWatchFlags,
+  natsOption,
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
-import { collect, h, stdout, tlsOptions } from './common.js';
+import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
+import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
@@ -35,52 +37,69 @@ export function registerFederationCommands(program: Command): void {
     )
     .requiredOption('--dir <dir>', 'the CA directory (from certs init)')
     .requiredOption('--name <cn>', 'identity: the certificate subject common name')
-    .option('--host <name>', 'also a server certificate for this host name or IP (repeatable)', collect)
+    .option('--host <name>', 'a server certificate for this host name or IP (repeatable)', collect)
+    .option(
+      '--role <role>',
+      'what the certificate is for: owner, server, creator, solver or observer (default: server with --host, owner without); secure aggregation accepts only owner certificates as peers',
+    )
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
-      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host)).join('\n')}\n`);
+      await checkInputFiles([{ flag: '--dir', path: flags.dir, kind: 'directory' }]);
+      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
     });
 
   tlsOptions(
-    program
-      .command('coordinator')
-      .description("The party that sums the owners' statistics and solves: gramfuse coordinator serve")
-      .command('serve')
-      .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
-      .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
-      .requiredOption('--state <dir>', 'durable state directory')
-      .option(
-        '--creators <names>',
-        'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
-      )
-      .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
-      .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
-      .option(
-        '--template-dir <dir>',
-        'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
-        collect,
-      )
-      .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
-      .option(
-        '--solvers <where>',
-        'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
-        'in-process',
-      )
-      .option(
-        '--solver-identities <names>',
-        'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
-      )
-      .option(
-        '--observers <names>',
-        "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
-      )
-      .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
-      .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
-      .option('--residual-tolerance <r>', "a worker's solution is refused when its relative residual ‖G̃X − R‖/‖R‖ is above this", '1e-6')
-      .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
+    natsSecurityOptions(
+      program
+        .command('coordinator')
+        .description("The party that sums the owners' statistics and solves: gramfuse coordinator serve")
+        .command('serve')
+        .description('Run the coordinator: jobs, verified uploads, receipts, solve, results (state survives restarts)')
+        .requiredOption('--listen <host:port>', 'address to listen on (port 0: any free port)')
+        .requiredOption('--state <dir>', 'durable state directory')
+        .option(
+          '--creators <names>',
+          'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
+        )
+        .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
+        .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
+        .option(
+          '--template-dir <dir>',
+          'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
+          collect,
+        )
+        .option('--nats <url>', 'NATS with JetStream: job events on gramfuse.jobs.<job>.*, audit records mirrored to GRAMFUSE_AUDIT')
+        .option(
+          '--solvers <where>',
+          'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
+          'in-process',
+        )
+        .option(
+          '--solver-identities <names>',
+          'comma-separated identities of solver workers (gramfuse solver serve) allowed to fetch sums and submit solutions',
+        )
+        .option(
+          '--observers <names>',
+          "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
+        )
+        .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
+        .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
+        .option(
+          '--residual-tolerance <r>',
+          "the most a worker's relative residual ‖G̃X − R‖/‖R‖ (and its difference from the coordinator's own solve) may be; below it, 64·n·ε·κ̂ at the group's condition",
+          '1e-6',
+        )
+        .option(
+          '--solve-deadline <seconds>',
+          'per Gram group: a delivery not answered this long after its worker fetched the sums is published again (at most --solve-max-deliver times, then DEADLINE_EXCEEDED)',
+          '3600',
+        )
+        .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
+    ),
     'server',
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(CoordinatorServeFlags, raw);
+    await checkInputFiles([...tlsInputs(flags), { flag: '--template-dir', path: flags.templateDir, kind: 'directory' }]);
     const insecure = flags.insecureLoopback === true;
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
@@ -94,12 +113,13 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
       maxConcurrentSolves: flags.maxConcurrentSolves,
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
       solvers: flags.solvers,
       ...(flags.solverIdentities === undefined ? {} : { solverIdentities: flags.solverIdentities }),
       ...(flags.observers === undefined ? {} : { observers: flags.observers }),
       solveQueue: { ackWaitMs: flags.solveAckWait * 1000, maxDeliver: flags.solveMaxDeliver },
       residualTolerance: flags.residualTolerance,
+      solveDeadlineMs: flags.solveDeadline * 1000,
     });
     const host = flags.listen.slice(0, flags.listen.lastIndexOf(':'));
     stdout(
@@ -123,7 +143,10 @@ export function registerFederationCommands(program: Command): void {
       .description('Create a job from a spec file (YAML or JSON) and a template model')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--spec <path>', 'job spec (YAML or JSON): id, participants, quorum, merge, policy, limits')
-      .requiredOption('--template <path>', 'the template model (.onnx) the merged model takes its graph from')
+      .requiredOption(
+        '--template <path>',
+        'the template model (.onnx, or a Hugging Face checkpoint directory: built and sent inline) the merged model takes its graph from',
+      )
       .option(
         '--template-on-coordinator',
         "--template names a file inside one of the coordinator's --template-dir directories (large models)",
@@ -131,6 +154,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(JobCreateFlags, raw);
+    await checkInputFiles([
+      { flag: '--spec', path: flags.spec, empty: EMPTY.config },
+      // On the coordinator, --template names a file there: nothing to check here.
+      ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, kind: 'model' as const, empty: EMPTY.model }]),
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       let specText: string;
@@ -139,7 +168,7 @@ export function registerFederationCommands(program: Command): void {
       } catch (error) {
         throw fileError(error, flags.spec, 'reading the job spec');
       }
-      const template = flags.templateOnCoordinator ? { path: flags.template } : await readFile(flags.template);
+      const template = flags.templateOnCoordinator ? { path: flags.template } : await h().templateBytes(flags.template);
       const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, flags.spec)), template);
       stdout(
         flags.json
@@ -200,18 +229,21 @@ export function registerFederationCommands(program: Command): void {
     }
   });
   tlsOptions(
-    job
-      .command('watch')
-      .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
-      .argument('<id>', 'job id')
-      .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
-      .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
-      .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
-      .option('--json', 'one JSON object per event'),
+    natsSecurityOptions(
+      job
+        .command('watch')
+        .description("Follow a job's events (state, joins, upload and solve progress, result) until it is done or failed")
+        .argument('<id>', 'job id')
+        .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
+        .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
+        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
+        .option('--json', 'one JSON object per event'),
+    ),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobWatchFlags, raw);
     const final = await h().watchJob(id, {
-      ...(flags.nats === undefined ? {} : { nats: flags.nats }),
+      ...natsOption(flags),
+      onSkipped: (problem) => process.stderr.write(`skipped a record: ${problem.toLine()}\n`),
       ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
       timeoutSeconds: flags.timeout,
       onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),
@@ -235,6 +267,12 @@ export function registerFederationCommands(program: Command): void {
       .option('--tokenizer <path>', 'tokenizer.json to copy into --hf-out'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobDownloadFlags, raw);
+    await checkInputFiles([
+      { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+      { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+      { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+      ...tlsInputs(flags),
+    ]);
     const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
@@ -252,7 +290,13 @@ export function registerFederationCommands(program: Command): void {
         const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
-          stdout(`${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified)\n`);
+          stdout(
+            `${dataFile.path} (${dataFile.bytes} bytes of external data, sha256 ${dataFile.sha256}, verified${
+              dataFile.renamedFrom === undefined
+                ? ''
+                : `; the model named it ${JSON.stringify(dataFile.renamedFrom)}, its tensors now point here, so the model file's own SHA-256 differs from the one above`
+            })\n`,
+          );
         if (hf !== undefined) {
           const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
           const exported = await h().exportHfCheckpoint({

@@ -2,17 +2,31 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 
 import { EvalFlags, ExportFlags, MergeFlags, parseFlags } from '../flags.js';
+import { checkInputFiles, EMPTY } from '../input-files.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
-import { collect, collectionOptions, h, labelledData, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
+import {
+  collect,
+  collectionOptions,
+  h,
+  labelledData,
+  labelledDataInputs,
+  labelledDataOptions,
+  mergeSpecOptions,
+  stdout,
+} from './common.js';
 
 export function registerLocalCommands(program: Command): void {
   program
     .command('inspect')
     .description('Show the linear layers, Gram groups, row rules and fingerprint gramfuse finds in a model')
-    .argument('<model>', 'path to an .onnx file')
+    .argument('<model>', 'path to an .onnx file or a Hugging Face checkpoint directory')
     .addOption(new Option('--json', 'print one JSON object'))
     .option('--hf-checkpoint <dir>', "name the parameters by this checkpoint's tensors (matched by value), not by the export's structure")
     .action(async (model: string, options: { json?: boolean; hfCheckpoint?: string }) => {
+      await checkInputFiles([
+        { flag: '<model>', path: model, kind: 'model', empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: options.hfCheckpoint, kind: 'directory' },
+      ]);
       await h().inspectCommand(model, options, stdout);
     });
 
@@ -21,15 +35,19 @@ export function registerLocalCommands(program: Command): void {
       program
         .command('merge')
         .description("Local mode: merge fine-tuned models with their owners' data into one model (RegMean or a baseline)")
-        .option('--model <path>', 'a fine-tuned model (.onnx); repeat once per owner', collect)
-        .option('--data <path>', "that owner's data (.jsonl or .csv); one after each --model", collect)
+        .option('--model <path>', 'a fine-tuned model (.onnx, or a Hugging Face checkpoint directory); repeat once per owner', collect)
+        .option(
+          '--data <path>',
+          "that owner's data (.jsonl, .csv or .parquet; text, chat or prompt/completion rows); one after each --model",
+          collect,
+        )
         .option(
           '--bundle <dir>',
           'a statistics bundle from `gramfuse agent collect`: an owner merged from its statistics alone; repeatable',
           collect,
         )
         .option('--template <path>', 'the model whose graph the merged model takes (default: the first --model)')
-        .option('--tokenizer <path>', 'HuggingFace tokenizer.json (needed for RegMean)')
+        .option('--tokenizer <path>', "HuggingFace tokenizer.json (needed for RegMean; default: a Hugging Face --model directory's)")
         .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
         .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
         .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
@@ -51,7 +69,7 @@ export function registerLocalCommands(program: Command): void {
     .option('--report <path>', 'where to write the merge report (JSON)')
     .option(
       '--hf-out <dir>',
-      'also write the merged model as a Hugging Face checkpoint directory (model.safetensors, config.json, tokenizer, README.md)',
+      'also write the merged model as a Hugging Face checkpoint directory (model.safetensors in the input dtype, config.json, tokenizer, README.md); ONNX models need --hf-checkpoint',
     )
     .option(
       '--hf-checkpoint <dir>',
@@ -61,17 +79,27 @@ export function registerLocalCommands(program: Command): void {
     .option('--json', 'print one JSON summary object and nothing else on stdout')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(MergeFlags, raw);
+      await checkInputFiles([
+        { flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model },
+        { flag: '--data', path: flags.data, empty: EMPTY.data },
+        { flag: '--bundle', path: flags.bundle, kind: 'directory' },
+        { flag: '--template', path: flags.template, kind: 'model', empty: EMPTY.model },
+        { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+        { flag: '--base', path: flags.base, kind: 'model', empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+        { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+        { flag: '--validation-data', path: flags.validationData, empty: EMPTY.data },
+        { flag: '--labels', path: flags.labels, empty: EMPTY.labels },
+      ]);
       const template = flags.template ?? flags.model[0];
-      // Checked before the merge runs: a directory that is not empty, or names that do not map, fail now.
-      const hf =
+      // Checked before the merge runs: a directory that is not empty, names that do not map, or ONNX models without
+      // --hf-checkpoint fail now. A Hugging Face template is its own checkpoint.
+      const hfOutput =
         flags.hfOut === undefined || template === undefined
           ? undefined
-          : {
-              out: flags.hfOut,
-              ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint, namesFrom: flags.hfModel ?? template }),
-              ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
-            };
-      const prepared = hf === undefined ? undefined : await h().prepareHfExport({ ...hf, template: template! });
+          : await h().mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
+      const hf = hfOutput?.options;
+      const prepared = hfOutput?.prepared;
       const auto = flags.alpha === 'auto';
       const spec = h().MergeSpec.parse({
         method: flags.method,
@@ -143,15 +171,26 @@ export function registerLocalCommands(program: Command): void {
   program
     .command('export')
     .description(
-      "An ONNX model's parameters as a Hugging Face checkpoint directory that transformers loads (names from --hf-checkpoint by value, else from the export's structure)",
+      "A model's parameters as a Hugging Face checkpoint directory that transformers loads (names from --hf-checkpoint by value, else from the export's structure), or a Hugging Face directory built as one ONNX file (--onnx-out)",
     )
-    .argument('<model>', 'path to an .onnx file')
-    .requiredOption('--hf-out <dir>', 'the checkpoint directory to write (new or empty)')
+    .argument('<model>', 'path to an .onnx file or a Hugging Face checkpoint directory')
+    .option('--hf-out <dir>', 'the checkpoint directory to write (new or empty)')
+    .option('--onnx-out <file>', 'write the model as ONNX (a Hugging Face directory: the graph gramfuse builds from it)')
     .option('--hf-checkpoint <dir>', 'the checkpoint this model was exported from: its names, layouts, dtypes and config.json')
     .option('--tokenizer <path>', 'tokenizer.json to copy in (tokenizer_config.json and special_tokens_map.json beside it too)')
     .option('--json', 'print one JSON object')
     .action(async (model: string, raw: Record<string, unknown>) => {
       const flags = parseFlags(ExportFlags, raw);
+      await checkInputFiles([
+        { flag: '<model>', path: model, kind: 'model', empty: EMPTY.model },
+        { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
+        { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
+      ]);
+      if (flags.onnxOut !== undefined) {
+        const o = await h().exportOnnx(model, flags.onnxOut);
+        stdout(flags.json && flags.hfOut === undefined ? `${JSON.stringify(o)}\n` : `${o.out}: ${o.initializers} initializers\n`);
+      }
+      if (flags.hfOut === undefined) return;
       const r = await h().exportHfCheckpoint({
         model,
         out: flags.hfOut,
@@ -172,13 +211,14 @@ export function registerLocalCommands(program: Command): void {
         'Accuracy and macro-F1 of a classifier (or, with --ensemble, the logit average of several) on labelled data; perplexity and next-token accuracy of a causal LM on held-out text',
       )
       .option('--model <path>', 'model to evaluate (.onnx); repeat with --ensemble', collect),
-    'labelled data (.jsonl or .csv)',
+    'labelled data (.jsonl, .csv or .parquet)',
   )
     .option('--ensemble', 'average the logits of all --model')
     .option('--batch-size <n>', 'examples per batch', '64')
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);
+      await checkInputFiles([{ flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model }, ...labelledDataInputs(flags)]);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
       const result = await h().runEvaluation({
         ...labelledData(flags),

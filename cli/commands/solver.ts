@@ -1,33 +1,43 @@
 import type { Command } from 'commander';
 
-import { SolverServeFlags } from '../federation-flags.js';
+import { natsTarget, SolverServeFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
-import { h, stdout, tlsOptions } from './common.js';
+import { checkInputFiles, tlsInputs } from '../input-files.js';
+import { h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerSolverCommands(program: Command): void {
   tlsOptions(
-    program
-      .command('solver')
-      .description('A solver worker for a coordinator started with --solvers nats: gramfuse solver serve')
-      .command('serve')
-      .description(
-        "Pull solve tasks (one per Gram group) from NATS JetStream, fetch the group's sums from the coordinator over gRPC, solve, submit X",
-      )
-      .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
-      .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
-      .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
-      .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
-      .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
+    natsSecurityOptions(
+      program
+        .command('solver')
+        .description('A solver worker for a coordinator started with --solvers nats: gramfuse solver serve')
+        .command('serve')
+        .description(
+          "Pull solve tasks (one per Gram group) from NATS JetStream, fetch the group's sums from the coordinator over gRPC, solve, submit X",
+        )
+        .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
+        .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
+        .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
+        .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
+        .option(
+          '--solve-timeout <seconds>',
+          'watchdog: a solve that has not answered this long is reported failed and its task released',
+          '3000',
+        )
+        .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
+    ),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(SolverServeFlags, raw);
+    await checkInputFiles(tlsInputs(flags));
     const log = (line: string): void => {
       process.stderr.write(`${flags.insecureLoopback === true ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };
     const solver = await h().startSolver({
       coordinator: await h().connectOptions(flags.coordinator, flags),
-      nats: flags.nats,
+      nats: natsTarget(flags)!,
       device: flags.device,
       ...(flags.threads === undefined ? {} : { threads: flags.threads }),
+      solveTimeoutMs: flags.solveTimeout * 1000,
       log,
       ...(flags.json ? { onTask: (record) => stdout(`${JSON.stringify(record)}\n`) } : {}),
     });

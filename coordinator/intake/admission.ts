@@ -3,17 +3,21 @@
 // agent cannot send a tensor the model does not have.
 import { ErrorCode, GramfuseError, schemaProblems } from '../../shared/index.js';
 import type { JobSpec } from '../../shared/federation/index.js';
-import { BundleManifest, planDisclosure } from '../../shared/merge/index.js';
+import { JoinManifest, planDisclosure } from '../../shared/merge/index.js';
 import type { ModelAnalysis } from '../../shared/onnx/index.js';
 
-/** The owner's manifest, parsed and checked; throws UPLOAD_INVALID, FINGERPRINT_MISMATCH or POLICY_VIOLATION naming the problem. */
+/**
+ * The owner's manifest, parsed and checked; throws UPLOAD_INVALID, FINGERPRINT_MISMATCH or POLICY_VIOLATION naming the
+ * problem. Only its plan is kept: anything else an agent sends (an older agent's bundle settings: local paths,
+ * timings) is dropped here, never stored.
+ */
 export function admitManifest(
   identity: string,
   spec: JobSpec,
   analysis: ModelAnalysis,
   fingerprintValue: string,
   manifestJson: string,
-): BundleManifest {
+): JoinManifest {
   if (fingerprintValue !== analysis.fingerprint) {
     throw new GramfuseError(
       ErrorCode.FingerprintMismatch,
@@ -21,9 +25,9 @@ export function admitManifest(
       { facts: { identity, job: spec.id } },
     );
   }
-  let manifest: BundleManifest;
+  let manifest: JoinManifest;
   try {
-    const parsed = BundleManifest.safeParse(JSON.parse(manifestJson));
+    const parsed = JoinManifest.strip().safeParse(JSON.parse(manifestJson));
     if (!parsed.success) {
       throw new Error(schemaProblems(parsed.error.issues, 5));
     }

@@ -8,7 +8,7 @@ import { createHash, type Hash } from 'node:crypto';
 
 import { ErrorCode, GramfuseError, failpoint } from '../../shared/index.js';
 import { chunkBoundsProblem, sha256Hex as sha256, type StatisticChunk, statisticFile } from '../../shared/federation/index.js';
-import type { BundleManifest, PlannedStatistic } from '../../shared/merge/index.js';
+import type { JoinManifest, PlannedStatistic } from '../../shared/merge/index.js';
 import type { StatisticStore } from '../store/index.js';
 
 /**
@@ -17,7 +17,7 @@ import type { StatisticStore } from '../store/index.js';
  */
 export function checkChunk(
   identity: string,
-  manifest: BundleManifest | undefined,
+  manifest: JoinManifest | undefined,
   chunk: StatisticChunk,
   maxChunkBytes: number,
 ): PlannedStatistic {

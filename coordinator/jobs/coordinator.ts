@@ -191,15 +191,20 @@ export class Coordinator {
     group: string,
     part: string,
     sha256: string,
-  ): { path: string; bytes: number; committed: boolean } {
+    delivery: { streamSequence: number; count: number },
+  ): { path: string; bytes: number; committed: boolean; lease: string } {
     const executor = this.distributed(identity, jobId);
-    return executor === 'done' ? { path: '', bytes: 0, committed: true } : executor.input(identity, jobId, group, part, sha256);
+    return executor === 'done'
+      ? { path: '', bytes: 0, committed: true, lease: '' }
+      : executor.input(identity, jobId, group, part, sha256, delivery);
   }
 
-  /** A solver worker's Submit header: 'duplicate', or where its X goes and how long it must be. */
-  beginAnswer(identity: string, header: AnswerHeader): 'duplicate' | { path: string; bytes: number } {
+  /** A solver worker's Submit header: a reply (duplicate, stale lease), or where its X goes and how long it must be. */
+  beginAnswer(identity: string, header: AnswerHeader): AnswerReply | { path: string; bytes: number } {
     const executor = this.distributed(identity, header.jobId);
-    return executor === 'done' ? 'duplicate' : executor.beginAnswer(identity, header);
+    return executor === 'done'
+      ? { outcome: 'duplicate', reason: 'the job is done', relativeResidual: 0 }
+      : executor.beginAnswer(identity, header);
   }
 
   /** A solver worker's error report for a task. */

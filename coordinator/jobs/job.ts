@@ -1,6 +1,6 @@
 // A job as the coordinator holds it: what is persisted (state.json), what is rebuilt in memory on restart.
 import type { JobSpec, JobState, Receipt } from '../../shared/federation/index.js';
-import type { BundleManifest } from '../../shared/merge/index.js';
+import type { JoinManifest } from '../../shared/merge/index.js';
 import type { ModelAnalysis } from '../../shared/onnx/index.js';
 import type { JobAccess } from '../server/auth.js';
 import type { SolveGroupView } from '../solve/index.js';
@@ -35,7 +35,7 @@ export interface Job {
   fingerprint: string;
   analysis: ModelAnalysis;
   persisted: PersistedState;
-  manifests: Map<string, BundleManifest>;
+  manifests: Map<string, JoinManifest>;
   /** owner → statistic id → held chunk indices */
   held: Map<string, Map<string, Set<number>>>;
   committed: Map<string, Map<string, Receipt>>;

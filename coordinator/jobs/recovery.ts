@@ -3,7 +3,7 @@
 // are those on whole lines of `.held`; ledger records missing after a receipt are written.
 import { readLedgerRecords, type FileLedger } from '../../shared/audit/index.js';
 import { type Receipt, statisticFile } from '../../shared/federation/index.js';
-import type { BundleManifest } from '../../shared/merge/index.js';
+import type { JoinManifest } from '../../shared/merge/index.js';
 import { type CommitBatch, commitRecords } from '../intake/index.js';
 import type { StatisticStore } from '../store/index.js';
 import type { Job } from './job.js';
@@ -23,7 +23,7 @@ export async function recoverOwners(ctx: RecoveryContext, job: Job, ledgered: Se
   const recovered = new Map<string, CommitBatch['entries']>();
   for (const owner of await ctx.store.list(['jobs', id, 'owners'])) {
     const ownerDir = ['jobs', id, 'owners', owner];
-    const manifest = await ctx.store.readJson<BundleManifest>([...ownerDir, 'manifest.json']);
+    const manifest = await ctx.store.readJson<JoinManifest>([...ownerDir, 'manifest.json']);
     if (manifest !== undefined) job.manifests.set(owner, manifest);
     const committed = new Map<string, Receipt>();
     for (const receipt of await readReceipts(ctx, [...ownerDir, 'receipts.jsonl'])) {

@@ -10,7 +10,8 @@
 // as every owner it waits for has answered, or — with at least max(t, minOwners) answers — roundTimeoutSeconds after
 // its first answer; the others count as dropped from then on. The state is one JSON file, written atomically at each
 // change, so a restarted coordinator goes on where it stopped.
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 import { ErrorCode, failpoint, faultInjected, GramfuseError, toGramfuseError } from '../../shared/index.js';
 import { secureThreshold, statisticFile } from '../../shared/federation/index.js';
@@ -19,18 +20,22 @@ import {
   type AdvertiseBody,
   agreedSecret,
   type ConfirmBody,
-  combineShares,
   pairSign,
+  reconstructChecked,
   type RevealBody,
   ringAddInto,
   type RoundView,
   type SecurePhase,
+  seedCommitment,
+  signAdvertisement,
+  signUnmaskRequest,
   type ShareBody,
   statisticScale,
   unmaskSlice,
   verifyAdvertisement,
   verifyUnmaskRequest,
 } from '../../shared/secure-aggregation/index.js';
+import { certificateName } from '../../shared/security/index.js';
 import type { JobContext } from './context.js';
 import type { Job } from './job.js';
 
@@ -40,6 +45,8 @@ export const SECURE_SUM_OWNER = 'Σ secure aggregation';
 interface Advertisement {
   readonly maskPublicKey: string;
   readonly encryptionPublicKey: string;
+  /** H(bᵢ), signed with the keys: a self-mask seed rebuilt from shares must hash to it. */
+  readonly selfSeedCommitment: string;
   readonly signature: string;
   readonly certificatePem: string;
   readonly bounds: Readonly<Record<string, number>>;
@@ -187,6 +194,7 @@ export class SecureRounds {
         state.advertisements[identity] = {
           maskPublicKey: body.maskPublicKey,
           encryptionPublicKey: body.encryptionPublicKey,
+          selfSeedCommitment: body.selfSeedCommitment,
           signature: body.signature,
           certificatePem,
           bounds: body.bounds,
@@ -227,7 +235,11 @@ export class SecureRounds {
       (state) => state.confirmations?.[identity] !== undefined,
       (_job, state) => {
         const request = this.shown(identity, state);
-        if (state.phase !== 'confirming' || request === undefined || !request.survivors.includes(identity))
+        if (
+          state.phase !== 'confirming' ||
+          request === undefined ||
+          (!request.survivors.includes(identity) && !(faultInjected('secure.late-threshold') && (state.sharers ?? []).includes(identity)))
+        )
           this.refuse(jobId, `no unmasking request is open for ${identity} to confirm (phase ${state.phase})`);
         if (!verifyUnmaskRequest(jobId, request, body.signature, state.advertisements[identity]!.certificatePem))
           this.refuse(
@@ -235,6 +247,14 @@ export class SecureRounds {
             `${identity}'s confirmation does not verify with its certificate over the request it was shown`,
             ErrorCode.InvalidArgument,
           );
+        // Fault injection (tests) `secure.resign`: the first sharer's confirmation is dropped and the request changed (the
+        // last sharer now "dropped"), as a coordinator would that wants a second signature from a restarted owner.
+        if (faultInjected('secure.resign') && identity === state.sharers?.[0] && state.unmask!.dropped.length === 0) {
+          const last = state.sharers[state.sharers.length - 1]!;
+          state.unmask = { survivors: state.unmask!.survivors.filter((o) => o !== last), dropped: [last] };
+          state.confirmations = {};
+          return;
+        }
         state.confirmations = { ...state.confirmations, [identity]: body.signature };
       },
     );
@@ -247,6 +267,8 @@ export class SecureRounds {
    */
   private shown(identity: string, state: SecureState): SecureState['unmask'] {
     const unmask = state.unmask;
+    const split = this.splitCollude(state);
+    if (split !== undefined && identity === split.honest) return split.other;
     if (unmask === undefined || identity !== unmask.survivors[0] || !faultInjected('secure.split-view')) return unmask;
     const moved = unmask.survivors[unmask.survivors.length - 1]!;
     return { survivors: unmask.survivors.filter((o) => o !== moved), dropped: [...unmask.dropped, moved] };
@@ -259,12 +281,25 @@ export class SecureRounds {
       jobId,
       (state) => state.reveals[identity] !== undefined,
       (_job, state) => {
+        // Fault injection (tests): the attacking coordinators take whatever any sharer reveals.
+        if (state.phase === 'unmasking' && (faultInjected('secure.late-threshold') || faultInjected('secure.split-collude'))) {
+          state.reveals[identity] = body.shares;
+          return;
+        }
         const unmask = state.unmask;
         if (state.phase !== 'unmasking' || unmask === undefined || !unmask.survivors.includes(identity))
           this.refuse(jobId, `no unmasking request is open for ${identity} (phase ${state.phase})`);
         const asked = new Set([...unmask.survivors.map((o) => `${o}/self-mask`), ...unmask.dropped.map((o) => `${o}/mask-key`)]);
+        // A share that did not open at the caller (garbage from its sender or the relay) is declared, not revealed.
+        const unopened = new Set(body.unopened ?? []);
         const given = body.shares.map((s) => `${s.owner}/${s.kind}`);
-        if (given.length !== asked.size || new Set(given).size !== asked.size || given.some((g) => !asked.has(g)))
+        const expected = [...asked].filter((a) => !unopened.has(a.slice(0, a.lastIndexOf('/'))));
+        if (
+          given.length !== expected.length ||
+          new Set(given).size !== given.length ||
+          given.some((g) => !expected.includes(g)) ||
+          [...unopened].some((o) => !asked.has(`${o}/self-mask`) && !asked.has(`${o}/mask-key`))
+        )
           this.refuse(jobId, `${identity} must reveal exactly the shares asked for (${[...asked].join(', ')})`, ErrorCode.InvalidArgument);
         // Every share an owner holds has its own Shamir x: its place among the round's members (round 1 dealt them so).
         const x = (state.members ?? []).indexOf(identity) + 1;
@@ -289,7 +324,7 @@ export class SecureRounds {
     const state = this.states.get(jobId);
     const sharer = (state?.sharers ?? []).includes(identity);
     // An owner that completed may join again (a restarted agent collecting its receipts) while the sum is being unmasked.
-    const later = state?.phase === 'unmasking' || state?.phase === 'summed';
+    const later = state?.phase === 'confirming' || state?.phase === 'unmasking' || state?.phase === 'summed';
     if (!sharer || !(state?.phase === 'uploading' || (later && completed)))
       this.refuse(
         jobId,
@@ -314,8 +349,14 @@ export class SecureRounds {
     const t = secureThreshold(job.spec);
     const needed = Math.max(t, job.spec.privacy.minOwners);
     for (;;) {
-      const [waitingFor, answered] = this.waiting(job, state);
+      // Fault injection (tests): the late-threshold coordinator unmasks with t = 1; the split view waits for every sharer.
+      const lateT = faultInjected('secure.late-threshold') && (state.phase === 'confirming' || state.phase === 'unmasking') ? 1 : t;
+      let [waitingFor, answered] = this.waiting(job, state);
       if (state.phase === 'summed') return;
+      if (state.phase === 'confirming' && this.splitCollude(state) !== undefined) {
+        waitingFor = state.sharers ?? [];
+        answered = Object.keys(state.confirmations ?? {}).sort();
+      }
       // The round's clock starts at its first answer (an upload's completion is one too).
       if (answered.length > 0 && state.firstAnswerAt === undefined) {
         state.firstAnswerAt = new Date().toISOString();
@@ -323,7 +364,7 @@ export class SecureRounds {
       }
       const all = waitingFor.every((o) => answered.includes(o));
       // Confirmations and reveals come from survivors only: t of them suffice (the sum's owners were fixed before).
-      const enough = state.phase === 'unmasking' || state.phase === 'confirming' ? answered.length >= t : answered.length >= needed;
+      const enough = state.phase === 'unmasking' || state.phase === 'confirming' ? answered.length >= lateT : answered.length >= needed;
       const first = state.firstAnswerAt === undefined ? undefined : Date.parse(state.firstAnswerAt);
       const due = first === undefined ? Number.POSITIVE_INFINITY : first + job.spec.privacy.roundTimeoutSeconds * 1000;
       const timedOut = Date.now() >= due;
@@ -373,21 +414,23 @@ export class SecureRounds {
     clearTimeout(this.timers.get(jobId));
     switch (state.phase) {
       case 'advertising': {
-        state.members = answered;
+        // Fault injection (tests): a coordinator that adds itself to the round, signing keys with its own TLS server key.
+        const members = faultInjected('secure.sybil') ? this.addSybil(job, state, answered) : answered;
+        state.members = members;
         const bounds: Record<string, number> = {};
-        for (const owner of answered)
+        for (const owner of members)
           for (const [id, b] of Object.entries(state.advertisements[owner]!.bounds)) bounds[id] = Math.max(bounds[id] ?? -Infinity, b);
         // Checked now, so a bound too large for Z/2⁶⁴ fails the job at once, naming the statistic.
         for (const [id, b] of Object.entries(bounds)) {
           try {
-            statisticScale(b, answered.length);
+            statisticScale(b, members.length);
           } catch (error) {
             throw new GramfuseError(ErrorCode.SecureAggregation, `statistic ${id}: ${(error as Error).message}`, {
               facts: { statistic: id },
             });
           }
         }
-        state.scale = { owners: answered.length, bounds };
+        state.scale = { owners: members.length, bounds };
         state.phase = 'sharing';
         break;
       }
@@ -401,6 +444,14 @@ export class SecureRounds {
         state.unmask = { survivors, dropped };
         // Fault injection (tests): a coordinator that asks for both kinds of share of one owner; every agent must refuse.
         if (faultInjected('secure.ask-both')) state.unmask = { survivors, dropped: [...dropped, survivors[0]!] };
+        // Fault injection (tests): honest until the uploads, then t = 1 with the first owner the only survivor: its self-mask
+        // seed and everyone else's mask key would unmask its statistics.
+        if (faultInjected('secure.late-threshold')) {
+          const [victim, ...rest] = state.sharers ?? [];
+          state.unmask = { survivors: [victim!], dropped: rest };
+        }
+        const split = this.splitCollude(state);
+        if (split !== undefined) state.unmask = split.shown;
         state.phase = 'confirming';
         break;
       }
@@ -443,21 +494,45 @@ export class SecureRounds {
           .filter((s) => s.owner === owner && s.kind === kind)
           .map((s) => ({ x: s.x, y: new Uint8Array(Buffer.from(s.y, 'base64')) })),
       );
-    const selfSeeds = survivors.map((o) => combineShares(sharesOf(o, 'self-mask'), t));
+    // Each secret is rebuilt from t shares that give back what its owner committed to in round 0 (H(bᵢ) for a seed, the
+    // advertised public key for a mask key); with more than t shares every other one is checked against it, so one
+    // wrong share (a lying owner) is named and left out instead of silently corrupting the sum.
+    const inconsistent: { owner: string; kind: string; responders: string[] }[] = [];
+    const rebuild = (owner: string, kind: 'self-mask' | 'mask-key', check: (secret: Uint8Array) => boolean): Uint8Array => {
+      const shares = sharesOf(owner, kind);
+      const found = reconstructChecked(shares, t, check);
+      if (found === undefined)
+        this.refuse(
+          jobId,
+          `the ${kind === 'self-mask' ? 'self-mask seed' : 'mask key'} of ${kind === 'self-mask' ? 'survivor' : 'dropped owner'} ${owner} does not reconstruct from the ${shares.length} revealed shares to what it committed to in round 0 (a share was wrong)`,
+        );
+      if (found.inconsistent.length > 0)
+        inconsistent.push({ owner, kind, responders: found.inconsistent.map((x) => (state.members ?? [])[x - 1] ?? `x=${x}`) });
+      return found.secret;
+    };
+    const selfSeeds = survivors.map((o) =>
+      rebuild(o, 'self-mask', (seed) => seedCommitment(jobId, o, seed) === state.advertisements[o]!.selfSeedCommitment),
+    );
     const droppedPairs: { seed: Uint8Array; sign: 1 | -1 }[] = [];
-    for (const d of dropped) {
-      const pem = Buffer.from(combineShares(sharesOf(d, 'mask-key'), t)).toString('utf8');
-      // The reconstruction must give back the key d advertised: a wrong share (a lying owner) is caught here.
-      let publicPem = '';
+    const publicOf = (pem: string): string => {
       try {
-        publicPem = createPublicKey(createPrivateKey(pem)).export({ type: 'spki', format: 'pem' }).toString();
+        return createPublicKey(createPrivateKey(pem)).export({ type: 'spki', format: 'pem' }).toString();
       } catch {
-        publicPem = '';
+        return '';
       }
-      if (publicPem !== state.advertisements[d]!.maskPublicKey)
-        this.refuse(jobId, `the mask key of dropped owner ${d} does not reconstruct from the revealed shares (a share was wrong)`);
+    };
+    for (const d of dropped) {
+      const pem = Buffer.from(
+        rebuild(d, 'mask-key', (key) => publicOf(Buffer.from(key).toString('utf8')) === state.advertisements[d]!.maskPublicKey),
+      ).toString('utf8');
       for (const s of survivors)
         droppedPairs.push({ seed: agreedSecret(pem, state.advertisements[s]!.maskPublicKey, jobId, 'mask'), sign: pairSign(s, d) });
+    }
+    if (inconsistent.length > 0) {
+      await this.ctx.ledger.append('secure.inconsistent-shares', jobId, { shares: inconsistent });
+      this.ctx.log(
+        `job ${jobId}: secure aggregation: wrong shares left out: ${inconsistent.map((i) => `${i.owner}'s ${i.kind} from ${i.responders.join(', ')}`).join('; ')}`,
+      );
     }
     const owners = state.scale!.owners;
     const statistics: PlannedStatistic[] = [];
@@ -493,6 +568,76 @@ export class SecureRounds {
     state.summed = { owners: survivors, statistics };
   }
 
+  /**
+   * Fault injection (tests) `secure.split-collude`: a coordinator colluding with one owner (GRAMFUSE_FAULT_COLLUDER, whose
+   * certificate key GRAMFUSE_FAULT_COLLUDER_KEY it holds) shows the victim (the first sharer) and the colluder "the
+   * third owner dropped" and shows the third owner "the victim dropped", signing both requests as the colluder: the
+   * victim's self-mask seed from one group, its mask key from the other.
+   */
+  private splitCollude(
+    state: SecureState,
+  ): { honest: string; shown: { survivors: string[]; dropped: string[] }; other: { survivors: string[]; dropped: string[] } } | undefined {
+    const colluder = process.env.GRAMFUSE_FAULT_COLLUDER;
+    if (colluder === undefined || !faultInjected('secure.split-collude') || state.sharers === undefined) return undefined;
+    const victim = state.sharers[0]!;
+    const honest = state.sharers.find((o) => o !== victim && o !== colluder)!;
+    const others = state.sharers.filter((o) => o !== victim && o !== honest);
+    return {
+      honest,
+      shown: { survivors: [victim, ...others].sort(), dropped: [honest] },
+      other: { survivors: [honest, ...others].sort(), dropped: [victim] },
+    };
+  }
+
+  /** The survivors' confirmations `identity` is shown (the split-collude fault adds the colluder's signature of its view). */
+  private confirmationsFor(identity: string, jobId: string, state: SecureState): { owner: string; signature: string }[] {
+    const all = Object.entries(state.confirmations ?? {}).map(([owner, signature]) => ({ owner, signature }));
+    const split = this.splitCollude(state);
+    const colluder = process.env.GRAMFUSE_FAULT_COLLUDER;
+    const keyPath = process.env.GRAMFUSE_FAULT_COLLUDER_KEY;
+    if (split === undefined || colluder === undefined || keyPath === undefined) return all;
+    const request = this.shown(identity, state)!;
+    const forged = signUnmaskRequest(jobId, request, readFileSync(keyPath, 'utf8'));
+    return [...all.filter((c) => c.owner !== colluder && request.survivors.includes(c.owner)), { owner: colluder, signature: forged }];
+  }
+
+  /**
+   * Fault injection (tests) `secure.sybil`: the coordinator puts itself into the key round as one more owner, its keys
+   * signed with its own TLS server key (GRAMFUSE_FAULT_SYBIL_CERT / _KEY: the files it serves with), so shares sealed for
+   * "it" are shares it can open.
+   */
+  private addSybil(job: Job, state: SecureState, answered: string[]): string[] {
+    const certificatePem = readFileSync(process.env.GRAMFUSE_FAULT_SYBIL_CERT!, 'utf8');
+    const keyPem = readFileSync(process.env.GRAMFUSE_FAULT_SYBIL_KEY!, 'utf8');
+    const owner = certificateName(certificatePem);
+    const pair = () => generateKeyPairSync('x25519').publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    const ad = signAdvertisement(
+      {
+        job: job.spec.id,
+        owner,
+        maskPublicKey: pair(),
+        encryptionPublicKey: pair(),
+        selfSeedCommitment: seedCommitment(job.spec.id, owner, randomBytes(32)),
+      },
+      keyPem,
+    );
+    const { job: _job, owner: _owner, ...keys } = ad;
+    state.advertisements[owner] = { ...keys, certificatePem, bounds: state.advertisements[answered[0]!]!.bounds };
+    return [...answered, owner].sort();
+  }
+
+  /**
+   * A sealed share as relayed. Fault injection (tests) `secure.garbage-share`: the last sharer's share for the first one
+   * is replaced by random bytes of the same length (a broken or malicious peer or relay); the recipient must drop that
+   * share, not the round.
+   */
+  private relayed(from: string, to: string, state: SecureState, sealed: string): string {
+    const sharers = state.sharers ?? [];
+    if (sharers.length < 2 || from !== sharers[sharers.length - 1] || to !== sharers[0] || !faultInjected('secure.garbage-share'))
+      return sealed;
+    return randomBytes(Buffer.from(sealed, 'base64').byteLength).toString('base64');
+  }
+
   /** The round as `identity` may see it. */
   view(identity: string, job: Job): RoundView {
     const state = this.state(job);
@@ -504,6 +649,7 @@ export class SecureRounds {
         owner,
         maskPublicKey: a.maskPublicKey,
         encryptionPublicKey: a.encryptionPublicKey,
+        selfSeedCommitment: a.selfSeedCommitment,
         signature: a.signature,
         certificatePem: a.certificatePem,
       };
@@ -518,7 +664,11 @@ export class SecureRounds {
       job: jobId,
       phase: state.phase,
       // Fault injection (tests): a coordinator that tells owners t = 1, so one share would give a secret away.
-      threshold: faultInjected('secure.low-threshold') ? 1 : secureThreshold(job.spec),
+      threshold:
+        faultInjected('secure.low-threshold') ||
+        (faultInjected('secure.late-threshold') && (state.phase === 'confirming' || state.phase === 'unmasking'))
+          ? 1
+          : secureThreshold(job.spec),
       minOwners: job.spec.privacy.minOwners,
       advertisements,
       ...(state.scale === undefined ? {} : { scale: state.scale }),
@@ -527,13 +677,11 @@ export class SecureRounds {
         ? {
             inbox: Object.entries(state.shares)
               .filter(([from, to]) => (state.sharers ?? []).includes(from) && to[identity] !== undefined)
-              .map(([from, to]) => ({ from, sealed: to[identity]! })),
+              .map(([from, to]) => ({ from, sealed: this.relayed(from, identity, state, to[identity]!) })),
           }
         : {}),
       ...(state.unmask === undefined || state.phase === 'summed' ? {} : { unmask: this.shown(identity, state)! }),
-      ...(state.phase === 'unmasking'
-        ? { confirmations: Object.entries(state.confirmations ?? {}).map(([owner, signature]) => ({ owner, signature })) }
-        : {}),
+      ...(state.phase === 'unmasking' ? { confirmations: this.confirmationsFor(identity, jobId, state) } : {}),
       done: {
         advertised: state.advertisements[identity] !== undefined,
         shared: state.shares[identity] !== undefined,

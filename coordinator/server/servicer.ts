@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { federation } from '../../proto/index.js';
 import { ErrorCode, GramfuseError, writeAll } from '../../shared/index.js';
 import { isValidIdentity, MAX_UPLOAD_WINDOW } from '../../shared/federation/index.js';
-import { AuditPublisher, DEFAULT_SOLVE_QUEUE, NatsEventBus, type SolveQueueSettings } from '../../shared/nats/index.js';
+import { AuditPublisher, DEFAULT_SOLVE_QUEUE, NatsEventBus, type NatsTarget, type SolveQueueSettings } from '../../shared/nats/index.js';
 import { type Action, authorize, canSee } from './auth.js';
 import { CommitBatch } from '../intake/index.js';
 import { Coordinator, type CoordinatorOptions, type Receipt } from '../jobs/index.js';
@@ -34,8 +34,9 @@ export interface CoordinatorServerOptions extends CoordinatorOptions {
   /**
    * A NATS server with JetStream: control-plane events go to `gramfuse.jobs.<job>.*` and every audit record
    * is also published to GRAMFUSE_AUDIT (the file ledger stays the source; an outage only delays publishing).
+   * In production an endpoint with TLS and the coordinator role's credentials (docs/SECURITY.md).
    */
-  readonly nats?: string;
+  readonly nats?: NatsTarget;
   /**
    * Where Gram groups are solved: in a worker thread of this process (the default), or by solver workers pulling
    * tasks from the JetStream work queue GRAMFUSE_SOLVE on `nats` (`gramfuse solver serve`).
@@ -45,6 +46,8 @@ export interface CoordinatorServerOptions extends CoordinatorOptions {
   readonly solveQueue?: SolveQueueSettings;
   /** Relative residual a worker's solution must stay below. @default DEFAULT_RESIDUAL_TOLERANCE */
   readonly residualTolerance?: number;
+  /** Per-group solve deadline of the distributed solve. @default DEFAULT_SOLVE_DEADLINE_MS */
+  readonly solveDeadlineMs?: number;
 }
 
 export type ServerState = 'starting' | 'serving' | 'draining' | 'stopped';
@@ -61,6 +64,8 @@ export interface CoordinatorServer extends AsyncDisposable {
  * window is paused at once (HTTP/2 flow control holds the client back), and these cover what was already decoded.
  */
 const WINDOW_OVERRUN_CHUNKS = 16;
+/** Solution slices (4 MiB each from our workers) a Submit stream may have decoded and not yet written before it is paused. */
+const SUBMIT_WINDOW = 4;
 
 /** Starts the coordinator's gRPC server. */
 export async function startCoordinatorServer(options: CoordinatorServerOptions): Promise<CoordinatorServer> {
@@ -74,6 +79,7 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
           url: options.nats!,
           queue: options.solveQueue ?? DEFAULT_SOLVE_QUEUE,
           ...(options.residualTolerance === undefined ? {} : { residualTolerance: options.residualTolerance }),
+          ...(options.solveDeadlineMs === undefined ? {} : { deadlineMs: options.solveDeadlineMs }),
           ...(options.log === undefined ? {} : { log: options.log }),
         })
       : undefined;
@@ -416,10 +422,13 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         try {
           decoded(call.request);
           const { jobId, group, part, sha256 } = call.request;
-          const input = coordinator.solveInput(identity(call), jobId, group, part, sha256);
+          const input = coordinator.solveInput(identity(call), jobId, group, part, sha256, {
+            streamSequence: Number(call.request.streamSequence),
+            count: call.request.delivery,
+          });
           if (input.committed) {
             // The group needs no more answers: one empty chunk of total size 0 says so.
-            call.write({ offset: 0n, data: new Uint8Array(0), totalBytes: 0n });
+            call.write({ offset: 0n, data: new Uint8Array(0), totalBytes: 0n, lease: '' });
             call.end();
             return;
           }
@@ -431,7 +440,9 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
               const { bytesRead } = await file.read(data, 0, data.byteLength, offset);
               if (bytesRead !== data.byteLength)
                 throw new GramfuseError(ErrorCode.StateCorrupt, `${input.path}: shorter than ${input.bytes} bytes`);
-              if (!call.write({ offset: BigInt(offset), data, totalBytes: BigInt(input.bytes) }))
+              // The delivery's lease rides on the first chunk.
+              const lease = offset === Number(call.request.offset) ? input.lease : '';
+              if (!call.write({ offset: BigInt(offset), data, totalBytes: BigInt(input.bytes), lease }))
                 await new Promise((resolve) => call.once('drain', resolve));
             }
           } finally {
@@ -451,6 +462,10 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
       let target: { path: string; bytes: number; handle: FileHandle; hash: Hash; received: number } | undefined;
       let answered = false;
       let queue = Promise.resolve();
+      // Backpressure as on Upload: past SUBMIT_WINDOW slices decoded and not yet written the stream is paused (HTTP/2
+      // flow control holds the worker back), and one whose slices still pile up past WINDOW_OVERRUN_CHUNKS more is
+      // cancelled with RESOURCE_EXHAUSTED; memory per Submit stays bounded whatever the worker sends.
+      let pending = 0;
       const answer = (error: unknown, reply?: federation.SolutionReply): void => {
         if (answered) return;
         answered = true;
@@ -461,60 +476,82 @@ export async function startCoordinatorServer(options: CoordinatorServerOptions):
         call.destroy();
       };
       call.on('data', (message: federation.SolutionChunk) => {
+        pending++;
+        if (pending > SUBMIT_WINDOW) call.pause();
+        if (pending > SUBMIT_WINDOW + WINDOW_OVERRUN_CHUNKS) {
+          answer(
+            new GramfuseError(
+              ErrorCode.ResourceExhausted,
+              `${who || 'a solver'} sent ${pending} solution slices without waiting for them to be written (the window is ${SUBMIT_WINDOW}); respect the stream's backpressure`,
+              { facts: { pending, window: SUBMIT_WINDOW } },
+            ),
+          );
+          return;
+        }
         queue = queue.then(async () => {
-          if (answered) return;
           try {
-            decoded(message);
-            if (header === undefined) {
-              const h = message.header;
-              if (h === undefined) throw new GramfuseError(ErrorCode.UploadInvalid, 'a Submit stream starts with the solution header');
-              who = identity(call);
-              header = {
-                jobId: h.jobId,
-                group: h.group,
-                gramSha256: h.gramSha256,
-                n: h.n,
-                rhs: h.rhs,
-                jitter: h.jitter,
-                conditionEstimate: h.conditionEstimate,
-                seconds: h.seconds,
-                device: h.device,
-                errorCode: h.errorCode,
-                errorMessage: h.errorMessage,
-                delivery: h.delivery,
-                lastDelivery: h.lastDelivery,
-                sha256: h.sha256,
-              };
-              if (h.errorCode !== '') {
-                answer(null, coordinator.recordAnswerError(who, header));
-                return;
-              }
-              const begun = coordinator.beginAnswer(who, header);
-              if (begun === 'duplicate') {
-                answer(null, { outcome: 'duplicate', reason: 'the group was already committed', relativeResidual: 0 });
-                return;
-              }
-              await mkdir(dirname(begun.path), { recursive: true });
-              target = { ...begun, handle: await open(begun.path, 'wx', 0o600), hash: createHash('sha256'), received: 0 };
-              return;
-            }
-            if (target === undefined) return;
-            if (target.received + message.data.byteLength > target.bytes)
-              throw new GramfuseError(
-                ErrorCode.UploadInvalid,
-                `the solution of group ${header.group} is longer than its ${target.bytes} bytes`,
-                {
-                  facts: { job: header.jobId, group: header.group },
-                },
-              );
-            await writeAll(target.handle, message.data, target.received);
-            target.hash.update(message.data);
-            target.received += message.data.byteLength;
-          } catch (error) {
-            answer(error);
+            if (answered) return;
+            await receive(message);
+          } finally {
+            pending--;
+            if (pending <= SUBMIT_WINDOW && call.isPaused()) call.resume();
           }
         });
       });
+      const receive = async (message: federation.SolutionChunk): Promise<void> => {
+        try {
+          decoded(message);
+          if (header === undefined) {
+            const h = message.header;
+            if (h === undefined) throw new GramfuseError(ErrorCode.UploadInvalid, 'a Submit stream starts with the solution header');
+            who = identity(call);
+            header = {
+              jobId: h.jobId,
+              group: h.group,
+              gramSha256: h.gramSha256,
+              n: h.n,
+              rhs: h.rhs,
+              jitter: h.jitter,
+              conditionEstimate: h.conditionEstimate,
+              seconds: h.seconds,
+              device: h.device,
+              errorCode: h.errorCode,
+              errorMessage: h.errorMessage,
+              delivery: h.delivery,
+              lastDelivery: h.lastDelivery,
+              lease: h.lease,
+              sha256: h.sha256,
+            };
+            if (h.errorCode !== '') {
+              answer(null, coordinator.recordAnswerError(who, header));
+              return;
+            }
+            const begun = coordinator.beginAnswer(who, header);
+            if ('outcome' in begun) {
+              // Nothing to receive (the group is committed, or the lease is stale): no byte of X is written.
+              answer(null, begun);
+              return;
+            }
+            await mkdir(dirname(begun.path), { recursive: true });
+            target = { ...begun, handle: await open(begun.path, 'wx', 0o600), hash: createHash('sha256'), received: 0 };
+            return;
+          }
+          if (target === undefined) return;
+          if (target.received + message.data.byteLength > target.bytes)
+            throw new GramfuseError(
+              ErrorCode.UploadInvalid,
+              `the solution of group ${header.group} is longer than its ${target.bytes} bytes`,
+              {
+                facts: { job: header.jobId, group: header.group },
+              },
+            );
+          await writeAll(target.handle, message.data, target.received);
+          target.hash.update(message.data);
+          target.received += message.data.byteLength;
+        } catch (error) {
+          answer(error);
+        }
+      };
       call.on('end', () => {
         void queue.then(async () => {
           if (answered) return;

@@ -10,4 +10,4 @@ export {
   NatsSolveExecutor,
   type SolveGroupView,
 } from './nats-executor.js';
-export { DEFAULT_RESIDUAL_TOLERANCE, projectedResidual } from './tasks.js';
+export { CHECK_PROJECTIONS, checkTolerance, DEFAULT_RESIDUAL_TOLERANCE, readFloat64File, type Verdict, verifySolution } from './tasks.js';

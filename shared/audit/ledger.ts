@@ -25,6 +25,10 @@ export const AuditKind = z.enum([
   'secure.masked',
   /** Secure aggregation (agent): which owners' shares it revealed, of which kind. */
   'secure.revealed',
+  /** Secure aggregation (coordinator): revealed shares left out because they disagree with the owner's commitment. */
+  'secure.inconsistent-shares',
+  /** Secure aggregation (agent): the job ended, so its private keys, seed and received shares were deleted (listed). */
+  'secure.erased',
 ]);
 export type AuditKind = z.infer<typeof AuditKind>;
 

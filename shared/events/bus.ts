@@ -19,6 +19,13 @@ export type JobEvent = z.infer<typeof JobEvent>;
 export interface SubscribeOptions {
   /** Deliver the job's earlier events first (as far as the bus keeps them), then new ones. */
   readonly history?: boolean;
+  /**
+   * A message on the bus that is not a job event (not JSON, not the schema, or not the job and type its subject
+   * names) is skipped, never delivered and never fatal to the subscription: this hears of each one, as an
+   * INVALID_DATA error naming the subject and what is wrong. The in-process bus checks events at `publish` and
+   * never skips.
+   */
+  readonly onSkipped?: (problem: GramfuseError) => void;
 }
 
 /** Stops a subscription; no event is delivered after it resolves. */

@@ -29,7 +29,17 @@ export const PrivacySpec = z
       .int()
       .min(2)
       .optional()
-      .describe('Shamir threshold t (n/2 < t ≤ n): owners whose shares unmask the sum; default ⌊n/2⌋ + 1'),
+      .describe(
+        'Shamir threshold t (n/2 < t ≤ n): owners whose shares unmask the sum; default ⌊(n + k)/2⌋ + 1 (at most n), so that 2t > n + k for k = privacy.colluders',
+      ),
+    colluders: z
+      .number()
+      .int()
+      .min(0)
+      .optional()
+      .describe(
+        'owners that may collude with the coordinator (k, default 1): the default t has 2t > n + k; with dropout lies, k ≥ 2t − n colluders could unmask one owner (docs/SECURITY.md)',
+      ),
     minOwners: z.number().int().min(3).default(3).describe('fewest owners whose statistics may enter a secure sum (≥ 3)'),
     roundTimeoutSeconds: z
       .number()
@@ -41,9 +51,20 @@ export const PrivacySpec = z
   .strict();
 export type PrivacySpec = z.infer<typeof PrivacySpec>;
 
-/** The Shamir threshold in force: the spec's, or a majority of the participants. */
-export const secureThreshold = (spec: { participants: readonly string[]; privacy: PrivacySpec }): number =>
-  spec.privacy.threshold ?? Math.floor(spec.participants.length / 2) + 1;
+/** Colluding owners the default threshold withstands when the spec names none. */
+export const DEFAULT_COLLUDERS = 1;
+
+/**
+ * The Shamir threshold in force: the spec's, or the smallest t with 2t > n + k (k = privacy.colluders, default 1), at
+ * most n: with dropout lies, k ≥ 2t − n owners colluding with the coordinator could unmask one owner (docs/SECURITY.md).
+ */
+export const secureThreshold = (spec: { participants: readonly string[]; privacy: PrivacySpec }): number => {
+  const n = spec.participants.length;
+  return spec.privacy.threshold ?? Math.min(n, Math.floor((n + (spec.privacy.colluders ?? DEFAULT_COLLUDERS)) / 2) + 1);
+};
+
+/** Secure aggregation's Shamir shares are numbered 1..255 (GF(2⁸)): a secure job has at most this many participants. */
+export const MAX_SECURE_PARTICIPANTS = 255;
 
 /** A federated merge job (issue #5). Every field has a default or says why it has none. */
 /** Chunks in flight per upload stream by default, and at most (a stream holds up to this many chunks in memory). */
@@ -121,6 +142,21 @@ export const JobSpec = z
     const n = spec.participants.length;
     const issue = (path: (string | number)[], message: string): void => ctx.addIssue({ code: 'custom', path, message });
     if (n < 3) issue(['participants'], `secure aggregation needs at least 3 participants (got ${n}): with 2, the sum reveals the other's`);
+    if (n > MAX_SECURE_PARTICIPANTS)
+      issue(
+        ['participants'],
+        `secure aggregation takes at most ${MAX_SECURE_PARTICIPANTS} participants (got ${n}): its Shamir shares are numbered 1..255; split the owners into several jobs`,
+      );
+    if (p.colluders !== undefined && p.threshold !== undefined && 2 * p.threshold <= n + p.colluders)
+      issue(
+        ['privacy', 'threshold'],
+        `t = ${p.threshold} does not withstand ${p.colluders} colluding owners at n = ${n}: it needs 2t > n + k, t ≥ ${Math.floor((n + p.colluders) / 2) + 1}`,
+      );
+    if (p.colluders !== undefined && p.threshold === undefined && n + p.colluders >= 2 * n)
+      issue(
+        ['privacy', 'colluders'],
+        `no threshold t ≤ ${n} withstands ${p.colluders} colluding owners at n = ${n} (2t > n + k needs k < n)`,
+      );
     if (p.threshold !== undefined && (p.threshold <= n / 2 || p.threshold > n))
       issue(['privacy', 'threshold'], `the threshold t must satisfy n/2 < t ≤ n for n = ${n} participants (got ${p.threshold})`);
     if (p.minOwners > n) issue(['privacy', 'minOwners'], `minOwners ${p.minOwners} exceeds the ${n} participants`);

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { access, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { z } from 'zod';
@@ -22,6 +22,19 @@ export const BundleManifest = z
   })
   .strict();
 export type BundleManifest = z.infer<typeof BundleManifest>;
+
+/**
+ * What an owner sends at join, and all the coordinator keeps of it (`owners/<id>/manifest.json`): exactly the approved
+ * disclosure plan. A bundle's `settings` (model, data and tokenizer paths, memory, timings), its tool version and its
+ * creation time stay with the owner: only what the plan lists leaves (DESIGN §8).
+ */
+export const JoinManifest = z.object({ plan: DisclosurePlan }).strict();
+export type JoinManifest = z.infer<typeof JoinManifest>;
+
+/** The join message of a bundle: its plan, and nothing else of it. */
+export function joinManifest(manifest: BundleManifest): JoinManifest {
+  return { plan: manifest.plan };
+}
 
 export const BUNDLE_TENSORS = 'statistics.safetensors';
 export const BUNDLE_MANIFEST = 'manifest.json';
@@ -172,6 +185,11 @@ async function readManifest(dir: string, invalid: (reason: string) => GramfuseEr
   try {
     manifestText = await readFile(join(dir, BUNDLE_MANIFEST), 'utf8');
   } catch (error) {
+    // The directory is there but holds no manifest: not a bundle (a missing directory stays FILE_NOT_FOUND).
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && (await stat(dir).catch(() => undefined))?.isDirectory() === true)
+      throw invalid(
+        `no ${BUNDLE_MANIFEST}: not a statistics bundle (it holds manifest.json and statistics.safetensors, from \`gramfuse agent collect\`)`,
+      );
     throw fileError(error, dir, 'reading the statistics bundle (it needs manifest.json and statistics.safetensors)');
   }
   let json: unknown;

@@ -12,10 +12,12 @@ import {
   type CheckpointMapping,
   checkUnique,
   type LinearLayer,
+  MAX_TENSOR_READ_BYTES,
   type OnnxModel,
   type Parameter,
   readParameterValues,
   structuralCheckpointNames,
+  tensorByteSlices,
   tensorBytes,
 } from '../onnx/index.js';
 import { readSafetensorsHeader, SAFETENSORS_DTYPE, writeSafetensorsFrom } from './safetensors.js';
@@ -88,16 +90,27 @@ export async function readHfCheckpoint(dir: string): Promise<HfCheckpoint> {
   return { dir, tensors, config };
 }
 
-async function readTensor(tensor: CheckpointTensor): Promise<Uint8Array> {
-  const handle = await open(tensor.file, 'r');
+/** What a checkpoint tensor's or a parameter's values are hashed a slice at a time in (a 7B model's embeddings pass 2 GiB). */
+const HASH_SLICE_BYTES = 64 * 2 ** 20;
+
+/** `digest` of a checkpoint tensor, read from its file a slice at a time: memory holds one slice, whatever its size. */
+async function checkpointTensorDigest(tensor: CheckpointTensor): Promise<string> {
+  const hash = createHash('sha256').update(`${tensor.dtype}[${tensor.shape.join(',')}]`);
+  const handle = await open(tensor.file, 'r').catch((error: unknown) => {
+    throw fileError(error, tensor.file, 'reading the checkpoint');
+  });
   try {
-    const bytes = new Uint8Array(tensor.end - tensor.begin);
-    const { bytesRead } = await handle.read(bytes, 0, bytes.byteLength, tensor.begin);
-    if (bytesRead !== bytes.byteLength) throw invalidCheckpoint(tensor.file)(`tensor ${tensor.name} is cut short`);
-    return bytes;
+    const slice = new Uint8Array(Math.max(1, Math.min(HASH_SLICE_BYTES, tensor.end - tensor.begin)));
+    for (let at = tensor.begin; at < tensor.end;) {
+      const { bytesRead } = await handle.read(slice, 0, Math.min(slice.byteLength, tensor.end - at), at);
+      if (bytesRead === 0) throw invalidCheckpoint(tensor.file)(`tensor ${tensor.name} is cut short`);
+      hash.update(slice.subarray(0, bytesRead));
+      at += bytesRead;
+    }
   } finally {
     await handle.close();
   }
+  return hash.digest('hex');
 }
 
 /** A rank-2 tensor's bytes with rows and columns swapped ([r, c] → [c, r]), element width `width` (bits kept). */
@@ -110,8 +123,7 @@ export function transposeBytes(bytes: Uint8Array, rows: number, cols: number, wi
     const src = new Lane(new Uint8Array(bytes).buffer);
     const dst = new Lane(out.buffer);
     for (let r = 0; r < rows; r++)
-      for (let c = 0; c < cols; c++)
-        for (let l = 0; l < lanes; l++) dst[(c * rows + r) * lanes + l] = src[(r * cols + c) * lanes + l]!;
+      for (let c = 0; c < cols; c++) for (let l = 0; l < lanes; l++) dst[(c * rows + r) * lanes + l] = src[(r * cols + c) * lanes + l]!;
     return out;
   }
   for (let r = 0; r < rows; r++)
@@ -124,6 +136,17 @@ const digest = (dtype: string, shape: readonly number[], bytes: Uint8Array): str
     .update(`${dtype}[${shape.join(',')}]`)
     .update(bytes)
     .digest('hex');
+
+/**
+ * `digest` of a parameter stored in `dtype` and shape `shape` (its own): read a slice at a time, so a parameter past
+ * what one read holds (2 GiB) is hashed too. Only for a parameter whose dtype is the checkpoint's (no conversion).
+ */
+function parameterDigestInSlices(model: OnnxModel, parameter: Parameter, dtype: string): string {
+  const tensor = model.proto.graph!.initializer.find((t) => t.name === parameter.name)!;
+  const hash = createHash('sha256').update(`${dtype}[${parameter.shape.join(',')}]`);
+  for (const slice of tensorByteSlices(model, tensor, HASH_SLICE_BYTES)) hash.update(slice);
+  return hash.digest('hex');
+}
 
 /** A parameter's values as the bytes of a checkpoint dtype (exact when the dtypes agree). */
 function bytesAs(model: OnnxModel, parameter: Parameter, dtype: string): Uint8Array {
@@ -155,10 +178,16 @@ export async function matchCheckpointByValue(
   const structuralName = new Map(structural?.entries.map((e) => [e.parameter, e.name]));
   const byHash = new Map<string, string[]>();
   const dtypes = new Set<string>();
+  // A digest covers the shape, so a checkpoint tensor no parameter has the shape of (as stored or transposed) can
+  // match nothing: it is not read at all.
+  const shapes = new Set(
+    analysis.parameters.flatMap((p) => [p.shape.join(','), ...(p.shape.length === 2 ? [`${p.shape[1]},${p.shape[0]}`] : [])]),
+  );
   for (const tensor of checkpoint.tensors.values()) {
     if (DTYPE_OF[tensor.dtype] === undefined) continue; // integer buffers are not parameters
     dtypes.add(tensor.dtype);
-    const key = digest(tensor.dtype, tensor.shape, await readTensor(tensor));
+    if (!shapes.has(tensor.shape.join(','))) continue;
+    const key = await checkpointTensorDigest(tensor);
     byHash.set(key, [...(byHash.get(key) ?? []), tensor.name]);
   }
   const entries: CheckpointEntry[] = [];
@@ -168,6 +197,14 @@ export async function matchCheckpointByValue(
   for (const p of analysis.parameters) {
     const candidates: { name: string; transpose: boolean; shape: readonly number[]; dtype: string }[] = [];
     for (const dtype of dtypes) {
+      if (p.bytes > MAX_TENSOR_READ_BYTES) {
+        // Too large to hold whole: hashed as stored, a slice at a time (a transposed or converted copy would need it
+        // whole); a checkpoint that holds it transposed or in another dtype leaves it unmatched, and says so below.
+        if (DTYPE_OF[dtype] !== p.dtype) continue;
+        for (const name of byHash.get(parameterDigestInSlices(model, p, dtype)) ?? [])
+          candidates.push({ name, transpose: false, shape: p.shape, dtype });
+        continue;
+      }
       const bytes = bytesAs(model, p, dtype);
       for (const name of byHash.get(digest(dtype, p.shape, bytes)) ?? [])
         candidates.push({ name, transpose: false, shape: p.shape, dtype });

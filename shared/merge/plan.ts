@@ -45,6 +45,14 @@ export const DisclosurePolicy = z
   .strict();
 export type DisclosurePolicy = z.infer<typeof DisclosurePolicy>;
 
+/**
+ * Which tokens' activations enter an owner's Grams: `non_pad` (the default), every token of every example but
+ * padding — for chat data the whole rendered conversation: every role's turns, the template's markers and its special
+ * tokens; `all`, padding positions too (`spec.includePadding`, the reference code's behaviour).
+ */
+export const GramTokens = z.enum(['non_pad', 'all']);
+export type GramTokens = z.infer<typeof GramTokens>;
+
 export const DisclosurePlan = z
   .object({
     owner: z.string(),
@@ -53,6 +61,7 @@ export const DisclosurePlan = z
     statistics: z.array(PlannedStatistic),
     totals: z.object({ statistics: z.number().int(), bytes: z.number().int() }).strict(),
     policy: DisclosurePolicy,
+    gramTokens: GramTokens.optional().describe('which tokens enter the Grams (RegMean only; absent in plans made before it was stated)'),
   })
   .strict();
 export type DisclosurePlan = z.infer<typeof DisclosurePlan>;
@@ -146,6 +155,7 @@ export function planDisclosure(
     statistics,
     totals: { statistics: statistics.length, bytes: statistics.reduce((s, x) => s + x.bytes, 0) },
     policy,
+    ...(spec.method === 'regmean' ? { gramTokens: spec.includePadding ? ('all' as const) : ('non_pad' as const) } : {}),
   };
 }
 

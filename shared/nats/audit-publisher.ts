@@ -6,7 +6,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { writeFileAtomic } from '../atomic-file.js';
 import { AuditRecord, type FileLedger, readLedgerRecords } from '../audit/index.js';
 import { subjectToken } from '../events/index.js';
-import { AUDIT_STREAM, connectNats, ensureStreams } from './connection.js';
+import { AUDIT_STREAM, connectNats, ensureStreams, type NatsTarget } from './connection.js';
 
 /** A record's subject: per job, and per writer (its key id) so that each writer's chain can be checked on its own subjects. */
 export function auditSubject(job: string, writerKeyId: string): string {
@@ -46,7 +46,7 @@ export class AuditPublisher {
 
   private constructor(
     private readonly ledger: LedgerSource,
-    private readonly url: string,
+    private readonly target: NatsTarget,
     private readonly name: string,
     private readonly log: (line: string) => void,
   ) {}
@@ -54,11 +54,11 @@ export class AuditPublisher {
   /** Starts mirroring `ledger`: records not yet published (from earlier runs too) go first. Never throws for NATS being down. */
   static async start(
     ledger: LedgerSource,
-    url: string,
+    target: NatsTarget,
     name: string,
     log: (line: string) => void = () => undefined,
   ): Promise<AuditPublisher> {
-    const publisher = new AuditPublisher(ledger, url, name, log);
+    const publisher = new AuditPublisher(ledger, target, name, log);
     publisher.published = (await publisher.readMarker()) ?? 0;
     for (const { record, line } of await readLedgerRecords(ledger.path))
       if (record.seq > publisher.published) publisher.pending.push({ seq: record.seq, job: record.job, key: record.key, line });
@@ -105,7 +105,7 @@ export class AuditPublisher {
   private async drain(): Promise<void> {
     try {
       if (this.nc === undefined || this.nc.isClosed()) {
-        this.nc = await connectNats(this.url, { name: this.name, timeoutMs: 1000 });
+        this.nc = await connectNats(this.target, { name: this.name, timeoutMs: 1000 });
         this.jsm = await ensureStreams(this.nc);
         this.js = jetstream(this.nc, { timeout: 3000 });
         this.lastBySubject.clear();
@@ -137,9 +137,14 @@ export class AuditPublisher {
           throw error;
         });
         if (stored !== null) {
-          const record = AuditRecord.parse(JSON.parse(stored.string()));
+          const record = storedRecord(stored.data);
           this.lastBySubject.set(subject, stored.seq);
-          if (record.seq >= item.seq) return; // it landed before (a crash between the ack and the marker)
+          if (record === undefined)
+            // Not a record (someone else's garbage on this writer's subject): it proves nothing landed; publish after it.
+            this.log(
+              `audit: ${AUDIT_STREAM} seq ${stored.seq} on ${subject} is not an audit record (INVALID_DATA); skipped, publishing after it`,
+            );
+          else if (record.seq >= item.seq) return; // it landed before (a crash between the ack and the marker)
           last = stored.seq;
         } else last = 0;
       }
@@ -177,5 +182,15 @@ export class AuditPublisher {
     if (this.timer !== undefined) clearTimeout(this.timer);
     await this.running;
     await this.nc?.drain().catch(() => undefined);
+  }
+}
+
+/** A stored message as an audit record, or undefined when it is not one (not JSON, not the record schema). */
+function storedRecord(data: Uint8Array): AuditRecord | undefined {
+  try {
+    const parsed = AuditRecord.safeParse(JSON.parse(new TextDecoder().decode(data)));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
   }
 }

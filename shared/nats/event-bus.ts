@@ -12,8 +12,8 @@ import {
   subjectToken,
   type Unsubscribe,
 } from '../events/index.js';
-import { toGramfuseError } from '../errors.js';
-import { connectNats, ensureStreams, JOBS_STREAM } from './connection.js';
+import { ErrorCode, GramfuseError, schemaProblems, toGramfuseError } from '../errors.js';
+import { connectNats, ensureStreams, JOBS_STREAM, natsError, type NatsTarget } from './connection.js';
 
 /**
  * Control-plane events on NATS: published to JetStream (stream GRAMFUSE_JOBS, subjects
@@ -29,8 +29,8 @@ export class NatsEventBus implements EventBus {
     this.js = jetstream(nc, { timeout: 5000 });
   }
 
-  static async connect(url: string, name: string): Promise<NatsEventBus> {
-    const nc = await connectNats(url, { name });
+  static async connect(target: NatsTarget, name: string): Promise<NatsEventBus> {
+    const nc = await connectNats(target, { name });
     await ensureStreams(nc);
     return new NatsEventBus(nc, true);
   }
@@ -87,15 +87,28 @@ export class NatsEventBus implements EventBus {
   }
 
   async subscribe(job: string | undefined, handler: (event: JobEvent) => void, options: SubscribeOptions = {}): Promise<Unsubscribe> {
+    try {
+      return await this.subscribeOnce(job, handler, options);
+    } catch (error) {
+      throw natsError(this.nc.getServer(), error, `following ${job === undefined ? 'every job' : `job ${job}`}'s events`);
+    }
+  }
+
+  private async subscribeOnce(
+    job: string | undefined,
+    handler: (event: JobEvent) => void,
+    options: SubscribeOptions,
+  ): Promise<Unsubscribe> {
     const filter = `gramfuse.jobs.${job === undefined ? '*' : subjectToken(job)}.>`;
-    const deliver = (data: string): void => {
-      const parsed = JobEvent.safeParse(JSON.parse(data));
-      if (parsed.success) handler(parsed.data);
+    const deliver = (subject: string, data: Uint8Array, seq?: number): void => {
+      const event = eventOf(subject, data, seq);
+      if (event instanceof GramfuseError) options.onSkipped?.(event);
+      else handler(event);
     };
     if (options.history !== true) {
       const sub: Subscription = this.nc.subscribe(filter, {
         callback: (error, msg) => {
-          if (error === null) deliver(msg.string());
+          if (error === null) deliver(msg.subject, msg.data);
         },
       });
       await this.nc.flush();
@@ -108,7 +121,7 @@ export class NatsEventBus implements EventBus {
     const messages: ConsumerMessages = await consumer.consume();
     let stopped = false;
     const done = (async () => {
-      for await (const msg of messages) if (!stopped) deliver(msg.string());
+      for await (const msg of messages) if (!stopped) deliver(msg.subject, msg.data, msg.seq);
     })();
     return async () => {
       stopped = true;
@@ -125,4 +138,31 @@ export class NatsEventBus implements EventBus {
     for (const entry of this.outbox.splice(0)) entry.resolve();
     if (this.owned) await this.nc.drain().catch(() => undefined);
   }
+}
+
+/**
+ * A message of the events subjects as a job event, or the INVALID_DATA error saying why it is not one: not UTF-8
+ * JSON, not the schema, or about another job or type than its subject names (a publisher may not file an event
+ * under someone else's job).
+ */
+export function eventOf(subject: string, data: Uint8Array, seq?: number): JobEvent | GramfuseError {
+  const where = `the message on ${subject}${seq === undefined ? '' : ` (${JOBS_STREAM} seq ${seq})`}`;
+  const skipped = (why: string): GramfuseError =>
+    new GramfuseError(ErrorCode.InvalidData, `${where} is not a gramfuse job event (${why}); skipped`, {
+      facts: { subject, ...(seq === undefined ? {} : { seq }) },
+    });
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data));
+  } catch (error) {
+    return skipped(`not UTF-8 JSON: ${(error as Error).message}`);
+  }
+  const parsed = JobEvent.safeParse(value);
+  if (!parsed.success) return skipped(schemaProblems(parsed.error.issues));
+  const event = parsed.data;
+  if (subject !== jobEventSubject(event.job, event.type))
+    return skipped(
+      `it says job ${JSON.stringify(event.job)}, type ${event.type}, which belong on ${jobEventSubject(event.job, event.type)}`,
+    );
+  return event;
 }

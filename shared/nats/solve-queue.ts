@@ -20,6 +20,22 @@ export function solveSubject(job: string): string {
 
 /** JetStream's advisory when a task reached MaxDeliver without being acknowledged. */
 export const MAX_DELIVERIES_ADVISORY = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${SOLVE_STREAM}.${SOLVE_CONSUMER}`;
+/** JetStream's advisory when a client terminated a task (`term()`): the message leaves the work queue for good. */
+export const MSG_TERMINATED_ADVISORY = `$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${SOLVE_STREAM}.${SOLVE_CONSUMER}`;
+
+/** What the coordinator reads of either advisory (nats-server's JSON; other fields ignored). */
+export const SolveAdvisory = z.object({ stream_seq: z.number().int().positive(), deliveries: z.number().int().nonnegative().optional() });
+export type SolveAdvisory = z.infer<typeof SolveAdvisory>;
+
+/** An advisory's payload, or undefined when it is not one (a forged or garbled message is skipped, never a crash). */
+export function parseSolveAdvisory(data: Uint8Array): SolveAdvisory | undefined {
+  try {
+    const parsed = SolveAdvisory.safeParse(JSON.parse(new TextDecoder().decode(data)));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 const Digest = z.string().regex(/^[0-9a-f]{64}$/);
 const Part = z.object({ sha256: Digest, bytes: z.number().int().positive() }).strict();

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 
@@ -8,6 +8,7 @@ import { GraphProto, ModelProto, TensorProto } from '../../proto/index.js';
 import { dtypeFromOnnx, typedArrayBytes } from '../dtypes.js';
 import { ensureDirectoryFor, writeAll, writeFileAtomic } from '../atomic-file.js';
 import { ErrorCode, fileError, GramfuseError } from '../errors.js';
+import { buildHfModel } from '../hf/index.js';
 
 /** An ONNX model in memory, with where its external data lives. */
 export interface OnnxModel {
@@ -26,8 +27,24 @@ export interface LoadModelOptions {
 /** Protobuf's hard limit for one message; models past it must keep tensors in external data. */
 export const PROTOBUF_LIMIT_BYTES = 2 ** 31 - 1;
 
-/** Loads an ONNX model from a path or from bytes. External tensor data stays on disk until read. */
+/**
+ * The most bytes of one tensor gramfuse holds in memory at once (`tensorBytes`): one read of Node's fs takes at most
+ * 2 GiB − 1 (past it Node aborts natively). A larger tensor is refused with ONNX_EXTERNAL_DATA where it must be
+ * whole, and read in slices (`tensorByteSlices`) where a pass over it is enough (hashing).
+ */
+export const MAX_TENSOR_READ_BYTES = 2 ** 31 - 1;
+
+/** The slice `tensorByteSlices` reads at a time by default. */
+export const TENSOR_SLICE_BYTES = 64 * 2 ** 20;
+
+/**
+ * Loads an ONNX model from a path or from bytes, or builds one from a Hugging Face checkpoint directory (config.json +
+ * safetensors). External tensor data stays on disk until read.
+ */
 export async function loadModel(source: string | Uint8Array, options: LoadModelOptions = {}): Promise<OnnxModel> {
+  // A Hugging Face checkpoint directory is built into the same kind of graph (shared/hf); nothing after this knows.
+  if (typeof source === 'string' && (await stat(source).catch(() => undefined))?.isDirectory() === true)
+    return (await buildHfModel(source)).model;
   let bytes: Uint8Array;
   let label: string;
   let baseDir = options.baseDir;
@@ -98,9 +115,24 @@ function externalLocation(tensor: TensorProto): ExternalLocation {
       facts: { tensor: tensor.name ?? null },
     });
   }
-  const offset = Number(entries.get('offset') ?? '0');
+  // A byte count from the file: a whole number, never NaN, negative, fractional or past 2^53 (a negative position is
+  // "the current position" to fs.read, and NaN reads whatever comes next).
+  const byteCount = (key: string, text: string): number => {
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value))
+      throw new GramfuseError(
+        ErrorCode.OnnxExternalData,
+        `tensor ${tensor.name ?? '?'}: external data ${key} ${JSON.stringify(text)} is not a whole number of bytes; the model file is damaged`,
+        { facts: { tensor: tensor.name ?? null, [key]: text } },
+      );
+    return value;
+  };
   const lengthText = entries.get('length');
-  return { location, offset, length: lengthText === undefined ? undefined : Number(lengthText) };
+  return {
+    location,
+    offset: byteCount('offset', entries.get('offset') ?? '0'),
+    length: lengthText === undefined ? undefined : byteCount('length', lengthText),
+  };
 }
 
 /**
@@ -131,7 +163,71 @@ export function tensorBytes(model: OnnxModel, tensor: TensorProto): Uint8Array {
 
 function readExternal(model: OnnxModel, tensor: TensorProto, expected: number): Uint8Array {
   const name = tensor.name ?? '?';
+  if (expected > MAX_TENSOR_READ_BYTES)
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `tensor ${name}: ${expected} bytes, past the ${MAX_TENSOR_READ_BYTES} bytes (2 GiB − 1) gramfuse can hold of one tensor here; split the tensor, or keep it out of this step`,
+      { facts: { tensor: name, bytes: expected, limit: MAX_TENSOR_READ_BYTES } },
+    );
+  const { fd, path, offset } = openExternal(model, tensor, expected);
+  try {
+    const buffer = Buffer.allocUnsafe(expected);
+    readFully(fd, buffer, offset, path, name);
+    return buffer;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Fills `buffer` from `position` (short reads continued; the range was checked against the file's size). */
+function readFully(fd: number, buffer: Uint8Array, position: number, path: string, name: string): void {
+  let done = 0;
+  while (done < buffer.byteLength) {
+    const read = readSync(fd, buffer, done, buffer.byteLength - done, position + done);
+    if (read === 0)
+      throw new GramfuseError(ErrorCode.OnnxExternalData, `tensor ${name}: external data file ${path} ended early; copy it again`, {
+        facts: { tensor: name, path },
+      });
+    done += read;
+  }
+}
+
+/**
+ * A tensor's value as little-endian bytes, `sliceBytes` at a time (its stored bytes: inline ones in one piece, external
+ * ones read from the side file a slice at a time, whatever the tensor's size — past 2 GiB too). The byte count is
+ * checked against dims × element width, as `tensorBytes` does.
+ */
+export function* tensorByteSlices(model: OnnxModel, tensor: TensorProto, sliceBytes = TENSOR_SLICE_BYTES): Generator<Uint8Array> {
+  const name = tensor.name ?? '?';
+  const expected = tensorElementCount(tensor) * dtypeFromOnnx(tensor.dataType ?? 0, `tensor ${name}`).bytes;
+  if (!isExternal(tensor)) {
+    yield tensorBytes(model, tensor);
+    return;
+  }
+  const { fd, path, offset } = openExternal(model, tensor, expected);
+  try {
+    const slice = Math.max(1, Math.min(sliceBytes, expected, MAX_TENSOR_READ_BYTES));
+    const buffer = Buffer.allocUnsafe(slice);
+    for (let at = 0; at < expected; at += slice) {
+      const part = buffer.subarray(0, Math.min(slice, expected - at));
+      readFully(fd, part, offset + at, path, name);
+      yield part;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The side file of an external tensor, opened, with its range checked: inside the model's directory and the file. */
+function openExternal(model: OnnxModel, tensor: TensorProto, expected: number): { fd: number; path: string; offset: number } {
+  const name = tensor.name ?? '?';
   const { location, offset, length } = externalLocation(tensor);
+  if (length !== undefined && length !== expected)
+    throw new GramfuseError(
+      ErrorCode.OnnxExternalData,
+      `tensor ${name}: external data length ${length}, but its shape [${tensorShape(tensor).join(', ')}] needs ${expected} bytes; the model file is damaged`,
+      { facts: { tensor: name, length, expected } },
+    );
   if (model.baseDir === undefined) {
     throw new GramfuseError(
       ErrorCode.OnnxExternalData,
@@ -150,7 +246,7 @@ function readExternal(model: OnnxModel, tensor: TensorProto, expected: number): 
     );
   }
   const path = join(model.baseDir, normalized);
-  const byteCount = length ?? expected;
+  const byteCount = expected;
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -170,17 +266,11 @@ function readExternal(model: OnnxModel, tensor: TensorProto, expected: number): 
         { facts: { tensor: name, path, size, offset, length: byteCount } },
       );
     }
-    const buffer = Buffer.allocUnsafe(byteCount);
-    let done = 0;
-    while (done < byteCount) {
-      const read = readSync(fd, buffer, done, byteCount - done, offset + done);
-      if (read === 0) break;
-      done += read;
-    }
-    return buffer;
-  } finally {
+  } catch (error) {
     closeSync(fd);
+    throw error;
   }
+  return { fd, path, offset };
 }
 
 function typedFieldBytes(tensor: TensorProto, dtype: string): Uint8Array {

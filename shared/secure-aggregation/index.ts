@@ -13,16 +13,19 @@ export {
   type KeyAdvertisement,
   openShare,
   sealShare,
+  seedCommitment,
   signAdvertisement,
   signUnmaskRequest,
   verifyAdvertisement,
   verifyUnmaskRequest,
 } from './keys.js';
 export { ringAddInto, ringAddIntoLanes, ringSubInto, ringVector } from './ring.js';
-export { combineShares, type Share, splitSecret } from './shamir.js';
+export { combineShares, reconstructChecked, type Share, splitSecret } from './shamir.js';
 export { type ShareKind, ShareGuard } from './guard.js';
 export {
   AdvertiseBody,
+  ApprovedTerms,
+  checkRoundScale,
   checkUnmaskRequest,
   checkConfirmations,
   ConfirmBody,
@@ -31,12 +34,14 @@ export {
   MIN_BOUND_LOG2,
   pairSign,
   parseSecure,
+  type PeerRules,
   RevealBody,
   RoundView,
   SecurePhase,
   ShareBody,
   SharePayload,
   statisticScale,
+  survivorsNeeded,
   unmaskSlice,
   verifyPeerCertificate,
 } from './protocol.js';

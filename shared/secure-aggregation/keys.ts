@@ -5,6 +5,7 @@
 // name against the owner the advertisement claims to be.
 import {
   createCipheriv,
+  createHash,
   createDecipheriv,
   createPrivateKey,
   createPublicKey,
@@ -50,12 +51,30 @@ export interface KeyAdvertisement {
   readonly owner: string;
   readonly maskPublicKey: string;
   readonly encryptionPublicKey: string;
+  /** H(bᵢ): the commitment to the owner's self-mask seed (seedCommitment), so a seed rebuilt from shares can be checked. */
+  readonly selfSeedCommitment: string;
   /** base64 signature over the canonical JSON of the fields above, by the owner's certificate key. */
   readonly signature: string;
 }
 
 const advertised = (a: Omit<KeyAdvertisement, 'signature'>): Buffer =>
-  Buffer.from(canonicalJson({ job: a.job, owner: a.owner, maskPublicKey: a.maskPublicKey, encryptionPublicKey: a.encryptionPublicKey }));
+  Buffer.from(
+    canonicalJson({
+      job: a.job,
+      owner: a.owner,
+      maskPublicKey: a.maskPublicKey,
+      encryptionPublicKey: a.encryptionPublicKey,
+      selfSeedCommitment: a.selfSeedCommitment,
+    }),
+  );
+
+/**
+ * H(bᵢ) as advertised: SHA-256 over a domain label, the job, the owner and the seed (hex). A seed reconstructed from
+ * revealed shares that does not hash to the advertised commitment came from a wrong share, and is never used.
+ */
+export function seedCommitment(job: string, owner: string, seed: Uint8Array): string {
+  return createHash('sha256').update(`gramfuse secagg self-seed\u0000${job}\u0000${owner}\u0000`, 'utf8').update(seed).digest('hex');
+}
 
 /** Signs the advertisement with the owner's certificate private key (ECDSA P-256 / SHA-256, or Ed25519). */
 export function signAdvertisement(fields: Omit<KeyAdvertisement, 'signature'>, certificateKeyPem: string): KeyAdvertisement {

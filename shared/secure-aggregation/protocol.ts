@@ -8,6 +8,7 @@ import { z } from 'zod';
 
 import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { IdentityName } from '../federation/job-spec.js';
+import { certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
 import { verifyUnmaskRequest } from './keys.js';
@@ -21,12 +22,14 @@ const Base64 = (max: number) =>
     .max(max)
     .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64');
 const Pem = z.string().min(1).max(8192);
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in hex');
 
 /** Round 0: the owner's two X25519 public keys, signed with its certificate key, and a log₂ bound per statistic. */
 export const AdvertiseBody = z
   .object({
     maskPublicKey: Pem,
     encryptionPublicKey: Pem,
+    selfSeedCommitment: Sha256Hex,
     signature: Base64(2048),
     bounds: z.record(z.string().min(1).max(1024), BoundLog2).describe('statistic id → b with max |value| ≤ 2^b'),
   })
@@ -49,6 +52,8 @@ export const RevealBody = z
     shares: z
       .array(z.object({ owner: IdentityName, kind: ShareKindSchema, x: z.number().int().min(1).max(255), y: Base64(4096) }).strict())
       .max(2000),
+    /** Owners asked for whose share the caller holds none: theirs did not open (garbage from them or the relay). */
+    unopened: z.array(IdentityName).max(1000).optional(),
   })
   .strict();
 export type RevealBody = z.infer<typeof RevealBody>;
@@ -74,6 +79,7 @@ export const RoundView = z
           owner: IdentityName,
           maskPublicKey: Pem,
           encryptionPublicKey: Pem,
+          selfSeedCommitment: Sha256Hex,
           signature: Base64(2048),
           certificatePem: Pem,
         })
@@ -129,12 +135,44 @@ export const pairSign = (self: string, peer: string): 1 | -1 => (self < peer ? 1
 export const maskLabel = (job: string, statistic: string, kind: 'self' | 'pair'): string => `${job}\u0000${statistic}\u0000${kind}`;
 
 /**
- * Checks a peer's certificate against the federation CA (issuer, signature, validity) before its advertisement is
- * believed. SECURE_AGGREGATION otherwise: the coordinator relayed a certificate the federation did not issue.
+ * What the owner approved of a secure job (persisted with its secrets, so a restart cannot be talked into other terms):
+ * the Shamir threshold t, the fewest owners a sum may have, and the participants by name. Every later check uses these,
+ * never a figure from a later reply of the coordinator.
  */
-export function verifyPeerCertificate(certificatePem: string, caPem: string, owner: string): void {
+export const ApprovedTerms = z
+  .object({
+    threshold: z.number().int().min(1).max(255),
+    minOwners: z.number().int().min(1),
+    participants: z.array(IdentityName).min(1).max(255),
+  })
+  .strict();
+export type ApprovedTerms = z.infer<typeof ApprovedTerms>;
+
+/** The fewest survivors an unmasking may have: max(t, minOwners), both as approved. */
+export const survivorsNeeded = (terms: ApprovedTerms): number => Math.max(terms.threshold, terms.minOwners);
+
+/** How the agent tells a peer from an impostor in round 0 (besides the CA). */
+export interface PeerRules {
+  /** The participants the owner approved: every round member must be one. */
+  readonly participants: readonly string[];
+  /** The certificate the coordinator presented as a TLS server: never accepted as a peer. */
+  readonly serverCertificatePem: string | undefined;
+  /** The owner's pins (policy `securePeers`): owner → sha256:<certificate or public-key fingerprint>. */
+  readonly pins: Readonly<Record<string, string>>;
+}
+
+/**
+ * Checks a peer's certificate before its advertisement is believed: issued by the federation CA and valid now; not the
+ * certificate the coordinator serves TLS with; an *owner* certificate (the gramfuse role extension `gramfuse certs`
+ * writes, and no serverAuth usage), so a server, creator, solver or observer certificate cannot pose as an owner; of an
+ * approved participant; and, where the owner pinned that peer, with the pinned fingerprint. SECURE_AGGREGATION otherwise:
+ * the coordinator relayed a certificate that does not belong to one of the owners this owner agreed to share with.
+ */
+export function verifyPeerCertificate(certificatePem: string, caPem: string, owner: string, rules?: PeerRules): void {
   const refuse = (why: string): never => {
-    throw new GramfuseError(ErrorCode.SecureAggregation, `the certificate relayed for ${owner} is refused: ${why}`, { facts: { owner } });
+    throw new GramfuseError(ErrorCode.SecureAggregation, `the certificate relayed for ${owner} is refused: ${why}; no share was sent`, {
+      facts: { owner },
+    });
   };
   let cert: X509Certificate;
   try {
@@ -147,19 +185,41 @@ export function verifyPeerCertificate(certificatePem: string, caPem: string, own
   const now = Date.now();
   if (Date.parse(cert.validFrom) > now || Date.parse(cert.validTo) < now)
     refuse(`it is not valid now (${cert.validFrom} – ${cert.validTo})`);
+  if (rules === undefined) return;
+  const fingerprints = certificateFingerprints(certificatePem);
+  if (rules.serverCertificatePem !== undefined) {
+    const server = certificateFingerprints(rules.serverCertificatePem);
+    if (server.certificate === fingerprints.certificate || server.publicKey === fingerprints.publicKey)
+      refuse('it is the coordinator’s own TLS server certificate (or its key): the coordinator cannot be a peer');
+  }
+  if (!rules.participants.includes(owner))
+    refuse(`${owner} is not one of the participants this owner approved (${rules.participants.join(', ')})`);
+  const role = certificateRole(certificatePem);
+  if (role !== 'owner' || certificateServesTls(certificatePem))
+    refuse(
+      role === undefined
+        ? 'it carries no gramfuse role; only owner certificates are accepted as peers (reissue it with `gramfuse certs issue --role owner`)'
+        : role !== 'owner'
+          ? `it is a ${role} certificate; only owner certificates are accepted as peers`
+          : 'it allows TLS server authentication, which an owner certificate never does',
+    );
+  const pin = rules.pins[owner];
+  if (pin !== undefined && pin !== fingerprints.certificate && pin !== fingerprints.publicKey)
+    refuse(`it does not match the pinned fingerprint ${pin} (policy securePeers.${owner}); its certificate is ${fingerprints.certificate}`);
 }
 
 /**
- * The agent's check of an unmasking request before it reveals anything (SecAgg+): the survivors and the dropped are
- * disjoint sharers, at least `threshold` owners survived (fewer would let the coordinator peel one owner's vector out
- * of a tiny sum), and — through `guard`, persisted by the caller — it never reveals both kinds of share of one owner,
- * in this request or across requests. SECURE_AGGREGATION otherwise, with nothing revealed.
+ * The agent's check of an unmasking request before it signs or reveals anything (SecAgg+), with only what it knows
+ * itself: the survivors and the dropped are disjoint and together exactly the sharers this owner masked with; the owner
+ * itself survived (it uploaded: named dropped, its mask-key shares would unmask it); at least max(t, minOwners)
+ * survived, both as the owner approved (fewer would let the coordinator peel one owner's vector out of a tiny sum);
+ * and — through `guard`, persisted by the caller — never both kinds of share of one owner, in this request or across
+ * requests. SECURE_AGGREGATION otherwise, with nothing revealed.
  */
 export function checkUnmaskRequest(
   job: string,
   request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
-  sharers: readonly string[],
-  threshold: number,
+  context: { readonly sharers: readonly string[]; readonly self: string; readonly terms: ApprovedTerms },
   guard: ShareGuard,
 ): void {
   const refuse = (why: string, facts: Record<string, string | number> = {}): never => {
@@ -167,6 +227,7 @@ export function checkUnmaskRequest(
       facts: { job, ...facts },
     });
   };
+  const { sharers, self, terms } = context;
   const known = new Set(sharers);
   const both = request.survivors.filter((o) => request.dropped.includes(o));
   if (both.length > 0)
@@ -175,14 +236,69 @@ export function checkUnmaskRequest(
     });
   const unknown = [...request.survivors, ...request.dropped].filter((o) => !known.has(o));
   if (unknown.length > 0) refuse(`${unknown.join(', ')} did not share keys in this round`);
-  if (new Set(request.survivors).size < threshold)
-    refuse(`only ${request.survivors.length} survivors, fewer than the threshold ${threshold}`, { survivors: request.survivors.length });
+  const named = new Set([...request.survivors, ...request.dropped]);
+  const unnamed = sharers.filter((o) => !named.has(o));
+  if (unnamed.length > 0 || named.size !== request.survivors.length + request.dropped.length)
+    refuse(
+      `its survivors and dropped owners are not exactly the ${sharers.length} owners this one masked with (${unnamed.join(', ') || 'a name repeats'})`,
+    );
+  if (request.dropped.includes(self))
+    refuse(`it names ${self} dropped, but ${self} uploaded its masked statistics: its mask-key shares would unmask them`, { owner: self });
+  const needed = survivorsNeeded(terms);
+  if (new Set(request.survivors).size < needed)
+    refuse(
+      `only ${request.survivors.length} survivors, fewer than the ${needed} this owner approved (threshold ${terms.threshold}, minOwners ${terms.minOwners})`,
+      { survivors: request.survivors.length },
+    );
   // Checked on a copy first, so a refusal reveals (and records) nothing.
   const trial = new ShareGuard(job, guard.toJSON());
   for (const o of request.survivors) trial.reveal(o, 'self-mask');
   for (const o of request.dropped) trial.reveal(o, 'mask-key');
   for (const o of request.survivors) guard.reveal(o, 'self-mask');
   for (const o of request.dropped) guard.reveal(o, 'mask-key');
+}
+
+/**
+ * The fixed-point scales of a round, checked before this owner masks anything: the coordinator's |U₁| is the number of
+ * advertisements it relayed, every bound this owner declared is covered, and no statistic keeps fewer than
+ * `minFractionBits` fraction bits (one owner declaring a huge bound would otherwise drown everyone's statistics in
+ * rounding: the sum would be wrong without anyone noticing). SECURE_AGGREGATION otherwise, naming the statistic.
+ */
+export function checkRoundScale(
+  job: string,
+  scale: { readonly owners: number; readonly bounds: Readonly<Record<string, number>> } | undefined,
+  members: number,
+  ownBounds: Readonly<Record<string, number>>,
+  minFractionBits: number,
+): Map<string, FixedPointScale> {
+  const refuse = (why: string, facts: Record<string, string | number> = {}): never => {
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${job}: the round's fixed-point scale is refused: ${why}; nothing was masked`,
+      {
+        facts: { job, ...facts },
+      },
+    );
+  };
+  if (scale === undefined) return refuse('the coordinator sent none');
+  if (scale.owners !== members)
+    refuse(
+      `it is for ${scale.owners} owners, but the key round has ${members} (a sum of more owners than the scale allows could overflow)`,
+    );
+  const out = new Map<string, FixedPointScale>();
+  for (const [id, own] of Object.entries(ownBounds)) {
+    const b = scale.bounds[id];
+    if (b === undefined || b < Math.max(MIN_BOUND_LOG2, own))
+      refuse(`statistic ${id}'s bound 2^${b ?? '?'} is below this owner's 2^${own}`, { statistic: id });
+    const s = statisticScale(b!, scale.owners);
+    if (s.fractionBits < minFractionBits)
+      refuse(
+        `statistic ${id} would keep ${s.fractionBits} fraction bits (some owner declared |value| ≤ 2^${b}), fewer than this owner's minFractionBits ${minFractionBits}`,
+        { statistic: id },
+      );
+    out.set(id, s);
+  }
+  return out;
 }
 
 /**

@@ -62,3 +62,45 @@ export function combineShares(shares: readonly Share[], threshold: number): Uint
   }
   return out;
 }
+
+/**
+ * The secret from `shares` that `check` accepts (a commitment, an advertised public key), cross-checked: the first t
+ * distinct shares are tried, then other t-subsets until one passes (at most `maxTries`), and every share outside the
+ * subset that passed is checked against it (any t − 1 of the good shares with it must give the same secret). Returns
+ * the secret and the x of each share that is inconsistent with it (a wrong share: a lying owner or relay); undefined
+ * when no subset gives a secret `check` accepts.
+ */
+export function reconstructChecked(
+  shares: readonly Share[],
+  threshold: number,
+  check: (secret: Uint8Array) => boolean,
+  maxTries = 2000,
+): { readonly secret: Uint8Array; readonly inconsistent: number[] } | undefined {
+  const distinct = [...new Map(shares.map((s) => [s.x, s])).values()];
+  if (distinct.length < threshold) combineShares(distinct, threshold); // throws, naming the shortfall
+  let tries = 0;
+  const pick: number[] = [];
+  const search = (from: number): Share[] | undefined => {
+    if (pick.length === threshold) {
+      tries++;
+      const subset = pick.map((i) => distinct[i]!);
+      return check(combineShares(subset, threshold)) ? subset : undefined;
+    }
+    for (let i = from; i <= distinct.length - (threshold - pick.length) && tries < maxTries; i++) {
+      pick.push(i);
+      const found = search(i + 1);
+      pick.pop();
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  };
+  const good = search(0);
+  if (good === undefined) return undefined;
+  const secret = combineShares(good, threshold);
+  const base = good.slice(0, threshold - 1);
+  const inconsistent = distinct
+    .filter((s) => !good.includes(s))
+    .filter((s) => !Buffer.from(combineShares([...base, s], threshold)).equals(Buffer.from(secret)))
+    .map((s) => s.x);
+  return { secret, inconsistent };
+}

@@ -21,6 +21,15 @@ export function freePort(): Promise<number> {
 }
 
 /**
+ * A configuration file for nats-server and the environment its `$VARIABLES` come from; GRAMFUSE_NATS_LISTEN and
+ * GRAMFUSE_NATS_STORE are set to the server's free port and temporary store.
+ */
+export interface NatsServerConfig {
+  readonly file: string;
+  readonly env: Readonly<Record<string, string>>;
+}
+
+/**
  * A real `nats-server -js` of the test's own, on a free port with a temporary store. `kill` (SIGKILL)
  * and `start` again keep the port and the store, as an operator's restart would.
  */
@@ -31,23 +40,36 @@ export class NatsServer {
   private constructor(
     readonly port: number,
     readonly storeDir: string,
+    private readonly config?: NatsServerConfig,
   ) {}
+
+  /** What the server printed since it last started. */
+  get output(): string {
+    return this.log;
+  }
 
   get url(): string {
     return `nats://127.0.0.1:${this.port}`;
   }
 
-  static async start(): Promise<NatsServer> {
-    const server = new NatsServer(await freePort(), await mkdtemp(join(tmpdir(), 'gramfuse-nats-')));
+  /** `config`: run with that configuration file instead of bare `-js` (see NatsServerConfig). */
+  static async start(config?: NatsServerConfig): Promise<NatsServer> {
+    const server = new NatsServer(await freePort(), await mkdtemp(join(tmpdir(), 'gramfuse-nats-')), config);
     await server.start();
     return server;
   }
 
   async start(): Promise<void> {
     this.log = '';
-    const child = spawn(NATS_SERVER, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const args =
+      this.config === undefined ? ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir] : ['-c', this.config.file];
+    const env = {
+      ...process.env,
+      ...this.config?.env,
+      GRAMFUSE_NATS_LISTEN: `127.0.0.1:${this.port}`,
+      GRAMFUSE_NATS_STORE: this.storeDir,
+    };
+    const child = spawn(NATS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.child = child;
     const collect = (chunk: Buffer): void => {
       this.log += chunk.toString('utf8');

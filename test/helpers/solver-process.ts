@@ -16,8 +16,11 @@ export class SolverProcess {
   constructor(
     readonly identity: string,
     coordinator: string,
-    nats: string,
+    /** A bare NATS URL, or the whole `--nats URL --nats-tls-ca … --nats-creds …` flags. */
+    nats: string | readonly string[],
     env: Record<string, string> = {},
+    /** More flags of `solver serve` (e.g. --solve-timeout). */
+    args: string[] = [],
   ) {
     this.child = spawn(
       process.execPath,
@@ -27,8 +30,7 @@ export class SolverProcess {
         'serve',
         '--coordinator',
         coordinator,
-        '--nats',
-        nats,
+        ...(typeof nats === 'string' ? ['--nats', nats] : nats),
         '--insecure-loopback',
         '--identity',
         identity,
@@ -36,6 +38,7 @@ export class SolverProcess {
         'cpu',
         '--threads',
         '1',
+        ...args,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );

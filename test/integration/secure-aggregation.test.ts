@@ -187,6 +187,36 @@ function filesUnder(dir: string): string[] {
   });
 }
 
+/** The kinds of the records an owner's ledger holds for a job. */
+const ledgerKinds = (owner: string, job: string): string[] =>
+  readFileSync(join(work, 'agents', owner, 'audit.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as { job: string; kind: string })
+    .filter((r) => r.job === job)
+    .map((r) => r.kind);
+
+/** The coordinator's secure-round state of a job (what it was sent: shares, confirmations, reveals). */
+interface SavedRounds {
+  shares: Record<string, unknown>;
+  reveals: Record<string, { owner: string; kind: string }[]>;
+}
+const secureState = (stateDir: string, job: string): SavedRounds =>
+  JSON.parse(readFileSync(join(stateDir, 'jobs', job, 'secure', 'state.json'), 'utf8')) as SavedRounds;
+
+/** Asserts that no 8-value probe of any Gram statistic of `owner`'s plaintext lies anywhere under `stateDir`. */
+async function plaintextNowhere(stateDir: string, owner: string, job: string): Promise<void> {
+  const stored = filesUnder(stateDir).map((path) => ({ path, bytes: readFileSync(path) }));
+  let probes = 0;
+  for (const [id, values] of await plaintext(owner, job)) {
+    if (!id.startsWith('gram') || values.length < 200) continue;
+    const probe = Buffer.from(values.buffer, values.byteOffset + 800, 64);
+    probes++;
+    for (const { path, bytes } of stored) expect(bytes.indexOf(probe), `${owner}'s ${id} found in ${path}`).toBe(-1);
+  }
+  expect(probes).toBeGreaterThan(0);
+}
+
 function correlation(x: ArrayLike<number>, y: ArrayLike<number>): number {
   const n = x.length;
   let mx = 0;
@@ -262,6 +292,20 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
         }
       }
 
+      // Once the sum was unmasked every agent deleted its private keys, seed, received shares and masked bundle, and its
+      // ledger says so (issue 37, item 5).
+      for (const owner of OWNERS) {
+        const jobDir = join(work, 'agents', owner, 'sec5');
+        const [stateFile] = readdirSync(join(jobDir, 'secure'));
+        const saved = JSON.parse(readFileSync(join(jobDir, 'secure', stateFile!), 'utf8')) as Record<string, unknown>;
+        expect(saved.secrets, owner).toBeUndefined();
+        expect(saved.received).toEqual({});
+        expect(saved.erased).toMatch(/summed|done/);
+        expect(readdirSync(jobDir).filter((n) => n.startsWith('masked'))).toEqual([]);
+        const erased = ledgerKinds(owner, 'sec5');
+        expect(erased).toContain('secure.erased');
+      }
+
       // Both ledgers verify; the coordinator's says the job was securely aggregated and by whom.
       for (const ledger of [join(state(), 'audit.jsonl'), join(work, 'agents', 'owner0', 'audit.jsonl')]) {
         const verified = await runCli(['audit', 'verify', '--ledger', ledger]);
@@ -316,6 +360,10 @@ describe('secure aggregation over gRPC with mTLS and agent processes', () => {
       ).catch((error: unknown) => error as GramfuseError);
       expect((refused as GramfuseError).code).toBe(ErrorCode.NotAuthorized);
       expect(asked).toMatch(/, masked \(secure aggregation: the coordinator sees only the sum over at least 4 owners;/);
+      // The participants by name (not a count): the keys go to these owners only, whatever the coordinator says later.
+      expect(asked).toMatch(
+        /the keys are shared only with owner0, owner1, owner2, owner3, owner4, threshold 3, which withstands 0 owner\(s\) colluding/,
+      );
     },
   );
 
@@ -403,7 +451,7 @@ describe('secure aggregation against a misbehaving coordinator', () => {
       for (const r of results) {
         expect(r.code).not.toBe(0);
         expect(r.stderr).toMatch(
-          /SECURE_AGGREGATION: job lowt: the round's threshold 1 is not the job's 2 or not a majority of its 3 owners; no share was sent/,
+          /SECURE_AGGREGATION: job lowt: the round's threshold 1 is not the job's 2 or not a majority of its 3 owners \(at least 3 needed\); no share was sent/,
         );
       }
     },
@@ -419,10 +467,10 @@ describe('secure aggregation against a misbehaving coordinator', () => {
         await createJob(coordinator.address, 'split', three, { threshold: 2, roundTimeoutSeconds: 3 });
         const results = await Promise.all(three.map((o) => runAgent(o, coordinator.address, 'split')));
         // owner0 was shown "owner2 dropped" (so it would reveal owner2's mask key while the others reveal its self mask):
-        // only its own signature covers that request, fewer than t = 2.
+        // 2 survivors are fewer than the 3 it approved (minOwners), and only its own signature would cover that request.
         expect(results[0]!.code).not.toBe(0);
         expect(results[0]!.stderr).toMatch(
-          /SECURE_AGGREGATION: job split: the unmasking request is refused: only 1 survivor\(s\) signed the request this owner was shown, fewer than the threshold 2/,
+          /SECURE_AGGREGATION: job split: the unmasking request is refused: only 2 survivors, fewer than the 3 this owner approved \(threshold 2, minOwners 3\); nothing was revealed/,
         );
         // The other two saw the same request, signed by both: they reveal, and t = 2 reveals unmask the sum.
         for (const r of results.slice(1)) expect(r.code, r.stderr).toBe(0);
@@ -456,4 +504,160 @@ describe('secure aggregation against a misbehaving coordinator', () => {
       await coordinator.kill();
     }
   });
+});
+
+// Issue 37: a malicious coordinator (GRAMFUSE_FAULT) that really attempts each attack on real agent processes. Each test
+// asserts the refusal, that no Reveal (or share) carrying the victim's secrets reached the coordinator, and that the
+// victim's plaintext is nowhere in the coordinator's state directory.
+describe('secure aggregation against a malicious coordinator (issue 37)', () => {
+  const three = OWNERS.slice(0, 3);
+  const attack = async (
+    fault: string,
+    job: string,
+    privacy: Record<string, unknown>,
+    env: NodeJS.ProcessEnv = {},
+    agentEnv: (owner: string) => NodeJS.ProcessEnv = () => ({}),
+  ): Promise<{ results: Awaited<ReturnType<typeof runAgent>>[]; stateDir: string; final: string }> => {
+    const stateDir = join(work, `state-${job}`);
+    const coordinator = new CoordinatorProcess(await freePort(), stateDir, tlsArgs('coordinator'));
+    await coordinator.start(undefined, [], fault === '' ? env : { GRAMFUSE_FAULT: fault, ...env });
+    try {
+      await createJob(coordinator.address, job, three, privacy);
+      const results = await Promise.all(three.map((o) => runAgent(o, coordinator.address, job, agentEnv(o))));
+      const client = connectFederation({ address: coordinator.address, tls: tls('creator') });
+      // A job the agents completed is followed to its end (the solve); a refused one stays collecting.
+      const status = results.every((r) => r.code === 0) ? await client.watch(job, () => undefined) : await client.getJob(job);
+      client.close();
+      return { results, stateDir, final: status.state };
+    } finally {
+      await coordinator.kill();
+    }
+  };
+
+  it(
+    'late threshold: honest until the uploads, then t = 1 with survivors = [owner0]: every agent refuses with the t and minOwners it approved; no Reveal reaches the coordinator',
+    { timeout: 300_000 },
+    async () => {
+      const { results, stateDir } = await attack('secure.late-threshold', 'late', { threshold: 2, roundTimeoutSeconds: 60 });
+      // The victim: one survivor is fewer than the max(t, minOwners) = 3 it approved (the round's t = 1 is ignored).
+      expect(results[0]!.code).not.toBe(0);
+      expect(results[0]!.stderr).toMatch(
+        /SECURE_AGGREGATION: job late: the unmasking request is refused: only 1 survivors, fewer than the 3 this owner approved \(threshold 2, minOwners 3\); nothing was revealed/,
+      );
+      // The others are named dropped although they uploaded: their mask-key shares would unmask them.
+      for (const [i, r] of results.slice(1).entries()) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(
+          new RegExp(`the unmasking request is refused: it names owner${i + 1} dropped, but owner${i + 1} uploaded`),
+        );
+      }
+      const secure = secureState(stateDir, 'late');
+      expect(secure.reveals).toEqual({});
+      for (const owner of three) expect(ledgerKinds(owner, 'late')).not.toContain('secure.revealed');
+      await plaintextNowhere(stateDir, 'owner0', 'late');
+    },
+  );
+
+  it(
+    'sybil: the coordinator joins the key round as an owner with its own TLS server certificate: every agent refuses before sending any share',
+    { timeout: 300_000 },
+    async () => {
+      const { results, stateDir } = await attack(
+        'secure.sybil',
+        'sybil',
+        { threshold: 3, roundTimeoutSeconds: 3 },
+        { GRAMFUSE_FAULT_SYBIL_CERT: join(work, 'coordinator.pem'), GRAMFUSE_FAULT_SYBIL_KEY: join(work, 'coordinator-key.pem') },
+      );
+      for (const r of results) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(
+          /SECURE_AGGREGATION: the certificate relayed for coordinator is refused: it is the coordinator’s own TLS server certificate \(or its key\): the coordinator cannot be a peer; no share was sent/,
+        );
+      }
+      // No sealed share (which the sybil could open) and nothing else reached the coordinator.
+      const secure = secureState(stateDir, 'sybil');
+      expect(secure.shares).toEqual({});
+      expect(secure.reveals).toEqual({});
+      await plaintextNowhere(stateDir, 'owner0', 'sybil');
+    },
+  );
+
+  it(
+    'split view with one colluder (n = 3, default t): owner1 is shown "owner0 dropped", owner0 "owner1 dropped", the colluder owner2 signs both: no owner reveals',
+    { timeout: 300_000 },
+    async () => {
+      const { results, stateDir } = await attack(
+        'secure.split-collude',
+        'collude',
+        { roundTimeoutSeconds: 60 },
+        { GRAMFUSE_FAULT_COLLUDER: 'owner2', GRAMFUSE_FAULT_COLLUDER_KEY: join(work, 'owner2-key.pem') },
+      );
+      // With one colluder, t = 2 of 3 falls (k ≥ 2t − n): the default t is now 3 (2t > n + k, k = 1), and no request with
+      // a dropped owner has the survivors the owners approved.
+      for (const r of results.slice(0, 2)) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(
+          /SECURE_AGGREGATION: job collude: the unmasking request is refused: only 2 survivors, fewer than the 3 this owner approved/,
+        );
+      }
+      const secure = secureState(stateDir, 'collude');
+      const leaked = Object.values(secure.reveals)
+        .flat()
+        .filter((s) => s.owner === 'owner0');
+      expect(leaked).toEqual([]);
+      await plaintextNowhere(stateDir, 'owner0', 'collude');
+    },
+  );
+
+  it(
+    'one signature per job, across a restart: owner0 signs, is killed, and the coordinator shows the restarted agent another request (owner3 dropped): it refuses',
+    { timeout: 300_000 },
+    async () => {
+      const four = OWNERS.slice(0, 4);
+      const stateDir = join(work, 'state-resign');
+      const coordinator = new CoordinatorProcess(await freePort(), stateDir, tlsArgs('coordinator'));
+      await coordinator.start(undefined, [], { GRAMFUSE_FAULT: 'secure.resign' });
+      try {
+        await createJob(coordinator.address, 'resign', four, { threshold: 3, roundTimeoutSeconds: 60 });
+        const others = Promise.all(four.slice(1).map((o) => runAgent(o, coordinator.address, 'resign')));
+        const first = await runAgent('owner0', coordinator.address, 'resign', { GRAMFUSE_FAILPOINT: 'secure.confirmed:1' });
+        expect(first.stderr).toMatch(/failpoint secure\.confirmed:1: killing process/);
+        const again = await runAgent('owner0', coordinator.address, 'resign');
+        expect(again.code).not.toBe(0);
+        expect(again.stderr).toMatch(
+          /SECURE_AGGREGATION: job resign: the unmasking request is refused: this owner already signed another one for this job \(survivors owner0, owner1, owner2, owner3; dropped none\) and signs one per job; nothing was revealed/,
+        );
+        expect(ledgerKinds('owner0', 'resign')).not.toContain('secure.revealed');
+        await coordinator.kill();
+        await others;
+        expect(secureState(stateDir, 'resign').reveals).toEqual({});
+        await plaintextNowhere(stateDir, 'owner0', 'resign');
+      } finally {
+        await coordinator.kill();
+      }
+    },
+  );
+
+  it(
+    'a poisoned seed share (owner1 deals owner0 a wrong one) and a garbage sealed share (the relay garbles owner2’s to owner0): the sum is still exact, the wrong share named, nobody aborts',
+    { timeout: 300_000 },
+    async () => {
+      const { results, stateDir, final } = await attack(
+        'secure.garbage-share',
+        'poison',
+        { threshold: 2, roundTimeoutSeconds: 60 },
+        {},
+        (o) => (o === 'owner1' ? { GRAMFUSE_FAULT: 'secure.poison-seed-share' } : {}),
+      );
+      for (const r of results) expect(r.code, r.stderr).toBe(0);
+      expect(final).toBe('done');
+      // owner0 dropped owner2's unopenable share and said so when it revealed; the coordinator found owner0's wrong share
+      // of owner1's seed against owner1's commitment and left it out.
+      expect(secureState(stateDir, 'poison').reveals.owner0!.some((s) => s.owner === 'owner2')).toBe(false);
+      const coordinatorLedger = readFileSync(join(stateDir, 'audit.jsonl'), 'utf8');
+      expect(coordinatorLedger).toMatch(/"kind":"secure\.inconsistent-shares"/);
+      expect(coordinatorLedger).toMatch(/"owner":"owner1","responders":\["owner0"\]/);
+      expect(await sumDifference(stateDir, 'poison', three)).toBeLessThanOrEqual(1e-9);
+    },
+  );
 });

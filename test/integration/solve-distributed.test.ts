@@ -2,11 +2,13 @@
 // the JetStream work queue of a real nats-server; real `gramfuse solver serve` processes pull them, fetch the sums
 // over gRPC, solve and submit. The merged model must be byte-identical to the in-process solve's, through a worker
 // killed mid-solve, a worker that answers wrongly, and a coordinator killed while tasks are in flight.
-import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { jetstream, type JsMsg } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runAgent } from '../../agent/index.js';
@@ -14,7 +16,7 @@ import { connectFederation } from '../../client/index.js';
 import type { JobEvent } from '../../shared/events/index.js';
 import { ErrorCode, type GramfuseError } from '../../shared/index.js';
 import type { MergeReport } from '../../shared/merge/index.js';
-import { NatsEventBus } from '../../shared/nats/index.js';
+import { NatsEventBus, parseSolveTask, SOLVE_CONSUMER, SOLVE_STREAM } from '../../shared/nats/index.js';
 import { exampleAgent } from '../helpers/agent-options.js';
 import { runCli } from '../helpers/cli.js';
 import { CoordinatorProcess } from '../helpers/coordinator-process.js';
@@ -271,7 +273,7 @@ describe('distributed solve over a NATS JetStream work queue', () => {
       });
       expect(sha256).toBe(baseline.sha256);
       expect(worker.log).toMatch(/could not solve: RUNTIME_FAILED: the solve thread died/);
-      expect(coordinator.log).toMatch(/solver-a could not solve \(delivery 1\): RUNTIME_FAILED: the solve thread died/);
+      expect(coordinator.log).toMatch(/solver-a could not solve \(delivery 1, its word\): RUNTIME_FAILED: the solve thread died/);
       recordFault(
         'a solver worker’s solve thread dies mid-task (distributed solve)',
         'RUNTIME_FAILED reported, the task naked and redelivered, solved by a new thread; same merged model',
@@ -298,7 +300,9 @@ describe('distributed solve over a NATS JetStream work queue', () => {
         if (Date.now() > deadline) throw new Error(`no rejection:\n${coordinator.log}\n${bad.log}`);
         await new Promise((r) => setTimeout(r, 100));
       }
-      expect(coordinator.log).toMatch(/solver-bad's solution rejected: relative residual \S+ is above the tolerance 1e-6/);
+      expect(coordinator.log).toMatch(
+        /solver-bad's solution rejected: relative residual \S+ is above the tolerance \S+ \(64·n·ε·κ̂ at the coordinator's condition estimate \S+, at most 1e-6\)/,
+      );
       const good = new SolverProcess('solver-a', coordinator.address, nats.url);
       running.push(good);
       const { sha256, report } = await result(coordinator);
@@ -384,6 +388,312 @@ describe('distributed solve over a NATS JetStream work queue', () => {
         'restart re-published only uncommitted groups (message ids de-duplicate); no group committed twice; merged model SHA-256 equal to the in-process solve’s',
       );
       for (const w of workers) await w.stop();
+    },
+  );
+});
+
+/** `predicate()` true within `ms`, or a failure with `why()`. */
+async function until(predicate: () => boolean, ms: number, why: () => string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(why());
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A NATS client with no identity at all (plain nats-server: anyone can reach the work queue), playing the attacker. */
+async function anonymousTaskTaker(nats: NatsServer): Promise<{ take(): Promise<JsMsg>; close(): Promise<void> }> {
+  const nc = await connect({ servers: nats.url, name: 'not a gramfuse solver' });
+  const consumer = await jetstream(nc).consumers.get(SOLVE_STREAM, SOLVE_CONSUMER);
+  return {
+    take: async () => {
+      for (;;) {
+        const msg = await consumer.next({ expires: 1000 });
+        if (msg !== null) return msg;
+      }
+    },
+    close: async () => {
+      await nc.flush();
+      await nc.close();
+    },
+  };
+}
+
+describe('a hostile solver worker or NATS client (issue 37): the job still merges correctly, or fails with a coded error', () => {
+  it(
+    'an over-jittered answer (the worker solves Σ G̃ + 1e-4·mean·I and says so) is refused; the merge is the in-process one',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('over-jitter', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const bad = new SolverProcess('solver-bad', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.over-jitter' });
+      running.push(bad);
+      await bad.ready();
+      await createAndUpload(coordinator, 'over-jitter');
+      await until(
+        () => coordinator.log.includes("solver-bad's solution rejected"),
+        120_000,
+        () => `no rejection:\n${coordinator.log}\n${bad.log}`,
+      );
+      expect(coordinator.log).toMatch(
+        /solver-bad's solution rejected: over-jittered: solved with diagonal jitter 0\.0001 × mean diagonal, the coordinator's factorization of Σ G̃ needs 0 /,
+      );
+      const good = new SolverProcess('solver-a', coordinator.address, nats.url);
+      running.push(good);
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      expect(report.layers.map((l) => l.solvedBy)).not.toContain('solver-bad');
+      for (const layer of report.layers) expect(layer.jitter).toBe(0);
+      recordFault(
+        'solver worker answering an over-jittered system (GRAMFUSE_FAULT=solver.over-jitter)',
+        "refused: the coordinator's own factorization needs no jitter; solved elsewhere, merged model SHA-256 equal to the in-process solve's",
+      );
+      await Promise.all([good.stop(), bad.stop()]);
+    },
+  );
+
+  it(
+    'forged diagnostics (condition estimate 1, 1 µs) never reach the report: every figure is the coordinator’s own',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('forged-diagnostics', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const liar = new SolverProcess('solver-a', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.forged-diagnostics' });
+      running.push(liar);
+      await liar.ready();
+      await createAndUpload(coordinator, 'forged-diagnostics');
+      const { sha256, report } = await result(coordinator);
+      expect(sha256).toBe(baseline.sha256);
+      const inProcess = new Map(baseline.report.layers.map((l) => [l.group, l]));
+      for (const layer of report.layers) {
+        const own = inProcess.get(layer.group)!;
+        expect(layer.solvedBy).toBe('solver-a');
+        // The coordinator factors Σ G̃ itself: its κ̂ and jitter are the in-process solve's, not the worker's 1.
+        expect(layer.conditionEstimate).not.toBe(1);
+        expect(Math.abs(layer.conditionEstimate - own.conditionEstimate) / own.conditionEstimate).toBeLessThan(1e-9);
+        expect(layer.jitter).toBe(own.jitter);
+        expect(layer.residualColumns).toBeGreaterThanOrEqual(16);
+        expect(layer.relativeResidual).toBeLessThan(1e-9);
+        // Seconds from the worker's fetch to its answer, on the coordinator's clock: never the claimed 1 µs.
+        expect(layer.seconds).toBeGreaterThan(1e-3);
+      }
+      await liar.stop();
+    },
+  );
+
+  it(
+    'a forged last-delivery claim does not fail the job: JetStream counts deliveries, the task comes back and is solved',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('forged-last-delivery', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const liar = new SolverProcess('solver-bad', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.forge-last-delivery:1' });
+      running.push(liar);
+      await liar.ready();
+      await createAndUpload(coordinator, 'forged-last-delivery');
+      const { sha256 } = await result(coordinator, 120_000);
+      expect(sha256).toBe(baseline.sha256);
+      expect(liar.log).toMatch(/delivery 1\): fault injected: reported an error as the last delivery \(10\): recorded/);
+      expect(coordinator.log).toMatch(/solver-bad could not solve \(delivery 10, its word\): RUNTIME_FAILED: fault injected/);
+      expect(coordinator.log).not.toMatch(/MaxDeliver/);
+      recordFault(
+        'solver worker claiming its first delivery was the last (GRAMFUSE_FAULT=solver.forge-last-delivery)',
+        'claim ignored (JetStream counts deliveries); task redelivered and solved; merged model SHA-256 equal',
+      );
+      await liar.stop();
+    },
+  );
+
+  it(
+    'an answer for a stale delivery (its lease superseded by a redelivery) is refused before a byte is stored',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('stale-answer', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const worker = new SolverProcess('solver-a', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.stale-answer:1' });
+      running.push(worker);
+      await worker.ready();
+      await createAndUpload(coordinator, 'stale-answer');
+      const { sha256 } = await result(coordinator, 120_000);
+      expect(sha256).toBe(baseline.sha256);
+      expect(worker.log).toMatch(
+        /delivery 2\): fault injected: the answer of an earlier delivery sent with its lease: stale: lease \S+ is not this group's current delivery/,
+      );
+      expect(coordinator.log).toMatch(/solver-a's answer refused as stale/);
+      expect(commits(coordinator.log).size).toBe(GROUPS);
+      for (const by of commits(coordinator.log).values()) expect(by).toHaveLength(1);
+      await worker.stop();
+    },
+  );
+
+  it(
+    'a stalled worker (holds its task with in-progress acks, never answers): past the per-group deadline the task is published again',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = new CoordinatorProcess(await freePort(), join(work, 'stall', 'state'));
+      await coordinator.start(undefined, [...distributedArgs(nats), '--solve-deadline', '5']);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const stalled = new SolverProcess('solver-bad', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.stall:1' });
+      running.push(stalled);
+      await stalled.ready();
+      await createAndUpload(coordinator, 'stall');
+      await until(
+        () => stalled.log.includes('stalling'),
+        120_000,
+        () => `no stall:\n${stalled.log}`,
+      );
+      const good = new SolverProcess('solver-a', coordinator.address, nats.url);
+      running.push(good);
+      const { sha256 } = await result(coordinator, 120_000);
+      expect(sha256).toBe(baseline.sha256);
+      expect(coordinator.log).toMatch(
+        /group \S+: solver solver-bad fetched its sums \d+ s ago and has not answered \(the per-group solve deadline is 5 s, --solve-deadline\); published again \(1 of at most 10\)/,
+      );
+      recordFault(
+        'a solver worker holding its task forever with in-progress acks (GRAMFUSE_FAULT=solver.stall)',
+        'per-group deadline: the task published again and solved by another worker; merged model SHA-256 equal',
+      );
+      await Promise.all([good.stop(), stalled.stop()]);
+    },
+  );
+
+  it(
+    "a solve thread that never returns: the worker's watchdog reports it, releases the task, and a new thread solves it",
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('thread-hangs', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      const worker = new SolverProcess('solver-a', coordinator.address, nats.url, { GRAMFUSE_FAULT: 'solver.thread-hangs:1' }, [
+        '--solve-timeout',
+        '3',
+      ]);
+      running.push(worker);
+      await worker.ready();
+      await createAndUpload(coordinator, 'thread-hangs');
+      const { sha256 } = await result(coordinator, 120_000);
+      expect(sha256).toBe(baseline.sha256);
+      expect(worker.log).toMatch(/could not solve: DEADLINE_EXCEEDED: the solve thread did not answer within 3 s \(the worker's watchdog/);
+      expect(coordinator.log).toMatch(
+        /solver-a could not solve \(delivery 1, its word\): DEADLINE_EXCEEDED: the solve thread did not answer/,
+      );
+      await worker.stop();
+    },
+  );
+
+  it(
+    'an anonymous NATS client terms a task (TERMINATED advisory): the coordinator publishes it again and the job completes',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = await distributedCoordinator('anonymous-term', nats);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      await createAndUpload(coordinator, 'anonymous-term');
+      await until(
+        () => /solve task\(s\) on GRAMFUSE_SOLVE/.test(coordinator.log),
+        60_000,
+        () => coordinator.log,
+      );
+      const attacker = await anonymousTaskTaker(nats);
+      const msg = await attacker.take();
+      const group = parseSolveTask(msg.data).group;
+      // Terminated without a reason (nats-server 2.9 reads only the bare +TERM): the message leaves the work queue.
+      msg.term();
+      await attacker.close();
+      await until(
+        () => coordinator.log.includes(`group ${group}: its task message`),
+        30_000,
+        () => `no reissue:\n${coordinator.log}`,
+      );
+      const worker = new SolverProcess('solver-a', coordinator.address, nats.url);
+      running.push(worker);
+      const { sha256 } = await result(coordinator, 120_000);
+      expect(sha256).toBe(baseline.sha256);
+      expect(coordinator.log).toMatch(
+        /its task message \(stream sequence \d+\) was terminated by a client of the queue after \d+ delivery\(ies\); published again \(1 of at most 10\)/,
+      );
+      recordFault(
+        'an anonymous NATS client terminating a solve task',
+        'MSG_TERMINATED advisory: the task published again; merged model SHA-256 equal',
+      );
+      await worker.stop();
+    },
+  );
+  it(
+    'an anonymous NATS client holds a task with in-progress acks, never fetching it: past the deadline it is published again',
+    { timeout: 300_000 },
+    async () => {
+      const nats = await NatsServer.start();
+      running.push({ stop: () => nats.stop() });
+      const coordinator = new CoordinatorProcess(await freePort(), join(work, 'anonymous-hold', 'state'));
+      await coordinator.start(undefined, [...distributedArgs(nats), '--solve-deadline', '5']);
+      running.push({ stop: () => coordinator.kill('SIGTERM') });
+      await createAndUpload(coordinator, 'anonymous-hold');
+      await until(
+        () => /solve task\(s\) on GRAMFUSE_SOLVE/.test(coordinator.log),
+        60_000,
+        () => coordinator.log,
+      );
+      const attacker = await anonymousTaskTaker(nats);
+      const msg = await attacker.take();
+      const task = parseSolveTask(msg.data);
+      const group = task.group;
+      const holding = setInterval(() => msg.working(), 500);
+      try {
+        // Meanwhile a listed solver identity that holds no delivery floods Submit with answers for that group: each is
+        // told `stale` from its header, and not a byte of them is stored or checked.
+        const rogue = connectFederation({ address: coordinator.address, insecureIdentity: 'solver-c', deadlineSeconds: 10 });
+        const x = new Uint8Array(task.n * task.rhs * 8);
+        const header = {
+          jobId: JOB,
+          group,
+          gramSha256: task.gram.sha256,
+          n: task.n,
+          rhs: task.rhs,
+          jitter: 0,
+          conditionEstimate: 1,
+          seconds: 1,
+          sha256: createHash('sha256').update(x).digest('hex'),
+          device: 'cpu',
+          errorCode: '',
+          errorMessage: '',
+          delivery: 1,
+          lastDelivery: true,
+        };
+        const replies = await Promise.all(
+          Array.from({ length: 20 }, (_, i) => rogue.submitSolution({ ...header, lease: i.toString(16).padStart(32, '0') }, x)),
+        );
+        rogue.close();
+        for (const reply of replies) expect(reply.outcome).toBe('stale');
+        expect(readdirSync(join(work, 'anonymous-hold', 'state', 'jobs', JOB, 'solve')).includes('answers')).toBe(false);
+        const worker = new SolverProcess('solver-a', coordinator.address, nats.url);
+        running.push(worker);
+        const { sha256 } = await result(coordinator, 120_000);
+        expect(sha256).toBe(baseline.sha256);
+        expect(coordinator.log).toContain(
+          `group ${group}: no solver fetched its sums for 5 s (the per-group solve deadline, --solve-deadline): no solver is running, or a client that is not one holds its task message; published again (1 of at most 10)`,
+        );
+        await worker.stop();
+      } finally {
+        clearInterval(holding);
+        await attacker.close();
+      }
+      recordFault(
+        'an anonymous NATS client holding a solve task with in-progress acks',
+        'per-group deadline: the task published again and solved; merged model SHA-256 equal',
+      );
     },
   );
 });

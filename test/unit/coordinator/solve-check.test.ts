@@ -1,9 +1,19 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
-import { DEFAULT_RESIDUAL_TOLERANCE, projectedResidual } from '../../../coordinator/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  CHECK_PROJECTIONS,
+  checkTolerance,
+  DEFAULT_RESIDUAL_TOLERANCE,
+  readFloat64File,
+  verifySolution,
+} from '../../../coordinator/index.js';
 import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
-import { packUpper, referenceSolve } from '../../../shared/linalg/index.js';
-import { parseSolveTask, solveTaskId } from '../../../shared/nats/index.js';
+import { createOrtSolver, packUpper, referenceSolve, type SpdSolver } from '../../../shared/linalg/index.js';
+import { parseSolveAdvisory, parseSolveTask, solveTaskId } from '../../../shared/nats/index.js';
 import { redeliveryDelayMs } from '../../../solver/index.js';
 import { gramOf, randn, rng } from '../../helpers/random.js';
 
@@ -15,7 +25,7 @@ function system(n: number, rhs: number, seed: number): { a: Float64Array; r: Flo
   return { a, r, x: referenceSolve(a, n, r, rhs) };
 }
 
-/** ‖A·X − R‖_F / ‖R‖_F over every column, in float64: the figure the projections estimate. */
+/** ‖(A + shift·I)·X − R‖_F / ‖R‖_F over every column, in float64. */
 function exactResidual(a: Float64Array, n: number, x: Float64Array, r: Float64Array, rhs: number, shift = 0): number {
   let en = 0;
   let rn = 0;
@@ -29,44 +39,116 @@ function exactResidual(a: Float64Array, n: number, x: Float64Array, r: Float64Ar
   return Math.sqrt(en / rn);
 }
 
-describe("the coordinator's check of a worker's solution (random projections of ‖G̃X − R‖/‖R‖)", () => {
+const meanDiagonal = (a: Float64Array, n: number): number => {
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += a[i * n + i]! / n;
+  return mean;
+};
+const shifted = (a: Float64Array, n: number, shift: number): Float64Array => {
+  const out = a.slice();
+  for (let i = 0; i < n; i++) out[i * n + i] = out[i * n + i]! + shift;
+  return out;
+};
+
+let solver: SpdSolver;
+beforeAll(async () => {
+  solver = await createOrtSolver({ threads: 1 });
+});
+afterAll(async () => {
+  await solver.release();
+});
+
+describe("the coordinator's check of a worker's solution (its own factorization, jitter and tolerance)", () => {
   const n = 48;
   const rhs = 40;
   const { a, r, x } = system(n, rhs, 7);
   const packed = packUpper(a, n);
+  const verify = (answer: Float64Array, claimedJitter = 0) =>
+    verifySolution({ packed, n, r, rhs, x: answer, claimedJitter, tolerance: DEFAULT_RESIDUAL_TOLERANCE, label: 'g' }, solver);
 
-  it('passes the float64 reference solution far below the tolerance', () => {
-    expect(projectedResidual(packed, n, x, r, rhs, 0)).toBeLessThan(1e-12);
+  it('accepts the float64 reference solution (another algorithm than its own) with diagnostics it computed itself', async () => {
+    const verdict = await verify(x);
+    expect(verdict.accepted).toBe(true);
+    if (!verdict.accepted) return;
+    expect(verdict.diagnostics.jitter).toBe(0);
+    expect(CHECK_PROJECTIONS).toBeGreaterThanOrEqual(16);
+    expect(verdict.diagnostics.residualColumns).toBe(CHECK_PROJECTIONS);
+    expect(verdict.diagnostics.relativeResidual).toBeLessThan(1e-12);
+    // κ̂ from the coordinator's own factor: a well-conditioned Gram of 4n rows.
+    expect(verdict.diagnostics.conditionEstimate).toBeGreaterThan(1);
+    expect(verdict.diagnostics.conditionEstimate).toBeLessThan(1e3);
   });
 
-  it('estimates the full residual of a wrong X within a factor of 2 (its expectation is exact)', () => {
-    const random = rng(11);
-    const wrong = Float64Array.from(x, (v) => v * (1 + 1e-3 * (random() - 0.5)));
-    const exact = exactResidual(a, n, wrong, r, rhs);
-    const estimate = projectedResidual(packed, n, wrong, r, rhs, 0);
-    expect(exact).toBeGreaterThan(DEFAULT_RESIDUAL_TOLERANCE);
-    expect(estimate / exact).toBeGreaterThan(0.5);
-    expect(estimate / exact).toBeLessThan(2);
-  });
-
-  it('catches an X wrong in a single entry of a single column', () => {
+  it('refuses an X wrong in a single entry of a single column, every time', async () => {
     const wrong = x.slice();
     wrong[17 * rhs + 31] = wrong[17 * rhs + 31]! + 1e-3;
-    for (let trial = 0; trial < 20; trial++)
-      expect(projectedResidual(packed, n, wrong, r, rhs, 0)).toBeGreaterThan(DEFAULT_RESIDUAL_TOLERANCE);
+    for (let trial = 0; trial < 10; trial++) expect((await verify(wrong)).accepted).toBe(false);
   });
 
-  it('checks a jittered answer against the jittered system the worker says it solved', () => {
-    let mean = 0;
-    for (let i = 0; i < n; i++) mean += a[i * n + i]! / n;
+  it('refuses an answer over-jittered by 1e-4 that says so (it solves another system than the one the coordinator would)', async () => {
     const jitter = 1e-4;
-    const shifted = a.slice();
-    for (let i = 0; i < n; i++) shifted[i * n + i] = shifted[i * n + i]! + jitter * mean;
-    const xj = referenceSolve(shifted, n, r, rhs);
-    expect(exactResidual(a, n, xj, r, rhs, jitter * mean)).toBeLessThan(1e-12);
-    expect(projectedResidual(packed, n, xj, r, rhs, jitter)).toBeLessThan(1e-12);
-    // Claimed without its jitter, the same X does not solve G̃X = R.
-    expect(projectedResidual(packed, n, xj, r, rhs, 0)).toBeGreaterThan(DEFAULT_RESIDUAL_TOLERANCE);
+    const xj = referenceSolve(shifted(a, n, jitter * meanDiagonal(a, n)), n, r, rhs);
+    // It does solve the system it names: the old check (the residual at the claimed jitter) passed it.
+    expect(exactResidual(a, n, xj, r, rhs, jitter * meanDiagonal(a, n))).toBeLessThan(1e-12);
+    const verdict = await verify(xj, jitter);
+    expect(verdict.accepted).toBe(false);
+    expect(!verdict.accepted && verdict.reason).toMatch(
+      /^over-jittered: solved with diagonal jitter 0.0001 × mean diagonal, the coordinator's factorization of Σ G̃ needs 0 /,
+    );
+  });
+
+  it('refuses an answer jittered by 1e-8 that claims none, though its residual is below the old fixed tolerance of 1e-6', async () => {
+    const xj = referenceSolve(shifted(a, n, 1e-8 * meanDiagonal(a, n)), n, r, rhs);
+    expect(exactResidual(a, n, xj, r, rhs)).toBeLessThan(DEFAULT_RESIDUAL_TOLERANCE);
+    const verdict = await verify(xj, 0);
+    expect(verdict.accepted).toBe(false);
+    expect(!verdict.accepted && verdict.reason).toMatch(/above the tolerance \S+ \(64·n·ε·κ̂ at the coordinator's condition estimate/);
+  });
+
+  it('takes the jitter of its own ladder on a Gram that is not positive definite, and only that one', async () => {
+    // Rank n/2, shifted down by 1e-9 × mean diagonal: the steps 0 and 1e-10 fail, 1e-8 factors.
+    const random = rng(3);
+    const low = gramOf(randn(random, (n / 2) * n), n / 2, n);
+    const indefinite = shifted(low, n, -1e-9 * meanDiagonal(low, n));
+    const lowPacked = packUpper(indefinite, n);
+    const mean = meanDiagonal(indefinite, n);
+    const check = (answer: Float64Array, jitter: number) =>
+      verifySolution(
+        { packed: lowPacked, n, r, rhs, x: answer, claimedJitter: jitter, tolerance: DEFAULT_RESIDUAL_TOLERANCE, label: 'g' },
+        solver,
+      );
+    const right = referenceSolve(shifted(indefinite, n, 1e-8 * mean), n, r, rhs);
+    const verdict = await check(right, 1e-8);
+    expect(verdict.accepted).toBe(true);
+    expect(verdict.accepted && verdict.diagnostics.jitter).toBe(1e-8);
+    const over = referenceSolve(shifted(indefinite, n, 1e-6 * mean), n, r, rhs);
+    expect((await check(over, 1e-6)).accepted).toBe(false);
+    const under = await check(right, 0);
+    expect(!under.accepted && under.reason).toMatch(/needs 1e-8 /);
+  });
+
+  it('scales the tolerance with the condition estimate, never above the cap', () => {
+    expect(checkTolerance(100, 1, 1e-6)).toBeCloseTo(64 * 100 * Number.EPSILON, 20);
+    expect(checkTolerance(100, 1e3, 1e-6) / checkTolerance(100, 1, 1e-6)).toBeCloseTo(1e3, 6);
+    expect(checkTolerance(100, 1e12, 1e-6)).toBe(1e-6);
+    expect(checkTolerance(100, Infinity, 1e-6)).toBe(1e-6);
+  });
+});
+
+describe('the check reads task parts and answers in slices', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gramfuse-slices-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const values = Float64Array.from({ length: 1001 }, (_, i) => Math.sin(i) * 1e3);
+  const path = join(dir, 'x.bin');
+  writeFileSync(path, new Uint8Array(values.buffer));
+
+  it('reads every value whatever the slice (24 bytes; 7 bytes, not a multiple of 8; the last slice short)', async () => {
+    for (const slice of [24, 7, 8008, 1 << 20]) expect(await readFloat64File(path, values.length, slice)).toEqual(values);
+  });
+
+  it('answers undefined for a file of another size', async () => {
+    expect(await readFloat64File(path, values.length + 1, 24)).toBeUndefined();
+    expect(await readFloat64File(path, values.length - 1, 24)).toBeUndefined();
   });
 });
 
@@ -104,5 +186,15 @@ describe('solve task descriptors on NATS', () => {
 
   it('come back after a growing delay when an attempt fails: 1 s, 2 s, 4 s, … at most 30 s', () => {
     expect([1, 2, 3, 4, 5, 6, 10].map(redeliveryDelayMs)).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+  });
+
+  it('read JetStream advisories by their stream sequence; anything else on the advisory subject is skipped, not a crash', () => {
+    const encode = (value: string) => new TextEncoder().encode(value);
+    // nats-server 2.9.10's MSG_TERMINATED advisory, as received.
+    const terminated =
+      '{"type":"io.nats.jetstream.advisory.v1.terminated","id":"41KGwSk9jwLiY34BsvLbye","timestamp":"2026-12-08T00:01:50.782187489Z","stream":"S","consumer":"C","consumer_seq":1,"stream_seq":7,"deliveries":2}';
+    expect(parseSolveAdvisory(encode(terminated))).toEqual({ stream_seq: 7, deliveries: 2 });
+    for (const bad of ['garbage', '{"stream_seq":"7"}', '{"stream_seq":-1}', 'null', '[]'])
+      expect(parseSolveAdvisory(encode(bad))).toBeUndefined();
   });
 });

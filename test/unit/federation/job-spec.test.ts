@@ -63,7 +63,10 @@ describe('job spec', () => {
     const plain = parseJobSpec({ id: 'p', participants: ['a', 'b'] }, 'spec');
     expect(plain.privacy).toEqual({ secureAggregation: false, minOwners: 3, roundTimeoutSeconds: 60 });
     const secure = parseJobSpec({ id: 's', participants: ['a', 'b', 'c', 'd', 'e'], privacy: { secureAggregation: true } }, 'spec');
-    expect(secureThreshold(secure)).toBe(3);
+    // 2t > n + k with k = 1 colluder by default: t = 4 of 5 (t = 3 would fall to one colluder and dropout lies).
+    expect(secureThreshold(secure)).toBe(4);
+    expect(secureThreshold({ ...secure, privacy: { ...secure.privacy, colluders: 0 } })).toBe(3);
+    expect(secureThreshold({ participants: ['a', 'b', 'c'], privacy: secure.privacy })).toBe(3);
     const problems = (
       privacy: Record<string, unknown>,
       participants = ['a', 'b', 'c', 'd'],
@@ -87,5 +90,10 @@ describe('job spec', () => {
       /quorum: with secure aggregation the survivors needed are privacy\.minOwners/,
     );
     expect(problems({ threshold: 3, minOwners: 4 })).toBe('');
+    expect(problems({ threshold: 3, colluders: 2 })).toMatch(
+      /privacy\.threshold: t = 3 does not withstand 2 colluding owners at n = 4: it needs 2t > n \+ k, t ≥ 4/,
+    );
+    const many = Array.from({ length: 256 }, (_, i) => `o${i}`);
+    expect(problems({}, many)).toMatch(/participants: secure aggregation takes at most 255 participants \(got 256\)/);
   });
 });

@@ -159,6 +159,7 @@ describe('keys and shares', () => {
       owner: 'org0',
       maskPublicKey: generateAgreementKeys().publicKeyPem,
       encryptionPublicKey: generateAgreementKeys().publicKeyPem,
+      selfSeedCommitment: 'ab'.repeat(32),
     };
     const ad = signAdvertisement(fields, org0.keyPem);
     expect(() => verifyAdvertisement(ad, org0.certPem)).not.toThrow();

@@ -9,19 +9,23 @@ import {
   agreedSecret,
   applyMask,
   checkConfirmations,
+  checkRoundScale,
   checkUnmaskRequest,
   combineShares,
   generateAgreementKeys,
   maskSlice,
   pairSign,
+  reconstructChecked,
   ringAddInto,
+  seedCommitment,
   ShareGuard,
   signUnmaskRequest,
   splitSecret,
   statisticScale,
   unmaskSlice,
+  verifyPeerCertificate,
 } from '../../../shared/secure-aggregation/index.js';
-import { createCertificateAuthority, issueCertificate } from '../../../shared/security/index.js';
+import { certificateFingerprints, certificateRole, createCertificateAuthority, issueCertificate } from '../../../shared/security/index.js';
 import { rng } from '../../helpers/random.js';
 
 const coded = (fn: () => unknown): GramfuseError => {
@@ -152,23 +156,113 @@ describe('secure aggregation rounds (pure)', () => {
 
   it('an agent refuses an unmasking request that asks both shares of one owner, names strangers, or has too few survivors', () => {
     const sharers = ['a', 'b', 'c', 'd'];
-    const both = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['c'] }, sharers, 3, new ShareGuard('j')));
+    const terms = { threshold: 3, minOwners: 3, participants: sharers };
+    const ctx = { sharers, self: 'a', terms };
+    const both = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['c'] }, ctx, new ShareGuard('j')));
     expect(both.code).toBe(ErrorCode.SecureAggregation);
     expect(both.message).toMatch(/both the self-mask and the mask-key shares of c/);
-    expect(
-      coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'z'], dropped: [] }, sharers, 3, new ShareGuard('j'))).message,
-    ).toMatch(/z did not share keys/);
-    expect(
-      coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b'], dropped: ['c', 'd'] }, sharers, 3, new ShareGuard('j'))).message,
-    ).toMatch(/only 2 survivors, fewer than the threshold 3/);
+    expect(coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'z'], dropped: [] }, ctx, new ShareGuard('j'))).message).toMatch(
+      /z did not share keys/,
+    );
+    expect(coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b'], dropped: ['c', 'd'] }, ctx, new ShareGuard('j'))).message).toMatch(
+      /only 2 survivors, fewer than the 3 this owner approved \(threshold 3, minOwners 3\)/,
+    );
     // Across requests: c's self-mask share went out once; a later request for its mask key is refused, and the refusal
     // records nothing (the guard is unchanged).
     const guard = new ShareGuard('j');
-    checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['d'] }, sharers, 3, guard);
+    checkUnmaskRequest('j', { survivors: ['a', 'b', 'c'], dropped: ['d'] }, ctx, guard);
     const before = guard.toJSON();
-    const later = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'd'], dropped: ['c'] }, sharers, 3, guard));
+    const later = coded(() => checkUnmaskRequest('j', { survivors: ['a', 'b', 'd'], dropped: ['c'] }, ctx, guard));
     expect(later.code).toBe(ErrorCode.SecureAggregation);
     expect(guard.toJSON()).toEqual(before);
+  });
+
+  it('issue 37: the approved t and minOwners, not the round’s, decide; a dropped owner that uploaded refuses; survivors + dropped = sharers', () => {
+    const sharers = ['a', 'b', 'c'];
+    const terms = { threshold: 2, minOwners: 3, participants: sharers };
+    // The late-threshold attack: t = 1 from the coordinator, survivors = [victim], everyone else dropped.
+    const late = { survivors: ['a'], dropped: ['b', 'c'] };
+    expect(coded(() => checkUnmaskRequest('j', late, { sharers, self: 'a', terms }, new ShareGuard('j'))).message).toMatch(
+      /only 1 survivors, fewer than the 3 this owner approved/,
+    );
+    expect(coded(() => checkUnmaskRequest('j', late, { sharers, self: 'b', terms }, new ShareGuard('j'))).message).toMatch(
+      /names b dropped, but b uploaded its masked statistics/,
+    );
+    // An owner left out of both lists: the request is not over the sharers this owner masked with.
+    const terms2 = { threshold: 2, minOwners: 2, participants: sharers };
+    expect(
+      coded(() =>
+        checkUnmaskRequest('j', { survivors: ['a', 'b'], dropped: [] }, { sharers, self: 'a', terms: terms2 }, new ShareGuard('j')),
+      ).message,
+    ).toMatch(/not exactly the 3 owners this one masked with \(c\)/);
+    expect(() =>
+      checkUnmaskRequest('j', { survivors: ['a', 'b'], dropped: ['c'] }, { sharers, self: 'a', terms: terms2 }, new ShareGuard('j')),
+    ).not.toThrow();
+  });
+
+  it('issue 37: round scale — |U₁| must match, the owner’s bounds covered, at least minFractionBits kept', () => {
+    expect(coded(() => checkRoundScale('j', { owners: 2, bounds: { s: 3 } }, 3, { s: 3 }, 20)).message).toMatch(
+      /it is for 2 owners, but the key round has 3/,
+    );
+    expect(coded(() => checkRoundScale('j', { owners: 3, bounds: { s: 2 } }, 3, { s: 3 }, 20)).message).toMatch(
+      /statistic s's bound 2\^2 is below this owner's 2\^3/,
+    );
+    // One owner declares 2^45: 62 − 45 − 2 = 15 fraction bits, fewer than 20.
+    expect(coded(() => checkRoundScale('j', { owners: 3, bounds: { s: 45 } }, 3, { s: 3 }, 20)).message).toMatch(
+      /statistic s would keep 15 fraction bits .* fewer than this owner's minFractionBits 20/,
+    );
+    expect(checkRoundScale('j', { owners: 3, bounds: { s: 3 } }, 3, { s: 3 }, 20).get('s')!.fractionBits).toBe(57);
+  });
+
+  it('issue 37: peers must be approved participants with owner certificates, never the coordinator’s server certificate, and match pins', async () => {
+    const ca = await createCertificateAuthority('peer CA');
+    const server = await issueCertificate(ca, 'coordinator', { hosts: ['localhost'] });
+    const org0 = await issueCertificate(ca, 'org0');
+    const creator = await issueCertificate(ca, 'org1', { role: 'creator' });
+    const legacyOwner = await issueCertificate(ca, 'org2', { role: 'owner', hosts: ['org2.example'] });
+    expect(certificateRole(org0.certPem)).toBe('owner');
+    expect(certificateRole(server.certPem)).toBe('server');
+    const rules = { participants: ['org0', 'org1', 'org2', 'coordinator'], serverCertificatePem: server.certPem, pins: {} };
+    expect(() => verifyPeerCertificate(org0.certPem, ca.certPem, 'org0', rules)).not.toThrow();
+    expect(coded(() => verifyPeerCertificate(server.certPem, ca.certPem, 'coordinator', rules)).message).toMatch(
+      /is the coordinator’s own TLS server certificate/,
+    );
+    // Another server certificate (not the one this agent connected to) is still not an owner certificate.
+    const other = await issueCertificate(ca, 'coordinator', { hosts: ['elsewhere'] });
+    expect(coded(() => verifyPeerCertificate(other.certPem, ca.certPem, 'coordinator', rules)).message).toMatch(
+      /it is a server certificate; only owner certificates are accepted as peers/,
+    );
+    expect(coded(() => verifyPeerCertificate(creator.certPem, ca.certPem, 'org1', rules)).message).toMatch(/it is a creator certificate/);
+    expect(coded(() => verifyPeerCertificate(legacyOwner.certPem, ca.certPem, 'org2', rules)).message).toMatch(
+      /allows TLS server authentication/,
+    );
+    expect(
+      coded(() => verifyPeerCertificate(org0.certPem, ca.certPem, 'org0', { ...rules, participants: ['org1', 'org2', 'coordinator'] }))
+        .message,
+    ).toMatch(/org0 is not one of the participants this owner approved \(org1, org2, coordinator\)/);
+    // Pins: the certificate's or the public key's fingerprint; an impostor issued by the same CA under org0's name fails.
+    const pinned = certificateFingerprints(org0.certPem);
+    expect(() => verifyPeerCertificate(org0.certPem, ca.certPem, 'org0', { ...rules, pins: { org0: pinned.publicKey } })).not.toThrow();
+    expect(() => verifyPeerCertificate(org0.certPem, ca.certPem, 'org0', { ...rules, pins: { org0: pinned.certificate } })).not.toThrow();
+    const impostor = await issueCertificate(ca, 'org0');
+    expect(
+      coded(() => verifyPeerCertificate(impostor.certPem, ca.certPem, 'org0', { ...rules, pins: { org0: pinned.publicKey } })).message,
+    ).toMatch(/does not match the pinned fingerprint sha256:[0-9a-f]{64} \(policy securePeers\.org0\)/);
+  });
+
+  it('issue 37: a seed rebuilt from shares is checked against its commitment; a wrong share is found and left out', () => {
+    const seed = new Uint8Array(randomBytes(32));
+    const commitment = seedCommitment('j', 'a', seed);
+    const shares = splitSecret(seed, 3, 2);
+    const poisoned = [{ x: shares[0]!.x, y: shares[0]!.y.map((b) => b ^ 0x5a) }, shares[1]!, shares[2]!];
+    // The first t shares include the wrong one: plain combination gives a wrong seed.
+    expect(seedCommitment('j', 'a', combineShares(poisoned, 2))).not.toBe(commitment);
+    const found = reconstructChecked(poisoned, 2, (s) => seedCommitment('j', 'a', s) === commitment)!;
+    expect(Buffer.from(found.secret).equals(Buffer.from(seed))).toBe(true);
+    expect(found.inconsistent).toEqual([1]);
+    // Two wrong shares of three at t = 2: no subset gives the committed seed.
+    const twoBad = [poisoned[0]!, { x: shares[1]!.x, y: shares[1]!.y.map((b) => b ^ 1) }, shares[2]!];
+    expect(reconstructChecked(twoBad, 2, (s) => seedCommitment('j', 'a', s) === commitment)).toBeUndefined();
   });
 
   it('the consistency round: t survivors must have signed the very request an owner was shown', async () => {

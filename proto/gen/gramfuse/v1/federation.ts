@@ -212,12 +212,24 @@ export interface SolveInputRequest {
   sha256: string;
   /** Resume from this byte offset. */
   offset: bigint;
+  /**
+   * The JetStream stream sequence of the task message the worker holds (msg.info.streamSequence): a fetch of the
+   * gram part for any other message than the group's current one is refused (INVALID_ARGUMENT: drop the task).
+   */
+  streamSequence: bigint;
+  /** The message's delivery count from JetStream (msg.info.deliveryCount): logged, never trusted. */
+  delivery: number;
 }
 
 export interface SolveInputChunk {
   offset: bigint;
   data: Uint8Array;
   totalBytes: bigint;
+  /**
+   * gram part, first chunk: the coordinator's nonce for this delivery of the task. An answer (or error report) must
+   * carry it; one answer per lease, and a later fetch of the group (a redelivery) makes the earlier lease stale.
+   */
+  lease: string;
 }
 
 export interface SolutionHeader {
@@ -238,9 +250,14 @@ export interface SolutionHeader {
   /** Set when the worker could not solve: its error; no data follows. */
   errorCode: string;
   errorMessage: string;
-  /** The task message's delivery count, and whether it was the last one JetStream allows. */
+  /**
+   * The task message's delivery count as the worker read it, and whether it was the last one JetStream allows: logged
+   * only. The coordinator takes delivery counts from JetStream's advisories and binds the answer by `lease`.
+   */
   delivery: number;
   lastDelivery: boolean;
+  /** The lease nonce the coordinator gave this delivery (SolveInputChunk.lease). */
+  lease: string;
 }
 
 export interface SolutionChunk {
@@ -250,7 +267,10 @@ export interface SolutionChunk {
 }
 
 export interface SolutionReply {
-  /** committed | duplicate (the group was already committed: acknowledge the task) | rejected | recorded (an error report) */
+  /**
+   * committed | duplicate (the group was already committed: acknowledge the task) | rejected | recorded (an error report)
+   * | stale (the lease is not the group's current one: the task was handed out again; leave the message alone)
+   */
   outcome: string;
   reason: string;
   /** ‖G̃X − R‖/‖R‖ as the coordinator computed it (random projections; docs/RELIABILITY.md). */
@@ -1933,7 +1953,7 @@ export const EvaluationReply: MessageFns<EvaluationReply> = {
 };
 
 function createBaseSolveInputRequest(): SolveInputRequest {
-  return { jobId: "", group: "", part: "", sha256: "", offset: 0n };
+  return { jobId: "", group: "", part: "", sha256: "", offset: 0n, streamSequence: 0n, delivery: 0 };
 }
 
 export const SolveInputRequest: MessageFns<SolveInputRequest> = {
@@ -1955,6 +1975,15 @@ export const SolveInputRequest: MessageFns<SolveInputRequest> = {
         throw new globalThis.Error("value provided for field message.offset of type int64 too large");
       }
       writer.uint32(40).int64(message.offset);
+    }
+    if (message.streamSequence !== 0n) {
+      if (BigInt.asIntN(64, message.streamSequence) !== message.streamSequence) {
+        throw new globalThis.Error("value provided for field message.streamSequence of type int64 too large");
+      }
+      writer.uint32(48).int64(message.streamSequence);
+    }
+    if (message.delivery !== 0) {
+      writer.uint32(56).int32(message.delivery);
     }
     return writer;
   },
@@ -2012,6 +2041,22 @@ export const SolveInputRequest: MessageFns<SolveInputRequest> = {
             message.offset = reader.int64() as bigint;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.streamSequence = reader.int64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.delivery = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2034,12 +2079,16 @@ export const SolveInputRequest: MessageFns<SolveInputRequest> = {
     message.part = object.part ?? "";
     message.sha256 = object.sha256 ?? "";
     message.offset = (object.offset !== undefined && object.offset !== null) ? BigInt(object.offset) : 0n;
+    message.streamSequence = (object.streamSequence !== undefined && object.streamSequence !== null)
+      ? BigInt(object.streamSequence)
+      : 0n;
+    message.delivery = object.delivery ?? 0;
     return message;
   },
 };
 
 function createBaseSolveInputChunk(): SolveInputChunk {
-  return { offset: 0n, data: new Uint8Array(0), totalBytes: 0n };
+  return { offset: 0n, data: new Uint8Array(0), totalBytes: 0n, lease: "" };
 }
 
 export const SolveInputChunk: MessageFns<SolveInputChunk> = {
@@ -2058,6 +2107,9 @@ export const SolveInputChunk: MessageFns<SolveInputChunk> = {
         throw new globalThis.Error("value provided for field message.totalBytes of type int64 too large");
       }
       writer.uint32(24).int64(message.totalBytes);
+    }
+    if (message.lease !== "") {
+      writer.uint32(34).string(message.lease);
     }
     return writer;
   },
@@ -2099,6 +2151,14 @@ export const SolveInputChunk: MessageFns<SolveInputChunk> = {
             message.totalBytes = reader.int64() as bigint;
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lease = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2121,6 +2181,7 @@ export const SolveInputChunk: MessageFns<SolveInputChunk> = {
     message.totalBytes = (object.totalBytes !== undefined && object.totalBytes !== null)
       ? BigInt(object.totalBytes)
       : 0n;
+    message.lease = object.lease ?? "";
     return message;
   },
 };
@@ -2141,6 +2202,7 @@ function createBaseSolutionHeader(): SolutionHeader {
     errorMessage: "",
     delivery: 0,
     lastDelivery: false,
+    lease: "",
   };
 }
 
@@ -2187,6 +2249,9 @@ export const SolutionHeader: MessageFns<SolutionHeader> = {
     }
     if (message.lastDelivery !== false) {
       writer.uint32(112).bool(message.lastDelivery);
+    }
+    if (message.lease !== "") {
+      writer.uint32(122).string(message.lease);
     }
     return writer;
   },
@@ -2316,6 +2381,14 @@ export const SolutionHeader: MessageFns<SolutionHeader> = {
             message.lastDelivery = reader.bool();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.lease = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2347,6 +2420,7 @@ export const SolutionHeader: MessageFns<SolutionHeader> = {
     message.errorMessage = object.errorMessage ?? "";
     message.delivery = object.delivery ?? 0;
     message.lastDelivery = object.lastDelivery ?? false;
+    message.lease = object.lease ?? "";
     return message;
   },
 };
