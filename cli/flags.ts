@@ -86,22 +86,58 @@ export const ExportFlags = z
   })
   .refine((f) => f.hfOut !== undefined || f.onnxOut !== undefined, { message: 'give --hf-out DIR or --onnx-out FILE (or both)' });
 
-export const MergeFlags = z.object({
-  ...commonDataFlags,
-  ...hfFlags,
-  tokenizer: z.string().min(1).optional(),
-  model: z.array(z.string()).default([]),
-  bundle: z.array(z.string()).default([]),
-  template: z.string().optional(),
-  data: z.array(z.string()).default([]),
-  ...mergeSpecFlags,
-  base: z.string().optional(),
-  lambda: z.coerce.number().min(0, 'must be at least 0').optional(),
-  tiesK: z.coerce.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]').default(0.2),
-  head: z.enum(['average', 'method'], { message: 'must be average or method' }).optional(),
-  out: z.string().min(1, 'name the merged model file'),
-  report: z.string().optional(),
-});
+/** `merge --alpha`: a number in [0, 1], or `auto` (α chosen after the statistics on validation data). */
+const alphaOrAuto = z
+  .string()
+  .default('0.9')
+  .superRefine((text, context) => {
+    if (text === 'auto') return;
+    const value = text.trim() === '' ? NaN : Number(text);
+    if (Number.isNaN(value)) context.addIssue({ code: 'custom', message: 'must be a number between 0 and 1, or auto' });
+    else if (value < 0 || value > 1) context.addIssue({ code: 'custom', message: 'must be between 0 and 1' });
+  })
+  .transform((text) => (text === 'auto' ? ('auto' as const) : Number(text)));
+
+/** `merge --alpha-grid 0.1,0.5,0.9`: the α-auto candidates. */
+const alphaGrid = z
+  .string()
+  .refine(
+    (text) => text.split(',').every((part) => part.trim() !== '' && Number(part) >= 0 && Number(part) <= 1),
+    'must be a comma-separated list of numbers between 0 and 1, e.g. 0.5,0.9,1',
+  )
+  .transform((text) => text.split(',').map(Number));
+
+export const MergeFlags = z
+  .object({
+    ...commonDataFlags,
+    ...hfFlags,
+    tokenizer: z.string().min(1).optional(),
+    model: z.array(z.string()).default([]),
+    bundle: z.array(z.string()).default([]),
+    template: z.string().optional(),
+    data: z.array(z.string()).default([]),
+    ...mergeSpecFlags,
+    base: z.string().optional(),
+    lambda: z.coerce.number().min(0, 'must be at least 0').optional(),
+    tiesK: z.coerce.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]').default(0.2),
+    head: z.enum(['average', 'method'], { message: 'must be average or method' }).optional(),
+    out: z.string().min(1, 'name the merged model file'),
+    report: z.string().optional(),
+    alpha: alphaOrAuto,
+    alphaGrid: alphaGrid.optional(),
+    validationData: z.array(z.string()).default([]),
+    validationMaxExamples: int(1).optional(),
+    labels: z.string().min(1).optional(),
+    candidates: z.string().min(1).optional(),
+  })
+  .superRefine((flags, context) => {
+    if (flags.alphaGrid !== undefined && flags.alpha !== 'auto')
+      context.addIssue({
+        code: 'custom',
+        path: ['alphaGrid'],
+        message: 'lists the candidates of --alpha auto; add --alpha auto or drop it',
+      });
+  });
 
 export const EvalFlags = z.object({
   ...commonDataFlags,

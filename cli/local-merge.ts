@@ -1,11 +1,14 @@
 import { mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { collectInWorker, ownerFromModelPath, type Progress, writeStatistics } from '../agent/index.js';
 import { ensureDirectoryFor, ErrorCode, GramfuseError, packageVersion, writeFileAtomic } from '../shared/index.js';
 import { createOrtSolver } from '../shared/linalg/index.js';
+import { type AlphaValidationOptions, scoreAlphaCandidates } from './alpha-auto.js';
 import { parseStatisticId } from '../shared/federation/index.js';
 import {
+  alphaAfterStatistics,
+  type AlphaSelection,
   type Contribution,
   contributionTensors,
   defaultLambda,
@@ -15,12 +18,14 @@ import {
   type LayerDiagnostics,
   mergedMetadata,
   type MergeReport,
-  type MergeSpec,
   needsBase,
   planDisclosure,
   verifyBundle,
+  MergeSpec,
   runMergePipeline,
   StatisticDirectory,
+  type StatisticSource,
+  statisticsAtAlpha,
   sumMaps,
   tiesAgree,
   tiesElect,
@@ -63,6 +68,14 @@ export interface LocalMergeOptions {
   readonly memoryBudget?: number;
   readonly onCollect?: (owner: string, progress: Progress) => void;
   readonly onSolve?: (done: number, total: number, layer: LayerDiagnostics) => void;
+  /**
+   * α chosen after the statistics (`spec.alphaCandidates`, `--alpha auto`): each owner's validation data, one file per
+   * --model, on which every candidate is scored. Required then, refused otherwise.
+   */
+  readonly validation?: AlphaValidationOptions;
+  /** `--alpha auto`: keep each candidate's merged model here (alpha-<α>.onnx). @default removed after scoring */
+  readonly candidatesDir?: string;
+  readonly onCandidate?: (done: number, total: number) => void;
 }
 
 export interface LocalMergeResult {
@@ -118,6 +131,7 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
       facts: { flag: 'tokenizer' },
     });
   }
+  checkAlphaAuto(options);
   const reportPath = options.report ?? `${options.out.replace(/\.onnx$/, '')}.report.json`;
   const safetensorsPath = `${options.out.replace(/\.onnx$/, '')}.safetensors`;
   await ensureDirectoryFor(options.out);
@@ -285,16 +299,52 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
         spec.lambda ?? defaultLambda('ties'),
       );
     }
+    // α-auto: every candidate solved from the α-free sums and scored on the owners' validation data; the result is
+    // then the plain merge at the chosen α, from each owner's plain statistics at that α rebuilt from its α-free ones.
+    let source: StatisticSource = scratch;
+    let workDir = scratch.workDir;
+    let mergeSpec = spec;
+    let alphaSelection: AlphaSelection | undefined;
+    const createSolver = () => createOrtSolver(options.threads === undefined ? {} : { threads: options.threads });
+    if (alphaAfterStatistics(spec)) {
+      alphaSelection = await scoreAlphaCandidates({
+        source: scratch,
+        analysis,
+        spec,
+        template,
+        templatePath,
+        owners: names,
+        validation: options.validation!,
+        scratch: join(scratch.root, 'alpha'),
+        ...(options.candidatesDir === undefined ? {} : { candidatesDir: options.candidatesDir }),
+        tokenizer: options.tokenizer!,
+        seed: options.seed ?? 1,
+        maxLength: options.maxLength ?? 128,
+        textField: options.textField ?? 'text',
+        ...(options.threads === undefined ? {} : { threads: options.threads }),
+        createSolver,
+        ...(options.onCandidate === undefined ? {} : { onCandidate: options.onCandidate }),
+      });
+      const { alphaCandidates: _grid, ...fixed } = spec;
+      mergeSpec = MergeSpec.parse({ ...fixed, alpha: alphaSelection.chosen });
+      const plain = await StatisticDirectory.create(scratch.root);
+      for (const [i, model] of models.entries()) {
+        const plan = planDisclosure(names[i]!, analysis, mergeSpec, 'float64', DisclosurePolicy.parse({}));
+        await plain.add(plan, await statisticsAtAlpha(scratch, plan, model, analysis));
+      }
+      source = plain;
+      workDir = plain.workDir;
+    }
     const outcome = await runMergePipeline({
-      source: scratch,
+      source,
       analysis,
-      spec,
+      spec: mergeSpec,
       templatePath,
-      workDir: scratch.workDir,
+      workDir,
       modelPath: options.out,
       safetensorsPath,
       metadata: mergedMetadata(spec, analysis.fingerprint),
-      createSolver: () => createOrtSolver(options.threads === undefined ? {} : { threads: options.threads }),
+      createSolver,
       ...(baseValues === undefined ? {} : { base: (name: string) => baseValues.get(name)! }),
       averaged: averagedHead,
       ...(precomputed === undefined ? {} : { precomputed }),
@@ -307,11 +357,12 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
     const report: MergeReport = {
       tool: { name: 'gramfuse', version: packageVersion() },
       createdAt: new Date().toISOString(),
-      spec,
+      spec: alphaSelection === undefined ? spec : { ...mergeSpec, alphaCandidates: spec.alphaCandidates },
       template: templatePath,
       fingerprint: analysis.fingerprint,
       base: options.base ?? null,
       owners,
+      ...(alphaSelection === undefined ? {} : { alphaSelection }),
       layers: outcome.layers,
       averaged: outcome.averaged,
       seconds: {
@@ -334,6 +385,42 @@ export async function runLocalMerge(options: LocalMergeOptions): Promise<LocalMe
   } finally {
     await scratch.remove();
   }
+}
+
+/** `--alpha auto`'s rules: RegMean on local models with one validation file each; `--validation-data` only with it. */
+function checkAlphaAuto(options: LocalMergeOptions): void {
+  const spec = options.spec;
+  const validation = options.validation?.data ?? [];
+  if (!alphaAfterStatistics(spec)) {
+    if (spec.alphaCandidates !== undefined)
+      throw new GramfuseError(ErrorCode.InvalidArgument, `--alpha auto: only RegMean has an α to choose, not ${spec.method}`, {
+        facts: { flag: 'alpha', method: spec.method },
+      });
+    if (validation.length > 0 || options.candidatesDir !== undefined)
+      throw new GramfuseError(
+        ErrorCode.InvalidArgument,
+        `--${validation.length > 0 ? 'validation-data' : 'candidates'}: only used with --alpha auto (α chosen on validation data); drop it or add --alpha auto`,
+        { facts: { flag: validation.length > 0 ? 'validation-data' : 'candidates' } },
+      );
+    return;
+  }
+  if ((options.bundles ?? []).length > 0)
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      "--bundle: --alpha auto rebuilds each owner's statistics at the chosen α from its model, which a bundle does not carry; merge bundles at a fixed --alpha",
+      { facts: { flag: 'bundle' } },
+    );
+  if (validation.length !== options.models.length)
+    throw new GramfuseError(
+      ErrorCode.InvalidArgument,
+      `--validation-data: --alpha auto scores each candidate on every owner's held-out data; give one --validation-data per --model (${validation.length} for ${options.models.length} models)`,
+      { facts: { flag: 'validation-data', models: options.models.length, validation: validation.length } },
+    );
+  const grid = spec.alphaCandidates!;
+  if (new Set(grid).size !== grid.length)
+    throw new GramfuseError(ErrorCode.InvalidArgument, `--alpha-grid: ${grid.join(',')} lists an α twice; give each candidate once`, {
+      facts: { flag: 'alpha-grid' },
+    });
 }
 
 /** One owner's statistics into the scratch directory, in float64 under the disclosure plan's ids. */

@@ -7,6 +7,7 @@ import { ErrorCode, GramfuseError, typedArrayBytes } from '../../shared/index.js
 import { matmulNative, packUpper } from '../../shared/linalg/index.js';
 import { parseStatisticId } from '../../shared/federation/index.js';
 import {
+  diagonalTimes,
   type DisclosurePlan,
   gramScale,
   type GramStatistics,
@@ -14,6 +15,7 @@ import {
   noRowsError,
   ownerWeight,
   regularizedGram,
+  statisticsAlpha,
   weightAsInOut,
   writeSafetensorsFrom,
 } from '../../shared/merge/index.js';
@@ -51,8 +53,13 @@ export async function writeStatistics(
   let tokens = 0;
   let current = -1;
   let collected = new Map<string, { gram: Float64Array; rows: number }>();
-  // Per group: G̃ while its G̃·B products are written, and the weights still to write.
+  // Per group: G̃ while its G̃·B (and, α chosen after the statistics, diag(G̃)·B) products are written, and the
+  // statistic ids still to write.
   const tilde = new Map<string, { values: Float64Array; pending: Set<string> }>();
+  const products = (group: GramGroup): string[] =>
+    plan.statistics
+      .filter((s) => (s.kind === 'gram_times_weight' || s.kind === 'diag_times_weight') && group.weights.includes(s.tensors[0]!))
+      .map((s) => s.id);
 
   const ensure = async (group: string): Promise<void> => {
     const pass = passOf.get(group);
@@ -73,7 +80,8 @@ export async function writeStatistics(
   };
   const weight = (): number => ownerWeight(owner, spec, tokens);
 
-  const produce = async (id: ReturnType<typeof parseStatisticId>): Promise<Float64Array> => {
+  const produce = async (statisticId: string): Promise<Float64Array> => {
+    const id = parseStatisticId(statisticId);
     switch (id.kind) {
       case 'gram': {
         await ensure(id.group);
@@ -81,19 +89,23 @@ export async function writeStatistics(
         const stats = collected.get(id.group);
         if (stats === undefined || stats.rows === 0) throw noRowsError(owner, group);
         rows[id.group] = stats.rows;
-        const full = regularizedGram(stats.gram, group.inDim, spec.alpha, gramScale(spec, stats.rows));
+        const full = regularizedGram(stats.gram, group.inDim, statisticsAlpha(spec), gramScale(spec, stats.rows));
         collected.delete(id.group);
-        tilde.set(id.group, { values: full, pending: new Set(group.weights) });
+        tilde.set(id.group, { values: full, pending: new Set(products(group)) });
         return packUpper(full, group.inDim);
       }
-      case 'gram_times_weight': {
+      case 'gram_times_weight':
+      case 'diag_times_weight': {
         const layer = layers.get(id.weight)!;
-        const entry = [...tilde].find(([, t]) => t.pending.has(id.weight));
-        if (entry === undefined) throw new GramfuseError(ErrorCode.Internal, `G̃·B of ${id.weight} requested before its group's Gram`);
+        const entry = [...tilde].find(([, t]) => t.pending.has(statisticId));
+        if (entry === undefined) throw new GramfuseError(ErrorCode.Internal, `${statisticId} requested before its group's Gram`);
         const [group, t] = entry;
         const b = weightAsInOut(readParameterValues(model, id.weight), layer);
-        const product = await matmulNative(t.values, b, layer.inDim, layer.inDim, layer.outDim);
-        t.pending.delete(id.weight);
+        const product =
+          id.kind === 'gram_times_weight'
+            ? await matmulNative(t.values, b, layer.inDim, layer.inDim, layer.outDim)
+            : diagonalTimes(t.values, layer.inDim, b, layer.outDim);
+        t.pending.delete(statisticId);
         if (t.pending.size === 0) tilde.delete(group);
         return product;
       }
@@ -119,7 +131,7 @@ export async function writeStatistics(
       shape: s.shape,
       bytes: s.bytes,
       read: async () => {
-        const values = await produce(parseStatisticId(s.id));
+        const values = await produce(s.id);
         const bytes = typedArrayBytes(s.dtype === 'float32' ? Float32Array.from(values) : values);
         sha256[s.id] = createHash('sha256').update(bytes).digest('hex');
         return bytes;

@@ -80,10 +80,14 @@ export const labelledData = (flags: z.infer<typeof LabelledDataFlags>) => ({
 });
 
 /** The merge settings a local merge and an agent's plan/collect share (they must agree for a bundle to merge). */
-export const mergeSpecOptions = (command: Command): Command =>
+export const mergeSpecOptions = (command: Command, options: { alphaAuto?: boolean } = {}): Command =>
   command
     .option('--method <name>', 'regmean | average | task-arithmetic | ties', 'regmean')
-    .option('--alpha <a>', 'RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]', '0.9')
+    .option(
+      '--alpha <a>',
+      `RegMean: G̃ = αG + (1−α)diag(G), in [0, 1]${options.alphaAuto === true ? "; auto: each --alpha-grid candidate solved from one set of statistics, the best on the owners' --validation-data kept" : ''}`,
+      '0.9',
+    )
     .option('--weighting <w>', 'equal (each owner counts the same) | tokens (weighted by rows)', 'equal')
     .option('--include-padding', 'count padding tokens in Grams (the reference code does)');
 

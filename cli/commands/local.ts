@@ -52,8 +52,19 @@ export function registerLocalCommands(program: Command): void {
         .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
         .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
         .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)'),
+      { alphaAuto: true },
     ),
   )
+    .option('--alpha-grid <list>', 'with --alpha auto: the candidate alphas, comma-separated (default 0.1,0.3,0.5,0.7,0.8,0.9,0.95,1.0)')
+    .option(
+      '--validation-data <path>',
+      "with --alpha auto: that owner's held-out data (labelled for classifiers; text for causal LMs, scored by perplexity); one per --model",
+      collect,
+    )
+    .option('--labels <path>', "with --alpha auto: JSON list of labels in logit order (default: the model's labels metadata)")
+    .option('--label-field <name>', 'with --alpha auto: field holding the label in --validation-data', 'label')
+    .option('--validation-max-examples <n>', 'with --alpha auto: score each candidate on a seeded random subset of each validation file')
+    .option('--candidates <dir>', "with --alpha auto: keep every candidate's merged model there (alpha-<a>.onnx)")
     .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
     .option('--report <path>', 'where to write the merge report (JSON)')
     .option(
@@ -77,6 +88,8 @@ export function registerLocalCommands(program: Command): void {
         { flag: '--base', path: flags.base, kind: 'model', empty: EMPTY.model },
         { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
         { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
+        { flag: '--validation-data', path: flags.validationData, empty: EMPTY.data },
+        { flag: '--labels', path: flags.labels, empty: EMPTY.labels },
       ]);
       const template = flags.template ?? flags.model[0];
       // Checked before the merge runs: a directory that is not empty, names that do not map, or ONNX models without
@@ -87,9 +100,11 @@ export function registerLocalCommands(program: Command): void {
           : await h().mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
       const hf = hfOutput?.options;
       const prepared = hfOutput?.prepared;
+      const auto = flags.alpha === 'auto';
       const spec = h().MergeSpec.parse({
         method: flags.method,
-        alpha: flags.alpha,
+        // --alpha auto: `alpha` becomes the chosen candidate; until then the spec's default stands in.
+        ...(auto ? { alphaCandidates: flags.alphaGrid ?? [...h().DEFAULT_ALPHA_GRID] } : { alpha: flags.alpha }),
         weighting: flags.weighting,
         includePadding: flags.includePadding,
         tiesK: flags.tiesK,
@@ -99,6 +114,7 @@ export function registerLocalCommands(program: Command): void {
       const show = progressEnabled(flags.json);
       const bars = new Map<string, ReturnType<typeof createProgressBar>>();
       const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
+      const candidateBar = auto ? createProgressBar('alpha candidates (solve)', 'candidates', show) : undefined;
       const result = await h().runLocalMerge({
         models: flags.model,
         data: flags.data,
@@ -116,6 +132,21 @@ export function registerLocalCommands(program: Command): void {
         ...(flags.maxExamples === undefined ? {} : { maxExamples: flags.maxExamples }),
         ...(flags.threads === undefined ? {} : { threads: flags.threads }),
         ...(flags.memoryBudget === undefined ? {} : { memoryBudget: flags.memoryBudget }),
+        ...(flags.validationData.length === 0
+          ? {}
+          : {
+              validation: {
+                data: flags.validationData,
+                labelField: flags.labelField,
+                ...(flags.labels === undefined ? {} : { labels: flags.labels }),
+                ...(flags.validationMaxExamples === undefined ? {} : { maxExamples: flags.validationMaxExamples }),
+              },
+            }),
+        ...(flags.candidates === undefined ? {} : { candidatesDir: flags.candidates }),
+        onCandidate: (done, total) => {
+          candidateBar?.update(done, total);
+          if (done === total) candidateBar?.stop();
+        },
         onCollect: (owner, p) => {
           let bar = bars.get(owner);
           if (bar === undefined) bars.set(owner, (bar = createProgressBar(`collect ${owner}`, 'examples', show)));

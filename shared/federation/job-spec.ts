@@ -167,6 +167,11 @@ export const JobSpec = z
     message:
       'federated jobs support regmean and average (task arithmetic and TIES need the base model and a second round; not federated yet)',
     path: ['merge', 'method'],
+  })
+  .refine((spec) => spec.merge.alphaCandidates === undefined, {
+    message:
+      'α chosen after upload is not federated yet: set merge.alpha, or choose α locally with `gramfuse merge --alpha auto --validation-data …`',
+    path: ['merge', 'alphaCandidates'],
   });
 export type JobSpec = z.infer<typeof JobSpec>;
 

@@ -2,7 +2,7 @@ import { ErrorCode, GramfuseError } from '../errors.js';
 import { matmulNative, packUpper } from '../linalg/index.js';
 import type { LinearLayer, ModelAnalysis, OnnxModel } from '../onnx/index.js';
 import { readParameterValues } from '../onnx/index.js';
-import type { MergeSpec } from './spec.js';
+import { alphaAfterStatistics, type MergeSpec, statisticsAlpha } from './spec.js';
 
 /** Σ over an owner's rows of xxᵀ per Gram group, accumulated in float64 by the agent's collection. */
 export interface GramStatistics {
@@ -32,6 +32,8 @@ export interface Contribution {
   readonly grams: ReadonlyMap<string, Float64Array>;
   /** Linear weight name → G̃·B (inDim × outDim, row-major; B = the weight as [in, out]). */
   readonly gramTimesWeight: ReadonlyMap<string, Float64Array>;
+  /** α chosen after the statistics only (then G̃ = G, scaled): weight name → diag(G)·B, scaled alike. @default none */
+  readonly diagTimesWeight?: ReadonlyMap<string, Float64Array>;
   /** Parameter name → weight × value (every parameter RegMean does not solve; all of them for the baselines). */
   readonly parameters: ReadonlyMap<string, Float64Array>;
 }
@@ -54,12 +56,26 @@ export function transpose(a: Float64Array, rows: number, cols: number): Float64A
   return out;
 }
 
-/** G̃ = scale·(αG + (1−α)·diag G), full. */
+/**
+ * G̃ = scale·(αG + (1−α)·diag G), full. Off the diagonal it is (G·scale)·α, in that order: so G̃ at any α is
+ * bitwise `regularizedGram(regularizedGram(G, n, 1, scale), n, α, 1)`, which is how α-auto rebuilds an owner's
+ * plain statistics at the chosen α from the α-free ones (cli/local-merge.ts).
+ */
 export function regularizedGram(gram: Float64Array, n: number, alpha: number, scale: number): Float64Array {
   const out = new Float64Array(n * n);
-  for (let i = 0; i < n * n; i++) out[i] = gram[i]! * alpha * scale;
+  for (let i = 0; i < n * n; i++) out[i] = gram[i]! * scale * alpha;
   for (let i = 0; i < n; i++) out[i * n + i] = gram[i * n + i]! * scale;
   return out;
+}
+
+/** diag(G̃)·B: each row i of B (in × out, row-major) times G̃ᵢᵢ. O(in·out), no matrix product. */
+export function diagonalTimes(gram: Float64Array, n: number, b: Float64Array, out: number): Float64Array {
+  const product = new Float64Array(n * out);
+  for (let i = 0; i < n; i++) {
+    const d = gram[i * n + i]!;
+    for (let j = 0; j < out; j++) product[i * out + j] = d * b[i * out + j]!;
+  }
+  return product;
 }
 
 /**
@@ -102,6 +118,7 @@ export async function buildContribution(
   const weight = ownerWeight(owner, spec, tokens);
   const grams = new Map<string, Float64Array>();
   const gramTimesWeight = new Map<string, Float64Array>();
+  const diagTimesWeight = new Map<string, Float64Array>();
   const rows: Record<string, number> = {};
   const solved = new Set<string>();
   if (spec.method === 'regmean') {
@@ -121,12 +138,13 @@ export async function buildContribution(
       if (stats === undefined || stats.rows === 0) throw noRowsError(owner, group);
       rows[group.id] = stats.rows;
       const n = group.inDim;
-      const tilde = regularizedGram(stats.gram, n, spec.alpha, gramScale(spec, stats.rows));
+      const tilde = regularizedGram(stats.gram, n, statisticsAlpha(spec), gramScale(spec, stats.rows));
       grams.set(group.id, packUpper(tilde, n));
       for (const name of group.weights) {
         const layer = layers.get(name)!;
         const b = weightAsInOut(readParameterValues(model, name), layer);
         gramTimesWeight.set(name, await matmulNative(tilde, b, n, n, layer.outDim));
+        if (alphaAfterStatistics(spec)) diagTimesWeight.set(name, diagonalTimes(tilde, n, b, layer.outDim));
         solved.add(name);
       }
     }
@@ -147,6 +165,7 @@ export async function buildContribution(
     rows,
     grams,
     gramTimesWeight,
+    ...(alphaAfterStatistics(spec) ? { diagTimesWeight } : {}),
     parameters,
   };
 }
@@ -159,11 +178,22 @@ export interface Aggregate {
   readonly rows: Record<string, number>;
   readonly grams: Map<string, Float64Array>;
   readonly gramTimesWeight: Map<string, Float64Array>;
+  /** Σ diag(G)·B per weight: only when α is chosen after the statistics (then `grams` and `gramTimesWeight` are α-free). */
+  readonly diagTimesWeight: Map<string, Float64Array>;
   readonly parameters: Map<string, Float64Array>;
 }
 
 export function emptyAggregate(fingerprint: string): Aggregate {
-  return { fingerprint, owners: [], weight: 0, rows: {}, grams: new Map(), gramTimesWeight: new Map(), parameters: new Map() };
+  return {
+    fingerprint,
+    owners: [],
+    weight: 0,
+    rows: {},
+    grams: new Map(),
+    gramTimesWeight: new Map(),
+    diagTimesWeight: new Map(),
+    parameters: new Map(),
+  };
 }
 
 /** Adds one contribution; every tensor must match what the aggregate already holds. */
@@ -206,6 +236,7 @@ export function addContribution(aggregate: Aggregate, contribution: Contribution
   };
   add(aggregate.grams, contribution.grams, 'Grams');
   add(aggregate.gramTimesWeight, contribution.gramTimesWeight, 'G·W products');
+  add(aggregate.diagTimesWeight, contribution.diagTimesWeight ?? new Map(), 'diag(G)·W products');
   add(aggregate.parameters, contribution.parameters, 'parameters');
   for (const [group, rows] of Object.entries(contribution.rows)) aggregate.rows[group] = (aggregate.rows[group] ?? 0) + rows;
   aggregate.weight += contribution.weight;

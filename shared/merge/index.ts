@@ -6,6 +6,7 @@ export {
   addContribution,
   type Aggregate,
   buildContribution,
+  diagonalTimes,
   gramScale,
   noRowsError,
   ownerWeight,
@@ -17,8 +18,27 @@ export {
   weightAsInOut,
   weightFromInOut,
 } from './contributions.js';
-export { finishParameters, groupSolutionValues, type GroupSystem, groupSystem, type LayerDiagnostics, solveRegMean } from './solve.js';
-export { defaultLambda, headIsAveraged, MergeMethod, MergeSpec, type MergeSpecInput, needsBase, Weighting } from './spec.js';
+export {
+  finishParameters,
+  gramAtAlpha,
+  groupSolutionValues,
+  type GroupSystem,
+  groupSystem,
+  type LayerDiagnostics,
+  solveRegMean,
+} from './solve.js';
+export {
+  alphaAfterStatistics,
+  DEFAULT_ALPHA_GRID,
+  defaultLambda,
+  headIsAveraged,
+  MergeMethod,
+  MergeSpec,
+  type MergeSpecInput,
+  needsBase,
+  statisticsAlpha,
+  Weighting,
+} from './spec.js';
 export { sumMaps, tiesAgree, tiesElect, tiesFinish, tiesTrim } from './ties.js';
 export {
   parseSafetensors,
@@ -31,7 +51,8 @@ export {
   writeSafetensors,
   writeSafetensorsFrom,
 } from './safetensors.js';
-export { formatMergeReport, type MergeReport } from './report.js';
+export { type AlphaCandidate, type AlphaSelection, formatMergeReport, type MergeReport } from './report.js';
+export { statisticsAtAlpha } from './alpha.js';
 export {
   abandonBundle,
   BUNDLE_MANIFEST,

@@ -34,7 +34,7 @@ import type { Aggregate } from './contributions.js';
 import type { PlannedStatistic } from './plan.js';
 import { type LayerDiagnostics, solveRegMean } from './solve.js';
 import { SAFETENSORS_DTYPE, writeSafetensorsFrom } from './safetensors.js';
-import { defaultLambda, type MergeSpec } from './spec.js';
+import { alphaAfterStatistics, defaultLambda, type MergeSpec } from './spec.js';
 
 /** Where the pipeline reads the owners' statistics: the coordinator's store, or a local scratch directory. */
 export interface StatisticSource {
@@ -75,6 +75,11 @@ export interface MergePipelineInput {
   readonly averaged?: ReadonlySet<string>;
   /** Merged values computed before the pipeline (TIES's second round), written as they are. @default none */
   readonly precomputed?: ReadonlyMap<string, Float64Array>;
+  /**
+   * The α solved when the statistics are α-free (`spec.alphaCandidates`: Σ G, Σ G·B, Σ diag(G)·B): one candidate of
+   * α-auto. Required then; not read otherwise (the owners' G̃ already hold `spec.alpha`).
+   */
+  readonly alpha?: number;
   /** @default no progress */
   readonly onProgress?: (progress: PipelineProgress) => void;
 }
@@ -111,6 +116,9 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
   const { elements, width, dtypeOf, cast, isMerged, writeMerged, solvedPath } = files;
 
   const weight = await scalar(StatisticIds.count('weight'));
+  const alphaFree = alphaAfterStatistics(spec);
+  if (alphaFree && input.alpha === undefined)
+    throw new GramfuseError(ErrorCode.Internal, 'α-free statistics (alpha chosen after the statistics) need the candidate α to solve');
 
   // 1. RegMean: one Gram group at a time.
   const solveStarted = performance.now();
@@ -128,8 +136,8 @@ export async function runMergePipeline(input: MergePipelineInput): Promise<Merge
           layers.push(done);
           resumedGroups++;
         } else {
-          const aggregate = await groupAggregate(sums, analysis, group, weight, owners);
-          const result = await solveRegMean(aggregate, { ...analysis, gramGroups: [group] }, solver);
+          const aggregate = await groupAggregate(sums, analysis, group, weight, owners, alphaFree);
+          const result = await solveRegMean(aggregate, { ...analysis, gramGroups: [group] }, solver, undefined, input.alpha);
           layer = result.layers[0]!;
           await files.commitGroup(group, result.values, layer);
           layers.push(layer);
@@ -271,13 +279,17 @@ export function statisticSums(source: StatisticSource): StatisticSums {
   return { sumRange, sumAll, scalar: async (id) => (await sumAll(id, 1))[0]!, seconds: () => seconds };
 }
 
-/** One Gram group's aggregate (its Σ G̃, Σ G̃B of each member, Σ rows): what its solve needs, and nothing else. */
+/**
+ * One Gram group's aggregate (its Σ G̃, Σ G̃B of each member, Σ rows): what its solve needs, and nothing else. With
+ * `alphaFree` (α chosen after the statistics) also Σ diag(G)·B of each member, and the Grams are α-free.
+ */
 export async function groupAggregate(
   sums: StatisticSums,
   analysis: ModelAnalysis,
   group: GramGroup,
   weight: number,
   owners: readonly string[],
+  alphaFree = false,
 ): Promise<Aggregate> {
   const n = group.inDim;
   const linear = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
@@ -288,10 +300,13 @@ export async function groupAggregate(
     rows: { [group.id]: await sums.scalar(StatisticIds.rows(group.id)) },
     grams: new Map([[group.id, await sums.sumAll(StatisticIds.gram(group.id), (n * (n + 1)) / 2)]]),
     gramTimesWeight: new Map(),
+    diagTimesWeight: new Map(),
     parameters: new Map(),
   };
-  for (const w of group.weights)
+  for (const w of group.weights) {
     aggregate.gramTimesWeight.set(w, await sums.sumAll(StatisticIds.gramTimesWeight(w), n * linear.get(w)!.outDim));
+    if (alphaFree) aggregate.diagTimesWeight.set(w, await sums.sumAll(StatisticIds.diagTimesWeight(w), n * linear.get(w)!.outDim));
+  }
   return aggregate;
 }
 

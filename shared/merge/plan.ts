@@ -5,16 +5,19 @@ import { parseStatisticId, StatisticIds } from '../federation/statistic-id.js';
 import { packedLength } from '../linalg/index.js';
 import type { ModelAnalysis } from '../onnx/index.js';
 import type { Contribution } from './contributions.js';
-import { MergeSpec } from './spec.js';
+import { alphaAfterStatistics, MergeSpec } from './spec.js';
 
 /** Kinds of statistic that can leave an owner (issue #4). */
-export const StatisticKind = z.enum(['gram', 'gram_times_weight', 'parameter', 'count']);
+export const StatisticKind = z.enum(['gram', 'gram_times_weight', 'diag_times_weight', 'parameter', 'count']);
 export type StatisticKind = z.infer<typeof StatisticKind>;
 
 /** One tensor that would leave the owner: what it is, how big, and (after collection) from how many rows. */
 export const PlannedStatistic = z
   .object({
-    id: z.string().min(1).describe('stable id: gram/<group>, gram_times_weight/<weight>, parameter/<name>, count/<what>'),
+    id: z
+      .string()
+      .min(1)
+      .describe('stable id: gram/<group>, gram_times_weight/<weight>, diag_times_weight/<weight>, parameter/<name>, count/<what>'),
     kind: StatisticKind,
     tensors: z.array(z.string()).describe('the model tensors (weights, parameters) this statistic concerns'),
     shape: z.array(z.number().int().nonnegative()).describe('shape as stored; packed Grams are 1-D of length n(n+1)/2'),
@@ -117,6 +120,16 @@ export function planDisclosure(
           dtype,
           packing: 'dense',
         });
+        // α chosen after the statistics: diag(G)·B beside G·B, so that any α is solved from the sums (§3).
+        if (alphaAfterStatistics(spec))
+          add({
+            id: StatisticIds.diagTimesWeight(weight),
+            kind: 'diag_times_weight',
+            tensors: [weight],
+            shape: [layer.inDim, layer.outDim],
+            dtype,
+            packing: 'dense',
+          });
         solved.add(weight);
       }
       add({ id: StatisticIds.rows(group.id), kind: 'count', tensors: [...group.weights], shape: [], dtype: 'float64', packing: 'dense' });
@@ -152,7 +165,8 @@ export function checkPolicyBeforeCollection(plan: DisclosurePlan): void {
   if (allowed === undefined) return;
   const allowedSet = new Set(allowed);
   const outside = plan.statistics.filter(
-    (s) => (s.kind === 'gram' || s.kind === 'gram_times_weight') && s.tensors.some((t) => !allowedSet.has(t)),
+    (s) =>
+      (s.kind === 'gram' || s.kind === 'gram_times_weight' || s.kind === 'diag_times_weight') && s.tensors.some((t) => !allowedSet.has(t)),
   );
   if (outside.length > 0) {
     throw new GramfuseError(
@@ -199,11 +213,13 @@ export function contributionTensors(plan: DisclosurePlan, contribution: Contribu
         ? contribution.grams.get(id.group)
         : id.kind === 'gram_times_weight'
           ? contribution.gramTimesWeight.get(id.weight)
-          : id.kind === 'parameter'
-            ? contribution.parameters.get(id.parameter)
-            : id.kind === 'rows'
-              ? count(contribution.rows[id.group])
-              : count(contribution[id.count]);
+          : id.kind === 'diag_times_weight'
+            ? contribution.diagTimesWeight?.get(id.weight)
+            : id.kind === 'parameter'
+              ? contribution.parameters.get(id.parameter)
+              : id.kind === 'rows'
+                ? count(contribution.rows[id.group])
+                : count(contribution[id.count]);
     if (values === undefined) throw new GramfuseError(ErrorCode.Internal, `statistic ${s.id} is in the plan but not in the contribution`);
     out.set(s.id, s.dtype === 'float32' ? Float32Array.from(values) : values);
   }

@@ -1,6 +1,32 @@
 import type { LayerDiagnostics } from './solve.js';
 import type { MergeSpec } from './spec.js';
 
+/** One α-auto candidate: its α, its score on the owners' validation data, and what it took. */
+export interface AlphaCandidate {
+  readonly alpha: number;
+  /** The example-weighted mean of the owners' metric (accuracy, or perplexity for a causal LM). */
+  readonly score: number;
+  readonly owners: readonly { readonly name: string; readonly data: string; readonly examples: number; readonly value: number }[];
+  /** Solving every Gram group at this α from the sums (one factorization per group). */
+  readonly solveSeconds: number;
+  /** SHA-256 of the candidate's merged model as evaluated (solved from the α-free sums). */
+  readonly modelSha256: string;
+  /** Where the candidate's model was kept (--candidates), else null (removed after scoring). */
+  readonly model: string | null;
+}
+
+/** α chosen after the statistics: every candidate's score and the one chosen (issue #43). */
+export interface AlphaSelection {
+  readonly metric: 'accuracy' | 'perplexity';
+  /** accuracy: the highest wins; perplexity: the lowest. Ties go to the candidate listed first. */
+  readonly better: 'higher' | 'lower';
+  readonly chosen: number;
+  readonly candidates: readonly AlphaCandidate[];
+  readonly seconds: { readonly solve: number; readonly evaluate: number };
+  /** How the written model relates to the chosen candidate. */
+  readonly note: string;
+}
+
 /** The merge report (JSON beside the merged model, and a readable summary). */
 export interface MergeReport {
   readonly tool: { readonly name: 'gramfuse'; readonly version: string };
@@ -19,6 +45,8 @@ export interface MergeReport {
   }[];
   /** A securely aggregated federated job: `owners` holds one entry, their sum; per-owner figures do not exist. */
   readonly privacy?: { readonly secureAggregation: true; readonly owners: readonly string[]; readonly note: string };
+  /** --alpha auto: the candidates, their validation scores and the chosen α (`spec.alpha`). */
+  readonly alphaSelection?: AlphaSelection;
   /** One entry per Gram group solved by RegMean (empty for the baselines). */
   readonly layers: readonly LayerDiagnostics[];
   /** Parameters averaged (or combined by the baseline) rather than solved. */
@@ -45,6 +73,23 @@ export function formatMergeReport(report: MergeReport): string {
     ...report.owners.map((o) => `  ${o.name}: ${o.examples} examples, ${o.tokens} tokens${o.data === null ? '' : ` from ${o.data}`}`),
     ...(report.privacy === undefined ? [] : [`  (${report.privacy.note})`]),
   ];
+  const selection = report.alphaSelection;
+  if (selection !== undefined) {
+    const percent = selection.metric === 'accuracy';
+    const show = (v: number): string => (percent ? `${(v * 100).toFixed(2)} %` : v.toFixed(3));
+    lines.push(
+      '',
+      `alpha chosen on the owners' validation data: ${selection.chosen} (${selection.metric}, example-weighted mean over owners, ${selection.better} is better)`,
+      `  alpha  ${selection.metric.padStart(11)}  ${selection.candidates[0]!.owners.map((o) => o.name.padStart(11)).join('  ')}  solve s`,
+    );
+    for (const c of selection.candidates)
+      lines.push(
+        `  ${String(c.alpha).padEnd(5)}  ${show(c.score).padStart(11)}  ${c.owners.map((o) => show(o.value).padStart(11)).join('  ')}  ${c.solveSeconds.toFixed(2).padStart(7)}${c.alpha === selection.chosen ? '  <- chosen' : ''}`,
+      );
+    lines.push(
+      `  (${selection.candidates.length} candidates: solve ${selection.seconds.solve.toFixed(2)} s, evaluate ${selection.seconds.evaluate.toFixed(1)} s; ${selection.note})`,
+    );
+  }
   if (report.layers.length > 0) {
     lines.push('', 'RegMean solves (per Gram group):');
     lines.push('  group   dim   rhs       rows   jitter   cond.est   residual   seconds  weights');

@@ -33,12 +33,20 @@ export interface GroupSystem {
   readonly r: Float64Array;
 }
 
-/** The group's system from the aggregate: its packed Σ G̃ and its members' Σ G̃B side by side, in the group's order. */
-export function groupSystem(aggregate: Aggregate, group: GramGroup, layers: ReadonlyMap<string, LinearLayer>): GroupSystem {
-  const packed = aggregate.grams.get(group.id);
-  if (packed === undefined)
+/**
+ * The group's system from the aggregate: its packed Σ G̃ and its members' Σ G̃B side by side, in the group's order.
+ * An α-free aggregate (α chosen after the statistics: Σ G, Σ G·B and Σ diag(G)·B) gives the system at `alpha`:
+ * Σ G̃ = αΣG + (1−α)Σ diag G (off the diagonal ΣG·α, the diagonal as summed) and Σ G̃B = αΣGB + (1−α)Σ diag(G)·B.
+ */
+export function groupSystem(aggregate: Aggregate, group: GramGroup, layers: ReadonlyMap<string, LinearLayer>, alpha?: number): GroupSystem {
+  const summed = aggregate.grams.get(group.id);
+  if (summed === undefined)
     throw new GramfuseError(ErrorCode.InvalidData, `no owner sent a Gram for group ${group.id}`, { facts: { group: group.id } });
+  const alphaFree = aggregate.diagTimesWeight.size > 0;
+  if (alphaFree && alpha === undefined)
+    throw new GramfuseError(ErrorCode.Internal, `group ${group.id}: α-free statistics need the α to solve`, { facts: { group: group.id } });
   const n = group.inDim;
+  const packed = alphaFree ? gramAtAlpha(summed, n, alpha!) : summed;
   const members = group.weights.map((w) => layers.get(w)!);
   const rhs = members.reduce((s, l) => s + l.outDim, 0);
   const r = new Float64Array(n * rhs);
@@ -47,10 +55,32 @@ export function groupSystem(aggregate: Aggregate, group: GramGroup, layers: Read
     const part = aggregate.gramTimesWeight.get(layer.weight);
     if (part === undefined)
       throw new GramfuseError(ErrorCode.InvalidData, `no owner sent G·W for ${layer.weight}`, { facts: { weight: layer.weight } });
-    for (let i = 0; i < n; i++) r.set(part.subarray(i * layer.outDim, (i + 1) * layer.outDim), i * rhs + offset);
-    offset += layer.outDim;
+    const m = layer.outDim;
+    if (alphaFree) {
+      const diagonal = aggregate.diagTimesWeight.get(layer.weight);
+      if (diagonal === undefined)
+        throw new GramfuseError(ErrorCode.InvalidData, `no owner sent diag(G)·W for ${layer.weight}`, { facts: { weight: layer.weight } });
+      const a = alpha!;
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < m; j++) r[i * rhs + offset + j] = a * part[i * m + j]! + (1 - a) * diagonal[i * m + j]!;
+    } else {
+      for (let i = 0; i < n; i++) r.set(part.subarray(i * m, (i + 1) * m), i * rhs + offset);
+    }
+    offset += m;
   }
   return { n, rhs, packed, r };
+}
+
+/** A packed (upper triangle, row by row) Gram with its off-diagonal entries times α: αG + (1−α)diag G. */
+export function gramAtAlpha(packed: Float64Array, n: number, alpha: number): Float64Array {
+  const out = new Float64Array(packed.length);
+  let k = 0;
+  for (let i = 0; i < n; i++) {
+    out[k] = packed[k]!;
+    k++;
+    for (let j = i + 1; j < n; j++, k++) out[k] = packed[k]! * alpha;
+  }
+  return out;
 }
 
 /** The merged weights of a group from its solution X (n × rhs): each member's columns, in the weight's own layout. */
@@ -78,12 +108,14 @@ export async function solveRegMean(
   analysis: ModelAnalysis,
   solver: SpdSolver,
   onGroup?: (done: number, total: number, diagnostics: LayerDiagnostics) => void,
+  /** The α to solve an α-free aggregate at (α chosen after the statistics); unused otherwise. */
+  alpha?: number,
 ): Promise<{ values: Map<string, Float64Array>; layers: LayerDiagnostics[] }> {
   const layers = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
   const values = new Map<string, Float64Array>();
   const diagnostics: LayerDiagnostics[] = [];
   for (const [index, group] of analysis.gramGroups.entries()) {
-    const system = groupSystem(aggregate, group, layers);
+    const system = groupSystem(aggregate, group, layers, alpha);
     const { n, rhs } = system;
     const a = unpackSymmetric(system.packed, n);
     const label = `${group.id} (${group.weights.join(', ')})`;

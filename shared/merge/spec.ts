@@ -18,6 +18,13 @@ export const MergeSpec = z
       .max(1)
       .default(0.9)
       .describe('RegMean: G̃ = αG + (1−α)diag(G); 1 is plain least squares, 0 a per-feature weighted average'),
+    alphaCandidates: z
+      .array(z.number().min(0).max(1))
+      .min(1)
+      .optional()
+      .describe(
+        'RegMean, α chosen after the statistics: the candidates solved from one set of sums and scored on validation data. When set, owners send α-free statistics (G, G·B and diag(G)·B per weight; DESIGN.md §3) and `alpha` names the chosen one. Default: unset (α fixed before collection)',
+      ),
     weighting: Weighting.default('equal').describe('equal: each owner counts the same; tokens: owners weighted by rows (the paper)'),
     includePadding: z.boolean().default(false).describe('count padding tokens in Grams (the reference code does); default excludes them'),
     lambda: z.number().min(0).optional().describe('task arithmetic / TIES scaling; defaults 0.3 and 1.0'),
@@ -32,6 +39,19 @@ export const MergeSpec = z
   .strict();
 export type MergeSpec = z.infer<typeof MergeSpec>;
 export type MergeSpecInput = z.input<typeof MergeSpec>;
+
+/** The default grid of α-auto (issue #43): where RegMean's accuracy moves on label-skew-v1 (0.1 … 1.0). */
+export const DEFAULT_ALPHA_GRID: readonly number[] = [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0];
+
+/** Whether the statistics are α-free (G, G·B, diag(G)·B) so that any α can be solved from their sums. */
+export function alphaAfterStatistics(spec: MergeSpec): boolean {
+  return spec.method === 'regmean' && spec.alphaCandidates !== undefined;
+}
+
+/** The α an owner's G̃ is formed with: the job's α, or 1 (G itself) when α is chosen after the statistics. */
+export function statisticsAlpha(spec: MergeSpec): number {
+  return alphaAfterStatistics(spec) ? 1 : spec.alpha;
+}
 
 export function needsBase(method: MergeMethod): boolean {
   return method === 'task-arithmetic' || method === 'ties';

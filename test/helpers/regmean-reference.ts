@@ -40,28 +40,36 @@ export interface ReferenceSettings {
   readonly alpha: number;
 }
 
+/** Each owner's float64 Grams (summed here from dumped activations) and rows per Gram group, and its model. */
+export interface ReferenceGrams {
+  readonly analysis: Awaited<ReturnType<typeof analyzeModel>>;
+  readonly owners: readonly { readonly grams: Map<string, { gram: Float64Array; rows: number }>; readonly model: OnnxModel }[];
+}
+
 /**
- * Each owner's model and texts (all rows used, one batch each); returns, for every linear weight RegMean solves,
- * the float64 solution in [in, out] layout: (Σ G̃ᵢ)⁻¹ Σ G̃ᵢWᵢ with G̃ = αG + (1−α)diag G of each owner's mean Gram.
+ * Each owner's model and texts (all rows used, one batch each) → its float64 Gram per Gram group (only the groups
+ * `only` names, when given: the O(rows·n²) sums run in JavaScript here).
  */
-export async function referenceRegMean(
+export async function referenceGrams(
   owners: readonly { readonly model: string; readonly texts: readonly string[] }[],
-  settings: ReferenceSettings,
-): Promise<Map<string, Float64Array>> {
+  settings: Omit<ReferenceSettings, 'alpha'>,
+  only?: ReadonlySet<string>,
+): Promise<ReferenceGrams> {
   const tokenizer = await loadTokenizer(settings.tokenizer, { maxLength: settings.maxLength });
   const analysis = await analyzeModel(await loadModel(owners[0]!.model));
-  const inputs = [...new Set(analysis.gramGroups.flatMap((g) => g.inputs))];
+  const groups = analysis.gramGroups.filter((g) => only === undefined || only.has(g.id));
+  const inputs = [...new Set(groups.flatMap((g) => g.inputs))];
   const perOwner: { grams: Map<string, { gram: Float64Array; rows: number }>; model: OnnxModel }[] = [];
   for (const owner of owners) {
     const model = await loadModel(owner.model);
     const session = await createSession(withExtraOutputs(model, inputs));
-    const grams = new Map(analysis.gramGroups.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
+    const grams = new Map(groups.map((g) => [g.id, { gram: new Float64Array(g.inDim * g.inDim), rows: 0 }]));
     try {
       const encoded = owner.texts.map((t) => tokenizer.encode(t));
       const feeds = buildFeeds(encoded, analysis.inputs, inputRoles(analysis.inputs), tokenizer.padId);
       const out = await runSession(session, feeds, owner.model);
       const mask = feeds.attention_mask!.data as BigInt64Array;
-      for (const group of analysis.gramGroups) {
+      for (const group of groups) {
         const acc = grams.get(group.id)!;
         for (const tensor of group.inputs) {
           const x = activationValues(out[tensor]!.data);
@@ -79,14 +87,27 @@ export async function referenceRegMean(
     }
     perOwner.push({ grams, model });
   }
+  return { analysis, owners: perOwner };
+}
+
+/**
+ * The float64 RegMean system of each linear weight of the Grams' groups at `alpha`: A = Σ G̃ᵢ (n×n) and
+ * R = Σ G̃ᵢWᵢ (n×out, W as [in, out]), with G̃ = αG + (1−α)diag G of each owner's mean Gram.
+ */
+export function referenceSystems(
+  reference: ReferenceGrams,
+  alpha: number,
+): Map<string, { readonly n: number; readonly out: number; readonly a: Float64Array; readonly r: Float64Array }> {
+  const { analysis, owners: perOwner } = reference;
   const layers = new Map(analysis.linearLayers.map((l) => [l.weight, l]));
-  const solutions = new Map<string, Float64Array>();
+  const systems = new Map<string, { n: number; out: number; a: Float64Array; r: Float64Array }>();
   for (const group of analysis.gramGroups) {
+    if (!perOwner[0]!.grams.has(group.id)) continue;
     const n = group.inDim;
     const sum = new Float64Array(n * n);
     const tildes = perOwner.map(({ grams }) => {
       const { gram, rows } = grams.get(group.id)!;
-      const t = gram.map((v, k) => (k % (n + 1) === 0 ? v : settings.alpha * v) / rows);
+      const t = gram.map((v, k) => (k % (n + 1) === 0 ? v : alpha * v) / rows);
       for (let k = 0; k < t.length; k++) sum[k]! += t[k]!;
       return t;
     });
@@ -100,10 +121,26 @@ export async function referenceRegMean(
         for (let p = 0; p < n; p++)
           for (let k = 0; k < n; k++) for (let q = 0; q < m; q++) rhs[p * m + q]! += t[p * n + k]! * w[k * m + q]!;
       });
-      solutions.set(weight, referenceSolve(sum, n, rhs, m));
+      systems.set(weight, { n, out: m, a: sum, r: rhs });
     }
   }
-  return solutions;
+  return systems;
+}
+
+/** For every linear weight of the Grams' groups, the float64 RegMean solution at `alpha` in [in, out] layout. */
+export function referenceSolveAt(reference: ReferenceGrams, alpha: number): Map<string, Float64Array> {
+  return new Map([...referenceSystems(reference, alpha)].map(([weight, s]) => [weight, referenceSolve(s.a, s.n, s.r, s.out)]));
+}
+
+/**
+ * Each owner's model and texts (all rows used, one batch each); returns, for every linear weight RegMean solves,
+ * the float64 solution in [in, out] layout: (Σ G̃ᵢ)⁻¹ Σ G̃ᵢWᵢ with G̃ = αG + (1−α)diag G of each owner's mean Gram.
+ */
+export async function referenceRegMean(
+  owners: readonly { readonly model: string; readonly texts: readonly string[] }[],
+  settings: ReferenceSettings,
+): Promise<Map<string, Float64Array>> {
+  return referenceSolveAt(await referenceGrams(owners, settings), settings.alpha);
 }
 
 /** The merged model's solved weights in [in, out] layout, decoded here. */

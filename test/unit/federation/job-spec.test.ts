@@ -53,6 +53,12 @@ describe('job spec', () => {
     );
   });
 
+  it('refuses α chosen after upload (local mode only so far) instead of failing at the solve', () => {
+    expect(() => parseJobSpec({ id: 'j4', participants: ['a'], merge: { alphaCandidates: [0.5, 0.9] } }, 'spec')).toThrow(
+      /merge\.alphaCandidates: α chosen after upload is not federated yet/,
+    );
+  });
+
   it('privacy: off by default; secure aggregation needs n ≥ 3, n/2 < t ≤ n, minOwners ≤ n and no quorum', () => {
     const plain = parseJobSpec({ id: 'p', participants: ['a', 'b'] }, 'spec');
     expect(plain.privacy).toEqual({ secureAggregation: false, minOwners: 3, roundTimeoutSeconds: 60 });
