@@ -12,7 +12,7 @@ import { NatsEventBus, type NatsTarget } from '../shared/nats/index.js';
 import { APP_JS, STYLE_CSS } from './assets.js';
 import type { Html } from './html.js';
 import { readLedgers } from './ledgers.js';
-import { auditPage, errorPage, type Frame, type JobReport, jobPage, jobsPage, layout } from './pages.js';
+import { auditPage, errorPage, type Frame, type JobReport, jobPage, jobsPage, layout } from './pages/index.js';
 
 export interface DashboardOptions {
   readonly coordinator: ConnectOptions;

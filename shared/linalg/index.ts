@@ -10,13 +10,6 @@ export {
   referenceSolve,
   unpackSymmetric,
 } from './dense.js';
-export {
-  createOrtSolver,
-  DEFAULT_JITTER_STEPS,
-  matmulNative,
-  type OrtSolverOptions,
-  type SolveDiagnostics,
-  type SolveResult,
-  type SpdSolver,
-  solverProbeModel,
-} from './ort-solver.js';
+export { solverProbeModel } from './kernel-graphs.js';
+export { createOrtSolver, DEFAULT_JITTER_STEPS, matmulNative, type OrtSolverOptions } from './ort-solver.js';
+export type { SolveDiagnostics, SolveResult, SpdSolver } from './spd-solver.js';
