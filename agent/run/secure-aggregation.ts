@@ -587,6 +587,10 @@ export class SecureSession {
         `job ${jobId}: the unmasking needs the masked round's sharers and certificates; prepare() runs first`,
       );
     const check = (round: RoundView, request: { survivors: string[]; dropped: string[] }, guard: ShareGuard): void => {
+      if (requestKey({ survivors: round.sharers ?? [], dropped: [] }) !== requestKey({ survivors: sharers, dropped: [] }))
+        this.refuse(
+          `the unmasking request is refused: the round now names other sharers (${(round.sharers ?? []).join(', ')}) than the ones this owner masked with (${sharers.join(', ')}); nothing was revealed`,
+        );
       checkUnmaskRequest(jobId, request, { sharers, self: owner, terms }, guard);
       if (round.threshold !== terms.threshold)
         this.refuse(
