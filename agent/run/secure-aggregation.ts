@@ -48,6 +48,8 @@ import {
 import { canonicalJson, certificateFingerprints, readPrivateFile, writePrivateFile } from '../../shared/security/index.js';
 
 const SLICE = 1 << 20;
+/** How long a secure call keeps retrying an unreachable coordinator (beyond the client's retries): a restart's worth. */
+const RESTART_SECONDS = 120;
 
 const KeyPair = z.object({ publicKeyPem: z.string(), privateKeyPem: z.string() }).strict();
 const Request = z.object({ survivors: z.array(z.string()), dropped: z.array(z.string()) }).strict();
@@ -233,15 +235,36 @@ export class SecureSession {
     return this.state.secrets;
   }
 
+  /**
+   * One call to the coordinator, retried past the client's own retries while it is unreachable (a restart), for at most
+   * `RESTART_SECONDS`: every secure call is idempotent on the coordinator (a repeated answer gets the saved reply).
+   */
+  private async patient<T>(work: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + RESTART_SECONDS * 1000;
+    for (;;) {
+      try {
+        return await work();
+      } catch (error) {
+        const code = (error as GramfuseError).code;
+        if ((code !== ErrorCode.Unavailable && code !== ErrorCode.DeadlineExceeded) || Date.now() > deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+    }
+  }
+
+  private call(...args: Parameters<FederationClient['secure']>): Promise<RoundView> {
+    return this.patient(() => this.options.client.secure(...args));
+  }
+
   /** Polls the round until `ready` holds (the other owners answer at their own pace). */
   private async until(what: string, ready: (round: RoundView) => boolean): Promise<RoundView> {
     const { client, jobId } = this.options;
     const deadline = Date.now() + (this.options.waitSeconds ?? 3600) * 1000;
     let said = '';
     for (;;) {
-      const round = await client.secure('round', jobId);
+      const round = await this.call('round', jobId);
       if (ready(round)) return round;
-      const status = await client.getJob(jobId);
+      const status = await this.patient(() => client.getJob(jobId));
       if (status.state === 'failed' || status.state === 'done') {
         await this.erase(status.state);
         throw new GramfuseError(
@@ -283,7 +306,7 @@ export class SecureSession {
     });
     try {
       // Round 0: keys, the seed's commitment and bounds (only the power of two of each statistic's largest |value|).
-      let round = await client.secure('round', jobId);
+      let round = await this.call('round', jobId);
       if (!round.done.advertised) {
         if (this.state.advertised) {
           // The coordinator has no advertisement of this owner although it made one: the job was re-created (or the
@@ -304,7 +327,7 @@ export class SecureSession {
         this.state.bounds = bounds;
         this.state.advertised = true;
         await this.save();
-        round = await client.secure('advertise', jobId, {
+        round = await this.call('advertise', jobId, {
           maskPublicKey: ad.maskPublicKey,
           encryptionPublicKey: ad.encryptionPublicKey,
           selfSeedCommitment: ad.selfSeedCommitment,
@@ -395,7 +418,7 @@ export class SecureSession {
           const sealed = sealShare(secret, Buffer.from(JSON.stringify(payload)), shareAad(jobId, owner, a.owner));
           return { to: a.owner, sealed: Buffer.from(sealed).toString('base64') };
         });
-        await client.secure('share', jobId, { shares });
+        await this.call('share', jobId, { shares });
         this.say('sharing', `sent ${shares.length} sealed shares (threshold ${threshold})`);
       }
       failpoint('secure.shared'); // fault tests: an owner gone after key setup, before its upload
@@ -577,7 +600,7 @@ export class SecureSession {
    * have signed that very request. Returns false when the sum needed nothing more from this owner.
    */
   async reveal(): Promise<boolean> {
-    const { client, jobId, owner } = this.options;
+    const { jobId, owner } = this.options;
     const tls = this.options.tls!;
     const terms = this.state.approved;
     const sharers = this.state.sharers;
@@ -587,6 +610,10 @@ export class SecureSession {
         `job ${jobId}: the unmasking needs the masked round's sharers and certificates; prepare() runs first`,
       );
     const check = (round: RoundView, request: { survivors: string[]; dropped: string[] }, guard: ShareGuard): void => {
+      if (requestKey({ survivors: round.sharers ?? [], dropped: [] }) !== requestKey({ survivors: sharers, dropped: [] }))
+        this.refuse(
+          `the unmasking request is refused: the round now names other sharers (${(round.sharers ?? []).join(', ')}) than the ones this owner masked with (${sharers.join(', ')}); nothing was revealed`,
+        );
       checkUnmaskRequest(jobId, request, { sharers, self: owner, terms }, guard);
       if (round.threshold !== terms.threshold)
         this.refuse(
@@ -610,7 +637,7 @@ export class SecureSession {
         this.state.signed = { survivors: [...round.unmask.survivors].sort(), dropped: [...round.unmask.dropped].sort() };
         await this.save();
       }
-      await client.secure('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
+      await this.call('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
       failpoint('secure.confirmed'); // fault tests: an owner gone right after it signed the unmasking request
       this.say(
         'confirming',
@@ -638,7 +665,7 @@ export class SecureSession {
         const held = this.state.received[o]!;
         return { owner: o, kind, x: held.x, y: kind === 'self-mask' ? held.selfSeed : held.maskKey };
       });
-    await client.secure('reveal', jobId, { shares, ...(unopened.length === 0 ? {} : { unopened }) });
+    await this.call('reveal', jobId, { shares, ...(unopened.length === 0 ? {} : { unopened }) });
     await this.options.ledger.append('secure.revealed', jobId, {
       selfMaskSharesOf: survivors,
       maskKeySharesOf: dropped,

@@ -3,7 +3,7 @@
 import type * as grpc from '@grpc/grpc-js';
 
 import { federation } from '../../proto/index.js';
-import { ErrorCode, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../../shared/index.js';
+import { ErrorCode, faultInjected, GramfuseError, grpcStatusByErrorCode, toGramfuseError } from '../../shared/index.js';
 import type { ChunkIn, JobView, Receipt } from '../jobs/index.js';
 
 /** Maps any error to a gRPC status with `CODE: message` details (the one table is in shared/errors.ts). */
@@ -13,11 +13,14 @@ export function toStatus(error: unknown): Partial<grpc.StatusObject> {
 }
 
 export function jobToProto(view: JobView): federation.JobStatus {
+  // Fault injection (tests) `secure.terms-change`: once an owner completed, a coordinator that names itself a participant
+  // of a secure job, so that an owner rerun would take it for a peer; the agent must hold on to what it approved.
+  const lie = view.spec.privacy.secureAggregation && view.completed.length > 0 && faultInjected('secure.terms-change');
   return federation.JobStatus.fromPartial({
     jobId: view.spec.id,
     state: view.state,
     fingerprint: view.fingerprint,
-    participants: [...view.spec.participants],
+    participants: [...view.spec.participants, ...(lie ? ['coordinator'] : [])],
     completed: [...view.completed],
     quorum: view.quorum,
     failureCode: view.failure?.code ?? '',

@@ -18,7 +18,7 @@ import { ErrorCode, type GramfuseError } from '../../shared/index.js';
 import { statisticFile } from '../../shared/federation/index.js';
 import { BUNDLE_TENSORS, readSafetensorsHeader } from '../../shared/merge/index.js';
 import { loadModel, readParameterValues } from '../../shared/onnx/index.js';
-import { type CertificateBundle, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
+import { type CertificateBundle, certificateRole, createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { runCli } from '../helpers/cli.js';
 import { exampleAgent } from '../helpers/agent-options.js';
 import { CoordinatorProcess } from '../helpers/coordinator-process.js';
@@ -509,6 +509,26 @@ describe('secure aggregation against a misbehaving coordinator', () => {
 // Issue 37: a malicious coordinator (GRAMFUSE_FAULT) that really attempts each attack on real agent processes. Each test
 // asserts the refusal, that no Reveal (or share) carrying the victim's secrets reached the coordinator, and that the
 // victim's plaintext is nowhere in the coordinator's state directory.
+describe('certificate roles (issue 37)', () => {
+  it(
+    '`gramfuse certs issue` writes the role: owner by default, server with --host, or the one --role names',
+    { timeout: 60_000 },
+    async () => {
+      const dir = join(work, 'role-certs');
+      expect((await runCli(['certs', 'init', '--dir', dir])).code).toBe(0);
+      const issue = (args: string[]) => runCli(['certs', 'issue', '--dir', dir, ...args]);
+      expect((await issue(['--name', 'org-a'])).code).toBe(0);
+      expect((await issue(['--name', 'coord', '--host', 'localhost'])).code).toBe(0);
+      expect((await issue(['--name', 'watcher', '--role', 'observer'])).code).toBe(0);
+      const role = (name: string) => certificateRole(readFileSync(join(dir, `${name}.pem`), 'utf8'));
+      expect([role('org-a'), role('coord'), role('watcher')]).toEqual(['owner', 'server', 'observer']);
+      const bad = await issue(['--name', 'x', '--role', 'admin']);
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(/INVALID_ARGUMENT: .*role/);
+    },
+  );
+});
+
 describe('secure aggregation against a malicious coordinator (issue 37)', () => {
   const three = OWNERS.slice(0, 3);
   const attack = async (
@@ -611,7 +631,7 @@ describe('secure aggregation against a malicious coordinator (issue 37)', () => 
 
   it(
     'one signature per job, across a restart: owner0 signs, is killed, and the coordinator shows the restarted agent another request (owner3 dropped): it refuses',
-    { timeout: 300_000 },
+    { timeout: 480_000 },
     async () => {
       const four = OWNERS.slice(0, 4);
       const stateDir = join(work, 'state-resign');
@@ -628,10 +648,43 @@ describe('secure aggregation against a malicious coordinator (issue 37)', () => 
           /SECURE_AGGREGATION: job resign: the unmasking request is refused: this owner already signed another one for this job \(survivors owner0, owner1, owner2, owner3; dropped none\) and signs one per job; nothing was revealed/,
         );
         expect(ledgerKinds('owner0', 'resign')).not.toContain('secure.revealed');
+        // The others wait for a round that cannot close; once the coordinator is gone they give up (after the agent's
+        // restart patience, 120 s).
         await coordinator.kill();
         await others;
         expect(secureState(stateDir, 'resign').reveals).toEqual({});
         await plaintextNowhere(stateDir, 'owner0', 'resign');
+      } finally {
+        await coordinator.kill();
+      }
+    },
+  );
+
+  it(
+    'approved terms survive a restart: owner0 is killed after sharing, and the coordinator then names itself a participant: the rerun refuses',
+    { timeout: 480_000 },
+    async () => {
+      const stateDir = join(work, 'state-terms');
+      const coordinator = new CoordinatorProcess(await freePort(), stateDir, tlsArgs('coordinator'));
+      await coordinator.start(undefined, [], { GRAMFUSE_FAULT: 'secure.terms-change' });
+      try {
+        await createJob(coordinator.address, 'terms', three, { threshold: 2, roundTimeoutSeconds: 60 });
+        const others = Promise.all(three.slice(1).map((o) => runAgent(o, coordinator.address, 'terms')));
+        const first = await runAgent('owner0', coordinator.address, 'terms', { GRAMFUSE_FAILPOINT: 'secure.shared:1' });
+        expect(first.stderr).toMatch(/failpoint secure\.shared:1: killing process/);
+        // Wait until another owner completed (the coordinator lies from then on), then rerun owner0.
+        const client = connectFederation({ address: coordinator.address, tls: tls('creator') });
+        for (let i = 0; i < 600 && (await client.getJob('terms')).completed.length === 0; i++) await new Promise((r) => setTimeout(r, 200));
+        client.close();
+        const again = await runAgent('owner0', coordinator.address, 'terms');
+        expect(again.code).not.toBe(0);
+        expect(again.stderr).toMatch(
+          /SECURE_AGGREGATION: job terms: the coordinator now reports other secure-aggregation terms \(threshold 2, minOwners 3, participants coordinator, owner0, owner1, owner2\) than this owner approved \(threshold 2, minOwners 3, participants owner0, owner1, owner2\); nothing was sent/,
+        );
+        await coordinator.kill();
+        await others;
+        expect(secureState(stateDir, 'terms').reveals).toEqual({});
+        await plaintextNowhere(stateDir, 'owner0', 'terms');
       } finally {
         await coordinator.kill();
       }
