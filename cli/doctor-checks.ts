@@ -319,7 +319,9 @@ async function coordinatorCheck(options: DoctorOptions, tls: TlsMaterial | undef
     );
   } catch (error) {
     const coded = toGramfuseError(error);
-    if (coded.code === ErrorCode.NotAuthorized)
+    // NOT_AUTHORIZED is gramfuse's own refusal; a bare PERMISSION_DENIED (7) or UNAUTHENTICATED (16), e.g. from a
+    // proxy in front of the coordinator, reaches the client as a remote error carrying that status.
+    if (coded.code === ErrorCode.NotAuthorized || /\(gRPC status (7|16)\)/.test(coded.message))
       return fail(
         'coordinator',
         `${options.coordinator} refused ${certificateName(tls.certPem)}: ${coded.message}`,

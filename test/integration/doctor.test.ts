@@ -5,8 +5,12 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { federation as proto } from '../../proto/index.js';
+
+import { exitCodeByErrorCode, grpcStatusByErrorCode } from '../../shared/index.js';
 import { createCertificateAuthority, issueCertificate } from '../../shared/security/index.js';
 import { runCli } from '../helpers/cli.js';
 import { type MtlsCoordinator, startMtlsCoordinator } from '../helpers/mtls-coordinator.js';
@@ -118,7 +122,7 @@ describe('gramfuse doctor', () => {
       ...resources(),
     ];
     const text = await runCli(args);
-    expect(text.code).toBe(60);
+    expect(text.code).toBe(exitCodeByErrorCode.PREFLIGHT_FAILED);
     expect(text.stderr).toContain('PREFLIGHT_FAILED');
     const lines = text.stdout.trimEnd().split('\n');
     const line = (name: string): string => {
@@ -140,7 +144,7 @@ describe('gramfuse doctor', () => {
     expect(line('certificate.role')).toMatch(/^ok +certificate\.role +role owner/);
 
     const json = await runCli([...args, '--json']);
-    expect(json.code).toBe(60);
+    expect(json.code).toBe(exitCodeByErrorCode.PREFLIGHT_FAILED);
     const { checks } = JSON.parse(json.stdout) as { checks: Check[] };
     const failed = checks.filter((c) => c.status === 'fail').map((c) => c.name);
     expect(failed.sort()).toEqual(['certificate.chain', 'certificate.expiry', 'coordinator', 'key.permissions', 'nats']);
@@ -153,7 +157,7 @@ describe('gramfuse doctor', () => {
     const other = await issueCertificate(federation.ca, 'owner-c');
     const tls = await certFiles('owner-c', server.certPem, other.keyPem);
     const result = await runCli(['doctor', '--role', 'agent', '--tls-ca', caFile, ...tls, ...resources(), '--json']);
-    expect(result.code).toBe(60);
+    expect(result.code).toBe(exitCodeByErrorCode.PREFLIGHT_FAILED);
     const { checks } = JSON.parse(result.stdout) as { checks: Check[] };
     expect(byName(checks, 'certificate.role')[0]).toMatchObject({ status: 'fail' });
     expect(byName(checks, 'certificate.role')[0]!.detail).toContain('issued for role server; the agent needs role owner');
@@ -164,6 +168,60 @@ describe('gramfuse doctor', () => {
     expect(byName(checks, 'certificate.chain')[0]).toMatchObject({ status: 'ok' });
     // No --coordinator: said, not silently skipped.
     expect(byName(checks, 'coordinator')[0]).toMatchObject({ status: 'warn' });
+  });
+
+  it('names a coordinator that refuses this identity (NOT_AUTHORIZED, or a bare PERMISSION_DENIED / UNAUTHENTICATED)', async () => {
+    // A purpose-built coordinator on loopback, mTLS with the federation CA, refusing ListJobs: once as gramfuse does
+    // (a coded NOT_AUTHORIZED), once as a proxy in front of it might (bare gRPC statuses).
+    const serverCert = await issueCertificate(federation.ca, 'refusing', { hosts: ['localhost', '127.0.0.1'] });
+    const refusals: grpc.StatusObject[] = [
+      { code: grpcStatusByErrorCode.NOT_AUTHORIZED, details: 'NOT_AUTHORIZED: owner-a is not known here', metadata: new grpc.Metadata() },
+      { code: grpc.status.PERMISSION_DENIED, details: 'denied by policy', metadata: new grpc.Metadata() },
+      { code: grpc.status.UNAUTHENTICATED, details: 'who are you', metadata: new grpc.Metadata() },
+    ];
+    let refusal = refusals[0]!;
+    const server = new grpc.Server();
+    server.addService(proto.JobsService, {
+      list: (_call: unknown, done: grpc.sendUnaryData<proto.ListJobsReply>) => done(refusal),
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(
+        '127.0.0.1:0',
+        grpc.ServerCredentials.createSsl(
+          Buffer.from(federation.ca.certPem),
+          [{ cert_chain: Buffer.from(serverCert.certPem), private_key: Buffer.from(serverCert.keyPem) }],
+          true,
+        ),
+        (e, p) => (e === null ? resolve(p) : reject(e)),
+      ),
+    );
+    try {
+      const owner = federation.cert('owner-a');
+      const tls = await certFiles('owner-a', owner.certPem, owner.keyPem);
+      for (refusal of refusals) {
+        const result = await runCli([
+          'doctor',
+          '--role',
+          'agent',
+          '--tls-ca',
+          caFile,
+          ...tls,
+          '--coordinator',
+          `localhost:${port}`,
+          ...resources(),
+          '--json',
+        ]);
+        expect(result.code, refusal.details).toBe(exitCodeByErrorCode.PREFLIGHT_FAILED);
+        const { checks } = JSON.parse(result.stdout) as { checks: Check[] };
+        const line = byName(checks, 'coordinator')[0]!;
+        expect(line, refusal.details).toMatchObject({ status: 'fail' });
+        expect(line.detail).toContain(`localhost:${port} refused owner-a`);
+        expect(line.detail).toContain(refusal.details.replace(/^NOT_AUTHORIZED: /, ''));
+        expect(line.fix).toContain("ask the coordinator's operator to list this identity");
+      }
+    } finally {
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    }
   });
 
   it("checks the coordinator's own certificate names the host agents dial", async () => {
