@@ -12,6 +12,7 @@ import { registerAgentCommands } from './commands/agent.js';
 import { registerAuditCommands } from './commands/audit.js';
 import { registerDashboardCommand } from './commands/dashboard.js';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerDoctorCommand } from './commands/doctor.js';
 import { registerFederationCommands } from './commands/federation.js';
 import { registerLocalCommands } from './commands/local.js';
 import { registerSolverCommands } from './commands/solver.js';
@@ -33,6 +34,7 @@ function buildProgram(): Command {
   registerAuditCommands(program);
   registerDashboardCommand(program);
   registerDemoCommand(program);
+  registerDoctorCommand(program);
   return program;
 }
 

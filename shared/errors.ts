@@ -74,6 +74,8 @@ export const ErrorCode = {
    * could overflow Z/2⁶⁴), or a request for both kinds of secret share of one owner: refused at the owner.
    */
   SecureAggregation: 'SECURE_AGGREGATION',
+  /** `gramfuse doctor` found at least one check failing on this machine (each printed with its fix). */
+  PreflightFailed: 'PREFLIGHT_FAILED',
   /** Something that should never happen did; a bug in gramfuse. */
   Internal: 'INTERNAL',
 } as const;
@@ -159,6 +161,7 @@ export const exitCodeByErrorCode: Readonly<Record<ErrorCode, number>> = {
   CHECKPOINT_MISMATCH: 23,
   HF_UNSUPPORTED: 25,
   SECURE_AGGREGATION: 32,
+  PREFLIGHT_FAILED: 60,
 };
 
 /** Node's filesystem errors, translated for the person who has to fix the path. */
@@ -240,6 +243,7 @@ export const grpcStatusByErrorCode: Readonly<Record<ErrorCode, number>> = {
   CHECKPOINT_MISMATCH: 9,
   HF_UNSUPPORTED: 3,
   SECURE_AGGREGATION: 9,
+  PREFLIGHT_FAILED: 9,
 };
 
 /** The error code carried by a gRPC status (its details start with `CODE: `), or INTERNAL. */
