@@ -1,45 +1,11 @@
-// What the command modules share: the heavy modules (loaded once a command runs, never for --help), stdout, and
-// the flag groups more than one command declares.
+// What the command modules share: stdout and the flag groups more than one command declares. What a command runs is
+// imported inside its action (`await import(...)`), so each command loads only its own code and `--help` loads none.
 import type { Command } from 'commander';
 
 import type { z } from 'zod';
 
 import type { LabelledDataFlags } from '../flags.js';
 import { EMPTY, type InputFile } from '../input-files.js';
-
-/**
- * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
- * `gramfuse <command> --help` load neither onnxruntime-node nor NATS.
- */
-const loadCommandModules = async () => ({
-  ...(await import('../../agent/index.js')),
-  ...(await import('../../client/index.js')),
-  ...(await import('../../coordinator/index.js')),
-  ...(await import('../../dashboard/index.js')),
-  ...(await import('../../shared/index.js')),
-  ...(await import('../../shared/merge/index.js')),
-  ...(await import('../../shared/hf/index.js')),
-  ...(await import('../../solver/index.js')),
-  ...(await import('../audit-commands.js')),
-  ...(await import('../demo.js')),
-  ...(await import('../federation-commands.js')),
-  ...(await import('../hf-export.js')),
-  ...(await import('../inspect.js')),
-  ...(await import('../local-merge.js')),
-  ...(await import('../watch.js')),
-});
-let loaded: Awaited<ReturnType<typeof loadCommandModules>> | undefined;
-
-/** Loads the command modules (once). */
-export async function loadCommands(): Promise<void> {
-  loaded ??= await loadCommandModules();
-}
-
-/** The loaded command modules; only inside an action (after the preAction hook). */
-export function h(): Awaited<ReturnType<typeof loadCommandModules>> {
-  if (loaded === undefined) throw new Error('command modules used before a command ran');
-  return loaded;
-}
 
 export const stdout = (text: string): void => {
   process.stdout.write(text);

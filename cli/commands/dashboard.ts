@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { DashboardFlags, natsOption } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { collect, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerDashboardCommand(program: Command): void {
   tlsOptions(
@@ -28,8 +28,10 @@ export function registerDashboardCommand(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${line}\n`);
     };
-    const dashboard = await h().startDashboard({
-      coordinator: await h().connectOptions(flags.coordinator, flags),
+    const { startDashboard } = await import('../../dashboard/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const dashboard = await startDashboard({
+      coordinator: await connectOptions(flags.coordinator, flags),
       ledgers: flags.ledger,
       ...natsOption(flags),
       listen: flags.listen,

@@ -17,7 +17,7 @@ import {
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { collect, natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
@@ -28,7 +28,8 @@ export function registerFederationCommands(program: Command): void {
     .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsInitFlags, raw);
-      stdout(`${(await h().certsInit(flags.dir, flags.name)).join('\n')}\n`);
+      const { certsInit } = await import('../federation-commands.js');
+      stdout(`${(await certsInit(flags.dir, flags.name)).join('\n')}\n`);
     });
   certs
     .command('issue')
@@ -45,7 +46,8 @@ export function registerFederationCommands(program: Command): void {
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
       await checkInputFiles([{ flag: '--dir', path: flags.dir, kind: 'directory' }]);
-      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
+      const { certsIssue } = await import('../federation-commands.js');
+      stdout(`${(await certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
     });
 
   tlsOptions(
@@ -104,11 +106,13 @@ export function registerFederationCommands(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };
-    const server = await h().startCoordinatorServer({
+    const { startCoordinatorServer } = await import('../../coordinator/index.js');
+    const { loadTls } = await import('../federation-commands.js');
+    const server = await startCoordinatorServer({
       stateDir: flags.state,
       listen: flags.listen,
       log,
-      ...(insecure ? { insecureLoopback: true } : { tls: await h().loadTls(flags) }),
+      ...(insecure ? { insecureLoopback: true } : { tls: await loadTls(flags) }),
       ...(flags.creators === undefined ? {} : { creators: flags.creators }),
       ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
@@ -160,7 +164,10 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, kind: 'model' as const, empty: EMPTY.model }]),
       ...tlsInputs(flags),
     ]);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation } = await import('../../client/index.js');
+    const { connectOptions, parseSpecText } = await import('../federation-commands.js');
+    const { templateBytes } = await import('../hf-export.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       let specText: string;
       try {
@@ -168,8 +175,8 @@ export function registerFederationCommands(program: Command): void {
       } catch (error) {
         throw fileError(error, flags.spec, 'reading the job spec');
       }
-      const template = flags.templateOnCoordinator ? { path: flags.template } : await h().templateBytes(flags.template);
-      const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, flags.spec)), template);
+      const template = flags.templateOnCoordinator ? { path: flags.template } : await templateBytes(flags.template);
+      const status = await client.createJob(JSON.stringify(parseSpecText(specText, flags.spec)), template);
       stdout(
         flags.json
           ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
@@ -188,7 +195,9 @@ export function registerFederationCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobStatusFlags, raw);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation } = await import('../../client/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       const s = await client.getJob(id);
       const view = {
@@ -241,12 +250,14 @@ export function registerFederationCommands(program: Command): void {
     ),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobWatchFlags, raw);
-    const final = await h().watchJob(id, {
+    const { formatJobEvent, watchJob } = await import('../watch.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const final = await watchJob(id, {
       ...natsOption(flags),
       onSkipped: (problem) => process.stderr.write(`skipped a record: ${problem.toLine()}\n`),
-      ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
+      ...(flags.coordinator === undefined ? {} : { connect: await connectOptions(flags.coordinator, flags) }),
       timeoutSeconds: flags.timeout,
-      onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),
+      onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${formatJobEvent(event)}\n`),
     });
     if (final === 'failed') throw new GramfuseError(ErrorCode.JobClosed, `job ${id} failed (see the events above)`);
   });
@@ -273,7 +284,9 @@ export function registerFederationCommands(program: Command): void {
       { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
       ...tlsInputs(flags),
     ]);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation, downloadMergedModel } = await import('../../client/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
         const status = await client.getJob(id);
@@ -286,8 +299,9 @@ export function registerFederationCommands(program: Command): void {
                 ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
               };
         // Checked before downloading: a directory that is not empty, or an owner's export that does not match the checkpoint.
-        if (hf !== undefined && flags.hfModel !== undefined) await h().prepareHfExport({ ...hf, template: flags.hfModel });
-        const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
+        if (hf !== undefined && flags.hfModel !== undefined)
+          await (await import('../hf-export.js')).prepareHfExport({ ...hf, template: flags.hfModel });
+        const { sha256, bytes, dataFile } = await downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
           stdout(
@@ -299,7 +313,8 @@ export function registerFederationCommands(program: Command): void {
           );
         if (hf !== undefined) {
           const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
-          const exported = await h().exportHfCheckpoint({
+          const { exportHfCheckpoint } = await import('../hf-export.js');
+          const exported = await exportHfCheckpoint({
             ...hf,
             model: flags.out,
             report,

@@ -4,16 +4,7 @@ import { Option } from 'commander';
 import { EvalFlags, ExportFlags, MergeFlags, parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY } from '../input-files.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
-import {
-  collect,
-  collectionOptions,
-  h,
-  labelledData,
-  labelledDataInputs,
-  labelledDataOptions,
-  mergeSpecOptions,
-  stdout,
-} from './common.js';
+import { collect, collectionOptions, labelledData, labelledDataInputs, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
 
 export function registerLocalCommands(program: Command): void {
   program
@@ -27,7 +18,8 @@ export function registerLocalCommands(program: Command): void {
         { flag: '<model>', path: model, kind: 'model', empty: EMPTY.model },
         { flag: '--hf-checkpoint', path: options.hfCheckpoint, kind: 'directory' },
       ]);
-      await h().inspectCommand(model, options, stdout);
+      const { inspectCommand } = await import('../inspect.js');
+      await inspectCommand(model, options, stdout);
     });
 
   collectionOptions(
@@ -78,16 +70,17 @@ export function registerLocalCommands(program: Command): void {
         { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
         { flag: '--hf-model', path: flags.hfModel, empty: EMPTY.model },
       ]);
+      const { exportHfCheckpoint, mergeHfOutput } = await import('../hf-export.js');
+      const { MergeSpec } = await import('../../shared/merge/index.js');
+      const { runLocalMerge } = await import('../local-merge.js');
       const template = flags.template ?? flags.model[0];
       // Checked before the merge runs: a directory that is not empty, names that do not map, or ONNX models without
       // --hf-checkpoint fail now. A Hugging Face template is its own checkpoint.
       const hfOutput =
-        flags.hfOut === undefined || template === undefined
-          ? undefined
-          : await h().mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
+        flags.hfOut === undefined || template === undefined ? undefined : await mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
       const hf = hfOutput?.options;
       const prepared = hfOutput?.prepared;
-      const spec = h().MergeSpec.parse({
+      const spec = MergeSpec.parse({
         method: flags.method,
         alpha: flags.alpha,
         weighting: flags.weighting,
@@ -99,7 +92,7 @@ export function registerLocalCommands(program: Command): void {
       const show = progressEnabled(flags.json);
       const bars = new Map<string, ReturnType<typeof createProgressBar>>();
       const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
-      const result = await h().runLocalMerge({
+      const result = await runLocalMerge({
         models: flags.model,
         data: flags.data,
         bundles: flags.bundle,
@@ -128,7 +121,7 @@ export function registerLocalCommands(program: Command): void {
         },
       });
       const exported =
-        hf === undefined ? undefined : await h().exportHfCheckpoint({ ...hf, model: flags.out, report: result.report }, prepared);
+        hf === undefined ? undefined : await exportHfCheckpoint({ ...hf, model: flags.out, report: result.report }, prepared);
       const summary = exported === undefined ? result.report : { ...result.report, hfOut: { dir: exported.out, files: exported.files } };
       stdout(
         flags.json
@@ -155,12 +148,13 @@ export function registerLocalCommands(program: Command): void {
         { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
         { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
       ]);
+      const { exportHfCheckpoint, exportOnnx } = await import('../hf-export.js');
       if (flags.onnxOut !== undefined) {
-        const o = await h().exportOnnx(model, flags.onnxOut);
+        const o = await exportOnnx(model, flags.onnxOut);
         stdout(flags.json && flags.hfOut === undefined ? `${JSON.stringify(o)}\n` : `${o.out}: ${o.initializers} initializers\n`);
       }
       if (flags.hfOut === undefined) return;
-      const r = await h().exportHfCheckpoint({
+      const r = await exportHfCheckpoint({
         model,
         out: flags.hfOut,
         ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint }),
@@ -189,7 +183,8 @@ export function registerLocalCommands(program: Command): void {
       const flags = parseFlags(EvalFlags, raw);
       await checkInputFiles([{ flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model }, ...labelledDataInputs(flags)]);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
-      const result = await h().runEvaluation({
+      const { runEvaluation } = await import('../../agent/index.js');
+      const result = await runEvaluation({
         ...labelledData(flags),
         models: flags.model,
         ensemble: flags.ensemble,

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { natsTarget, SolverServeFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, tlsInputs } from '../input-files.js';
-import { h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { natsSecurityOptions, stdout, tlsOptions } from './common.js';
 
 export function registerSolverCommands(program: Command): void {
   tlsOptions(
@@ -32,8 +32,10 @@ export function registerSolverCommands(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${flags.insecureLoopback === true ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };
-    const solver = await h().startSolver({
-      coordinator: await h().connectOptions(flags.coordinator, flags),
+    const { startSolver } = await import('../../solver/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const solver = await startSolver({
+      coordinator: await connectOptions(flags.coordinator, flags),
       nats: natsTarget(flags)!,
       device: flags.device,
       ...(flags.threads === undefined ? {} : { threads: flags.threads }),
