@@ -17,6 +17,7 @@ import {
   natsSecurityOptions,
   stdout,
   tlsOptions,
+  zodDefault,
 } from './common.js';
 
 export function registerAgentCommands(program: Command): void {
@@ -34,7 +35,7 @@ export function registerAgentCommands(program: Command): void {
         .option(
           '--dtype <t>',
           'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',
-          'auto',
+          zodDefault(AgentFlags.shape.dtype),
         )
         .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
         .option(
@@ -44,7 +45,7 @@ export function registerAgentCommands(program: Command): void {
         .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
         .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
         .option('--text-pair-field <name>', 'field holding the second text of a pair')
-        .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
+        .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', zodDefault(AgentFlags.shape.device))
         .option('--json', 'print one JSON object'),
     );
   /** The owner's files, checked before anything is loaded or any coordinator is called. */

@@ -4,7 +4,7 @@ import { ErrorCode, GramfuseError } from '../../shared/errors.js';
 import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags, natsTarget } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY } from '../input-files.js';
-import { collect, natsSecurityOptions, stdout } from './common.js';
+import { collect, natsSecurityOptions, stdout, zodDefault } from './common.js';
 
 export function registerAuditCommands(program: Command): void {
   const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
@@ -36,7 +36,7 @@ export function registerAuditCommands(program: Command): void {
       .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
       .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
       .requiredOption('--nats <url>', 'NATS with JetStream')
-      .option('--timeout <seconds>', 'give up after this long', '60'),
+      .option('--timeout <seconds>', 'give up after this long', zodDefault(AuditPublishFlags.shape.timeout)),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AuditPublishFlags, raw);
     await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }]);

@@ -4,8 +4,20 @@ import type { Command } from 'commander';
 
 import type { z } from 'zod';
 
-import type { LabelledDataFlags } from '../flags.js';
+import { commonDataFlags, type LabelledDataFlags } from '../flags.js';
 import { EMPTY, type InputFile } from '../input-files.js';
+
+/**
+ * A flag's default as commander shows it in --help and hands it on: read from the flag's zod type, where the default
+ * is declared (once). Small numbers are shown as written in code (1e-6, not 0.000001).
+ */
+export const zodDefault = (type: z.ZodType): string => {
+  const value: unknown = type.parse(undefined);
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number') return value !== 0 && Math.abs(value) < 1e-3 ? value.toExponential() : String(value);
+  // A registration mistake, not bad input: commander would show `undefined`, or an array or object as text.
+  throw new Error(`zodDefault: this flag has no string or number default in its zod type (got ${JSON.stringify(value)})`);
+};
 
 export const stdout = (text: string): void => {
   process.stdout.write(text);
@@ -21,10 +33,10 @@ export const labelledDataOptions = (command: Command, data: string): Command =>
     .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: a Hugging Face --model directory's)")
     .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
     .option('--max-examples <n>', 'evaluate a seeded random subset')
-    .option('--seed <n>', 'seed of that subset', '1')
-    .option('--max-length <n>', 'tokens per example', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--label-field <name>', 'field holding the label', 'label')
+    .option('--seed <n>', 'seed of that subset', zodDefault(commonDataFlags.seed))
+    .option('--max-length <n>', 'tokens per example', zodDefault(commonDataFlags.maxLength))
+    .option('--text-field <name>', 'field holding the text', zodDefault(commonDataFlags.textField))
+    .option('--label-field <name>', 'field holding the label', zodDefault(commonDataFlags.labelField))
     .option('--threads <n>', 'onnxruntime threads');
 /** Those flags' files, for checkInputFiles. */
 export const labelledDataInputs = (flags: z.infer<typeof LabelledDataFlags>): InputFile[] => [
@@ -57,10 +69,10 @@ export const mergeSpecOptions = (command: Command): Command =>
 export const collectionOptions = (command: Command): Command =>
   command
     .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
-    .option('--seed <n>', 'seed of that subset', '1')
-    .option('--batch-size <n>', 'examples per batch', '32')
-    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--seed <n>', 'seed of that subset', zodDefault(commonDataFlags.seed))
+    .option('--batch-size <n>', 'examples per batch', zodDefault(commonDataFlags.batchSize))
+    .option('--max-length <n>', 'tokens per example, special tokens included', zodDefault(commonDataFlags.maxLength))
+    .option('--text-field <name>', 'field holding the text', zodDefault(commonDataFlags.textField))
     .option('--threads <n>', 'onnxruntime threads')
     .option(
       '--memory-budget <size>',

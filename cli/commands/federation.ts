@@ -17,7 +17,7 @@ import {
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { collect, natsSecurityOptions, stdout, tlsOptions, zodDefault } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
@@ -25,7 +25,7 @@ export function registerFederationCommands(program: Command): void {
     .command('init')
     .description('Create the federation CA (ca.pem, ca-key.pem) in a directory')
     .requiredOption('--dir <dir>', 'where to write them')
-    .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
+    .option('--name <cn>', 'CA common name', zodDefault(CertsInitFlags.shape.name))
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsInitFlags, raw);
       const { certsInit } = await import('../federation-commands.js');
@@ -63,8 +63,16 @@ export function registerFederationCommands(program: Command): void {
           '--creators <names>',
           'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
         )
-        .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
-        .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
+        .option(
+          '--max-open-jobs-per-creator <n>',
+          'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)',
+          zodDefault(CoordinatorServeFlags.shape.maxOpenJobsPerCreator),
+        )
+        .option(
+          '--max-concurrent-solves <n>',
+          'solves run at once; later ones wait their turn',
+          zodDefault(CoordinatorServeFlags.shape.maxConcurrentSolves),
+        )
         .option(
           '--template-dir <dir>',
           'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
@@ -74,7 +82,7 @@ export function registerFederationCommands(program: Command): void {
         .option(
           '--solvers <where>',
           'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
-          'in-process',
+          zodDefault(CoordinatorServeFlags.shape.solvers),
         )
         .option(
           '--solver-identities <names>',
@@ -84,17 +92,25 @@ export function registerFederationCommands(program: Command): void {
           '--observers <names>',
           "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
         )
-        .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
-        .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
+        .option(
+          '--solve-ack-wait <seconds>',
+          'JetStream AckWait of a solve task: a worker silent this long loses it to another',
+          zodDefault(CoordinatorServeFlags.shape.solveAckWait),
+        )
+        .option(
+          '--solve-max-deliver <n>',
+          'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)',
+          zodDefault(CoordinatorServeFlags.shape.solveMaxDeliver),
+        )
         .option(
           '--residual-tolerance <r>',
           "the most a worker's relative residual ‖G̃X − R‖/‖R‖ (and its difference from the coordinator's own solve) may be; below it, 64·n·ε·κ̂ at the group's condition",
-          '1e-6',
+          zodDefault(CoordinatorServeFlags.shape.residualTolerance),
         )
         .option(
           '--solve-deadline <seconds>',
           'per Gram group: a delivery not answered this long after its worker fetched the sums is published again (at most --solve-max-deliver times, then DEADLINE_EXCEEDED)',
-          '3600',
+          zodDefault(CoordinatorServeFlags.shape.solveDeadline),
         )
         .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
     ),
@@ -245,7 +261,7 @@ export function registerFederationCommands(program: Command): void {
         .argument('<id>', 'job id')
         .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
         .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
-        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
+        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', zodDefault(JobWatchFlags.shape.timeout))
         .option('--json', 'one JSON object per event'),
     ),
   ).action(async (id: string, raw: Record<string, unknown>) => {
@@ -268,7 +284,7 @@ export function registerFederationCommands(program: Command): void {
       .argument('<id>', 'job id')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--out <path>', 'where to write it')
-      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx')
+      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', zodDefault(JobDownloadFlags.shape.artifact))
       .option('--hf-out <dir>', 'also write the merged model as a Hugging Face checkpoint directory')
       .option('--hf-checkpoint <dir>', 'the checkpoint the owners fine-tuned from: config.json, names checked against its keys')
       .option(

@@ -4,7 +4,16 @@ import { Option } from 'commander';
 import { EvalFlags, ExportFlags, MergeFlags, parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY } from '../input-files.js';
 import { createProgressBar, progressEnabled } from '../progress.js';
-import { collect, collectionOptions, labelledData, labelledDataInputs, labelledDataOptions, mergeSpecOptions, stdout } from './common.js';
+import {
+  collect,
+  collectionOptions,
+  labelledData,
+  labelledDataInputs,
+  labelledDataOptions,
+  mergeSpecOptions,
+  stdout,
+  zodDefault,
+} from './common.js';
 
 export function registerLocalCommands(program: Command): void {
   program
@@ -42,7 +51,7 @@ export function registerLocalCommands(program: Command): void {
         .option('--tokenizer <path>', "HuggingFace tokenizer.json (needed for RegMean; default: a Hugging Face --model directory's)")
         .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
         .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
-        .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
+        .option('--ties-k <k>', 'TIES: fraction of each task vector kept', zodDefault(MergeFlags.shape.tiesK))
         .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)'),
     ),
   )
@@ -177,7 +186,7 @@ export function registerLocalCommands(program: Command): void {
     'labelled data (.jsonl, .csv or .parquet)',
   )
     .option('--ensemble', 'average the logits of all --model')
-    .option('--batch-size <n>', 'examples per batch', '64')
+    .option('--batch-size <n>', 'examples per batch', zodDefault(EvalFlags.shape.batchSize))
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);

@@ -45,6 +45,12 @@ describe('the CLI loads what a command needs, when it runs', () => {
     expect(urls.filter((u) => /onnxruntime|@nats-io/.test(u))).toEqual([]);
   });
 
+  it('--help shows the defaults the zod flags declare, as written', () => {
+    const { stdout } = loaded(['coordinator', 'serve', '--help'], 'coordinator-serve-help');
+    for (const shown of ['(default: "16")', '(default: "in-process")', '(default: "1e-6")', '(default: "3600")'])
+      expect(stdout.replace(/\s+/g, ' ')).toContain(shown); // help wraps long lines
+  });
+
   it('gramfuse audit verify --ledger on a real ledger runs and loads neither onnxruntime-node nor NATS', async () => {
     const path = join(work, 'audit.jsonl');
     const ledger = await FileLedger.open(path, generateSigningKeys(), 'writer');
