@@ -3,8 +3,8 @@ import { join } from 'node:path';
 
 import { parse as parseYaml } from 'yaml';
 
-import { type ClientTls, type ConnectOptions } from '../client/index.js';
-import { type ServerTls } from '../coordinator/index.js';
+import type { ClientTls, ConnectOptions } from '../client/index.js';
+import type { ServerTls } from '../coordinator/index.js';
 import { ErrorCode, fileError, GramfuseError } from '../shared/index.js';
 import {
   type CertificateRole,

@@ -77,7 +77,7 @@ export function natsOption(flags: NatsFlags): { nats?: NatsEndpoint } {
   return nats === undefined ? {} : { nats };
 }
 
-export const CertsInitFlags = z.object({ dir: path, name: z.string().min(1) });
+export const CertsInitFlags = z.object({ dir: path, name: z.string().min(1).default('gramfuse federation CA') });
 export const CertsIssueFlags = z.object({
   dir: path,
   name: z.string().min(1, 'name the identity'),
@@ -92,8 +92,8 @@ export const CoordinatorServeFlags = z
     state: path,
     creators: identityList,
     templateDir: z.array(path).optional(),
-    maxOpenJobsPerCreator: int(1),
-    maxConcurrentSolves: int(1),
+    maxOpenJobsPerCreator: int(1).default(16),
+    maxConcurrentSolves: int(1).default(1),
     nats: z.string().min(1).optional(),
     ...natsSecurity,
     solvers: z.enum(['in-process', 'nats'], { message: 'must be in-process or nats' }).default('in-process'),
@@ -146,7 +146,7 @@ export const JobWatchFlags = z
     nats: z.string().min(1).optional(),
     ...natsSecurity,
     coordinator: address.optional(),
-    timeout: z.coerce.number().positive('must be a positive number of seconds'),
+    timeout: z.coerce.number().positive('must be a positive number of seconds').default(86400),
     json,
   })
   .refine(
@@ -157,9 +157,11 @@ export const JobDownloadFlags = z.object({
   ...tls,
   coordinator: address,
   out: path,
-  artifact: z.enum(['merged.onnx', 'merged.safetensors', 'report.json'], {
-    message: 'must be merged.onnx, merged.safetensors or report.json',
-  }),
+  artifact: z
+    .enum(['merged.onnx', 'merged.safetensors', 'report.json'], {
+      message: 'must be merged.onnx, merged.safetensors or report.json',
+    })
+    .default('merged.onnx'),
   hfOut: z.string().min(1).optional(),
   hfCheckpoint: z.string().min(1).optional(),
   hfModel: z.string().min(1).optional(),
@@ -173,7 +175,7 @@ export const AuditPublishFlags = z.object({
   ledger: path,
   nats: z.string().min(1),
   ...natsSecurity,
-  timeout: z.coerce.number().positive('must be a positive number of seconds'),
+  timeout: z.coerce.number().positive('must be a positive number of seconds').default(60),
 });
 export const AuditReconcileFlags = z.object({ agentLedger: path, coordinatorLedger: path, keys, json });
 export const AuditReportFlags = z.object({ ledger: path, owner: z.string().min(1), keys, json });

@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // The CLI entry: registration only, and the only place that calls process.exit. Each command group is declared in
-// cli/commands/<group>.ts; what a command runs is loaded when it runs (commands/common.ts), so `--help` stays light.
+// cli/commands/<group>.ts; what a command runs is imported inside its action, so `--help` stays light
+// and each command loads only its own code.
 // Errors are mapped to exit codes by the one table in shared/errors.ts.
 
 import { Command, CommanderError } from 'commander';
 
 import { ErrorCode, exitCodeByErrorCode, GramfuseError, toGramfuseError } from '../shared/errors.js';
 import { packageVersion } from '../shared/version.js';
-import { loadCommands } from './commands/common.js';
 import { registerAgentCommands } from './commands/agent.js';
 import { registerAuditCommands } from './commands/audit.js';
 import { registerDashboardCommand } from './commands/dashboard.js';
@@ -21,9 +21,6 @@ function buildProgram(): Command {
   const program = new Command('gramfuse')
     .description('Fuse fine-tuned models across organizations with RegMean, without moving their data.')
     .version(packageVersion())
-    .hook('preAction', async () => {
-      await loadCommands();
-    })
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 

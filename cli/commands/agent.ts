@@ -10,7 +10,6 @@ import { checkInputFiles, EMPTY, type InputFile, tlsInputs } from '../input-file
 import { createProgressBar, progressEnabled, progressJsonWriter } from '../progress.js';
 import {
   collectionOptions,
-  h,
   labelledData,
   labelledDataInputs,
   labelledDataOptions,
@@ -18,6 +17,7 @@ import {
   natsSecurityOptions,
   stdout,
   tlsOptions,
+  zodDefault,
 } from './common.js';
 
 export function registerAgentCommands(program: Command): void {
@@ -35,7 +35,7 @@ export function registerAgentCommands(program: Command): void {
         .option(
           '--dtype <t>',
           'auto | float64 | float32 for the statistics (auto: float32 for models over 1 GiB of parameters; sums stay float64; counts always float64)',
-          'auto',
+          zodDefault(AgentFlags.shape.dtype),
         )
         .option('--min-rows <n>', 'policy: refuse to disclose a Gram built from fewer rows (default 256)')
         .option(
@@ -45,7 +45,7 @@ export function registerAgentCommands(program: Command): void {
         .option('--allow-layers <names>', 'policy: comma-separated weights whose Gram statistics may leave (default: all)')
         .option('--expect-fingerprint <sha256:…>', "the job's model fingerprint; refuse any other model")
         .option('--text-pair-field <name>', 'field holding the second text of a pair')
-        .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', 'auto')
+        .option('--device <d>', 'auto (CUDA when available, else CPU) | cpu | cuda', zodDefault(AgentFlags.shape.device))
         .option('--json', 'print one JSON object'),
     );
   /** The owner's files, checked before anything is loaded or any coordinator is called. */
@@ -56,10 +56,12 @@ export function registerAgentCommands(program: Command): void {
     { flag: '--policy', path: flags.policy, empty: EMPTY.config },
   ];
   /** The owner's policy: its flags and its policy file, strictest wins (a job can only tighten it). */
-  const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> =>
-    h().ownerPolicy(
+  const ownerPolicyOf = async (flags: ReturnType<typeof AgentFlags.parse>): Promise<OwnerPolicy> => {
+    const { ownerPolicy, readOwnerPolicyFile } = await import('../../agent/index.js');
+    const { DisclosurePolicy } = await import('../../shared/merge/index.js');
+    return ownerPolicy(
       {
-        minRowsPerGroup: flags.minRows ?? h().DisclosurePolicy.parse({}).minRowsPerGroup,
+        minRowsPerGroup: flags.minRows ?? DisclosurePolicy.parse({}).minRowsPerGroup,
         minRowsGiven: flags.minRows !== undefined,
         ...(flags.allowLayers === undefined
           ? {}
@@ -71,20 +73,27 @@ export function registerAgentCommands(program: Command): void {
             }),
         ...(flags.expectFingerprint === undefined ? {} : { expectFingerprint: flags.expectFingerprint }),
       },
-      flags.policy === undefined ? undefined : { path: flags.policy, policy: await h().readOwnerPolicyFile(flags.policy) },
+      flags.policy === undefined ? undefined : { path: flags.policy, policy: await readOwnerPolicyFile(flags.policy) },
     );
-  const toAgentOptions = (flags: ReturnType<typeof AgentFlags.parse>, owner: OwnerPolicy): AgentOptions => ({
+  };
+  /** What the agent's options need from the agent and merge code, imported when a command runs. */
+  const agentModules = async () => ({ ...(await import('../../agent/index.js')), ...(await import('../../shared/merge/index.js')) });
+  const toAgentOptions = (
+    flags: ReturnType<typeof AgentFlags.parse>,
+    owner: OwnerPolicy,
+    { MergeSpec, ownerOnly }: Awaited<ReturnType<typeof agentModules>>,
+  ): AgentOptions => ({
     model: flags.model,
     data: flags.data,
     tokenizer: flags.tokenizer,
-    spec: h().MergeSpec.parse({
+    spec: MergeSpec.parse({
       method: flags.method,
       alpha: flags.alpha,
       weighting: flags.weighting,
       includePadding: flags.includePadding,
     }),
     dtype: flags.dtype,
-    policy: h().ownerOnly(owner).policy,
+    policy: ownerOnly(owner).policy,
     maxLength: flags.maxLength,
     batchSize: flags.batchSize,
     seed: flags.seed,
@@ -105,8 +114,9 @@ export function registerAgentCommands(program: Command): void {
     const flags = parseFlags(AgentFlags, raw);
     await checkInputFiles(ownerInputs(flags));
     const owner = await ownerPolicyOf(flags);
-    const { plan, examples } = await h().planForOwner(toAgentOptions(flags, owner));
-    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${h().formatPlan(plan, examples)}\n`);
+    const { formatPlan, planForOwner } = await import('../../agent/index.js');
+    const { plan, examples } = await planForOwner(toAgentOptions(flags, owner, await agentModules()));
+    stdout(flags.json ? `${JSON.stringify({ ...plan, examples })}\n` : `${formatPlan(plan, examples)}\n`);
   });
 
   agentOptions(
@@ -120,14 +130,16 @@ export function registerAgentCommands(program: Command): void {
       await checkInputFiles(ownerInputs(flags));
       const bar = createProgressBar('collect', 'examples', progressEnabled(flags.json));
       let deviceReason = '';
-      const { manifest, result } = await h().collectBundle({
-        ...toAgentOptions(flags, await ownerPolicyOf(flags)),
+      const { collectBundle, formatPasses, formatPlan, memoryTarget } = await import('../../agent/index.js');
+      const { formatBytes } = await import('../../shared/index.js');
+      const { manifest, result } = await collectBundle({
+        ...toAgentOptions(flags, await ownerPolicyOf(flags), await agentModules()),
         out: flags.out!,
         onProgress: (p) => bar.update(p.examples, p.total),
         onDevice: (reason) => (deviceReason = reason),
       });
       bar.stop();
-      const target = h().memoryTarget(result.modelBytes, result.passes);
+      const target = memoryTarget(result.modelBytes, result.passes);
       if (flags.json) {
         stdout(
           `${JSON.stringify({ bundle: flags.out, device: result.device, seconds: result.seconds, examples: result.statistics.examples, tokens: result.statistics.tokens, passes: result.passes.length, memoryBudgetBytes: result.memoryBudget, peakRssBytes: result.peakRssBytes, memoryTargetBytes: target, modelBytes: result.modelBytes, plan: manifest.plan })}\n`,
@@ -135,7 +147,7 @@ export function registerAgentCommands(program: Command): void {
       } else {
         const mb = (b: number): string => `${(b / 2 ** 20).toFixed(0)} MiB`;
         stdout(
-          `${h().formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollection: ${h().formatPasses(result.passes, result.statistics.examples, result.memoryBudget)}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\npeak RSS ${mb(result.peakRssBytes)} (target ≤ ${mb(target)}: model ${mb(result.modelBytes)} + 1.5 × largest pass + 500 MiB)\nbundle ${flags.out} (${h().formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
+          `${formatPlan(manifest.plan, result.statistics.examples)}\n\ndevice: ${deviceReason}\ncollection: ${formatPasses(result.passes, result.statistics.examples, result.memoryBudget)}\ncollected ${result.statistics.examples} examples, ${result.statistics.tokens} tokens in ${result.seconds.toFixed(1)} s (${(result.statistics.tokens / result.seconds).toFixed(0)} tokens/s)\npeak RSS ${mb(result.peakRssBytes)} (target ≤ ${mb(target)}: model ${mb(result.modelBytes)} + 1.5 × largest pass + 500 MiB)\nbundle ${flags.out} (${formatBytes(manifest.plan.totals.bytes)}): statistics.safetensors + manifest.json with a SHA-256 per statistic\n`,
         );
       }
     });
@@ -171,14 +183,16 @@ export function registerAgentCommands(program: Command): void {
     const flags = parseFlags(AgentRunFlags, raw);
     await checkInputFiles([...ownerInputs(flags), ...tlsInputs(flags)]);
     const owner = await ownerPolicyOf(flags);
-    const base = toAgentOptions(flags, owner);
+    const { formatPlan, formatPolicySources, runAgent } = await import('../../agent/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const base = toAgentOptions(flags, owner, await agentModules());
     const show = progressEnabled(flags.json);
     const collectBar = createProgressBar('collect', 'examples', show);
     const uploadBar = createProgressBar('upload', 'bytes', show);
     const progressLine = progressJsonWriter(flags.progressJson);
-    const result = await h().runAgent({
+    const result = await runAgent({
       ...base,
-      connect: await h().connectOptions(flags.coordinator, flags),
+      connect: await connectOptions(flags.coordinator, flags),
       jobId: flags.job,
       workDir: flags.workDir,
       yes: flags.yes,
@@ -191,10 +205,10 @@ export function registerAgentCommands(program: Command): void {
       },
       ownerPolicy: owner,
       onPolicy: (effective) => {
-        if (!flags.json) process.stderr.write(`${h().formatPolicySources(effective)}\n`);
+        if (!flags.json) process.stderr.write(`${formatPolicySources(effective)}\n`);
       },
       onPlan: (plan, examples) => {
-        if (!flags.json) process.stderr.write(`${h().formatPlan(plan, examples)}\n\n`);
+        if (!flags.json) process.stderr.write(`${formatPlan(plan, examples)}\n\n`);
       },
       approve: async (summary) => {
         if (!process.stdin.isTTY) return false;
@@ -242,8 +256,10 @@ export function registerAgentCommands(program: Command): void {
     const flags = parseFlags(AgentEvaluateFlags, raw);
     await checkInputFiles([...labelledDataInputs(flags), ...tlsInputs(flags)]);
     const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
-    const result = await h().evaluateForJob({
-      connect: await h().connectOptions(flags.coordinator, flags),
+    const { evaluateForJob } = await import('../../agent/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const result = await evaluateForJob({
+      connect: await connectOptions(flags.coordinator, flags),
       jobId: flags.job,
       workDir: flags.workDir,
       ...labelledData(flags),

@@ -4,7 +4,7 @@ import { ErrorCode, GramfuseError } from '../../shared/errors.js';
 import { AuditPublishFlags, AuditReconcileFlags, AuditReportFlags, AuditVerifyFlags, natsTarget } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY } from '../input-files.js';
-import { collect, h, natsSecurityOptions, stdout } from './common.js';
+import { collect, natsSecurityOptions, stdout, zodDefault } from './common.js';
 
 export function registerAuditCommands(program: Command): void {
   const audit = program.command('audit').description('Prove what was shared: verify and read audit ledgers offline');
@@ -23,9 +23,12 @@ export function registerAuditCommands(program: Command): void {
       { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
       { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
     ]);
-    stdout(
-      `${flags.ledger !== undefined ? await h().auditVerify(flags.ledger, flags.keys) : await h().auditVerifyStream(natsTarget(flags)!, flags.keys)}\n`,
-    );
+    // A ledger file needs only the ledger code; the stream needs a NATS client.
+    const line =
+      flags.ledger !== undefined
+        ? await (await import('../audit-commands.js')).auditVerify(flags.ledger, flags.keys)
+        : await (await import('../audit-stream.js')).auditVerifyStream(natsTarget(flags)!, flags.keys);
+    stdout(`${line}\n`);
   });
   natsSecurityOptions(
     audit
@@ -33,11 +36,12 @@ export function registerAuditCommands(program: Command): void {
       .description("Publish a ledger's records that are not on NATS yet (an agent that ran while NATS was down)")
       .requiredOption('--ledger <path>', 'an audit ledger (audit.jsonl)')
       .requiredOption('--nats <url>', 'NATS with JetStream')
-      .option('--timeout <seconds>', 'give up after this long', '60'),
+      .option('--timeout <seconds>', 'give up after this long', zodDefault(AuditPublishFlags.shape.timeout)),
   ).action(async (raw: Record<string, unknown>) => {
     const flags = parseFlags(AuditPublishFlags, raw);
     await checkInputFiles([{ flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger }]);
-    stdout(`${await h().auditPublish(flags.ledger, natsTarget(flags)!, flags.timeout)}\n`);
+    const { auditPublish } = await import('../audit-stream.js');
+    stdout(`${await auditPublish(flags.ledger, natsTarget(flags)!, flags.timeout)}\n`);
   });
   audit
     .command('reconcile')
@@ -53,8 +57,9 @@ export function registerAuditCommands(program: Command): void {
         { flag: '--coordinator-ledger', path: flags.coordinatorLedger, empty: EMPTY.ledger },
         { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
       ]);
-      const result = await h().auditReconcile(flags.agentLedger, flags.coordinatorLedger, flags.keys);
-      stdout(flags.json ? `${JSON.stringify(result)}\n` : `${h().formatReconciliation(result)}\n`);
+      const { auditReconcile, formatReconciliation } = await import('../audit-commands.js');
+      const result = await auditReconcile(flags.agentLedger, flags.coordinatorLedger, flags.keys);
+      stdout(flags.json ? `${JSON.stringify(result)}\n` : `${formatReconciliation(result)}\n`);
       if (!result.agree)
         throw new GramfuseError(
           ErrorCode.AuditInvalid,
@@ -74,7 +79,8 @@ export function registerAuditCommands(program: Command): void {
         { flag: '--ledger', path: flags.ledger, empty: EMPTY.ledger },
         { flag: '--keys', path: flags.keys, empty: EMPTY.keys },
       ]);
-      const report = await h().auditReport(flags.ledger, flags.owner, flags.keys);
-      stdout(flags.json ? `${JSON.stringify(report)}\n` : `${h().formatOwnerReport(report, flags.ledger)}\n`);
+      const { auditReport, formatOwnerReport } = await import('../audit-commands.js');
+      const report = await auditReport(flags.ledger, flags.owner, flags.keys);
+      stdout(flags.json ? `${JSON.stringify(report)}\n` : `${formatOwnerReport(report, flags.ledger)}\n`);
     });
 }

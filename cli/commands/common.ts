@@ -1,45 +1,23 @@
-// What the command modules share: the heavy modules (loaded once a command runs, never for --help), stdout, and
-// the flag groups more than one command declares.
+// What the command modules share: stdout and the flag groups more than one command declares. What a command runs is
+// imported inside its action (`await import(...)`), so each command loads only its own code and `--help` loads none.
 import type { Command } from 'commander';
 
 import type { z } from 'zod';
 
-import type { LabelledDataFlags } from '../flags.js';
+import { commonDataFlags, type LabelledDataFlags } from '../flags.js';
 import { EMPTY, type InputFile } from '../input-files.js';
 
 /**
- * Everything a command runs, loaded only when a command runs (main.ts's preAction hook): `gramfuse --help` and
- * `gramfuse <command> --help` load neither onnxruntime-node nor NATS.
+ * A flag's default as commander shows it in --help and hands it on: read from the flag's zod type, where the default
+ * is declared (once). Small numbers are shown as written in code (1e-6, not 0.000001).
  */
-const loadCommandModules = async () => ({
-  ...(await import('../../agent/index.js')),
-  ...(await import('../../client/index.js')),
-  ...(await import('../../coordinator/index.js')),
-  ...(await import('../../dashboard/index.js')),
-  ...(await import('../../shared/index.js')),
-  ...(await import('../../shared/merge/index.js')),
-  ...(await import('../../shared/hf/index.js')),
-  ...(await import('../../solver/index.js')),
-  ...(await import('../audit-commands.js')),
-  ...(await import('../demo.js')),
-  ...(await import('../federation-commands.js')),
-  ...(await import('../hf-export.js')),
-  ...(await import('../inspect.js')),
-  ...(await import('../local-merge.js')),
-  ...(await import('../watch.js')),
-});
-let loaded: Awaited<ReturnType<typeof loadCommandModules>> | undefined;
-
-/** Loads the command modules (once). */
-export async function loadCommands(): Promise<void> {
-  loaded ??= await loadCommandModules();
-}
-
-/** The loaded command modules; only inside an action (after the preAction hook). */
-export function h(): Awaited<ReturnType<typeof loadCommandModules>> {
-  if (loaded === undefined) throw new Error('command modules used before a command ran');
-  return loaded;
-}
+export const zodDefault = (type: z.ZodType): string => {
+  const value: unknown = type.parse(undefined);
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number') return value !== 0 && Math.abs(value) < 1e-3 ? value.toExponential() : String(value);
+  // A registration mistake, not bad input: commander would show `undefined`, or an array or object as text.
+  throw new Error(`zodDefault: this flag has no string or number default in its zod type (got ${JSON.stringify(value)})`);
+};
 
 export const stdout = (text: string): void => {
   process.stdout.write(text);
@@ -55,10 +33,10 @@ export const labelledDataOptions = (command: Command, data: string): Command =>
     .option('--tokenizer <path>', "HuggingFace tokenizer.json (default: a Hugging Face --model directory's)")
     .option('--labels <path>', "JSON list of labels in logit order (default: the model's labels metadata)")
     .option('--max-examples <n>', 'evaluate a seeded random subset')
-    .option('--seed <n>', 'seed of that subset', '1')
-    .option('--max-length <n>', 'tokens per example', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--label-field <name>', 'field holding the label', 'label')
+    .option('--seed <n>', 'seed of that subset', zodDefault(commonDataFlags.seed))
+    .option('--max-length <n>', 'tokens per example', zodDefault(commonDataFlags.maxLength))
+    .option('--text-field <name>', 'field holding the text', zodDefault(commonDataFlags.textField))
+    .option('--label-field <name>', 'field holding the label', zodDefault(commonDataFlags.labelField))
     .option('--threads <n>', 'onnxruntime threads');
 /** Those flags' files, for checkInputFiles. */
 export const labelledDataInputs = (flags: z.infer<typeof LabelledDataFlags>): InputFile[] => [
@@ -95,10 +73,10 @@ export const mergeSpecOptions = (command: Command, options: { alphaAuto?: boolea
 export const collectionOptions = (command: Command): Command =>
   command
     .option('--max-examples <n>', 'use a seeded random subset of at most n examples per owner')
-    .option('--seed <n>', 'seed of that subset', '1')
-    .option('--batch-size <n>', 'examples per batch', '32')
-    .option('--max-length <n>', 'tokens per example, special tokens included', '128')
-    .option('--text-field <name>', 'field holding the text', 'text')
+    .option('--seed <n>', 'seed of that subset', zodDefault(commonDataFlags.seed))
+    .option('--batch-size <n>', 'examples per batch', zodDefault(commonDataFlags.batchSize))
+    .option('--max-length <n>', 'tokens per example, special tokens included', zodDefault(commonDataFlags.maxLength))
+    .option('--text-field <name>', 'field holding the text', zodDefault(commonDataFlags.textField))
     .option('--threads <n>', 'onnxruntime threads')
     .option(
       '--memory-budget <size>',

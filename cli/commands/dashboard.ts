@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { DashboardFlags, natsOption } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { collect, natsSecurityOptions, stdout, tlsOptions, zodDefault } from './common.js';
 
 export function registerDashboardCommand(program: Command): void {
   tlsOptions(
@@ -19,7 +19,11 @@ export function registerDashboardCommand(program: Command): void {
         )
         .option('--ledger <path>', 'an audit ledger the auditor holds (audit.jsonl of the coordinator or of an agent); repeatable', collect)
         .option('--nats <url>', "NATS: live updates from the coordinator's events, and the GRAMFUSE_AUDIT mirror checked against the files")
-        .option('--listen <host:port>', 'where the page is served (loopback by default: it has no login)', '127.0.0.1:8080')
+        .option(
+          '--listen <host:port>',
+          'where the page is served (loopback by default: it has no login)',
+          zodDefault(DashboardFlags.shape.listen),
+        )
         .option('--json', 'print the page address as one JSON line on stdout'),
     ),
   ).action(async (raw: Record<string, unknown>) => {
@@ -28,8 +32,10 @@ export function registerDashboardCommand(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${line}\n`);
     };
-    const dashboard = await h().startDashboard({
-      coordinator: await h().connectOptions(flags.coordinator, flags),
+    const { startDashboard } = await import('../../dashboard/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const dashboard = await startDashboard({
+      coordinator: await connectOptions(flags.coordinator, flags),
       ledgers: flags.ledger,
       ...natsOption(flags),
       listen: flags.listen,

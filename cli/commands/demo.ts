@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 
 import { DemoFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
-import { h, stdout } from './common.js';
+import { stdout } from './common.js';
 
 export function registerDemoCommand(program: Command): void {
   program
@@ -21,7 +21,8 @@ export function registerDemoCommand(program: Command): void {
       const log = (line: string): void => {
         if (!flags.json) process.stderr.write(`demo: ${line}\n`);
       };
-      const result = await h().runDemo({
+      const { formatDemoTable, runDemo } = await import('../demo.js');
+      const result = await runDemo({
         log,
         secureAggregation: flags.secureAggregation,
         ...(flags.out === undefined ? {} : { out: flags.out }),
@@ -32,7 +33,7 @@ export function registerDemoCommand(program: Command): void {
       }
       stdout(
         [
-          h().formatDemoTable(result),
+          formatDemoTable(result),
           '',
           ...(result.maxRelDiffVsPlain === undefined
             ? []

@@ -17,7 +17,7 @@ import {
 } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, EMPTY, tlsInputs } from '../input-files.js';
-import { collect, h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { collect, natsSecurityOptions, stdout, tlsOptions, zodDefault } from './common.js';
 
 export function registerFederationCommands(program: Command): void {
   const certs = program.command('certs').description('Federation certificates (ECDSA P-256, made with @peculiar/x509)');
@@ -25,10 +25,11 @@ export function registerFederationCommands(program: Command): void {
     .command('init')
     .description('Create the federation CA (ca.pem, ca-key.pem) in a directory')
     .requiredOption('--dir <dir>', 'where to write them')
-    .option('--name <cn>', 'CA common name', 'gramfuse federation CA')
+    .option('--name <cn>', 'CA common name', zodDefault(CertsInitFlags.shape.name))
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsInitFlags, raw);
-      stdout(`${(await h().certsInit(flags.dir, flags.name)).join('\n')}\n`);
+      const { certsInit } = await import('../federation-commands.js');
+      stdout(`${(await certsInit(flags.dir, flags.name)).join('\n')}\n`);
     });
   certs
     .command('issue')
@@ -45,7 +46,8 @@ export function registerFederationCommands(program: Command): void {
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(CertsIssueFlags, raw);
       await checkInputFiles([{ flag: '--dir', path: flags.dir, kind: 'directory' }]);
-      stdout(`${(await h().certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
+      const { certsIssue } = await import('../federation-commands.js');
+      stdout(`${(await certsIssue(flags.dir, flags.name, flags.host, flags.role)).join('\n')}\n`);
     });
 
   tlsOptions(
@@ -61,8 +63,16 @@ export function registerFederationCommands(program: Command): void {
           '--creators <names>',
           'comma-separated identities allowed to create jobs (default: none; the coordinator then serves only existing jobs)',
         )
-        .option('--max-open-jobs-per-creator <n>', 'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)', '16')
-        .option('--max-concurrent-solves <n>', 'solves run at once; later ones wait their turn', '1')
+        .option(
+          '--max-open-jobs-per-creator <n>',
+          'jobs one creator may have open at once (RESOURCE_EXHAUSTED past it)',
+          zodDefault(CoordinatorServeFlags.shape.maxOpenJobsPerCreator),
+        )
+        .option(
+          '--max-concurrent-solves <n>',
+          'solves run at once; later ones wait their turn',
+          zodDefault(CoordinatorServeFlags.shape.maxConcurrentSolves),
+        )
         .option(
           '--template-dir <dir>',
           'a directory whose files job creators may name as templates (job create --template-on-coordinator); repeatable',
@@ -72,7 +82,7 @@ export function registerFederationCommands(program: Command): void {
         .option(
           '--solvers <where>',
           'in-process (a worker thread here) | nats (solver workers pull one task per Gram group from GRAMFUSE_SOLVE on --nats)',
-          'in-process',
+          zodDefault(CoordinatorServeFlags.shape.solvers),
         )
         .option(
           '--solver-identities <names>',
@@ -82,17 +92,25 @@ export function registerFederationCommands(program: Command): void {
           '--observers <names>',
           "comma-separated read-only identities (auditors, gramfuse dashboard): every job's status and report.json, no merged model",
         )
-        .option('--solve-ack-wait <seconds>', 'JetStream AckWait of a solve task: a worker silent this long loses it to another', '60')
-        .option('--solve-max-deliver <n>', 'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)', '5')
+        .option(
+          '--solve-ack-wait <seconds>',
+          'JetStream AckWait of a solve task: a worker silent this long loses it to another',
+          zodDefault(CoordinatorServeFlags.shape.solveAckWait),
+        )
+        .option(
+          '--solve-max-deliver <n>',
+          'deliveries of one solve task before the job fails (SOLVE_FAILED naming the group)',
+          zodDefault(CoordinatorServeFlags.shape.solveMaxDeliver),
+        )
         .option(
           '--residual-tolerance <r>',
           "the most a worker's relative residual ‖G̃X − R‖/‖R‖ (and its difference from the coordinator's own solve) may be; below it, 64·n·ε·κ̂ at the group's condition",
-          '1e-6',
+          zodDefault(CoordinatorServeFlags.shape.residualTolerance),
         )
         .option(
           '--solve-deadline <seconds>',
           'per Gram group: a delivery not answered this long after its worker fetched the sums is published again (at most --solve-max-deliver times, then DEADLINE_EXCEEDED)',
-          '3600',
+          zodDefault(CoordinatorServeFlags.shape.solveDeadline),
         )
         .option('--json', 'print the listening address as one JSON line on stdout (log lines stay plain text on stderr)'),
     ),
@@ -104,11 +122,13 @@ export function registerFederationCommands(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${insecure ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };
-    const server = await h().startCoordinatorServer({
+    const { startCoordinatorServer } = await import('../../coordinator/index.js');
+    const { loadTls } = await import('../federation-commands.js');
+    const server = await startCoordinatorServer({
       stateDir: flags.state,
       listen: flags.listen,
       log,
-      ...(insecure ? { insecureLoopback: true } : { tls: await h().loadTls(flags) }),
+      ...(insecure ? { insecureLoopback: true } : { tls: await loadTls(flags) }),
       ...(flags.creators === undefined ? {} : { creators: flags.creators }),
       ...(flags.templateDir === undefined ? {} : { templateDirs: flags.templateDir }),
       maxOpenJobsPerCreator: flags.maxOpenJobsPerCreator,
@@ -160,7 +180,10 @@ export function registerFederationCommands(program: Command): void {
       ...(flags.templateOnCoordinator ? [] : [{ flag: '--template', path: flags.template, kind: 'model' as const, empty: EMPTY.model }]),
       ...tlsInputs(flags),
     ]);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation } = await import('../../client/index.js');
+    const { connectOptions, parseSpecText } = await import('../federation-commands.js');
+    const { templateBytes } = await import('../hf-export.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       let specText: string;
       try {
@@ -168,8 +191,8 @@ export function registerFederationCommands(program: Command): void {
       } catch (error) {
         throw fileError(error, flags.spec, 'reading the job spec');
       }
-      const template = flags.templateOnCoordinator ? { path: flags.template } : await h().templateBytes(flags.template);
-      const status = await client.createJob(JSON.stringify(h().parseSpecText(specText, flags.spec)), template);
+      const template = flags.templateOnCoordinator ? { path: flags.template } : await templateBytes(flags.template);
+      const status = await client.createJob(JSON.stringify(parseSpecText(specText, flags.spec)), template);
       stdout(
         flags.json
           ? `${JSON.stringify({ job: status.jobId, state: status.state, fingerprint: status.fingerprint, participants: status.participants })}\n`
@@ -188,7 +211,9 @@ export function registerFederationCommands(program: Command): void {
       .option('--json', 'print one JSON object'),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobStatusFlags, raw);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation } = await import('../../client/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       const s = await client.getJob(id);
       const view = {
@@ -236,17 +261,19 @@ export function registerFederationCommands(program: Command): void {
         .argument('<id>', 'job id')
         .option('--nats <url>', "follow gramfuse.jobs.<id>.* on NATS (replays the job's earlier events first)")
         .option('--coordinator <host:port>', "or follow the coordinator's status stream over gRPC")
-        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', '86400')
+        .option('--timeout <seconds>', 'give up after this long (DEADLINE_EXCEEDED)', zodDefault(JobWatchFlags.shape.timeout))
         .option('--json', 'one JSON object per event'),
     ),
   ).action(async (id: string, raw: Record<string, unknown>) => {
     const flags = parseFlags(JobWatchFlags, raw);
-    const final = await h().watchJob(id, {
+    const { formatJobEvent, watchJob } = await import('../watch.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const final = await watchJob(id, {
       ...natsOption(flags),
       onSkipped: (problem) => process.stderr.write(`skipped a record: ${problem.toLine()}\n`),
-      ...(flags.coordinator === undefined ? {} : { connect: await h().connectOptions(flags.coordinator, flags) }),
+      ...(flags.coordinator === undefined ? {} : { connect: await connectOptions(flags.coordinator, flags) }),
       timeoutSeconds: flags.timeout,
-      onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${h().formatJobEvent(event)}\n`),
+      onEvent: (event) => stdout(flags.json ? `${JSON.stringify(event)}\n` : `${formatJobEvent(event)}\n`),
     });
     if (final === 'failed') throw new GramfuseError(ErrorCode.JobClosed, `job ${id} failed (see the events above)`);
   });
@@ -257,7 +284,7 @@ export function registerFederationCommands(program: Command): void {
       .argument('<id>', 'job id')
       .requiredOption('--coordinator <host:port>', 'coordinator address')
       .requiredOption('--out <path>', 'where to write it')
-      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', 'merged.onnx')
+      .option('--artifact <name>', 'merged.onnx | merged.safetensors | report.json', zodDefault(JobDownloadFlags.shape.artifact))
       .option('--hf-out <dir>', 'also write the merged model as a Hugging Face checkpoint directory')
       .option('--hf-checkpoint <dir>', 'the checkpoint the owners fine-tuned from: config.json, names checked against its keys')
       .option(
@@ -273,7 +300,9 @@ export function registerFederationCommands(program: Command): void {
       { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
       ...tlsInputs(flags),
     ]);
-    const client = h().connectFederation(await h().connectOptions(flags.coordinator, flags));
+    const { connectFederation, downloadMergedModel } = await import('../../client/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const client = connectFederation(await connectOptions(flags.coordinator, flags));
     try {
       if (flags.artifact === 'merged.onnx') {
         const status = await client.getJob(id);
@@ -286,8 +315,9 @@ export function registerFederationCommands(program: Command): void {
                 ...(flags.tokenizer === undefined ? {} : { tokenizer: flags.tokenizer }),
               };
         // Checked before downloading: a directory that is not empty, or an owner's export that does not match the checkpoint.
-        if (hf !== undefined && flags.hfModel !== undefined) await h().prepareHfExport({ ...hf, template: flags.hfModel });
-        const { sha256, bytes, dataFile } = await h().downloadMergedModel(client, id, flags.out, status.resultSha256);
+        if (hf !== undefined && flags.hfModel !== undefined)
+          await (await import('../hf-export.js')).prepareHfExport({ ...hf, template: flags.hfModel });
+        const { sha256, bytes, dataFile } = await downloadMergedModel(client, id, flags.out, status.resultSha256);
         stdout(`${flags.out} (${bytes} bytes, sha256 ${sha256}, verified)\n`);
         if (dataFile !== undefined)
           stdout(
@@ -299,7 +329,8 @@ export function registerFederationCommands(program: Command): void {
           );
         if (hf !== undefined) {
           const report = JSON.parse((await client.download(id, 'report.json')).toString('utf8')) as MergeReport;
-          const exported = await h().exportHfCheckpoint({
+          const { exportHfCheckpoint } = await import('../hf-export.js');
+          const exported = await exportHfCheckpoint({
             ...hf,
             model: flags.out,
             report,

@@ -7,12 +7,12 @@ import { createProgressBar, progressEnabled } from '../progress.js';
 import {
   collect,
   collectionOptions,
-  h,
   labelledData,
   labelledDataInputs,
   labelledDataOptions,
   mergeSpecOptions,
   stdout,
+  zodDefault,
 } from './common.js';
 
 export function registerLocalCommands(program: Command): void {
@@ -27,7 +27,8 @@ export function registerLocalCommands(program: Command): void {
         { flag: '<model>', path: model, kind: 'model', empty: EMPTY.model },
         { flag: '--hf-checkpoint', path: options.hfCheckpoint, kind: 'directory' },
       ]);
-      await h().inspectCommand(model, options, stdout);
+      const { inspectCommand } = await import('../inspect.js');
+      await inspectCommand(model, options, stdout);
     });
 
   collectionOptions(
@@ -50,7 +51,7 @@ export function registerLocalCommands(program: Command): void {
         .option('--tokenizer <path>', "HuggingFace tokenizer.json (needed for RegMean; default: a Hugging Face --model directory's)")
         .option('--base <path>', 'the model the owners fine-tuned from (task-arithmetic, ties)')
         .option('--lambda <l>', 'task arithmetic / TIES scaling (defaults 0.3 / 1.0)')
-        .option('--ties-k <k>', 'TIES: fraction of each task vector kept', '0.2')
+        .option('--ties-k <k>', 'TIES: fraction of each task vector kept', zodDefault(MergeFlags.shape.tiesK))
         .option('--head <mode>', 'output head: average | method (default: average for task-arithmetic and ties)'),
       { alphaAuto: true },
     ),
@@ -91,20 +92,21 @@ export function registerLocalCommands(program: Command): void {
         { flag: '--validation-data', path: flags.validationData, empty: EMPTY.data },
         { flag: '--labels', path: flags.labels, empty: EMPTY.labels },
       ]);
+      const { exportHfCheckpoint, mergeHfOutput } = await import('../hf-export.js');
+      const { DEFAULT_ALPHA_GRID, MergeSpec } = await import('../../shared/merge/index.js');
+      const { runLocalMerge } = await import('../local-merge.js');
       const template = flags.template ?? flags.model[0];
       // Checked before the merge runs: a directory that is not empty, names that do not map, or ONNX models without
       // --hf-checkpoint fail now. A Hugging Face template is its own checkpoint.
       const hfOutput =
-        flags.hfOut === undefined || template === undefined
-          ? undefined
-          : await h().mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
+        flags.hfOut === undefined || template === undefined ? undefined : await mergeHfOutput(template, { ...flags, hfOut: flags.hfOut });
       const hf = hfOutput?.options;
       const prepared = hfOutput?.prepared;
       const auto = flags.alpha === 'auto';
-      const spec = h().MergeSpec.parse({
+      const spec = MergeSpec.parse({
         method: flags.method,
         // --alpha auto: `alpha` becomes the chosen candidate; until then the spec's default stands in.
-        ...(auto ? { alphaCandidates: flags.alphaGrid ?? [...h().DEFAULT_ALPHA_GRID] } : { alpha: flags.alpha }),
+        ...(auto ? { alphaCandidates: flags.alphaGrid ?? [...DEFAULT_ALPHA_GRID] } : { alpha: flags.alpha }),
         weighting: flags.weighting,
         includePadding: flags.includePadding,
         tiesK: flags.tiesK,
@@ -115,7 +117,7 @@ export function registerLocalCommands(program: Command): void {
       const bars = new Map<string, ReturnType<typeof createProgressBar>>();
       const solveBar = createProgressBar('solve (Gram groups)', 'groups', show);
       const candidateBar = auto ? createProgressBar('alpha candidates (solve)', 'candidates', show) : undefined;
-      const result = await h().runLocalMerge({
+      const result = await runLocalMerge({
         models: flags.model,
         data: flags.data,
         bundles: flags.bundle,
@@ -159,7 +161,7 @@ export function registerLocalCommands(program: Command): void {
         },
       });
       const exported =
-        hf === undefined ? undefined : await h().exportHfCheckpoint({ ...hf, model: flags.out, report: result.report }, prepared);
+        hf === undefined ? undefined : await exportHfCheckpoint({ ...hf, model: flags.out, report: result.report }, prepared);
       const summary = exported === undefined ? result.report : { ...result.report, hfOut: { dir: exported.out, files: exported.files } };
       stdout(
         flags.json
@@ -186,12 +188,13 @@ export function registerLocalCommands(program: Command): void {
         { flag: '--hf-checkpoint', path: flags.hfCheckpoint, kind: 'directory' },
         { flag: '--tokenizer', path: flags.tokenizer, empty: EMPTY.tokenizer },
       ]);
+      const { exportHfCheckpoint, exportOnnx } = await import('../hf-export.js');
       if (flags.onnxOut !== undefined) {
-        const o = await h().exportOnnx(model, flags.onnxOut);
+        const o = await exportOnnx(model, flags.onnxOut);
         stdout(flags.json && flags.hfOut === undefined ? `${JSON.stringify(o)}\n` : `${o.out}: ${o.initializers} initializers\n`);
       }
       if (flags.hfOut === undefined) return;
-      const r = await h().exportHfCheckpoint({
+      const r = await exportHfCheckpoint({
         model,
         out: flags.hfOut,
         ...(flags.hfCheckpoint === undefined ? {} : { checkpoint: flags.hfCheckpoint }),
@@ -214,13 +217,14 @@ export function registerLocalCommands(program: Command): void {
     'labelled data (.jsonl, .csv or .parquet)',
   )
     .option('--ensemble', 'average the logits of all --model')
-    .option('--batch-size <n>', 'examples per batch', '64')
+    .option('--batch-size <n>', 'examples per batch', zodDefault(EvalFlags.shape.batchSize))
     .option('--json', 'print one JSON object')
     .action(async (raw: Record<string, unknown>) => {
       const flags = parseFlags(EvalFlags, raw);
       await checkInputFiles([{ flag: '--model', path: flags.model, kind: 'model', empty: EMPTY.model }, ...labelledDataInputs(flags)]);
       const bar = createProgressBar('evaluate', 'examples', progressEnabled(flags.json));
-      const result = await h().runEvaluation({
+      const { runEvaluation } = await import('../../agent/index.js');
+      const result = await runEvaluation({
         ...labelledData(flags),
         models: flags.model,
         ensemble: flags.ensemble,

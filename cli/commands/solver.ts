@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { natsTarget, SolverServeFlags } from '../federation-flags.js';
 import { parseFlags } from '../flags.js';
 import { checkInputFiles, tlsInputs } from '../input-files.js';
-import { h, natsSecurityOptions, stdout, tlsOptions } from './common.js';
+import { natsSecurityOptions, stdout, tlsOptions, zodDefault } from './common.js';
 
 export function registerSolverCommands(program: Command): void {
   tlsOptions(
@@ -17,12 +17,16 @@ export function registerSolverCommands(program: Command): void {
         )
         .requiredOption('--coordinator <host:port>', 'coordinator address (mTLS; this certificate must be one of its --solver-identities)')
         .requiredOption('--nats <url>', 'the NATS server (with JetStream) the coordinator publishes solve tasks on')
-        .option('--device <device>', 'auto (CUDA when its provider loads, else CPU) | cpu | cuda', 'auto')
+        .option(
+          '--device <device>',
+          'auto (CUDA when its provider loads, else CPU) | cpu | cuda',
+          zodDefault(SolverServeFlags.shape.device),
+        )
         .option('--threads <n>', 'onnxruntime threads of the solve (default: all cores)')
         .option(
           '--solve-timeout <seconds>',
           'watchdog: a solve that has not answered this long is reported failed and its task released',
-          '3000',
+          zodDefault(SolverServeFlags.shape.solveTimeout),
         )
         .option('--json', 'one JSON object per task answered on stdout (log lines stay on stderr)'),
     ),
@@ -32,8 +36,10 @@ export function registerSolverCommands(program: Command): void {
     const log = (line: string): void => {
       process.stderr.write(`${flags.insecureLoopback === true ? '[INSECURE LOOPBACK] ' : ''}${line}\n`);
     };
-    const solver = await h().startSolver({
-      coordinator: await h().connectOptions(flags.coordinator, flags),
+    const { startSolver } = await import('../../solver/index.js');
+    const { connectOptions } = await import('../federation-commands.js');
+    const solver = await startSolver({
+      coordinator: await connectOptions(flags.coordinator, flags),
       nats: natsTarget(flags)!,
       device: flags.device,
       ...(flags.threads === undefined ? {} : { threads: flags.threads }),

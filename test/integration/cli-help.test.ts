@@ -5,6 +5,8 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { FileLedger } from '../../shared/audit/index.js';
+import { generateSigningKeys } from '../../shared/security/index.js';
 import { CLI, REPO } from '../helpers/cli.js';
 
 const work = mkdtempSync(join(tmpdir(), 'gramfuse-help-'));
@@ -31,11 +33,32 @@ describe('the CLI loads what a command needs, when it runs', () => {
     ['--help', ['--help']],
     ['inspect --help', ['inspect', '--help']],
     ['agent run --help', ['agent', 'run', '--help']],
+    ['audit verify --help', ['audit', 'verify', '--help']],
+    ['audit report --help', ['audit', 'report', '--help']],
+    ['certs issue --help', ['certs', 'issue', '--help']],
+    ['job status --help', ['job', 'status', '--help']],
   ])('gramfuse %s loads neither onnxruntime-node nor NATS', (name, args) => {
     const { urls, status, stdout } = loaded(args, name.replace(/\W+/g, '-'));
     expect(status).toBe(0);
     expect(stdout).toMatch(/Usage: gramfuse/);
     expect(urls.some((u) => u.includes('/cli/main.js'))).toBe(true); // the trace works
+    expect(urls.filter((u) => /onnxruntime|@nats-io/.test(u))).toEqual([]);
+  });
+
+  it('--help shows the defaults the zod flags declare, as written', () => {
+    const { stdout } = loaded(['coordinator', 'serve', '--help'], 'coordinator-serve-help');
+    for (const shown of ['(default: "16")', '(default: "in-process")', '(default: "1e-6")', '(default: "3600")'])
+      expect(stdout.replace(/\s+/g, ' ')).toContain(shown); // help wraps long lines
+  });
+
+  it('gramfuse audit verify --ledger on a real ledger runs and loads neither onnxruntime-node nor NATS', async () => {
+    const path = join(work, 'audit.jsonl');
+    const ledger = await FileLedger.open(path, generateSigningKeys(), 'writer');
+    await ledger.append('job.created', 'job-1', { note: 'a real record' });
+    const { urls, status, stdout } = loaded(['audit', 'verify', '--ledger', path], 'audit-verify');
+    expect(status).toBe(0);
+    expect(stdout).toMatch(/2 records from writer; chain and signatures verify/);
+    expect(urls.some((u) => u.includes('/cli/audit-commands.js'))).toBe(true); // the trace sees the command's code
     expect(urls.filter((u) => /onnxruntime|@nats-io/.test(u))).toEqual([]);
   });
 
