@@ -129,8 +129,16 @@ export const MergeFlags = z
     validationMaxExamples: int(1).optional(),
     labels: z.string().min(1).optional(),
     candidates: z.string().min(1).optional(),
+    /** Only --alpha auto reads labels (from --validation-data); absent means `label`. */
+    labelField: z.string().min(1).optional(),
   })
   .superRefine((flags, context) => {
+    if (flags.labelField !== undefined && flags.alpha !== 'auto')
+      context.addIssue({
+        code: 'custom',
+        path: ['labelField'],
+        message: 'merge reads labels only with --alpha auto (from --validation-data); add --alpha auto or drop it',
+      });
     if (flags.alphaGrid !== undefined && flags.alpha !== 'auto')
       context.addIssue({
         code: 'custom',

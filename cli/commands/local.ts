@@ -63,7 +63,7 @@ export function registerLocalCommands(program: Command): void {
       collect,
     )
     .option('--labels <path>', "with --alpha auto: JSON list of labels in logit order (default: the model's labels metadata)")
-    .option('--label-field <name>', 'with --alpha auto: field holding the label in --validation-data', 'label')
+    .option('--label-field <name>', 'with --alpha auto: field holding the label in --validation-data (default: label)')
     .option('--validation-max-examples <n>', 'with --alpha auto: score each candidate on a seeded random subset of each validation file')
     .option('--candidates <dir>', "with --alpha auto: keep every candidate's merged model there (alpha-<a>.onnx)")
     .requiredOption('--out <path>', 'the merged model (.onnx); .safetensors and .report.json are written beside it')
@@ -139,7 +139,7 @@ export function registerLocalCommands(program: Command): void {
           : {
               validation: {
                 data: flags.validationData,
-                labelField: flags.labelField,
+                labelField: flags.labelField ?? 'label',
                 ...(flags.labels === undefined ? {} : { labels: flags.labels }),
                 ...(flags.validationMaxExamples === undefined ? {} : { maxExamples: flags.validationMaxExamples }),
               },

@@ -537,7 +537,7 @@ describe('errors a user can act on', () => {
     expect(JSON.parse(readFileSync(EXAMPLE_LABELS, 'utf8'))).toHaveLength(14);
   });
 
-  it('merge refuses --label-field (it reads no labels) instead of ignoring it', async () => {
+  it('merge refuses --label-field without --alpha auto (it reads no labels) instead of ignoring it', async () => {
     const result = await runCli([
       'merge',
       '--method',
@@ -552,7 +552,8 @@ describe('errors a user can act on', () => {
       join(work, 'x.onnx'),
     ]);
     expect(result.code).not.toBe(0);
-    expect(result.stderr).toMatch(/unknown option '--label-field'/);
+    // Since α-auto (issue 43) merge reads labels from --validation-data; without --alpha auto it still reads none.
+    expect(result.stderr).toMatch(/INVALID_ARGUMENT: .*label-?[fF]ield.*only with --alpha auto/);
   });
 
   it('a manifest that fails its schema gets dot-path messages, not a zod dump', async () => {
