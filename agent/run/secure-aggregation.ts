@@ -28,8 +28,10 @@ import {
   checkConfirmations,
   checkRoundScale,
   checkUnmaskRequest,
+  distinctNames,
   type FixedPointScale,
   generateAgreementKeys,
+  keySetOf,
   maskSlice,
   openShare,
   parseSecure,
@@ -153,6 +155,8 @@ function freshSecrets(job: string, owner: string): Pick<SecureState, 'secrets' |
 export class SecureSession {
   /** The round's owners' certificates, checked in round 0 (by `prepare`). */
   private readonly certificates = new Map<string, string>();
+  /** The round's advertisements as checked in round 0, by owner: the only keys ever used (a later reply's are not). */
+  private readonly advertisements = new Map<string, RoundView['advertisements'][number]>();
 
   private constructor(
     private readonly options: SecureSessionOptions,
@@ -288,6 +292,17 @@ export class SecureSession {
   }
 
   /**
+   * Refuses a reply whose advertisements are not the key set this owner checked in round 0 (another key, owner, repeat
+   * or certificate): SECURE_AGGREGATION, nothing more sent.
+   */
+  private sameKeySet(round: RoundView, keySet: string | undefined): void {
+    if (keySet === undefined || keySetOf(round.advertisements) !== keySet || round.advertisements.length !== this.advertisements.size)
+      this.refuse(
+        'the coordinator now relays other keys than the key set this owner checked and shared with (a swapped key, owner or certificate); nothing more is sent',
+      );
+  }
+
+  /**
    * Rounds 0 and 1, then masking: returns the masked bundle to upload. Every member of the round is checked (an
    * approved participant, an owner certificate of the federation CA that is not the coordinator's, pinned where the
    * owner pinned it), the threshold and the fewest owners are the approved ones, the scales keep the owner's fraction
@@ -337,7 +352,12 @@ export class SecureSession {
         this.say('advertising', `advertised keys and ${Object.keys(bounds).length} bounds`);
       }
       round = await this.until('the other owners’ keys', (r) => r.phase !== 'advertising');
-      const members = round.advertisements.map((a) => a.owner);
+      // Distinct names only: a repeated owner would be dealt one share per position (t shares to one colluder).
+      const members = distinctNames(
+        jobId,
+        round.advertisements.map((a) => a.owner),
+        'advertisements',
+      );
       if (!members.includes(owner)) this.refuse(`${owner} is not among the owners of the key round`);
       // Every relayed key is checked: the certificate (the CA, the owner role, an approved participant, not the
       // coordinator's, the pin), then the signature over the keys and the seed commitment.
@@ -346,6 +366,7 @@ export class SecureSession {
         verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner, rules);
         verifyAdvertisement({ job: jobId, ...a }, a.certificatePem);
         this.certificates.set(a.owner, a.certificatePem);
+        this.advertisements.set(a.owner, a);
       }
       const mine = round.advertisements.find((a) => a.owner === owner)!;
       const own = this.state.advertisement;
@@ -355,29 +376,17 @@ export class SecureSession {
         mine.selfSeedCommitment !== own.selfSeedCommitment
       )
         this.refuse(`the coordinator relays other keys for ${owner} than it advertised`);
-      const keySet = createHash('sha256')
-        .update(
-          canonicalJson(
-            round.advertisements
-              .map((a) => ({
-                owner: a.owner,
-                mask: a.maskPublicKey,
-                encryption: a.encryptionPublicKey,
-                seed: a.selfSeedCommitment,
-                cert: certificateFingerprints(a.certificatePem).certificate,
-              }))
-              .sort((x, y) => (x.owner < y.owner ? -1 : 1)),
-          ),
-        )
-        .digest('hex');
+      const keySet = keySetOf(round.advertisements);
       if (this.state.keySet !== undefined && this.state.keySet !== keySet)
         this.refuse(`the coordinator presents another key set for this job than the one this owner shared with; nothing more is sent`);
       // The threshold is the one the owner approved, a majority of the round, and the round has at least the owners the
       // sum needs: with fewer, a few owners (or one, at t = 1) could rebuild another's mask key from the shares it sent.
+      // It is also a majority of the approved participants, whatever subset of them the round holds.
       const threshold = terms.threshold;
       if (
         round.threshold !== threshold ||
         threshold <= members.length / 2 ||
+        threshold <= terms.participants.length / 2 ||
         threshold > members.length ||
         members.length < survivorsNeeded(terms)
       )
@@ -423,7 +432,14 @@ export class SecureSession {
       }
       failpoint('secure.shared'); // fault tests: an owner gone after key setup, before its upload
       round = await this.until('the other owners’ shares', (r) => r.phase !== 'advertising' && r.phase !== 'sharing');
-      const sharers = round.sharers ?? [];
+      // Every later reply must carry the very key set checked in round 0; its keys are never read again (the checked ones are).
+      this.sameKeySet(round, keySet);
+      const sharers = distinctNames(jobId, round.sharers ?? [], 'sharers');
+      distinctNames(
+        jobId,
+        (round.inbox ?? []).map((i) => i.from),
+        'inbox',
+      );
       if (!sharers.includes(owner)) this.refuse(`${owner} is not among the owners whose shares went out`);
       const outside = sharers.filter((o) => !members.includes(o));
       if (outside.length > 0) this.refuse(`${outside.join(', ')} shared but did not advertise keys in this round`);
@@ -438,10 +454,10 @@ export class SecureSession {
         this.refuse(
           `the coordinator now names other sharers (${sharers.join(', ')}) than the ones this owner masked with (${this.state.sharers.join(', ')})`,
         );
-      const ads = new Map(round.advertisements.map((a) => [a.owner, a]));
+      const ads = this.advertisements;
       const myX = members.indexOf(owner) + 1;
       for (const { from, sealed } of round.inbox ?? []) {
-        if (!sharers.includes(from) || this.state.received[from] !== undefined || this.state.unopened[from] !== undefined) continue;
+        if (!sharers.includes(from) || Object.hasOwn(this.state.received, from) || Object.hasOwn(this.state.unopened, from)) continue;
         // A share that does not open or is not for this owner's x drops that sharer's share here (its secrets can still be
         // rebuilt from the others'), not the round.
         try {
@@ -462,7 +478,7 @@ export class SecureSession {
           this.say('uploading', `the share from ${from} is dropped: ${(error as Error).message}`);
         }
       }
-      const missing = sharers.filter((o) => this.state.received[o] === undefined && this.state.unopened[o] === undefined);
+      const missing = sharers.filter((o) => !Object.hasOwn(this.state.received, o) && !Object.hasOwn(this.state.unopened, o));
       if (missing.length > 0) this.refuse(`no share arrived from ${missing.join(', ')}, though they are in the round`);
       this.state.sharers = [...sharers].sort();
       await this.save();
@@ -610,6 +626,7 @@ export class SecureSession {
         `job ${jobId}: the unmasking needs the masked round's sharers and certificates; prepare() runs first`,
       );
     const check = (round: RoundView, request: { survivors: string[]; dropped: string[] }, guard: ShareGuard): void => {
+      this.sameKeySet(round, this.state.keySet);
       if (requestKey({ survivors: round.sharers ?? [], dropped: [] }) !== requestKey({ survivors: sharers, dropped: [] }))
         this.refuse(
           `the unmasking request is refused: the round now names other sharers (${(round.sharers ?? []).join(', ')}) than the ones this owner masked with (${sharers.join(', ')}); nothing was revealed`,
@@ -656,11 +673,11 @@ export class SecureSession {
     this.state.guard = guard.toJSON();
     await this.save();
     const asked = [...survivors.map((o) => [o, 'self-mask'] as const), ...dropped.map((o) => [o, 'mask-key'] as const)];
-    const unopened = asked.filter(([o]) => this.state.received[o] === undefined).map(([o]) => o);
-    const missing = unopened.filter((o) => this.state.unopened[o] === undefined);
+    const unopened = asked.filter(([o]) => !Object.hasOwn(this.state.received, o)).map(([o]) => o);
+    const missing = unopened.filter((o) => !Object.hasOwn(this.state.unopened, o));
     if (missing.length > 0) this.refuse(`this owner holds no share of ${missing.join(', ')}; nothing was revealed`);
     const shares = asked
-      .filter(([o]) => this.state.received[o] !== undefined)
+      .filter(([o]) => Object.hasOwn(this.state.received, o))
       .map(([o, kind]) => {
         const held = this.state.received[o]!;
         return { owner: o, kind, x: held.x, y: kind === 'self-mask' ? held.selfSeed : held.maskKey };

@@ -29,6 +29,8 @@ export {
   checkUnmaskRequest,
   checkConfirmations,
   ConfirmBody,
+  distinctNames,
+  keySetOf,
   maskLabel,
   maskSlice,
   MIN_BOUND_LOG2,

@@ -2,13 +2,13 @@
 // RPCs (validated with zod at each end), the per-statistic fixed-point scales, the masking of one owner's statistic
 // and the unmasking of their sum, a slice at a time. Owners are ordered by name: owner i adds PRG(sᵢⱼ) for every
 // peer j after it and subtracts it for every peer before it, so the pairwise masks cancel in the sum.
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { IdentityName } from '../federation/job-spec.js';
-import { certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
+import { canonicalJson, certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
 import { verifyUnmaskRequest } from './keys.js';
@@ -150,6 +150,54 @@ export type ApprovedTerms = z.infer<typeof ApprovedTerms>;
 
 /** The fewest survivors an unmasking may have: max(t, minOwners), both as approved. */
 export const survivorsNeeded = (terms: ApprovedTerms): number => Math.max(terms.threshold, terms.minOwners);
+
+/**
+ * The names of a list the coordinator relays (advertisements, sharers, inbox), each at most once. SECURE_AGGREGATION on a
+ * repeat: a repeated owner would get one share per position, so a single colluder could hold t shares of a secret.
+ */
+export function distinctNames(job: string, names: readonly string[], what: string): string[] {
+  const seen = new Set<string>();
+  for (const name of names) {
+    if (seen.has(name))
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${job}: the round is refused: ${name} appears more than once in its ${what} (one share per owner, never several); nothing was sent`,
+        { facts: { job, owner: name } },
+      );
+    seen.add(name);
+  }
+  return [...seen];
+}
+
+/**
+ * SHA-256 (hex) of a round's key set: each member's name, keys, seed commitment and certificate fingerprint, sorted by
+ * owner. Fixed once the owner checked round 0: every later reply must present the same one.
+ */
+export function keySetOf(
+  advertisements: readonly {
+    readonly owner: string;
+    readonly maskPublicKey: string;
+    readonly encryptionPublicKey: string;
+    readonly selfSeedCommitment: string;
+    readonly certificatePem: string;
+  }[],
+): string {
+  return createHash('sha256')
+    .update(
+      canonicalJson(
+        advertisements
+          .map((a) => ({
+            owner: a.owner,
+            mask: a.maskPublicKey,
+            encryption: a.encryptionPublicKey,
+            seed: a.selfSeedCommitment,
+            cert: certificateFingerprints(a.certificatePem).certificate,
+          }))
+          .sort((x, y) => (x.owner < y.owner ? -1 : x.owner > y.owner ? 1 : 0)),
+      ),
+    )
+    .digest('hex');
+}
 
 /** How the agent tells a peer from an impostor in round 0 (besides the CA). */
 export interface PeerRules {
