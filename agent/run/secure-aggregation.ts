@@ -41,6 +41,7 @@ import {
   ShareGuard,
   SharePayload,
   signAdvertisement,
+  signedRoundScale,
   signUnmaskRequest,
   splitSecret,
   survivorsNeeded,
@@ -338,7 +339,7 @@ export class SecureSession {
           this.refuse(`its key round closed before ${owner} advertised (phase ${round.phase}); this owner is not in the secure sum`);
         const bounds: Record<string, number> = {};
         for (const s of manifest.plan.statistics) bounds[s.id] = await this.bound(bundle, s, ranges);
-        const ad = signAdvertisement({ job: jobId, owner, ...this.state.advertisement }, tls.keyPem);
+        const ad = signAdvertisement({ job: jobId, owner, ...this.state.advertisement, bounds }, tls.keyPem);
         this.state.bounds = bounds;
         this.state.advertised = true;
         await this.save();
@@ -373,7 +374,8 @@ export class SecureSession {
       if (
         mine.maskPublicKey !== own.maskPublicKey ||
         mine.encryptionPublicKey !== own.encryptionPublicKey ||
-        mine.selfSeedCommitment !== own.selfSeedCommitment
+        mine.selfSeedCommitment !== own.selfSeedCommitment ||
+        canonicalJson(mine.bounds) !== canonicalJson(this.state.bounds ?? {})
       )
         this.refuse(`the coordinator relays other keys for ${owner} than it advertised`);
       const keySet = keySetOf(round.advertisements);
@@ -394,10 +396,11 @@ export class SecureSession {
           `the round's threshold ${round.threshold} is not the job's ${threshold} or not a majority of its ${members.length} owners (at least ${survivorsNeeded(terms)} needed); no share was sent`,
           { threshold: round.threshold },
         );
-      // The scales: |U₁| as relayed, this owner's bounds covered, and enough fraction bits left for every statistic.
+      // The scales: computed here from the signed bounds (the relayed one must equal it), this owner's bounds covered,
+      // and enough fraction bits left for every statistic.
       const scales = checkRoundScale(
         jobId,
-        round.scale,
+        signedRoundScale(jobId, round.scale, [...this.advertisements.values()]),
         members.length,
         this.state.bounds ?? {},
         this.options.minFractionBits ?? DEFAULT_MIN_FRACTION_BITS,

@@ -618,11 +618,12 @@ export class SecureRounds {
         maskPublicKey: pair(),
         encryptionPublicKey: pair(),
         selfSeedCommitment: seedCommitment(job.spec.id, owner, randomBytes(32)),
+        bounds: state.advertisements[answered[0]!]!.bounds,
       },
       keyPem,
     );
     const { job: _job, owner: _owner, ...keys } = ad;
-    state.advertisements[owner] = { ...keys, certificatePem, bounds: state.advertisements[answered[0]!]!.bounds };
+    state.advertisements[owner] = { ...keys, certificatePem };
     return [...answered, owner].sort();
   }
 
@@ -652,6 +653,7 @@ export class SecureRounds {
         selfSeedCommitment: a.selfSeedCommitment,
         signature: a.signature,
         certificatePem: a.certificatePem,
+        bounds: a.bounds,
       };
     });
     // Fault injection (tests): a coordinator that puts its own key in place of the first owner's; agents must refuse it.

@@ -42,6 +42,7 @@ export {
   SecurePhase,
   ShareBody,
   SharePayload,
+  signedRoundScale,
   statisticScale,
   survivorsNeeded,
   unmaskSlice,

@@ -53,6 +53,11 @@ export interface KeyAdvertisement {
   readonly encryptionPublicKey: string;
   /** H(bᵢ): the commitment to the owner's self-mask seed (seedCommitment), so a seed rebuilt from shares can be checked. */
   readonly selfSeedCommitment: string;
+  /**
+   * Per statistic, b with max |value| ≤ 2^b: signed, so every agent computes the round's common scale from the same
+   * bounds itself instead of taking the coordinator's (which could give each owner another scale).
+   */
+  readonly bounds: Readonly<Record<string, number>>;
   /** base64 signature over the canonical JSON of the fields above, by the owner's certificate key. */
   readonly signature: string;
 }
@@ -65,6 +70,7 @@ const advertised = (a: Omit<KeyAdvertisement, 'signature'>): Buffer =>
       maskPublicKey: a.maskPublicKey,
       encryptionPublicKey: a.encryptionPublicKey,
       selfSeedCommitment: a.selfSeedCommitment,
+      bounds: a.bounds,
     }),
   );
 

@@ -82,6 +82,8 @@ export const RoundView = z
           selfSeedCommitment: Sha256Hex,
           signature: Base64(2048),
           certificatePem: Pem,
+          /** The owner's declared bounds, as it signed them: every agent computes the common scale from these. */
+          bounds: z.record(z.string().min(1).max(1024), BoundLog2),
         })
         .strict(),
     ),
@@ -170,8 +172,8 @@ export function distinctNames(job: string, names: readonly string[], what: strin
 }
 
 /**
- * SHA-256 (hex) of a round's key set: each member's name, keys, seed commitment and certificate fingerprint, sorted by
- * owner. Fixed once the owner checked round 0: every later reply must present the same one.
+ * SHA-256 (hex) of a round's key set: each member's name, keys, seed commitment, signed bounds and certificate
+ * fingerprint, sorted by owner. Fixed once the owner checked round 0: every later reply must present the same one.
  */
 export function keySetOf(
   advertisements: readonly {
@@ -180,6 +182,7 @@ export function keySetOf(
     readonly encryptionPublicKey: string;
     readonly selfSeedCommitment: string;
     readonly certificatePem: string;
+    readonly bounds: Readonly<Record<string, number>>;
   }[],
 ): string {
   return createHash('sha256')
@@ -191,6 +194,7 @@ export function keySetOf(
             mask: a.maskPublicKey,
             encryption: a.encryptionPublicKey,
             seed: a.selfSeedCommitment,
+            bounds: a.bounds,
             cert: certificateFingerprints(a.certificatePem).certificate,
           }))
           .sort((x, y) => (x.owner < y.owner ? -1 : x.owner > y.owner ? 1 : 0)),
@@ -347,6 +351,36 @@ export function checkRoundScale(
     out.set(id, s);
   }
   return out;
+}
+
+/**
+ * The round's common scale as every agent computes it itself from the signed bounds of the advertisements it checked:
+ * |U₁| owners and, per statistic, the largest bound any of them declared. The coordinator's `round.scale` must be exactly
+ * this (else SECURE_AGGREGATION, nothing masked): a scale of its own choosing, different per owner, would let it decode
+ * one owner's statistic from a sum encoded at the others' scale.
+ */
+export function signedRoundScale(
+  job: string,
+  relayed: { readonly owners: number; readonly bounds: Readonly<Record<string, number>> } | undefined,
+  advertisements: readonly { readonly bounds: Readonly<Record<string, number>> }[],
+): { owners: number; bounds: Record<string, number> } {
+  const bounds: Record<string, number> = {};
+  for (const a of advertisements)
+    for (const [id, b] of Object.entries(a.bounds)) bounds[id] = Object.hasOwn(bounds, id) ? Math.max(bounds[id]!, b) : b;
+  const computed = { owners: advertisements.length, bounds };
+  const ids = new Set([...Object.keys(bounds), ...Object.keys(relayed?.bounds ?? {})]);
+  // '' when the owner count differs (or no scale came), else the first statistic whose bound differs.
+  const differs =
+    relayed === undefined || relayed.owners !== computed.owners
+      ? ''
+      : [...ids].find((id) => !Object.hasOwn(relayed.bounds, id) || !Object.hasOwn(bounds, id) || relayed.bounds[id] !== bounds[id]);
+  if (differs !== undefined)
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${job}: the round's fixed-point scale is refused: it is not the one the owners' signed bounds give (${computed.owners} owners${differs !== '' ? `; statistic ${differs}: relayed 2^${relayed?.bounds[differs] ?? '?'}, signed 2^${bounds[differs] ?? '?'}` : ''}), so owners could be encoding at different scales; nothing was masked`,
+      { facts: { job } },
+    );
+  return computed;
 }
 
 /**

@@ -68,7 +68,7 @@ async function federation(): Promise<NonNullable<typeof pki>> {
   return (pki = { ca, server, certs });
 }
 
-function peer(name: string, cert: { certPem: string; keyPem: string }): Peer {
+function peer(name: string, cert: { certPem: string; keyPem: string }, bounds: Record<string, number> = { g0: 2 }): Peer {
   const mask = generateAgreementKeys();
   const enc = generateAgreementKeys();
   const seed = randomBytes(32);
@@ -79,6 +79,7 @@ function peer(name: string, cert: { certPem: string; keyPem: string }): Peer {
       maskPublicKey: mask.publicKeyPem,
       encryptionPublicKey: enc.publicKeyPem,
       selfSeedCommitment: seedCommitment(JOB, name, seed),
+      bounds,
     },
     cert.keyPem,
   );
@@ -115,9 +116,8 @@ async function aliceAgainst(
     secure: async (call: string, _job: string, body?: Record<string, unknown>): Promise<RoundView> => {
       await Promise.resolve();
       if (call === 'advertise') {
-        const { bounds, ...ad } = body as { bounds: Record<string, number> } & Omit<Ad, 'certificatePem' | 'owner'>;
-        sent.aliceAd = ad;
-        sent.bounds = bounds;
+        sent.aliceAd = body as Omit<Ad, 'certificatePem' | 'owner'>;
+        sent.bounds = sent.aliceAd.bounds;
       }
       if (call === 'share') sent.shares = (body as { shares: { to: string; sealed: string }[] }).shares;
       if (call === 'confirm') sent.confirmed = true;
@@ -157,6 +157,11 @@ async function aliceAgainst(
   return { session, sent, values, prepare: () => session.prepare(manifest, statisticsPath, new Map([['g0', { begin: 0, end: 64 }]])) };
 }
 
+/** The honest common scale: n owners, the largest of alice's bound and the peers' (2). */
+const scaleOf = (sent: Sent, owners: number): { owners: number; bounds: Record<string, number> } => ({
+  owners,
+  bounds: { g0: Math.max(sent.bounds!.g0!, 2) },
+});
 const done = (shared: boolean, confirmed = false): Done => ({ advertised: true, shared, confirmed, revealed: false });
 const failure = async (promise: Promise<unknown>): Promise<GramfuseError> =>
   promise.then(
@@ -181,7 +186,7 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
     const attack = await aliceAgainst(
       (sent, alice) => {
         const genuine = [alice, bob.ad, carol.ad];
-        const scale = { owners: 3, bounds: sent.bounds! };
+        const scale = scaleOf(sent, 3);
         if (sent.shares === undefined) return { phase: 'sharing', advertisements: genuine, scale, done: done(false) };
         // After the share round: the coordinator's own mask keys in place of bob's and carol's (signatures now stale).
         const swapped = [
@@ -237,7 +242,7 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
     let uploaded = false;
     const attack = await aliceAgainst((sent, alice) => {
       const genuine = [alice, bob.ad, carol.ad];
-      const scale = { owners: 3, bounds: sent.bounds! };
+      const scale = scaleOf(sent, 3);
       if (sent.shares === undefined) return { phase: 'sharing', advertisements: genuine, scale, done: done(false) };
       const inbox = [
         { from: 'alice', sealed: sent.shares.find((s) => s.to === 'alice')!.sealed },
@@ -265,7 +270,7 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
       (sent, alice) => ({
         phase: 'sharing',
         advertisements: [alice, carol.ad, carol.ad, carol.ad],
-        scale: { owners: 4, bounds: sent.bounds! },
+        scale: scaleOf(sent, 4),
         done: done(false),
       }),
       undefined,
@@ -284,7 +289,7 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
     const carol = peer('carol', certs.carol!);
     const attack = await aliceAgainst((sent, alice) => {
       const genuine = [alice, bob.ad, carol.ad];
-      const scale = { owners: 3, bounds: sent.bounds! };
+      const scale = scaleOf(sent, 3);
       if (sent.shares === undefined) return { phase: 'sharing', advertisements: genuine, scale, done: done(false) };
       const inbox = [
         { from: 'alice', sealed: sent.shares.find((s) => s.to === 'alice')!.sealed },
@@ -295,5 +300,25 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
     const refused = await failure(attack.prepare());
     expect(refused.code).toBe(ErrorCode.SecureAggregation);
     expect(refused.message).toMatch(/carol appears more than once in its sharers/);
+  });
+
+  it('finding 3: a scale of the coordinator’s choosing (alice’s own tight bound, the others signed 2^40) is refused before masking; no share leaves', async () => {
+    const { certs } = await federation();
+    const bob = peer('bob', certs.bob!, { g0: 40 });
+    const carol = peer('carol', certs.carol!, { g0: 40 });
+    const attack = await aliceAgainst((sent, alice) => ({
+      phase: 'sharing',
+      advertisements: [alice, bob.ad, carol.ad],
+      // alice is told the bound she declared; bob and carol would be told 2^40: decoding the sum at alice's scale
+      // would give her statistic alone.
+      scale: { owners: 3, bounds: { g0: sent.bounds!.g0! } },
+      done: done(false),
+    }));
+    const refused = await failure(attack.prepare());
+    expect(refused.code).toBe(ErrorCode.SecureAggregation);
+    expect(refused.message).toMatch(
+      /the round's fixed-point scale is refused: it is not the one the owners' signed bounds give \(3 owners; statistic g0: relayed 2\^2, signed 2\^40\)/,
+    );
+    expect(attack.sent.shares).toBeUndefined();
   });
 });
