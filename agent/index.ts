@@ -61,6 +61,7 @@ export {
   runAgent,
   type RunAgentOptions,
   type RunAgentResult,
+  checkApprovedBefore,
   SecureSession,
   type SecureSessionOptions,
 } from './run/index.js';

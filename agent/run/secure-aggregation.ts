@@ -12,7 +12,7 @@
 // agent keeps its keys (its masks depend on them) and keeps refusing what it refused before; the masked bundle lies in
 // masked-<key set>/, so a re-created job never reuses it.
 import { createHash, randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { z } from 'zod';
@@ -136,6 +136,71 @@ const sameTerms = (a: ApprovedTerms, b: ApprovedTerms): boolean =>
   a.minOwners === b.minOwners &&
   [...a.participants].sort().join('\n') === [...b.participants].sort().join('\n');
 
+/**
+ * Before anything is collected or sent for a job, the terms this run got from the coordinator are held against what the
+ * owner approved for the job before, by job alone (whatever certificate the coordinator presents now): the
+ * `plan.approved` ledger records' secure-aggregation terms and every secure state file under <job dir>/secure/. A job
+ * approved with secure aggregation never goes plaintext (a rerun told `privacy: {}` would upload raw statistics), and
+ * its terms never change (a new server certificate would otherwise start fresh state with new terms).
+ * SECURE_AGGREGATION otherwise; POLICY_VIOLATION for a plaintext job when the owner's policy requires secure aggregation.
+ */
+export async function checkApprovedBefore(
+  jobId: string,
+  jobDir: string,
+  ledgerTerms: readonly unknown[],
+  terms: ApprovedTerms | undefined,
+  requireSecure = false,
+): Promise<void> {
+  const dir = join(jobDir, 'secure');
+  const files = await readdir(dir).then(
+    (names) => names.filter((n) => n.endsWith('.json')),
+    (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw fileError(error, dir, 'reading the secure aggregation state');
+    },
+  );
+  const before: { from: string; terms: ApprovedTerms }[] = [];
+  for (const t of ledgerTerms) {
+    const parsed = ApprovedTerms.safeParse(t);
+    if (!parsed.success)
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: this owner's ledger records secure-aggregation terms it cannot read (${schemaProblemsOf(parsed.error)}); nothing was sent`,
+        { facts: { job: jobId } },
+      );
+    before.push({ from: 'the plan.approved ledger record', terms: parsed.data });
+  }
+  for (const name of files ?? []) {
+    const path = join(dir, name);
+    const state = parseSecure(SecureState, await readPrivateFile(path, 'secure aggregation state'), path);
+    before.push({ from: path, terms: state.approved });
+  }
+  if (terms === undefined) {
+    if (before.length > 0 || files !== undefined)
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: the coordinator now reports this job without secure aggregation, but this owner approved it with secure aggregation (${before[0]?.from ?? dir}); plaintext statistics are never sent for it: nothing was sent`,
+        { facts: { job: jobId } },
+      );
+    if (requireSecure)
+      throw new GramfuseError(
+        ErrorCode.PolicyViolation,
+        `rule require-secure-aggregation: job ${jobId} does not use secure aggregation, and this owner's policy (requireSecureAggregation) allows only masked uploads; nothing was computed or sent`,
+        { facts: { job: jobId, rule: 'require-secure-aggregation' } },
+      );
+    return;
+  }
+  const other = before.find((b) => !sameTerms(b.terms, terms));
+  if (other !== undefined)
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${jobId}: the coordinator now reports other secure-aggregation terms (threshold ${terms.threshold}, minOwners ${terms.minOwners}, participants ${terms.participants.join(', ')}) than this owner approved (threshold ${other.terms.threshold}, minOwners ${other.terms.minOwners}, participants ${other.terms.participants.join(', ')}); nothing was sent (the approval is in ${other.from})`,
+      { facts: { job: jobId } },
+    );
+}
+
+const schemaProblemsOf = (error: z.ZodError): string => error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+
 const requestKey = (r: { readonly survivors: readonly string[]; readonly dropped: readonly string[] }): string =>
   canonicalJson({ survivors: [...r.survivors].sort(), dropped: [...r.dropped].sort() });
 
@@ -183,6 +248,8 @@ export class SecureSession {
         `job ${jobId}: the coordinator's TLS certificate is unknown; no secure round was started`,
       );
     const coordinator = certificateFingerprints(server).certificate;
+    // The approved terms are the job's, whatever certificate the coordinator presents: every state file must agree.
+    await checkApprovedBefore(jobId, options.jobDir, [], options.approved);
     const dir = join(options.jobDir, 'secure');
     const path = join(dir, `${createHash('sha256').update(coordinator).digest('hex').slice(0, 16)}.json`);
     const exists = await stat(path).then(

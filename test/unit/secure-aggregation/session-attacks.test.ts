@@ -3,13 +3,13 @@
 // colluding owners, then attacks as the independent review of issue 37 found (swapped keys in a later reply, a repeated
 // owner, a split scale). Each test asserts the refusal and that the attacker's recovery of alice's secrets fails.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { SecureSession } from '../../../agent/index.js';
+import { checkApprovedBefore, SecureSession } from '../../../agent/index.js';
 import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
 import {
   agreedSecret,
@@ -320,5 +320,73 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
       /the round's fixed-point scale is refused: it is not the one the owners' signed bounds give \(3 owners; statistic g0: relayed 2\^2, signed 2\^40\)/,
     );
     expect(attack.sent.shares).toBeUndefined();
+  });
+
+  /** A SecureSession opened (state written under <dir>/secure/) as a first run does, against a coordinator presenting `server`. */
+  async function firstRun(
+    dir: string,
+    server: string,
+    approved: { threshold: number; minOwners: number; participants: string[] },
+  ): Promise<SecureSession> {
+    const { ca, certs } = await federation();
+    return SecureSession.open({
+      client: { identity: 'alice', serverCertificate: () => server } as never,
+      jobId: JOB,
+      owner: 'alice',
+      jobDir: dir,
+      ledger: { append: async () => Promise.resolve({}) } as never,
+      approved,
+      tls: { caPem: ca.certPem, keyPem: certs.alice!.keyPem },
+    });
+  }
+  const TERMS = { threshold: 3, minOwners: 3, participants: ['alice', 'bob', 'carol'] };
+
+  it('finding 4: a job approved with secure aggregation, rerun as a plaintext job, is refused before anything is collected or sent', async () => {
+    const { server } = await federation();
+    const dir = await mkdtemp(join(tmpdir(), 'secure-attack-'));
+    dirs.push(dir);
+    // Never approved secure, no policy: a plaintext job goes ahead (the check can pass).
+    await expect(checkApprovedBefore(JOB, dir, [], undefined)).resolves.toBeUndefined();
+    // The owner's policy requires secure aggregation: refused.
+    const policy = await failure(checkApprovedBefore(JOB, dir, [], undefined, true));
+    expect(policy.code).toBe(ErrorCode.PolicyViolation);
+    expect(policy.message).toMatch(/rule require-secure-aggregation: job attack does not use secure aggregation/);
+    // The ledger's plan.approved record carries secure terms: the rerun's `privacy: {}` is refused.
+    const byLedger = await failure(checkApprovedBefore(JOB, dir, [TERMS], undefined));
+    expect(byLedger.code).toBe(ErrorCode.SecureAggregation);
+    expect(byLedger.message).toMatch(
+      /now reports this job without secure aggregation, but this owner approved it with secure aggregation \(the plan.approved ledger record\)/,
+    );
+    // Only the secure state is left (a ledger moved away): still refused.
+    await firstRun(dir, server.certPem, TERMS);
+    expect(await readdir(join(dir, 'secure'))).toHaveLength(1);
+    const byState = await failure(checkApprovedBefore(JOB, dir, [], undefined));
+    expect(byState.code).toBe(ErrorCode.SecureAggregation);
+    expect(byState.message).toMatch(/plaintext statistics are never sent for it: nothing was sent/);
+  });
+
+  it('finding 5: another server certificate does not bring other terms (t = 2 and an extra participant mallory): refused, no new state', async () => {
+    const { ca, server } = await federation();
+    const dir = await mkdtemp(join(tmpdir(), 'secure-attack-'));
+    dirs.push(dir);
+    await firstRun(dir, server.certPem, TERMS);
+    const rotated = await issueCertificate(ca, 'coordinator', { hosts: ['localhost'] });
+    const refused = await failure(
+      firstRun(dir, rotated.certPem, { threshold: 2, minOwners: 3, participants: ['alice', 'bob', 'carol', 'mallory'] }),
+    );
+    expect(refused.code).toBe(ErrorCode.SecureAggregation);
+    expect(refused.message).toMatch(
+      /the coordinator now reports other secure-aggregation terms \(threshold 2, minOwners 3, participants alice, bob, carol, mallory\) than this owner approved \(threshold 3, minOwners 3, participants alice, bob, carol\); nothing was sent/,
+    );
+    // No fresh state (keys for mallory) was made under the new certificate.
+    expect(await readdir(join(dir, 'secure'))).toHaveLength(1);
+    // The same terms under the new certificate are fine; other terms against the ledger's approval alone are refused.
+    await expect(firstRun(dir, rotated.certPem, TERMS)).resolves.toBeDefined();
+    const fresh = await mkdtemp(join(tmpdir(), 'secure-attack-'));
+    dirs.push(fresh);
+    const byLedger = await failure(checkApprovedBefore(JOB, fresh, [TERMS], { ...TERMS, threshold: 2 }));
+    expect(byLedger.message).toMatch(
+      /than this owner approved \(threshold 3, .*\); nothing was sent \(the approval is in the plan.approved ledger record\)/,
+    );
   });
 });
