@@ -621,7 +621,24 @@ export class SecureSession {
     const dir = join(this.options.jobDir, `masked-${keySet.slice(0, 16)}`);
     const statisticsPath = join(dir, 'statistics.bin');
     const manifestPath = join(dir, 'manifest.json');
-    // Masks are deterministic (keys, seeds, scales), so a masked bundle written before a restart is the same one.
+    const sourcePath = join(dir, 'source.sha256');
+    // What the masked bundle was made from: the scales, the sharers and the plaintext statistics' digests. Masks are
+    // deterministic (keys, seeds, scales), so a masked bundle written before a restart from the same source is the same
+    // one. From another source (a re-collected bundle) it is neither reused (a stale upload) nor masked again: the same
+    // masks over two plaintexts would give the coordinator their difference.
+    const digests = manifest.plan.statistics.map((s) => s.sha256);
+    const source = digests.every((d) => d !== undefined)
+      ? createHash('sha256')
+          .update(
+            canonicalJson({
+              scales: Object.fromEntries(scales),
+              sharers: [...pairSeeds.keys()].sort(),
+              plaintext: manifest.plan.statistics.map((s) => ({ id: s.id, sha256: s.sha256, bytes: s.bytes })),
+            }),
+          )
+          .digest('hex')
+      : undefined;
+    const madeFrom = await readFile(sourcePath, 'utf8').catch(() => undefined);
     const existing = await readFile(manifestPath, 'utf8').then(
       (text) => BundleManifest.safeParse(JSON.parse(text)),
       () => undefined,
@@ -635,8 +652,17 @@ export class SecureSession {
       }
       return out;
     };
-    if (existing?.success === true) return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data), reused: true };
+    if (existing?.success === true) {
+      if (source !== undefined && madeFrom === source)
+        return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data), reused: true };
+      this.refuse(
+        `this owner already masked another plaintext bundle (or at another scale) for this job under these keys (${dir}); masking a second one with the same masks would reveal their difference to the coordinator, and the old one is not this bundle: nothing was masked or sent (run the job again under a new id)`,
+      );
+    }
     await mkdir(dir, { recursive: true });
+    // The source marker goes first: a bundle half-rewritten from a new source is never taken for the old one.
+    await rm(sourcePath, { force: true });
+    await rm(manifestPath, { force: true });
     const tmp = `${statisticsPath}.tmp-${process.pid}`;
     const out = await open(tmp, 'w', 0o600);
     const selfSeed = new Uint8Array(Buffer.from(this.secrets().selfSeed, 'base64'));
@@ -676,6 +702,7 @@ export class SecureSession {
       settings: { secureAggregation: true },
     };
     await writePrivateFile(manifestPath, JSON.stringify(masked, null, 2), 'writing the masked manifest');
+    if (source !== undefined) await writePrivateFile(sourcePath, source, 'writing the masked bundle’s source digest');
     return { manifest: masked, statisticsPath, ranges: rangesOf(masked), reused: false };
   }
 

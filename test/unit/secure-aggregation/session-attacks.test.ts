@@ -3,7 +3,7 @@
 // colluding owners, then attacks as the independent review of issue 37 found (swapped keys in a later reply, a repeated
 // owner, a split scale). Each test asserts the refusal and that the attacker's recovery of alice's secrets fails.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { checkApprovedBefore, SecureSession } from '../../../agent/index.js';
 import { ErrorCode, type GramfuseError } from '../../../shared/index.js';
+import { BundleManifest, MergeSpec } from '../../../shared/merge/index.js';
 import {
   agreedSecret,
   type AgreementKeys,
@@ -106,7 +107,13 @@ async function aliceAgainst(
   script: (sent: Sent, aliceAd: Ad) => Omit<RoundView, 'job' | 'threshold' | 'minOwners'>,
   terms = { threshold: 3, minOwners: 3, participants: ['alice', 'bob', 'carol'] },
   pins: Record<string, string> = {},
-): Promise<{ session: SecureSession; sent: Sent; values: Float64Array; prepare: () => ReturnType<SecureSession['prepare']> }> {
+): Promise<{
+  session: SecureSession;
+  sent: Sent;
+  values: Float64Array;
+  prepare: () => ReturnType<SecureSession['prepare']>;
+  recollected: (next: Float64Array, sha256: string) => ReturnType<SecureSession['prepare']>;
+}> {
   const { ca, server, certs } = await federation();
   const sent: Sent = {};
   const client = {
@@ -138,10 +145,22 @@ async function aliceAgainst(
   const values = new Float64Array(8).map((_, i) => (i - 3.5) * 0.75);
   const statisticsPath = join(dir, 'stats.bin');
   await writeFile(statisticsPath, Buffer.from(values.buffer));
-  const manifest = {
-    plan: { statistics: [{ id: 'g0', dtype: 'float64', bytes: 64, shape: [8], sha256: 'x' }], totals: { statistics: 1, bytes: 64 } },
-    settings: {},
-  } as never;
+  const manifestOf = (sha256: string): BundleManifest =>
+    BundleManifest.parse({
+      format: 'gramfuse-statistics-bundle',
+      version: 1,
+      tool: { name: 'gramfuse', version: '0.1.0' },
+      createdAt: '2026-12-08T00:00:00Z',
+      plan: {
+        owner: 'alice',
+        fingerprint: `sha256:${'0'.repeat(64)}`,
+        spec: MergeSpec.parse({}),
+        statistics: [{ id: 'g0', kind: 'gram', tensors: ['w'], shape: [8], dtype: 'float64', packing: 'dense', bytes: 64, sha256 }],
+        totals: { statistics: 1, bytes: 64 },
+        policy: { minRowsPerGroup: 0 },
+      },
+      settings: {},
+    });
   const session = await SecureSession.open({
     client: client as never,
     jobId: JOB,
@@ -154,7 +173,18 @@ async function aliceAgainst(
     pollMs: 1,
     waitSeconds: 5,
   });
-  return { session, sent, values, prepare: () => session.prepare(manifest, statisticsPath, new Map([['g0', { begin: 0, end: 64 }]])) };
+  const ranges = new Map([['g0', { begin: 0, end: 64 }]]);
+  return {
+    session,
+    sent,
+    values,
+    prepare: () => session.prepare(manifestOf('a'.repeat(64)), statisticsPath, ranges),
+    // A re-collected plaintext bundle (other values, other digest) at the same path.
+    recollected: async (next: Float64Array, sha256: string) => {
+      await writeFile(statisticsPath, Buffer.from(next.buffer));
+      return session.prepare(manifestOf(sha256), statisticsPath, ranges);
+    },
+  };
 }
 
 /** The honest common scale: n owners, the largest of alice's bound and the peers' (2). */
@@ -388,5 +418,38 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
     expect(byLedger.message).toMatch(
       /than this owner approved \(threshold 3, .*\); nothing was sent \(the approval is in the plan.approved ledger record\)/,
     );
+  });
+
+  it('LOW: a masked bundle is reused only for the same plaintext bundle and scale: a re-collected one is refused, never masked twice', async () => {
+    const { certs } = await federation();
+    const bob = peer('bob', certs.bob!);
+    const carol = peer('carol', certs.carol!);
+    const attack = await aliceAgainst((sent, alice) => {
+      const genuine = [alice, bob.ad, carol.ad];
+      const scale = scaleOf(sent, 3);
+      if (sent.shares === undefined) return { phase: 'sharing', advertisements: genuine, scale, done: done(false) };
+      const inbox = [
+        { from: 'alice', sealed: sent.shares.find((s) => s.to === 'alice')!.sealed },
+        shareFor(bob, alice.encryptionPublicKey, 1, 3, 3),
+        shareFor(carol, alice.encryptionPublicKey, 1, 3, 3),
+      ];
+      return { phase: 'uploading', advertisements: genuine, scale, sharers: ['alice', 'bob', 'carol'], inbox, done: done(true) };
+    });
+    const first = await attack.prepare();
+    expect(first.masking.entries).toBe(8);
+    const firstBytes = Buffer.from(await readFile(first.statisticsPath));
+    // The same source again (a restart): reused.
+    expect((await attack.prepare()).masking.entries).toBe(0);
+    // Re-collected (other values, same bound): neither the stale masked bundle nor a second masking under the same
+    // masks (their difference would be the plaintexts' difference).
+    const refused = await failure(
+      attack.recollected(
+        attack.values.map((v) => v / 2),
+        'b'.repeat(64),
+      ),
+    );
+    expect(refused.code).toBe(ErrorCode.SecureAggregation);
+    expect(refused.message).toMatch(/already masked another plaintext bundle .* nothing was masked or sent/);
+    expect(Buffer.from(await readFile(first.statisticsPath)).equals(firstBytes)).toBe(true);
   });
 });
