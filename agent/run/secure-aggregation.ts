@@ -751,7 +751,10 @@ export class SecureSession {
         this.state.signed = { survivors: [...round.unmask.survivors].sort(), dropped: [...round.unmask.dropped].sort() };
         await this.save();
       }
-      await this.call('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
+      // The key set this owner masked with is signed too: t confirmations attest one transcript (keys, bounds, scale).
+      await this.call('confirm', jobId, {
+        signature: signUnmaskRequest(jobId, { ...round.unmask, keySet: this.state.keySet }, tls.keyPem),
+      });
       failpoint('secure.confirmed'); // fault tests: an owner gone right after it signed the unmasking request
       this.say(
         'confirming',
@@ -764,7 +767,13 @@ export class SecureSession {
       this.refuse('the coordinator changed the unmasking request after this owner signed it (or never let it sign); nothing was revealed');
     const { survivors, dropped } = round.unmask;
     // At least t (approved) survivors signed this very request, each with the certificate checked in round 0 (prepare).
-    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, terms.threshold);
+    checkConfirmations(
+      jobId,
+      { ...round.unmask, keySet: this.state.keySet },
+      round.confirmations ?? [],
+      this.certificates,
+      terms.threshold,
+    );
     const guard = new ShareGuard(jobId, this.state.guard);
     check(round, round.unmask, guard);
     this.state.guard = guard.toJSON();

@@ -16,6 +16,7 @@ export {
   seedCommitment,
   signAdvertisement,
   signUnmaskRequest,
+  type UnmaskRequest,
   verifyAdvertisement,
   verifyUnmaskRequest,
 } from './keys.js';

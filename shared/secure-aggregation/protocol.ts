@@ -11,7 +11,7 @@ import { IdentityName } from '../federation/job-spec.js';
 import { canonicalJson, certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
-import { verifyUnmaskRequest } from './keys.js';
+import { type UnmaskRequest, verifyUnmaskRequest } from './keys.js';
 import { applyMask } from './prg.js';
 
 /** A log₂ bound an owner may declare: the smallest below which every fraction bit is still useful (2⁻⁶⁴), and 2¹⁰²³. */
@@ -391,7 +391,7 @@ export function signedRoundScale(
  */
 export function checkConfirmations(
   job: string,
-  request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
+  request: UnmaskRequest,
   confirmations: readonly { readonly owner: string; readonly signature: string }[],
   certificates: ReadonlyMap<string, string>,
   threshold: number,

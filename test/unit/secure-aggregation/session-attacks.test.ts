@@ -15,6 +15,7 @@ import { BundleManifest, MergeSpec } from '../../../shared/merge/index.js';
 import {
   agreedSecret,
   type AgreementKeys,
+  checkConfirmations,
   combineShares,
   generateAgreementKeys,
   openShare,
@@ -350,6 +351,37 @@ describe('SecureSession against a malicious coordinator (issue 37 review)', () =
       /the round's fixed-point scale is refused: it is not the one the owners' signed bounds give \(3 owners; statistic g0: relayed 2\^2, signed 2\^40\)/,
     );
     expect(attack.sent.shares).toBeUndefined();
+  });
+
+  it('finding 3: a confirmation signs the key set (so the bounds and scale): t signatures from owners shown another key set do not count', async () => {
+    const { certs } = await federation();
+    const request = { survivors: ['alice', 'bob', 'carol'], dropped: [] as string[] };
+    const certificates = new Map(['alice', 'bob', 'carol'].map((o) => [o, certs[o]!.certPem]));
+    const mine = 'a'.repeat(64);
+    const theirs = 'b'.repeat(64);
+    const signedOver = (o: string, keySet: string) => ({
+      owner: o,
+      signature: signUnmaskRequest(JOB, { ...request, keySet }, certs[o]!.keyPem),
+    });
+    // Same request, same transcript: t = 2 reached.
+    checkConfirmations(JOB, { ...request, keySet: mine }, [signedOver('bob', mine), signedOver('carol', mine)], certificates, 2);
+    // Same request, but bob and carol were shown another key set (another U₁, other bounds, so another scale).
+    const refused = (() => {
+      try {
+        checkConfirmations(
+          JOB,
+          { ...request, keySet: mine },
+          [signedOver('alice', mine), signedOver('bob', theirs), signedOver('carol', theirs)],
+          certificates,
+          2,
+        );
+      } catch (error) {
+        return error as GramfuseError;
+      }
+      throw new Error('expected a refusal');
+    })();
+    expect(refused.code).toBe(ErrorCode.SecureAggregation);
+    expect(refused.message).toMatch(/only 1 survivor\(s\) signed the request this owner was shown, fewer than the threshold 2/);
   });
 
   /** A SecureSession opened (state written under <dir>/secure/) as a first run does, against a coordinator presenting `server`. */
