@@ -60,4 +60,12 @@ export {
   type RuleSource,
 } from './policy.js';
 export { type AgentOptions, collectBundle, formatPlan, ownerFromModelPath, planForOwner } from './commands.js';
-export { openAgentLedger, runAgent, type RunAgentOptions, type RunAgentResult } from './run/index.js';
+export {
+  openAgentLedger,
+  runAgent,
+  type RunAgentOptions,
+  type RunAgentResult,
+  checkApprovedBefore,
+  SecureSession,
+  type SecureSessionOptions,
+} from './run/index.js';

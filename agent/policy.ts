@@ -36,6 +36,10 @@ export const OwnerPolicyFile = z
       .max(62)
       .optional()
       .describe('secure aggregation: refuse a round whose common scale leaves any statistic fewer fraction bits (default 20)'),
+    requireSecureAggregation: z
+      .boolean()
+      .optional()
+      .describe('refuse every job that does not use secure aggregation: nothing but masked vectors ever leaves (default false)'),
   })
   .strict();
 export type OwnerPolicyFile = z.infer<typeof OwnerPolicyFile>;
@@ -52,6 +56,8 @@ export interface OwnerPolicy {
   readonly securePeers?: Readonly<Record<string, string>>;
   /** Secure aggregation: the fewest fraction bits a statistic may keep. @default 20 */
   readonly minFractionBits?: number;
+  /** Refuse every job without secure aggregation (policy requireSecureAggregation). @default false */
+  readonly requireSecureAggregation?: boolean;
   /** Where each rule came from (a flag, the file, or the default). */
   readonly origin: { readonly minRowsPerGroup: string; readonly allowedLayers?: string; readonly expectFingerprint?: string };
 }
@@ -111,6 +117,7 @@ export function ownerPolicy(
     ...(expectFingerprint === undefined ? {} : { expectFingerprint }),
     ...(f?.securePeers === undefined ? {} : { securePeers: f.securePeers }),
     ...(f?.minFractionBits === undefined ? {} : { minFractionBits: f.minFractionBits }),
+    ...(f?.requireSecureAggregation === undefined ? {} : { requireSecureAggregation: f.requireSecureAggregation }),
     origin: {
       minRowsPerGroup: minRowsFromFile ? fromFile : flags.minRowsGiven ? '--min-rows' : 'default',
       ...(allowedLayers === undefined

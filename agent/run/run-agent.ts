@@ -32,7 +32,7 @@ import { type AgentOptions, collectBundle, planForOwner } from '../commands.js';
 import { combinePolicies, type EffectivePolicy, type OwnerPolicy, ownerPolicy } from '../policy.js';
 import { openAgentLedger } from './ledger.js';
 import { type ApprovedTerms, survivorsNeeded } from '../../shared/secure-aggregation/index.js';
-import { type SecureProgress, SecureSession } from './secure-aggregation.js';
+import { checkApprovedBefore, type SecureProgress, SecureSession } from './secure-aggregation.js';
 
 export interface RunAgentOptions extends Omit<AgentOptions, 'spec' | 'policy' | 'owner' | 'expectFingerprint'> {
   /**
@@ -157,6 +157,18 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
     const jobDir = join(options.workDir, options.jobId);
     const bundleDir = join(jobDir, 'bundle');
     await mkdir(jobDir, { recursive: true });
+    const ledger = await openAgentLedger(options.workDir, client.identity);
+    // What this job's earlier runs recorded: the approval, and the receipts already kept (read once).
+    const earlier = (await readLedgerRecords(ledger.path)).map((r) => r.record).filter((r) => r.job === options.jobId);
+    // By job alone, before anything is computed or sent: a job approved secure stays secure, with the terms approved
+    // (whatever certificate the coordinator presents now), and an owner may require secure aggregation (issue 37 review).
+    await checkApprovedBefore(
+      options.jobId,
+      jobDir,
+      earlier.filter((r) => r.kind === 'plan.approved' && r.facts.secureAggregation !== undefined).map((r) => r.facts.secureAggregation),
+      secureTerms,
+      options.ownerPolicy?.requireSecureAggregation === true,
+    );
     let manifest: BundleManifest;
     let reusedBundle = false;
     let collectSeconds = 0;
@@ -210,13 +222,10 @@ export async function runAgent(options: RunAgentOptions): Promise<RunAgentResult
       collectSeconds = (performance.now() - collectStarted) / 1000;
     }
     const uploadStarted = performance.now();
-    const ledger = await openAgentLedger(options.workDir, client.identity);
     publisher =
       options.nats === undefined ? undefined : await AuditPublisher.start(ledger, options.nats, `gramfuse agent ${client.identity}`);
     // The approval is recorded once per job. A bundle reused without a recorded approval (the agent stopped
     // between collecting and recording, or the bundle was copied here) is approved again before anything is sent.
-    // What this job's earlier runs recorded: the approval, and the receipts already kept (read once).
-    const earlier = (await readLedgerRecords(ledger.path)).map((r) => r.record).filter((r) => r.job === options.jobId);
     const approvalRecorded = earlier.some((r) => r.kind === 'plan.approved');
     if (!approvalRecorded && reusedBundle && !options.yes) {
       const approved =

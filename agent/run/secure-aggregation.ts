@@ -12,7 +12,7 @@
 // agent keeps its keys (its masks depend on them) and keeps refusing what it refused before; the masked bundle lies in
 // masked-<key set>/, so a re-created job never reuses it.
 import { createHash, randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { z } from 'zod';
@@ -28,8 +28,10 @@ import {
   checkConfirmations,
   checkRoundScale,
   checkUnmaskRequest,
+  distinctNames,
   type FixedPointScale,
   generateAgreementKeys,
+  keySetOf,
   maskSlice,
   openShare,
   parseSecure,
@@ -39,6 +41,7 @@ import {
   ShareGuard,
   SharePayload,
   signAdvertisement,
+  signedRoundScale,
   signUnmaskRequest,
   splitSecret,
   survivorsNeeded,
@@ -133,6 +136,71 @@ const sameTerms = (a: ApprovedTerms, b: ApprovedTerms): boolean =>
   a.minOwners === b.minOwners &&
   [...a.participants].sort().join('\n') === [...b.participants].sort().join('\n');
 
+/**
+ * Before anything is collected or sent for a job, the terms this run got from the coordinator are held against what the
+ * owner approved for the job before, by job alone (whatever certificate the coordinator presents now): the
+ * `plan.approved` ledger records' secure-aggregation terms and every secure state file under <job dir>/secure/. A job
+ * approved with secure aggregation never goes plaintext (a rerun told `privacy: {}` would upload raw statistics), and
+ * its terms never change (a new server certificate would otherwise start fresh state with new terms).
+ * SECURE_AGGREGATION otherwise; POLICY_VIOLATION for a plaintext job when the owner's policy requires secure aggregation.
+ */
+export async function checkApprovedBefore(
+  jobId: string,
+  jobDir: string,
+  ledgerTerms: readonly unknown[],
+  terms: ApprovedTerms | undefined,
+  requireSecure = false,
+): Promise<void> {
+  const dir = join(jobDir, 'secure');
+  const files = await readdir(dir).then(
+    (names) => names.filter((n) => n.endsWith('.json')),
+    (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw fileError(error, dir, 'reading the secure aggregation state');
+    },
+  );
+  const before: { from: string; terms: ApprovedTerms }[] = [];
+  for (const t of ledgerTerms) {
+    const parsed = ApprovedTerms.safeParse(t);
+    if (!parsed.success)
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: this owner's ledger records secure-aggregation terms it cannot read (${schemaProblemsOf(parsed.error)}); nothing was sent`,
+        { facts: { job: jobId } },
+      );
+    before.push({ from: 'the plan.approved ledger record', terms: parsed.data });
+  }
+  for (const name of files ?? []) {
+    const path = join(dir, name);
+    const state = parseSecure(SecureState, await readPrivateFile(path, 'secure aggregation state'), path);
+    before.push({ from: path, terms: state.approved });
+  }
+  if (terms === undefined) {
+    if (before.length > 0 || files !== undefined)
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${jobId}: the coordinator now reports this job without secure aggregation, but this owner approved it with secure aggregation (${before[0]?.from ?? dir}); plaintext statistics are never sent for it: nothing was sent`,
+        { facts: { job: jobId } },
+      );
+    if (requireSecure)
+      throw new GramfuseError(
+        ErrorCode.PolicyViolation,
+        `rule require-secure-aggregation: job ${jobId} does not use secure aggregation, and this owner's policy (requireSecureAggregation) allows only masked uploads; nothing was computed or sent`,
+        { facts: { job: jobId, rule: 'require-secure-aggregation' } },
+      );
+    return;
+  }
+  const other = before.find((b) => !sameTerms(b.terms, terms));
+  if (other !== undefined)
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${jobId}: the coordinator now reports other secure-aggregation terms (threshold ${terms.threshold}, minOwners ${terms.minOwners}, participants ${terms.participants.join(', ')}) than this owner approved (threshold ${other.terms.threshold}, minOwners ${other.terms.minOwners}, participants ${other.terms.participants.join(', ')}); nothing was sent (the approval is in ${other.from})`,
+      { facts: { job: jobId } },
+    );
+}
+
+const schemaProblemsOf = (error: z.ZodError): string => error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+
 const requestKey = (r: { readonly survivors: readonly string[]; readonly dropped: readonly string[] }): string =>
   canonicalJson({ survivors: [...r.survivors].sort(), dropped: [...r.dropped].sort() });
 
@@ -153,6 +221,8 @@ function freshSecrets(job: string, owner: string): Pick<SecureState, 'secrets' |
 export class SecureSession {
   /** The round's owners' certificates, checked in round 0 (by `prepare`). */
   private readonly certificates = new Map<string, string>();
+  /** The round's advertisements as checked in round 0, by owner: the only keys ever used (a later reply's are not). */
+  private readonly advertisements = new Map<string, RoundView['advertisements'][number]>();
 
   private constructor(
     private readonly options: SecureSessionOptions,
@@ -178,6 +248,8 @@ export class SecureSession {
         `job ${jobId}: the coordinator's TLS certificate is unknown; no secure round was started`,
       );
     const coordinator = certificateFingerprints(server).certificate;
+    // The approved terms are the job's, whatever certificate the coordinator presents: every state file must agree.
+    await checkApprovedBefore(jobId, options.jobDir, [], options.approved);
     const dir = join(options.jobDir, 'secure');
     const path = join(dir, `${createHash('sha256').update(coordinator).digest('hex').slice(0, 16)}.json`);
     const exists = await stat(path).then(
@@ -288,6 +360,17 @@ export class SecureSession {
   }
 
   /**
+   * Refuses a reply whose advertisements are not the key set this owner checked in round 0 (another key, owner, repeat
+   * or certificate): SECURE_AGGREGATION, nothing more sent.
+   */
+  private sameKeySet(round: RoundView, keySet: string | undefined): void {
+    if (keySet === undefined || keySetOf(round.advertisements) !== keySet || round.advertisements.length !== this.advertisements.size)
+      this.refuse(
+        'the coordinator now relays other keys than the key set this owner checked and shared with (a swapped key, owner or certificate); nothing more is sent',
+      );
+  }
+
+  /**
    * Rounds 0 and 1, then masking: returns the masked bundle to upload. Every member of the round is checked (an
    * approved participant, an owner certificate of the federation CA that is not the coordinator's, pinned where the
    * owner pinned it), the threshold and the fewest owners are the approved ones, the scales keep the owner's fraction
@@ -323,7 +406,7 @@ export class SecureSession {
           this.refuse(`its key round closed before ${owner} advertised (phase ${round.phase}); this owner is not in the secure sum`);
         const bounds: Record<string, number> = {};
         for (const s of manifest.plan.statistics) bounds[s.id] = await this.bound(bundle, s, ranges);
-        const ad = signAdvertisement({ job: jobId, owner, ...this.state.advertisement }, tls.keyPem);
+        const ad = signAdvertisement({ job: jobId, owner, ...this.state.advertisement, bounds }, tls.keyPem);
         this.state.bounds = bounds;
         this.state.advertised = true;
         await this.save();
@@ -337,7 +420,12 @@ export class SecureSession {
         this.say('advertising', `advertised keys and ${Object.keys(bounds).length} bounds`);
       }
       round = await this.until('the other owners’ keys', (r) => r.phase !== 'advertising');
-      const members = round.advertisements.map((a) => a.owner);
+      // Distinct names only: a repeated owner would be dealt one share per position (t shares to one colluder).
+      const members = distinctNames(
+        jobId,
+        round.advertisements.map((a) => a.owner),
+        'advertisements',
+      );
       if (!members.includes(owner)) this.refuse(`${owner} is not among the owners of the key round`);
       // Every relayed key is checked: the certificate (the CA, the owner role, an approved participant, not the
       // coordinator's, the pin), then the signature over the keys and the seed commitment.
@@ -346,38 +434,28 @@ export class SecureSession {
         verifyPeerCertificate(a.certificatePem, tls.caPem, a.owner, rules);
         verifyAdvertisement({ job: jobId, ...a }, a.certificatePem);
         this.certificates.set(a.owner, a.certificatePem);
+        this.advertisements.set(a.owner, a);
       }
       const mine = round.advertisements.find((a) => a.owner === owner)!;
       const own = this.state.advertisement;
       if (
         mine.maskPublicKey !== own.maskPublicKey ||
         mine.encryptionPublicKey !== own.encryptionPublicKey ||
-        mine.selfSeedCommitment !== own.selfSeedCommitment
+        mine.selfSeedCommitment !== own.selfSeedCommitment ||
+        canonicalJson(mine.bounds) !== canonicalJson(this.state.bounds ?? {})
       )
         this.refuse(`the coordinator relays other keys for ${owner} than it advertised`);
-      const keySet = createHash('sha256')
-        .update(
-          canonicalJson(
-            round.advertisements
-              .map((a) => ({
-                owner: a.owner,
-                mask: a.maskPublicKey,
-                encryption: a.encryptionPublicKey,
-                seed: a.selfSeedCommitment,
-                cert: certificateFingerprints(a.certificatePem).certificate,
-              }))
-              .sort((x, y) => (x.owner < y.owner ? -1 : 1)),
-          ),
-        )
-        .digest('hex');
+      const keySet = keySetOf(round.advertisements);
       if (this.state.keySet !== undefined && this.state.keySet !== keySet)
         this.refuse(`the coordinator presents another key set for this job than the one this owner shared with; nothing more is sent`);
       // The threshold is the one the owner approved, a majority of the round, and the round has at least the owners the
       // sum needs: with fewer, a few owners (or one, at t = 1) could rebuild another's mask key from the shares it sent.
+      // It is also a majority of the approved participants, whatever subset of them the round holds.
       const threshold = terms.threshold;
       if (
         round.threshold !== threshold ||
         threshold <= members.length / 2 ||
+        threshold <= terms.participants.length / 2 ||
         threshold > members.length ||
         members.length < survivorsNeeded(terms)
       )
@@ -385,10 +463,11 @@ export class SecureSession {
           `the round's threshold ${round.threshold} is not the job's ${threshold} or not a majority of its ${members.length} owners (at least ${survivorsNeeded(terms)} needed); no share was sent`,
           { threshold: round.threshold },
         );
-      // The scales: |U₁| as relayed, this owner's bounds covered, and enough fraction bits left for every statistic.
+      // The scales: computed here from the signed bounds (the relayed one must equal it), this owner's bounds covered,
+      // and enough fraction bits left for every statistic.
       const scales = checkRoundScale(
         jobId,
-        round.scale,
+        signedRoundScale(jobId, round.scale, [...this.advertisements.values()]),
         members.length,
         this.state.bounds ?? {},
         this.options.minFractionBits ?? DEFAULT_MIN_FRACTION_BITS,
@@ -423,7 +502,14 @@ export class SecureSession {
       }
       failpoint('secure.shared'); // fault tests: an owner gone after key setup, before its upload
       round = await this.until('the other owners’ shares', (r) => r.phase !== 'advertising' && r.phase !== 'sharing');
-      const sharers = round.sharers ?? [];
+      // Every later reply must carry the very key set checked in round 0; its keys are never read again (the checked ones are).
+      this.sameKeySet(round, keySet);
+      const sharers = distinctNames(jobId, round.sharers ?? [], 'sharers');
+      distinctNames(
+        jobId,
+        (round.inbox ?? []).map((i) => i.from),
+        'inbox',
+      );
       if (!sharers.includes(owner)) this.refuse(`${owner} is not among the owners whose shares went out`);
       const outside = sharers.filter((o) => !members.includes(o));
       if (outside.length > 0) this.refuse(`${outside.join(', ')} shared but did not advertise keys in this round`);
@@ -438,10 +524,10 @@ export class SecureSession {
         this.refuse(
           `the coordinator now names other sharers (${sharers.join(', ')}) than the ones this owner masked with (${this.state.sharers.join(', ')})`,
         );
-      const ads = new Map(round.advertisements.map((a) => [a.owner, a]));
+      const ads = this.advertisements;
       const myX = members.indexOf(owner) + 1;
       for (const { from, sealed } of round.inbox ?? []) {
-        if (!sharers.includes(from) || this.state.received[from] !== undefined || this.state.unopened[from] !== undefined) continue;
+        if (!sharers.includes(from) || Object.hasOwn(this.state.received, from) || Object.hasOwn(this.state.unopened, from)) continue;
         // A share that does not open or is not for this owner's x drops that sharer's share here (its secrets can still be
         // rebuilt from the others'), not the round.
         try {
@@ -462,7 +548,7 @@ export class SecureSession {
           this.say('uploading', `the share from ${from} is dropped: ${(error as Error).message}`);
         }
       }
-      const missing = sharers.filter((o) => this.state.received[o] === undefined && this.state.unopened[o] === undefined);
+      const missing = sharers.filter((o) => !Object.hasOwn(this.state.received, o) && !Object.hasOwn(this.state.unopened, o));
       if (missing.length > 0) this.refuse(`no share arrived from ${missing.join(', ')}, though they are in the round`);
       this.state.sharers = [...sharers].sort();
       await this.save();
@@ -535,7 +621,24 @@ export class SecureSession {
     const dir = join(this.options.jobDir, `masked-${keySet.slice(0, 16)}`);
     const statisticsPath = join(dir, 'statistics.bin');
     const manifestPath = join(dir, 'manifest.json');
-    // Masks are deterministic (keys, seeds, scales), so a masked bundle written before a restart is the same one.
+    const sourcePath = join(dir, 'source.sha256');
+    // What the masked bundle was made from: the scales, the sharers and the plaintext statistics' digests. Masks are
+    // deterministic (keys, seeds, scales), so a masked bundle written before a restart from the same source is the same
+    // one. From another source (a re-collected bundle) it is neither reused (a stale upload) nor masked again: the same
+    // masks over two plaintexts would give the coordinator their difference.
+    const digests = manifest.plan.statistics.map((s) => s.sha256);
+    const source = digests.every((d) => d !== undefined)
+      ? createHash('sha256')
+          .update(
+            canonicalJson({
+              scales: Object.fromEntries(scales),
+              sharers: [...pairSeeds.keys()].sort(),
+              plaintext: manifest.plan.statistics.map((s) => ({ id: s.id, sha256: s.sha256, bytes: s.bytes })),
+            }),
+          )
+          .digest('hex')
+      : undefined;
+    const madeFrom = await readFile(sourcePath, 'utf8').catch(() => undefined);
     const existing = await readFile(manifestPath, 'utf8').then(
       (text) => BundleManifest.safeParse(JSON.parse(text)),
       () => undefined,
@@ -549,8 +652,17 @@ export class SecureSession {
       }
       return out;
     };
-    if (existing?.success === true) return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data), reused: true };
+    if (existing?.success === true) {
+      if (source !== undefined && madeFrom === source)
+        return { manifest: existing.data, statisticsPath, ranges: rangesOf(existing.data), reused: true };
+      this.refuse(
+        `this owner already masked another plaintext bundle (or at another scale) for this job under these keys (${dir}); masking a second one with the same masks would reveal their difference to the coordinator, and the old one is not this bundle: nothing was masked or sent (run the job again under a new id)`,
+      );
+    }
     await mkdir(dir, { recursive: true });
+    // The source marker goes first: a bundle half-rewritten from a new source is never taken for the old one.
+    await rm(sourcePath, { force: true });
+    await rm(manifestPath, { force: true });
     const tmp = `${statisticsPath}.tmp-${process.pid}`;
     const out = await open(tmp, 'w', 0o600);
     const selfSeed = new Uint8Array(Buffer.from(this.secrets().selfSeed, 'base64'));
@@ -590,6 +702,7 @@ export class SecureSession {
       settings: { secureAggregation: true },
     };
     await writePrivateFile(manifestPath, JSON.stringify(masked, null, 2), 'writing the masked manifest');
+    if (source !== undefined) await writePrivateFile(sourcePath, source, 'writing the masked bundle’s source digest');
     return { manifest: masked, statisticsPath, ranges: rangesOf(masked), reused: false };
   }
 
@@ -610,6 +723,7 @@ export class SecureSession {
         `job ${jobId}: the unmasking needs the masked round's sharers and certificates; prepare() runs first`,
       );
     const check = (round: RoundView, request: { survivors: string[]; dropped: string[] }, guard: ShareGuard): void => {
+      this.sameKeySet(round, this.state.keySet);
       if (requestKey({ survivors: round.sharers ?? [], dropped: [] }) !== requestKey({ survivors: sharers, dropped: [] }))
         this.refuse(
           `the unmasking request is refused: the round now names other sharers (${(round.sharers ?? []).join(', ')}) than the ones this owner masked with (${sharers.join(', ')}); nothing was revealed`,
@@ -637,7 +751,10 @@ export class SecureSession {
         this.state.signed = { survivors: [...round.unmask.survivors].sort(), dropped: [...round.unmask.dropped].sort() };
         await this.save();
       }
-      await this.call('confirm', jobId, { signature: signUnmaskRequest(jobId, round.unmask, tls.keyPem) });
+      // The key set this owner masked with is signed too: t confirmations attest one transcript (keys, bounds, scale).
+      await this.call('confirm', jobId, {
+        signature: signUnmaskRequest(jobId, { ...round.unmask, keySet: this.state.keySet }, tls.keyPem),
+      });
       failpoint('secure.confirmed'); // fault tests: an owner gone right after it signed the unmasking request
       this.say(
         'confirming',
@@ -650,17 +767,23 @@ export class SecureSession {
       this.refuse('the coordinator changed the unmasking request after this owner signed it (or never let it sign); nothing was revealed');
     const { survivors, dropped } = round.unmask;
     // At least t (approved) survivors signed this very request, each with the certificate checked in round 0 (prepare).
-    checkConfirmations(jobId, round.unmask, round.confirmations ?? [], this.certificates, terms.threshold);
+    checkConfirmations(
+      jobId,
+      { ...round.unmask, keySet: this.state.keySet },
+      round.confirmations ?? [],
+      this.certificates,
+      terms.threshold,
+    );
     const guard = new ShareGuard(jobId, this.state.guard);
     check(round, round.unmask, guard);
     this.state.guard = guard.toJSON();
     await this.save();
     const asked = [...survivors.map((o) => [o, 'self-mask'] as const), ...dropped.map((o) => [o, 'mask-key'] as const)];
-    const unopened = asked.filter(([o]) => this.state.received[o] === undefined).map(([o]) => o);
-    const missing = unopened.filter((o) => this.state.unopened[o] === undefined);
+    const unopened = asked.filter(([o]) => !Object.hasOwn(this.state.received, o)).map(([o]) => o);
+    const missing = unopened.filter((o) => !Object.hasOwn(this.state.unopened, o));
     if (missing.length > 0) this.refuse(`this owner holds no share of ${missing.join(', ')}; nothing was revealed`);
     const shares = asked
-      .filter(([o]) => this.state.received[o] !== undefined)
+      .filter(([o]) => Object.hasOwn(this.state.received, o))
       .map(([o, kind]) => {
         const held = this.state.received[o]!;
         return { owner: o, kind, x: held.x, y: kind === 'self-mask' ? held.selfSeed : held.maskKey };

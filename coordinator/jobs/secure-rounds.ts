@@ -34,6 +34,7 @@ import {
   unmaskSlice,
   verifyAdvertisement,
   verifyUnmaskRequest,
+  keySetOf,
 } from '../../shared/secure-aggregation/index.js';
 import { certificateName } from '../../shared/security/index.js';
 import type { JobContext } from './context.js';
@@ -241,7 +242,14 @@ export class SecureRounds {
           (!request.survivors.includes(identity) && !(faultInjected('secure.late-threshold') && (state.sharers ?? []).includes(identity)))
         )
           this.refuse(jobId, `no unmasking request is open for ${identity} to confirm (phase ${state.phase})`);
-        if (!verifyUnmaskRequest(jobId, request, body.signature, state.advertisements[identity]!.certificatePem))
+        if (
+          !verifyUnmaskRequest(
+            jobId,
+            { ...request, keySet: this.keySet(state) },
+            body.signature,
+            state.advertisements[identity]!.certificatePem,
+          )
+        )
           this.refuse(
             jobId,
             `${identity}'s confirmation does not verify with its certificate over the request it was shown`,
@@ -589,6 +597,11 @@ export class SecureRounds {
     };
   }
 
+  /** The key set digest of the round (U₁'s keys, signed bounds and certificates) that agents sign with their confirmation. */
+  private keySet(state: SecureState): string {
+    return keySetOf((state.members ?? []).map((owner) => ({ owner, ...state.advertisements[owner]! })));
+  }
+
   /** The survivors' confirmations `identity` is shown (the split-collude fault adds the colluder's signature of its view). */
   private confirmationsFor(identity: string, jobId: string, state: SecureState): { owner: string; signature: string }[] {
     const all = Object.entries(state.confirmations ?? {}).map(([owner, signature]) => ({ owner, signature }));
@@ -597,7 +610,7 @@ export class SecureRounds {
     const keyPath = process.env.GRAMFUSE_FAULT_COLLUDER_KEY;
     if (split === undefined || colluder === undefined || keyPath === undefined) return all;
     const request = this.shown(identity, state)!;
-    const forged = signUnmaskRequest(jobId, request, readFileSync(keyPath, 'utf8'));
+    const forged = signUnmaskRequest(jobId, { ...request, keySet: this.keySet(state) }, readFileSync(keyPath, 'utf8'));
     return [...all.filter((c) => c.owner !== colluder && request.survivors.includes(c.owner)), { owner: colluder, signature: forged }];
   }
 
@@ -618,11 +631,12 @@ export class SecureRounds {
         maskPublicKey: pair(),
         encryptionPublicKey: pair(),
         selfSeedCommitment: seedCommitment(job.spec.id, owner, randomBytes(32)),
+        bounds: state.advertisements[answered[0]!]!.bounds,
       },
       keyPem,
     );
     const { job: _job, owner: _owner, ...keys } = ad;
-    state.advertisements[owner] = { ...keys, certificatePem, bounds: state.advertisements[answered[0]!]!.bounds };
+    state.advertisements[owner] = { ...keys, certificatePem };
     return [...answered, owner].sort();
   }
 
@@ -652,6 +666,7 @@ export class SecureRounds {
         selfSeedCommitment: a.selfSeedCommitment,
         signature: a.signature,
         certificatePem: a.certificatePem,
+        bounds: a.bounds,
       };
     });
     // Fault injection (tests): a coordinator that puts its own key in place of the first owner's; agents must refuse it.

@@ -53,6 +53,11 @@ export interface KeyAdvertisement {
   readonly encryptionPublicKey: string;
   /** H(bᵢ): the commitment to the owner's self-mask seed (seedCommitment), so a seed rebuilt from shares can be checked. */
   readonly selfSeedCommitment: string;
+  /**
+   * Per statistic, b with max |value| ≤ 2^b: signed, so every agent computes the round's common scale from the same
+   * bounds itself instead of taking the coordinator's (which could give each owner another scale).
+   */
+  readonly bounds: Readonly<Record<string, number>>;
   /** base64 signature over the canonical JSON of the fields above, by the owner's certificate key. */
   readonly signature: string;
 }
@@ -65,6 +70,7 @@ const advertised = (a: Omit<KeyAdvertisement, 'signature'>): Buffer =>
       maskPublicKey: a.maskPublicKey,
       encryptionPublicKey: a.encryptionPublicKey,
       selfSeedCommitment: a.selfSeedCommitment,
+      bounds: a.bounds,
     }),
   );
 
@@ -134,37 +140,41 @@ export function openShare(secret: Uint8Array, sealed: Uint8Array, aad: string): 
   }
 }
 
-/** The unmasking request as an owner signs it in the consistency round: the job, the survivors and the dropped, sorted. */
-const requestBytes = (job: string, request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] }): Buffer =>
+/**
+ * The unmasking request as an owner signs it in the consistency round: the job, the survivors and the dropped, sorted,
+ * and the key set digest the owner shared and masked with (its members, keys and signed bounds, hence the scale), so the
+ * t signatures attest one transcript, not only one request.
+ */
+const requestBytes = (job: string, request: UnmaskRequest): Buffer =>
   Buffer.from(
     canonicalJson({
       job,
       kind: 'gramfuse secagg unmasking request',
       survivors: [...request.survivors].sort(),
       dropped: [...request.dropped].sort(),
+      ...(request.keySet === undefined ? {} : { keySet: request.keySet }),
     }),
   );
+
+/** What a confirmation signs: whose shares are asked for and, from the agents, the round's key set digest. */
+export interface UnmaskRequest {
+  readonly survivors: readonly string[];
+  readonly dropped: readonly string[];
+  /** keySetOf the round's advertisements, as the signer checked them. */
+  readonly keySet?: string;
+}
 
 /**
  * The consistency round (SecAgg+): an owner signs the unmasking request it was shown with its certificate key, so every
  * other owner can check that at least t owners were shown the same one before revealing anything.
  */
-export function signUnmaskRequest(
-  job: string,
-  request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
-  certificateKeyPem: string,
-): string {
+export function signUnmaskRequest(job: string, request: UnmaskRequest, certificateKeyPem: string): string {
   const key = createPrivateKey(certificateKeyPem);
   return sign(key.asymmetricKeyType === 'ed25519' ? null : 'sha256', requestBytes(job, request), key).toString('base64');
 }
 
 /** Whether `signature` is `certificatePem`'s key's signature over this unmasking request. */
-export function verifyUnmaskRequest(
-  job: string,
-  request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
-  signature: string,
-  certificatePem: string,
-): boolean {
+export function verifyUnmaskRequest(job: string, request: UnmaskRequest, signature: string, certificatePem: string): boolean {
   try {
     const key = new X509Certificate(certificatePem).publicKey;
     return verify(key.asymmetricKeyType === 'ed25519' ? null : 'sha256', requestBytes(job, request), key, Buffer.from(signature, 'base64'));

@@ -2,16 +2,16 @@
 // RPCs (validated with zod at each end), the per-statistic fixed-point scales, the masking of one owner's statistic
 // and the unmasking of their sum, a slice at a time. Owners are ordered by name: owner i adds PRG(sᵢⱼ) for every
 // peer j after it and subtracts it for every peer before it, so the pairwise masks cancel in the sum.
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 
 import { z } from 'zod';
 
 import { ErrorCode, GramfuseError, schemaProblems } from '../errors.js';
 import { IdentityName } from '../federation/job-spec.js';
-import { certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
+import { canonicalJson, certificateFingerprints, certificateRole, certificateServesTls } from '../security/index.js';
 import { decodeFixedPoint, encodeFixedPoint, type FixedPointScale, fixedPointScale } from './fixed-point.js';
 import { ShareGuard } from './guard.js';
-import { verifyUnmaskRequest } from './keys.js';
+import { type UnmaskRequest, verifyUnmaskRequest } from './keys.js';
 import { applyMask } from './prg.js';
 
 /** A log₂ bound an owner may declare: the smallest below which every fraction bit is still useful (2⁻⁶⁴), and 2¹⁰²³. */
@@ -82,6 +82,8 @@ export const RoundView = z
           selfSeedCommitment: Sha256Hex,
           signature: Base64(2048),
           certificatePem: Pem,
+          /** The owner's declared bounds, as it signed them: every agent computes the common scale from these. */
+          bounds: z.record(z.string().min(1).max(1024), BoundLog2),
         })
         .strict(),
     ),
@@ -150,6 +152,56 @@ export type ApprovedTerms = z.infer<typeof ApprovedTerms>;
 
 /** The fewest survivors an unmasking may have: max(t, minOwners), both as approved. */
 export const survivorsNeeded = (terms: ApprovedTerms): number => Math.max(terms.threshold, terms.minOwners);
+
+/**
+ * The names of a list the coordinator relays (advertisements, sharers, inbox), each at most once. SECURE_AGGREGATION on a
+ * repeat: a repeated owner would get one share per position, so a single colluder could hold t shares of a secret.
+ */
+export function distinctNames(job: string, names: readonly string[], what: string): string[] {
+  const seen = new Set<string>();
+  for (const name of names) {
+    if (seen.has(name))
+      throw new GramfuseError(
+        ErrorCode.SecureAggregation,
+        `job ${job}: the round is refused: ${name} appears more than once in its ${what} (one share per owner, never several); nothing was sent`,
+        { facts: { job, owner: name } },
+      );
+    seen.add(name);
+  }
+  return [...seen];
+}
+
+/**
+ * SHA-256 (hex) of a round's key set: each member's name, keys, seed commitment, signed bounds and certificate
+ * fingerprint, sorted by owner. Fixed once the owner checked round 0: every later reply must present the same one.
+ */
+export function keySetOf(
+  advertisements: readonly {
+    readonly owner: string;
+    readonly maskPublicKey: string;
+    readonly encryptionPublicKey: string;
+    readonly selfSeedCommitment: string;
+    readonly certificatePem: string;
+    readonly bounds: Readonly<Record<string, number>>;
+  }[],
+): string {
+  return createHash('sha256')
+    .update(
+      canonicalJson(
+        advertisements
+          .map((a) => ({
+            owner: a.owner,
+            mask: a.maskPublicKey,
+            encryption: a.encryptionPublicKey,
+            seed: a.selfSeedCommitment,
+            bounds: a.bounds,
+            cert: certificateFingerprints(a.certificatePem).certificate,
+          }))
+          .sort((x, y) => (x.owner < y.owner ? -1 : x.owner > y.owner ? 1 : 0)),
+      ),
+    )
+    .digest('hex');
+}
 
 /** How the agent tells a peer from an impostor in round 0 (besides the CA). */
 export interface PeerRules {
@@ -302,6 +354,36 @@ export function checkRoundScale(
 }
 
 /**
+ * The round's common scale as every agent computes it itself from the signed bounds of the advertisements it checked:
+ * |U₁| owners and, per statistic, the largest bound any of them declared. The coordinator's `round.scale` must be exactly
+ * this (else SECURE_AGGREGATION, nothing masked): a scale of its own choosing, different per owner, would let it decode
+ * one owner's statistic from a sum encoded at the others' scale.
+ */
+export function signedRoundScale(
+  job: string,
+  relayed: { readonly owners: number; readonly bounds: Readonly<Record<string, number>> } | undefined,
+  advertisements: readonly { readonly bounds: Readonly<Record<string, number>> }[],
+): { owners: number; bounds: Record<string, number> } {
+  const bounds: Record<string, number> = {};
+  for (const a of advertisements)
+    for (const [id, b] of Object.entries(a.bounds)) bounds[id] = Object.hasOwn(bounds, id) ? Math.max(bounds[id]!, b) : b;
+  const computed = { owners: advertisements.length, bounds };
+  const ids = new Set([...Object.keys(bounds), ...Object.keys(relayed?.bounds ?? {})]);
+  // '' when the owner count differs (or no scale came), else the first statistic whose bound differs.
+  const differs =
+    relayed === undefined || relayed.owners !== computed.owners
+      ? ''
+      : [...ids].find((id) => !Object.hasOwn(relayed.bounds, id) || !Object.hasOwn(bounds, id) || relayed.bounds[id] !== bounds[id]);
+  if (differs !== undefined)
+    throw new GramfuseError(
+      ErrorCode.SecureAggregation,
+      `job ${job}: the round's fixed-point scale is refused: it is not the one the owners' signed bounds give (${computed.owners} owners${differs !== '' ? `; statistic ${differs}: relayed 2^${relayed?.bounds[differs] ?? '?'}, signed 2^${bounds[differs] ?? '?'}` : ''}), so owners could be encoding at different scales; nothing was masked`,
+      { facts: { job } },
+    );
+  return computed;
+}
+
+/**
  * The agent's consistency check before it reveals (SecAgg+): at least `threshold` distinct survivors signed the very
  * unmasking request this agent was shown, each with the certificate it advertised (checked against the federation CA in
  * round 0). As t > n/2, a coordinator cannot show two different requests to two groups of owners and get both
@@ -309,7 +391,7 @@ export function checkRoundScale(
  */
 export function checkConfirmations(
   job: string,
-  request: { readonly survivors: readonly string[]; readonly dropped: readonly string[] },
+  request: UnmaskRequest,
   confirmations: readonly { readonly owner: string; readonly signature: string }[],
   certificates: ReadonlyMap<string, string>,
   threshold: number,

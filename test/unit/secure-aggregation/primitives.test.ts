@@ -160,6 +160,7 @@ describe('keys and shares', () => {
       maskPublicKey: generateAgreementKeys().publicKeyPem,
       encryptionPublicKey: generateAgreementKeys().publicKeyPem,
       selfSeedCommitment: 'ab'.repeat(32),
+      bounds: { g0: 3 },
     };
     const ad = signAdvertisement(fields, org0.keyPem);
     expect(() => verifyAdvertisement(ad, org0.certPem)).not.toThrow();
@@ -170,6 +171,9 @@ describe('keys and shares', () => {
     // The coordinator swapped in a key of its own.
     const swapped = { ...ad, maskPublicKey: generateAgreementKeys().publicKeyPem };
     expect(coded(() => verifyAdvertisement(swapped, org0.certPem)).code).toBe(ErrorCode.SecureAggregation);
+    // The bounds are signed too (issue 37 review, finding 3): the coordinator cannot relay other ones.
+    const rebound = { ...ad, bounds: { g0: 40 } };
+    expect(coded(() => verifyAdvertisement(rebound, org0.certPem)).message).toMatch(/signature does not verify with org0's certificate/);
   });
 
   it('sealed shares open for their recipient only, and not once changed', () => {
