@@ -213,6 +213,9 @@ describe('an observer that sees a solver’s delivery cannot terminate, nak or a
       // …and tries to end it for everyone (+TERM), to ack it (drop the group) and to nak it: every publish is refused.
       for (const verb of ['+TERM', '+ACK', '-NAK']) observer.publish(snooped[0]!, verb);
       await observer.flush();
+      // The server logs the violation on its stderr, which reaches this process through a pipe: wait for the line.
+      const logged = Date.now() + 10_000;
+      while (!nats.server.output.includes(`Subject "${snooped[0]!}"`) && Date.now() < logged) await new Promise((r) => setTimeout(r, 20));
       expect(nats.server.output).toContain(`Subject "${snooped[0]!}"`);
       // The solver naks it as a worker may; it comes back (a term or an ack would have removed it).
       first!.nak();
